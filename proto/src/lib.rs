@@ -1,0 +1,27 @@
+//! The wire protocol shared by the `messenger` client and the `rendezvous` node.
+//!
+//! Everything here is plain data and pure functions, apart from I/O: both
+//! sides of every protocol depend on the same types, so they cannot drift.
+//!
+//! - [`identity`]: the ed25519 key file every user and node has, and the
+//!   libp2p keypair / `PeerId` derived from it.
+//! - [`name`]: screen names and their rules.
+//! - [`signed`]: domain-separated ed25519 signatures over exact payload bytes.
+//! - [`record`]: the signed registration a client gives the rendezvous node.
+//! - [`directory`]: requests and answers of the directory protocol.
+//! - [`chat`]: the direct message protocol between two clients.
+//! - [`codec`]: length-prefixed CBOR frames with hard size limits.
+//!
+//! `docs/protocol.md` in the repository describes the bytes on the wire.
+
+pub mod chat;
+pub mod codec;
+pub mod directory;
+pub mod identity;
+pub mod name;
+pub mod record;
+pub mod signed;
+pub mod time;
+
+pub use identity::Identity;
+pub use name::ScreenName;
