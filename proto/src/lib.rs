@@ -25,3 +25,6 @@ pub mod time;
 
 pub use identity::Identity;
 pub use name::ScreenName;
+
+/// Protocol version announced through libp2p identify by clients and nodes.
+pub const IDENTIFY_PROTOCOL: &str = "/messenger/1.0.0";

@@ -1,1 +1,17 @@
-pub fn x() {}
+//! The rendezvous node: a directory of screen names.
+//!
+//! It records *screen name → owner key → current addresses and presence*
+//! and never carries message content. Clients open a directory session
+//! (see `docs/protocol.md`), register signed records, and resolve names;
+//! then they talk to each other directly.
+//!
+//! - [`store`]: durable claims (name → owner key) in redb.
+//! - [`registry`]: the rules and live presence, plain synchronous state.
+//! - [`server`]: the libp2p node: an event loop owning the swarm, and one
+//!   task per directory session.
+
+pub mod registry;
+pub mod server;
+pub mod store;
+
+pub use server::{BindError, Config, Server};

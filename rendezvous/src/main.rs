@@ -1,1 +1,90 @@
-fn main() {}
+//! `rendezvous`: run a rendezvous node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use libp2p::Multiaddr;
+use rendezvous::{Config, Server};
+use tracing_subscriber::EnvFilter;
+
+/// A rendezvous node for the peer-to-peer messenger: it ties screen names to
+/// their owners' keys, current addresses and presence. Message content never
+/// passes through it.
+///
+/// When ready it prints one line per listen address, ending in
+/// /p2p/<peer id>: give one of them to users as their --rendezvous address.
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (repeatable). Port 0 picks a free port.
+    /// [default: /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1]
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+
+    /// Where the node keeps its key (node.key) and its claims (claims.redb).
+    /// [default: the per-user data directory, e.g. ~/.local/share/messenger-rendezvous]
+    #[arg(long, value_name = "DIR", env = "RENDEZVOUS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => directories::ProjectDirs::from("", "", "messenger-rendezvous")
+            .context("cannot find a per-user data directory; pass --data-dir")?
+            .data_dir()
+            .to_owned(),
+    };
+    let mut config = Config::new(data_dir);
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    let server = Server::bind(config)
+        .await
+        .context("cannot start the node")?;
+    for addr in server.listen_addrs() {
+        println!("{addr}");
+    }
+    wait_for_signal().await?;
+    tracing::info!("signal received, shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! The node: one event loop owns the swarm; each directory session runs in
+//! its own task against the shared [`Registry`].
+
+use std::collections::HashSet;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, StreamExt};
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Stream, Swarm, identify, noise, ping, tcp, yamux};
+use messenger_proto::Identity;
+use messenger_proto::codec::{self, CodecError};
+use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
+use messenger_proto::identity::{IdentityError, create_private_dir};
+use messenger_proto::time::now_ms;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, instrument, warn};
+
+use crate::registry::{Registry, SessionId};
+use crate::store::{RedbStore, StoreError};
+
+/// Everything the node needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to listen on; port 0 picks a free port.
+    pub listen: Vec<Multiaddr>,
+    /// Where the node keeps its key and its claims.
+    pub data_dir: PathBuf,
+    /// How often each connection is pinged.
+    pub ping_interval: Duration,
+    /// A ping unanswered this long closes the connection (and so ends the
+    /// sessions on it: the owner goes offline).
+    pub ping_timeout: Duration,
+    /// A connection without any open stream is closed after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// The default port of a rendezvous node.
+    pub const DEFAULT_PORT: u16 = 4001;
+
+    /// Defaults: TCP and QUIC on port 4001 on all IPv4 interfaces.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            listen: Self::default_listen(),
+            data_dir,
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// TCP and QUIC on [`Self::DEFAULT_PORT`], all interfaces.
+    pub fn default_listen() -> Vec<Multiaddr> {
+        let port = Self::DEFAULT_PORT;
+        [
+            format!("/ip4/0.0.0.0/tcp/{port}"),
+            format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+        ]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+    }
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The data directory cannot be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The node's key file is unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The claim store cannot be opened.
+    #[error("claim store: {0}")]
+    Store(#[from] StoreError),
+    /// The transports could not be set up.
+    #[error("transport setup failed: {0}")]
+    Transport(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A running rendezvous node.
+#[derive(Debug)]
+pub struct Server {
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the data dir, starts listening, and returns once every listen
+    /// address is known.
+    pub async fn bind(config: Config) -> Result<Self, BindError> {
+        create_private_dir(&config.data_dir).map_err(|source| BindError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let identity = Identity::load_or_create(&config.data_dir.join("node.key"))?;
+        let store = Arc::new(RedbStore::open(&config.data_dir.join("claims.redb"))?);
+        info!(claims = store.len()?, "claim store opened");
+        let registry = Arc::new(Registry::new(store));
+
+        let mut swarm = build_swarm(&identity, &config)?;
+        let incoming = swarm
+            .behaviour()
+            .stream
+            .new_control()
+            .accept(directory::PROTOCOL)
+            .map_err(|e| BindError::Transport(e.to_string()))?;
+        let listen_addrs = listen(&mut swarm, &config.listen).await?;
+        let peer_id = *swarm.local_peer_id();
+        let listen_addrs = listen_addrs
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(peer_id)))
+            .collect();
+
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let event_loop = EventLoop {
+            swarm,
+            registry,
+            incoming,
+            next_session: 0,
+        };
+        let task = tokio::spawn(event_loop.run(shutdown_rx));
+        Ok(Self {
+            peer_id,
+            listen_addrs,
+            shutdown: Some(shutdown_tx),
+            task,
+        })
+    }
+
+    /// The node's peer id (stable: its key is in the data dir).
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses the node listens on, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Stops the node: marks everyone offline, closes connections, and
+    /// waits for the event loop to end.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Err(e) = (&mut self.task).await {
+            warn!("event loop ended abnormally: {e}");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn build_swarm(identity: &Identity, config: &Config) -> Result<Swarm<Behaviour>, BindError> {
+    let ping = ping::Config::new()
+        .with_interval(config.ping_interval)
+        .with_timeout(config.ping_timeout);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| BindError::Transport(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|key| Behaviour {
+            identify: identify::Behaviour::new(
+                identify::Config::new(messenger_proto::IDENTIFY_PROTOCOL.to_owned(), key.public())
+                    .with_agent_version(format!("rendezvous/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::new(ping),
+            stream: libp2p_stream::Behaviour::new(),
+        })
+        .map_err(|e| BindError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    Ok(swarm)
+}
+
+/// Starts every listener and waits for the addresses they bound.
+async fn listen(
+    swarm: &mut Swarm<Behaviour>,
+    addrs: &[Multiaddr],
+) -> Result<Vec<Multiaddr>, BindError> {
+    let mut waiting: HashSet<ListenerId> = HashSet::new();
+    let mut ids = Vec::new();
+    for addr in addrs {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| BindError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        waiting.insert(id);
+        ids.push((id, addr.clone()));
+    }
+    let addr_of = |id: ListenerId| {
+        ids.iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(Multiaddr::empty)
+    };
+    let mut bound = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Wait for one address per listener, then take whatever else the
+    // listeners report at once (a wildcard address yields one per interface).
+    loop {
+        let wait = if waiting.is_empty() {
+            tokio::time::Instant::now() + Duration::from_millis(50)
+        } else {
+            deadline
+        };
+        let event = match tokio::time::timeout_at(wait, swarm.select_next_some()).await {
+            Ok(event) => event,
+            Err(_) if waiting.is_empty() => return Ok(bound),
+            Err(_) => {
+                let id = waiting.iter().next().copied();
+                return Err(BindError::Listen {
+                    addr: id.map(addr_of).unwrap_or_else(Multiaddr::empty),
+                    reason: "no address reported within 10 s".into(),
+                });
+            }
+        };
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                waiting.remove(&listener_id);
+                bound.push(address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                return Err(BindError::Listen {
+                    addr: addr_of(listener_id),
+                    reason: match reason {
+                        Ok(()) => "listener closed".into(),
+                        Err(e) => e.to_string(),
+                    },
+                });
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                return Err(BindError::Listen {
+                    addr: addr_of(listener_id),
+                    reason: error.to_string(),
+                });
+            }
+            other => debug!(?other, "event while binding"),
+        }
+    }
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    registry: Arc<Registry<RedbStore>>,
+    incoming: libp2p_stream::IncomingStreams,
+    next_session: SessionId,
+}
+
+impl EventLoop {
+    async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
+        let mut sweep = tokio::time::interval(Duration::from_secs(5));
+        let mut sessions = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some((peer, stream)) = self.incoming.next() => {
+                    self.next_session += 1;
+                    let registry = self.registry.clone();
+                    sessions.spawn(serve_session(peer, stream, registry, self.next_session));
+                }
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = sweep.tick() => {
+                    let expired = self.registry.sweep(now_ms());
+                    if expired > 0 {
+                        info!(expired, "dropped expired registrations");
+                    }
+                }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        info!(online = self.registry.online_count(), "shutting down");
+        sessions.abort_all();
+        while sessions.join_next().await.is_some() {}
+        let registry = self.registry.clone();
+        let _ = tokio::task::spawn_blocking(move || registry.all_offline(now_ms())).await;
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            })) => {
+                info!(%peer, "ping failed ({e}); closing the connection");
+                self.swarm.close_connection(connection);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => debug!(%peer_id, addr = %endpoint.get_remote_address(), "connection established"),
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                debug!(%peer_id, ?cause, "connection closed")
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening on a new address")
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                debug!("incoming connection failed: {error}")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Serves one directory session until the client closes it or the
+/// connection dies; then whatever it registered goes offline.
+#[instrument(skip(stream, registry), fields(%peer))]
+async fn serve_session(
+    peer: PeerId,
+    stream: Stream,
+    registry: Arc<Registry<RedbStore>>,
+    session: SessionId,
+) {
+    debug!("directory session opened");
+    let (mut reader, mut writer) = stream.split();
+    loop {
+        let request: Request = match codec::read_frame(&mut reader, directory::MAX_FRAME).await {
+            Ok(Some(request)) => request,
+            Ok(None) => break,
+            Err(CodecError::Io(e)) => {
+                debug!("directory session ended: {e}");
+                break;
+            }
+            Err(e) => {
+                warn!("closing directory session: {e}");
+                let reply = Reply::error(ErrorCode::Malformed, e.to_string());
+                let _ = codec::write_frame(
+                    &mut writer,
+                    &Response { id: 0, reply },
+                    directory::MAX_FRAME,
+                )
+                .await;
+                break;
+            }
+        };
+        let reply = handle(peer, session, request.op, &registry).await;
+        let response = Response {
+            id: request.id,
+            reply,
+        };
+        if let Err(e) = codec::write_frame(&mut writer, &response, directory::MAX_FRAME).await {
+            debug!("directory session ended while answering: {e}");
+            break;
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || registry.session_ended(session, now_ms())).await;
+    debug!("directory session closed");
+}
+
+async fn handle(
+    peer: PeerId,
+    session: SessionId,
+    op: Op,
+    registry: &Arc<Registry<RedbStore>>,
+) -> Reply {
+    match op {
+        // Registration and release may write to disk: keep them off the
+        // async workers.
+        Op::Register { record } => {
+            let registry = registry.clone();
+            tokio::task::spawn_blocking(move || registry.register(peer, session, record, now_ms()))
+                .await
+                .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "registration failed"))
+        }
+        Op::Release { name } => {
+            let registry = registry.clone();
+            tokio::task::spawn_blocking(move || registry.release(peer, &name))
+                .await
+                .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "release failed"))
+        }
+        Op::Resolve { name } => registry.resolve(&name, now_ms()),
+        Op::ResolvePeer { peer_id } => registry.resolve_peer(peer_id),
+    }
+}

@@ -1,0 +1,303 @@
+//! Durable claims: screen name → owning key, kept in an embedded database.
+//!
+//! Only what must survive a restart lives here (who owns which name, the
+//! last accepted sequence number, last seen). Addresses and presence are
+//! live state in [`crate::registry`].
+
+use std::path::Path;
+
+use libp2p::PeerId;
+use messenger_proto::codec;
+use messenger_proto::name::ScreenName;
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+
+const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
+const NAMES_BY_OWNER: MultimapTableDefinition<&[u8], &str> =
+    MultimapTableDefinition::new("names_by_owner");
+
+/// A durable claim on a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The key that owns the name.
+    pub owner: PeerId,
+    /// When the claim was made (ms since epoch).
+    pub claimed_at: u64,
+    /// When the owner was last online (ms since epoch).
+    pub last_seen: Option<u64>,
+    /// Highest sequence number accepted from the owner.
+    pub seq: u64,
+}
+
+/// What [`ClaimStore::claim`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The name was free and is now owned by the caller.
+    Created(Claim),
+    /// The caller already owned it; seq and last seen were updated.
+    Renewed(Claim),
+    /// Another key owns it.
+    Taken(Claim),
+    /// The caller owns it but the sequence number is not above the stored one.
+    Stale(Claim),
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored value could not be decoded.
+    #[error("stored claim for {name:?} is unreadable: {reason}")]
+    Corrupt {
+        /// The key whose value is bad.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+/// Where claims are kept. Plain and synchronous: callers that must not
+/// block run it on a blocking thread.
+pub trait ClaimStore: Send + Sync + 'static {
+    /// The claim on `name`, if any.
+    fn get(&self, name: &ScreenName) -> Result<Option<Claim>, StoreError>;
+    /// Atomically claims `name` for `owner`, or renews the owner's claim
+    /// with `seq` if it is above the stored one.
+    fn claim(
+        &self,
+        name: &ScreenName,
+        owner: PeerId,
+        seq: u64,
+        now: u64,
+    ) -> Result<ClaimOutcome, StoreError>;
+    /// Records when the owner was last online.
+    fn set_last_seen(&self, name: &ScreenName, at: u64) -> Result<(), StoreError>;
+    /// Deletes the claim if `owner` owns it; returns whether it did.
+    fn release(&self, name: &ScreenName, owner: &PeerId) -> Result<bool, StoreError>;
+    /// The names `owner` holds.
+    fn names_of(&self, owner: &PeerId) -> Result<Vec<ScreenName>, StoreError>;
+}
+
+/// The claim store in a redb file; every change is committed durably
+/// before it is acknowledged.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        txn.open_table(CLAIMS).map_err(db_err)?;
+        txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
+        Ok(Self { db })
+    }
+
+    /// Number of claims held (for logs and benchmarks).
+    pub fn len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(CLAIMS).map_err(db_err)?;
+        table.len().map_err(db_err)
+    }
+
+    /// Whether no claim is held.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<Claim, StoreError> {
+    codec::from_cbor(bytes).map_err(|e| StoreError::Corrupt {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl ClaimStore for RedbStore {
+    fn get(&self, name: &ScreenName) -> Result<Option<Claim>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(CLAIMS).map_err(db_err)?;
+        let value = table.get(name.as_str()).map_err(db_err)?;
+        value.map(|v| decode(name.as_str(), v.value())).transpose()
+    }
+
+    fn claim(
+        &self,
+        name: &ScreenName,
+        owner: PeerId,
+        seq: u64,
+        now: u64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
+            let existing = table
+                .get(name.as_str())
+                .map_err(db_err)?
+                .map(|v| decode(name.as_str(), v.value()))
+                .transpose()?;
+            match existing {
+                Some(claim) if claim.owner != owner => return Ok(ClaimOutcome::Taken(claim)),
+                Some(claim) if seq <= claim.seq => return Ok(ClaimOutcome::Stale(claim)),
+                Some(claim) => {
+                    let claim = Claim {
+                        seq,
+                        last_seen: Some(now),
+                        ..claim
+                    };
+                    table
+                        .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
+                        .map_err(db_err)?;
+                    ClaimOutcome::Renewed(claim)
+                }
+                None => {
+                    let claim = Claim {
+                        owner,
+                        claimed_at: now,
+                        last_seen: Some(now),
+                        seq,
+                    };
+                    table
+                        .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
+                        .map_err(db_err)?;
+                    let mut owners = txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
+                    owners
+                        .insert(owner.to_bytes().as_slice(), name.as_str())
+                        .map_err(db_err)?;
+                    ClaimOutcome::Created(claim)
+                }
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(outcome)
+    }
+
+    fn set_last_seen(&self, name: &ScreenName, at: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
+            let existing = table
+                .get(name.as_str())
+                .map_err(db_err)?
+                .map(|v| decode(name.as_str(), v.value()))
+                .transpose()?;
+            if let Some(claim) = existing {
+                let claim = Claim {
+                    last_seen: Some(at),
+                    ..claim
+                };
+                table
+                    .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    fn release(&self, name: &ScreenName, owner: &PeerId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
+            let existing = table
+                .get(name.as_str())
+                .map_err(db_err)?
+                .map(|v| decode(name.as_str(), v.value()))
+                .transpose()?;
+            match existing {
+                Some(claim) if &claim.owner == owner => {
+                    table.remove(name.as_str()).map_err(db_err)?;
+                    let mut owners = txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
+                    owners
+                        .remove(owner.to_bytes().as_slice(), name.as_str())
+                        .map_err(db_err)?;
+                }
+                _ => return Ok(false),
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(true)
+    }
+
+    fn names_of(&self, owner: &PeerId) -> Result<Vec<ScreenName>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let owners = txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
+        let mut names = Vec::new();
+        for value in owners.get(owner.to_bytes().as_slice()).map_err(db_err)? {
+            let value = value.map_err(db_err)?;
+            let raw = value.value();
+            let name = ScreenName::parse(raw).map_err(|e| StoreError::Corrupt {
+                name: raw.to_owned(),
+                reason: e.to_string(),
+            })?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> ScreenName {
+        ScreenName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn first_key_owns_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("claims.redb");
+        let (alice, mallory) = (PeerId::random(), PeerId::random());
+        {
+            let store = RedbStore::open(&path).unwrap();
+            assert!(matches!(
+                store.claim(&name("alice"), alice, 1, 10).unwrap(),
+                ClaimOutcome::Created(_)
+            ));
+            assert!(
+                matches!(store.claim(&name("alice"), mallory, 5, 11).unwrap(), ClaimOutcome::Taken(c) if c.owner == alice)
+            );
+            assert!(matches!(
+                store.claim(&name("alice"), alice, 1, 12).unwrap(),
+                ClaimOutcome::Stale(_)
+            ));
+            assert!(
+                matches!(store.claim(&name("alice"), alice, 2, 13).unwrap(), ClaimOutcome::Renewed(c) if c.seq == 2)
+            );
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let claim = store.get(&name("alice")).unwrap().unwrap();
+        assert_eq!((claim.owner, claim.seq, claim.claimed_at), (alice, 2, 10));
+        assert_eq!(store.names_of(&alice).unwrap(), vec![name("alice")]);
+        assert!(store.names_of(&mallory).unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_the_owner_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("claims.redb")).unwrap();
+        let (alice, mallory) = (PeerId::random(), PeerId::random());
+        store.claim(&name("alice"), alice, 1, 10).unwrap();
+        assert!(!store.release(&name("alice"), &mallory).unwrap());
+        assert!(store.get(&name("alice")).unwrap().is_some());
+        assert!(store.release(&name("alice"), &alice).unwrap());
+        assert!(store.get(&name("alice")).unwrap().is_none());
+        assert!(store.names_of(&alice).unwrap().is_empty());
+        assert!(matches!(
+            store.claim(&name("alice"), mallory, 1, 20).unwrap(),
+            ClaimOutcome::Created(_)
+        ));
+    }
+}
