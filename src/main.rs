@@ -1,1 +1,5 @@
-fn main() {}
+//! `messenger`: the command-line client. All logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    messenger::cli::main()
+}

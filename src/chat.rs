@@ -1,0 +1,423 @@
+//! Direct messages: the sending side ([`ChatLink`]) and the receiving side
+//! ([`Inbox`]) of the chat protocol.
+//!
+//! A sender keeps one long-lived stream per peer and pipelines messages on
+//! it; acknowledgements come back on the same stream, matched by id. A
+//! receiver accepts a message only after checking the signature against the
+//! connection's key and that the sender's name resolves to that key.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use messenger_proto::chat::{self, ChatFrame, Message, MessageId, RejectCode};
+use messenger_proto::codec::{self, CodecError};
+use messenger_proto::identity::verifying_key_of;
+use messenger_proto::name::ScreenName;
+use messenger_proto::signed::{MESSAGE_CONTEXT, Signed, SignedError};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, warn};
+
+use crate::directory::{DirectoryError, DirectorySession};
+use crate::network::Network;
+
+/// How long a sender waits for an acknowledgement.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a receiver trusts a name → peer lookup.
+const NAME_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// How many message ids a receiver remembers to drop repeats.
+const SEEN_IDS: usize = 65_536;
+
+/// Why a message was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    /// The recipient refused it.
+    #[error("the recipient refused the message: {0}")]
+    Rejected(RejectCode),
+    /// The stream closed before the acknowledgement.
+    #[error("the connection closed before the recipient acknowledged")]
+    ConnectionLost,
+    /// No acknowledgement in time.
+    #[error("no acknowledgement within {0:?}")]
+    Timeout(Duration),
+    /// The chat stream could not be opened.
+    #[error("cannot open a chat stream: {0}")]
+    Stream(String),
+    /// The message could not be framed.
+    #[error("{0}")]
+    Frame(String),
+}
+
+type Waiters = Arc<Mutex<HashMap<MessageId, oneshot::Sender<Result<(), DeliveryError>>>>>;
+
+struct Outgoing {
+    id: MessageId,
+    frame: Vec<u8>,
+    ack: oneshot::Sender<Result<(), DeliveryError>>,
+}
+
+/// The sending half of a chat stream to one peer. Cheap to clone.
+#[derive(Clone)]
+pub struct ChatLink {
+    peer: PeerId,
+    outgoing: mpsc::Sender<Outgoing>,
+    closed: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for ChatLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatLink")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatLink {
+    /// Opens a chat stream to a connected (or dialable) peer.
+    pub async fn open(network: &Network, peer: PeerId) -> Result<Self, DeliveryError> {
+        let stream = network
+            .control()
+            .open_stream(peer, chat::PROTOCOL)
+            .await
+            .map_err(|e| DeliveryError::Stream(e.to_string()))?;
+        let (reader, writer) = stream.split();
+        let waiters: Waiters = Arc::default();
+        let (outgoing, rx) = mpsc::channel(256);
+        let (closed_tx, closed) = watch::channel(false);
+        tokio::spawn(write_messages(writer, rx, waiters.clone()));
+        tokio::spawn(read_acks(reader, waiters, closed_tx));
+        Ok(Self {
+            peer,
+            outgoing,
+            closed,
+        })
+    }
+
+    /// The peer at the other end.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// Whether the stream has ended; a closed link must be reopened.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow() || self.outgoing.is_closed()
+    }
+
+    /// Queues a signed message on the stream and returns a receiver that
+    /// yields once the recipient acknowledged (or refused) it. Messages
+    /// submitted one after another are written in that order, without
+    /// waiting for earlier acknowledgements.
+    pub async fn submit(
+        &self,
+        id: MessageId,
+        signed: Signed,
+    ) -> Result<oneshot::Receiver<Result<(), DeliveryError>>, DeliveryError> {
+        let frame = codec::encode_frame(&ChatFrame::Message(signed), chat::MAX_FRAME)
+            .map_err(|e| DeliveryError::Frame(e.to_string()))?;
+        let (ack, rx) = oneshot::channel();
+        self.outgoing
+            .send(Outgoing { id, frame, ack })
+            .await
+            .map_err(|_| DeliveryError::ConnectionLost)?;
+        Ok(rx)
+    }
+
+    /// Sends and waits for the acknowledgement.
+    pub async fn deliver(&self, id: MessageId, signed: Signed) -> Result<(), DeliveryError> {
+        let rx = self.submit(id, signed).await?;
+        match tokio::time::timeout(ACK_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(DeliveryError::ConnectionLost),
+            Err(_) => Err(DeliveryError::Timeout(ACK_TIMEOUT)),
+        }
+    }
+}
+
+async fn write_messages(
+    mut writer: futures::io::WriteHalf<Stream>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    waiters: Waiters,
+) {
+    while let Some(first) = rx.recv().await {
+        // Write everything already queued before flushing once.
+        let mut batch = vec![first];
+        while batch.len() < 64 {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut bytes = Vec::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
+        {
+            let mut waiting = lock(&waiters);
+            for out in batch {
+                bytes.extend_from_slice(&out.frame);
+                waiting.insert(out.id, out.ack);
+            }
+        }
+        let written = async {
+            writer.write_all(&bytes).await?;
+            writer.flush().await
+        };
+        if let Err(e) = written.await {
+            debug!("chat stream write failed: {e}");
+            break;
+        }
+    }
+    let _ = writer.close().await;
+}
+
+async fn read_acks(
+    mut reader: futures::io::ReadHalf<Stream>,
+    waiters: Waiters,
+    closed: watch::Sender<bool>,
+) {
+    loop {
+        match codec::read_frame::<_, ChatFrame>(&mut reader, chat::MAX_FRAME).await {
+            Ok(Some(ChatFrame::Ack { id })) => {
+                if let Some(w) = lock(&waiters).remove(&id) {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Ok(Some(ChatFrame::Reject { id, code })) => {
+                if let Some(w) = lock(&waiters).remove(&id) {
+                    let _ = w.send(Err(DeliveryError::Rejected(code)));
+                }
+            }
+            Ok(Some(ChatFrame::Message(_))) => {
+                warn!("peer sent a message on our outbound chat stream; closing it");
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!("chat stream ended: {e}");
+                break;
+            }
+        }
+    }
+    for (_, w) in lock(&waiters).drain() {
+        let _ = w.send(Err(DeliveryError::ConnectionLost));
+    }
+    let _ = closed.send(true);
+}
+
+/// A message accepted by the [`Inbox`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingMessage {
+    /// The verified sender name.
+    pub from: ScreenName,
+    /// The sender's peer id.
+    pub peer: PeerId,
+    /// The message.
+    pub message: Message,
+}
+
+/// Who can resolve a sender's name for the inbox: the current directory
+/// session, which changes when the client reconnects.
+pub type DirectoryWatch = watch::Receiver<Option<DirectorySession>>;
+
+/// The receiving side: accepts chat streams and checks every message.
+pub struct Inbox {
+    me: ScreenName,
+    directory: DirectoryWatch,
+    deliver: mpsc::Sender<IncomingMessage>,
+    seen: Mutex<SeenIds>,
+    owners: Mutex<HashMap<ScreenName, (PeerId, Instant)>>,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a message is refused, or the stream given up.
+enum Refusal {
+    /// Tell the sender, permanently.
+    Reject(MessageId, RejectCode),
+    /// Close the stream without an answer: the sender will retry.
+    Close(String),
+}
+
+impl Inbox {
+    /// An inbox for messages to `me`; accepted ones go to `deliver`.
+    pub fn new(
+        me: ScreenName,
+        directory: DirectoryWatch,
+        deliver: mpsc::Sender<IncomingMessage>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            me,
+            directory,
+            deliver,
+            seen: Mutex::new(SeenIds::default()),
+            owners: Mutex::default(),
+        })
+    }
+
+    /// Accepts chat streams until the network stops.
+    pub async fn serve(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
+        while let Some((peer, stream)) = incoming.next().await {
+            tokio::spawn(self.clone().serve_stream(peer, stream));
+        }
+    }
+
+    async fn serve_stream(self: Arc<Self>, peer: PeerId, stream: Stream) {
+        let Some(key) = verifying_key_of(&peer) else {
+            debug!(%peer, "chat stream from a non-ed25519 peer; closing");
+            return;
+        };
+        let (mut reader, mut writer) = stream.split();
+        loop {
+            let signed = match codec::read_frame::<_, ChatFrame>(&mut reader, chat::MAX_FRAME).await
+            {
+                Ok(Some(ChatFrame::Message(signed))) => signed,
+                Ok(Some(_)) => {
+                    warn!(%peer, "peer sent an acknowledgement on an inbound chat stream; closing it");
+                    break;
+                }
+                Ok(None) => break,
+                Err(CodecError::Io(e)) => {
+                    debug!(%peer, "chat stream ended: {e}");
+                    break;
+                }
+                Err(e) => {
+                    warn!(%peer, "closing chat stream: {e}");
+                    break;
+                }
+            };
+            let answer = match self.accept(peer, &key, &signed).await {
+                Ok(id) => ChatFrame::Ack { id },
+                Err(Refusal::Reject(id, code)) => {
+                    warn!(%peer, %id, "message refused: {code}");
+                    ChatFrame::Reject { id, code }
+                }
+                Err(Refusal::Close(why)) => {
+                    warn!(%peer, "closing chat stream: {why}");
+                    break;
+                }
+            };
+            if let Err(e) = codec::write_frame(&mut writer, &answer, chat::MAX_FRAME).await {
+                debug!(%peer, "cannot answer on chat stream: {e}");
+                break;
+            }
+        }
+    }
+
+    /// Checks one message and hands it on; returns its id to acknowledge.
+    async fn accept(
+        &self,
+        peer: PeerId,
+        key: &ed25519_dalek::VerifyingKey,
+        signed: &Signed,
+    ) -> Result<MessageId, Refusal> {
+        let message: Message = match signed.open(MESSAGE_CONTEXT, key) {
+            Ok(m) => m,
+            Err(SignedError::BadSignature) => {
+                return Err(match signed.decode_unverified::<Message>() {
+                    Ok(m) => Refusal::Reject(m.id, RejectCode::BadSignature),
+                    Err(_) => Refusal::Close("undecodable message with a bad signature".into()),
+                });
+            }
+            Err(e) => return Err(Refusal::Close(format!("malformed message: {e}"))),
+        };
+        let id = message.id;
+        if message.to != self.me {
+            return Err(Refusal::Reject(id, RejectCode::WrongRecipient));
+        }
+        if chat::check_text(&message.text).is_err() {
+            return Err(Refusal::Reject(id, RejectCode::BadText));
+        }
+        match self.owner_of(&message.from).await {
+            Ok(owner) if owner == peer => {}
+            Ok(_) | Err(OwnerError::NoSuchName) => {
+                return Err(Refusal::Reject(id, RejectCode::SenderMismatch));
+            }
+            Err(OwnerError::Unavailable(e)) => {
+                return Err(Refusal::Close(format!(
+                    "cannot check the sender's name: {e}"
+                )));
+            }
+        }
+        if !lock(&self.seen).insert(id) {
+            debug!(%id, "duplicate message acknowledged again");
+            return Ok(id);
+        }
+        let incoming = IncomingMessage {
+            from: message.from.clone(),
+            peer,
+            message,
+        };
+        if self.deliver.send(incoming).await.is_err() {
+            return Err(Refusal::Close("the client is shutting down".into()));
+        }
+        Ok(id)
+    }
+
+    /// The key owning `name`, from the cache or the directory.
+    async fn owner_of(&self, name: &ScreenName) -> Result<PeerId, OwnerError> {
+        if let Some((peer, at)) = lock(&self.owners).get(name)
+            && at.elapsed() < NAME_CACHE_TTL
+        {
+            return Ok(*peer);
+        }
+        let session = self
+            .directory
+            .borrow()
+            .clone()
+            .filter(|s| !s.is_closed())
+            .ok_or_else(|| {
+                OwnerError::Unavailable("not connected to the rendezvous node".into())
+            })?;
+        match session.resolve(name.as_str()).await {
+            Ok(resolution) => {
+                lock(&self.owners).insert(name.clone(), (resolution.owner, Instant::now()));
+                Ok(resolution.owner)
+            }
+            Err(DirectoryError::Refused { code, .. })
+                if code == messenger_proto::directory::ErrorCode::NoSuchName =>
+            {
+                Err(OwnerError::NoSuchName)
+            }
+            Err(e) => Err(OwnerError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+enum OwnerError {
+    NoSuchName,
+    Unavailable(String),
+}
+
+/// A bounded set of recently seen message ids.
+#[derive(Default)]
+struct SeenIds {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+}
+
+impl SeenIds {
+    /// Records `id`; false if it was already there.
+    fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN_IDS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

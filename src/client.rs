@@ -1,0 +1,543 @@
+//! The messenger client: registers a name, resolves others, sends messages
+//! directly, and stays online.
+//!
+//! [`Client`] is a cheap-to-clone handle over the network, the current
+//! directory session, and the chat links to peers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use messenger_proto::Identity;
+use messenger_proto::chat::{self, Message, MessageId, TextError};
+use messenger_proto::directory::{ErrorCode, Resolution, ResolutionError};
+use messenger_proto::name::{NameError, ScreenName};
+use messenger_proto::record::{MAX_ADDRS, Registration};
+use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
+use messenger_proto::time::now_ms;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::chat::{ChatLink, DeliveryError, Inbox, IncomingMessage};
+use crate::directory::{DirectoryError, DirectorySession, Registered};
+use crate::network::{Network, NetworkConfig, NetworkError};
+
+/// How long a registration record is valid; the online client renews it
+/// well before.
+pub const RECORD_TTL: Duration = Duration::from_secs(600);
+const RENEW_EVERY: Duration = Duration::from_secs(180);
+
+/// Why the client could not start or act.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The network could not start.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The directory failed.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// A name is invalid.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The node's answer does not verify.
+    #[error("the rendezvous node gave a record that does not verify: {0}")]
+    BadResolution(#[from] ResolutionError),
+}
+
+/// Why a message was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// We have no screen name to send from.
+    #[error("you have no screen name yet: run `messenger register NAME` first")]
+    NoName,
+    /// The text breaks the limits.
+    #[error(transparent)]
+    Text(#[from] TextError),
+    /// The recipient name is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// Nobody owns the recipient name.
+    #[error("no such name: {0}")]
+    NoSuchName(ScreenName),
+    /// The recipient is not online.
+    #[error("{name} is offline{}", last_seen_suffix(*.last_seen))]
+    Offline {
+        /// The recipient.
+        name: ScreenName,
+        /// When they were last online (ms since epoch).
+        last_seen: Option<u64>,
+    },
+    /// The directory failed.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    /// The node's answer does not verify.
+    #[error("the rendezvous node gave a record for the recipient that does not verify: {0}")]
+    BadResolution(#[from] ResolutionError),
+    /// No address of the recipient could be dialled.
+    #[error("{name} is online but unreachable; tried {}: {reason}", list(.tried))]
+    Unreachable {
+        /// The recipient.
+        name: ScreenName,
+        /// The addresses tried.
+        tried: Vec<Multiaddr>,
+        /// How it failed.
+        reason: String,
+    },
+    /// The recipient did not acknowledge.
+    #[error("not delivered to {name}: {source}")]
+    NotDelivered {
+        /// The recipient.
+        name: ScreenName,
+        /// Why.
+        source: DeliveryError,
+    },
+}
+
+fn list(addrs: &[Multiaddr]) -> String {
+    if addrs.is_empty() {
+        return "no addresses".into();
+    }
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn last_seen_suffix(last_seen: Option<u64>) -> String {
+    match last_seen {
+        Some(ms) => format!(" (last seen {})", crate::time::describe(ms)),
+        None => String::new(),
+    }
+}
+
+/// A verified answer about a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The name.
+    pub name: ScreenName,
+    /// The key that owns it.
+    pub peer_id: PeerId,
+    /// Whether it is online now.
+    pub online: bool,
+    /// Its current addresses (verified: signed by the owner).
+    pub addrs: Vec<Multiaddr>,
+    /// When it was last online (ms since epoch).
+    pub last_seen: Option<u64>,
+}
+
+impl PeerInfo {
+    fn from_resolution(res: &Resolution) -> Result<Self, ResolutionError> {
+        let record = res.verified_record(now_ms())?;
+        Ok(Self {
+            name: res.name.clone(),
+            peer_id: res.owner,
+            online: res.online && record.is_some(),
+            addrs: record.map(|r| r.addrs).unwrap_or_default(),
+            last_seen: res.last_seen,
+        })
+    }
+}
+
+/// What a delivered message took, step by step.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    /// The message id.
+    pub id: MessageId,
+    /// The recipient.
+    pub to: ScreenName,
+    /// The recipient's peer id.
+    pub peer_id: PeerId,
+    /// When it was sent (ms since epoch).
+    pub sent_at: u64,
+    /// Resolving the name (zero when a link to the peer was already open).
+    pub resolve: Duration,
+    /// Connecting to the peer and opening the chat stream (zero when reused).
+    pub dial: Duration,
+    /// Writing the message until its acknowledgement arrived.
+    pub deliver: Duration,
+}
+
+/// Something that happened to an online client.
+#[derive(Debug, Clone)]
+pub enum ClientEvent {
+    /// Registered and reachable (again, after a reconnect).
+    Online {
+        /// Our name.
+        name: ScreenName,
+        /// The addresses registered.
+        addrs: Vec<Multiaddr>,
+        /// True the first time, false after a reconnect.
+        first: bool,
+    },
+    /// The connection to the rendezvous node was lost; retrying.
+    Reconnecting {
+        /// Why.
+        reason: String,
+    },
+    /// The node refused our registration; we stay offline.
+    RegistrationRefused {
+        /// The node's explanation.
+        reason: String,
+    },
+    /// A message arrived.
+    Message(IncomingMessage),
+}
+
+struct Inner {
+    identity: Identity,
+    network: Network,
+    rendezvous: Multiaddr,
+    name: Mutex<Option<ScreenName>>,
+    directory: watch::Sender<Option<DirectorySession>>,
+    /// Open chat links by recipient name. An open link is authenticated
+    /// (Noise) to the key the name resolved to when it was opened.
+    links: tokio::sync::Mutex<HashMap<ScreenName, ChatLink>>,
+    last_seq: AtomicU64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Handle to a running client.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("peer_id", &self.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts the network and opens a directory session with the node.
+    pub async fn connect(
+        identity: Identity,
+        rendezvous: Multiaddr,
+        name: Option<ScreenName>,
+    ) -> Result<Self, ClientError> {
+        let network = Network::start(&identity, NetworkConfig::default())?;
+        let session = DirectorySession::open(&network, &rendezvous).await?;
+        let (directory, _) = watch::channel(Some(session));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                identity,
+                network,
+                rendezvous,
+                name: Mutex::new(name),
+                directory,
+                links: Default::default(),
+                last_seq: AtomicU64::new(0),
+                tasks: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.identity.peer_id()
+    }
+
+    /// Our screen name, if we have one.
+    pub fn name(&self) -> Option<ScreenName> {
+        lock(&self.inner.name).clone()
+    }
+
+    /// The network handle.
+    pub fn network(&self) -> &Network {
+        &self.inner.network
+    }
+
+    fn session(&self) -> Result<DirectorySession, DirectoryError> {
+        self.inner
+            .directory
+            .borrow()
+            .clone()
+            .filter(|s| !s.is_closed())
+            .ok_or(DirectoryError::Closed)
+    }
+
+    /// A sequence number above every earlier one: microseconds of wall
+    /// time, bumped if the clock has not moved.
+    fn next_seq(&self) -> u64 {
+        let now = now_ms().saturating_mul(1000);
+        let mut last = self.inner.last_seq.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.inner.last_seq.compare_exchange(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
+    /// Claims (or renews) `name` with `addrs` as our current addresses.
+    pub async fn register(
+        &self,
+        name: &ScreenName,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<Registered, ClientError> {
+        let session = self.session()?;
+        self.register_on(&session, name, addrs).await
+    }
+
+    async fn register_on(
+        &self,
+        session: &DirectorySession,
+        name: &ScreenName,
+        mut addrs: Vec<Multiaddr>,
+    ) -> Result<Registered, ClientError> {
+        addrs.truncate(MAX_ADDRS);
+        let record = Registration {
+            name: name.clone(),
+            peer_id: self.peer_id(),
+            addrs,
+            seq: self.next_seq(),
+            expires_at: now_ms() + RECORD_TTL.as_millis() as u64,
+        };
+        let registered = session.register(record.sign(&self.inner.identity)).await?;
+        *lock(&self.inner.name) = Some(registered.name.clone());
+        Ok(registered)
+    }
+
+    /// Gives a name up.
+    pub async fn release(&self, name: &str) -> Result<ScreenName, ClientError> {
+        Ok(self.session()?.release(name).await?)
+    }
+
+    /// Looks a name up and verifies the owner's signed record.
+    pub async fn whois(&self, name: &str) -> Result<PeerInfo, ClientError> {
+        let name = ScreenName::parse(name)?;
+        let resolution = self.session()?.resolve(name.as_str()).await?;
+        Ok(PeerInfo::from_resolution(&resolution)?)
+    }
+
+    /// The names a peer owns.
+    pub async fn names_of(&self, peer: PeerId) -> Result<Vec<ScreenName>, ClientError> {
+        Ok(self.session()?.resolve_peer(peer).await?)
+    }
+
+    /// Sends `text` to `to` directly and waits for the acknowledgement.
+    pub async fn send(&self, to: &str, text: &str) -> Result<SendReport, SendError> {
+        chat::check_text(text)?;
+        let from = self.name().ok_or(SendError::NoName)?;
+        let to = ScreenName::parse(to)?;
+
+        let started = Instant::now();
+        let (link, peer_id, resolve, dial) = self.link_to(&to).await?;
+        let message = Message {
+            id: MessageId::random(),
+            from,
+            to: to.clone(),
+            sent_at: now_ms(),
+            text: text.to_owned(),
+        };
+        let signed = Signed::sign(&self.inner.identity, MESSAGE_CONTEXT, &message);
+        let delivering = Instant::now();
+        let result = link.deliver(message.id, signed).await;
+        let deliver = delivering.elapsed();
+        debug!(to = %to, total = ?started.elapsed(), "send finished");
+        match result {
+            Ok(()) => Ok(SendReport {
+                id: message.id,
+                to,
+                peer_id,
+                sent_at: message.sent_at,
+                resolve,
+                dial,
+                deliver,
+            }),
+            Err(source) => {
+                // A broken link is not reused.
+                self.inner.links.lock().await.remove(&to);
+                Err(SendError::NotDelivered { name: to, source })
+            }
+        }
+    }
+
+    /// An open chat link to the owner of `to`: reused if one is open,
+    /// otherwise resolved, dialled and opened. Returns the time each took.
+    async fn link_to(
+        &self,
+        to: &ScreenName,
+    ) -> Result<(ChatLink, PeerId, Duration, Duration), SendError> {
+        let mut links = self.inner.links.lock().await;
+        if let Some(link) = links.get(to).filter(|l| !l.is_closed()) {
+            return Ok((link.clone(), link.peer(), Duration::ZERO, Duration::ZERO));
+        }
+        let resolving = Instant::now();
+        let session = self.session()?;
+        let resolution = match session.resolve(to.as_str()).await {
+            Ok(r) => r,
+            Err(e) if e.code() == Some(ErrorCode::NoSuchName) => {
+                return Err(SendError::NoSuchName(to.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let info = PeerInfo::from_resolution(&resolution)?;
+        let resolve = resolving.elapsed();
+        if !info.online {
+            return Err(SendError::Offline {
+                name: to.clone(),
+                last_seen: info.last_seen,
+            });
+        }
+        let dialling = Instant::now();
+        let unreachable = |reason: String| SendError::Unreachable {
+            name: to.clone(),
+            tried: info.addrs.clone(),
+            reason,
+        };
+        if info.addrs.is_empty() {
+            return Err(unreachable("it registered no addresses".into()));
+        }
+        self.inner
+            .network
+            .dial(info.peer_id, info.addrs.clone())
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let link = ChatLink::open(&self.inner.network, info.peer_id)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        links.insert(to.clone(), link.clone());
+        Ok((link, info.peer_id, resolve, dialling.elapsed()))
+    }
+
+    /// Goes online as `name`: listens on `listen`, registers, accepts
+    /// messages, and keeps the registration alive (reconnecting to the node
+    /// when the connection drops) until [`Client::shutdown`].
+    pub async fn go_online(
+        &self,
+        name: ScreenName,
+        listen: Vec<Multiaddr>,
+    ) -> Result<mpsc::Receiver<ClientEvent>, ClientError> {
+        for addr in listen {
+            self.inner.network.listen(addr).await?;
+        }
+        let (events, rx) = mpsc::channel(1024);
+        let (messages, mut message_rx) = mpsc::channel(1024);
+        let incoming = self
+            .inner
+            .network
+            .control()
+            .accept(chat::PROTOCOL)
+            .map_err(|e| NetworkError::Transport(e.to_string()))?;
+        let inbox = Inbox::new(name.clone(), self.inner.directory.subscribe(), messages);
+        let forward = events.clone();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(inbox.serve(incoming)));
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = message_rx.recv().await {
+                if forward.send(ClientEvent::Message(m)).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        // The first registration happens here so that errors such as
+        // "name taken" reach the caller directly.
+        let addrs = self.inner.network.listen_addrs().borrow().clone();
+        let session = self.session()?;
+        self.register_on(&session, &name, addrs.clone()).await?;
+        let _ = events
+            .send(ClientEvent::Online {
+                name: name.clone(),
+                addrs,
+                first: true,
+            })
+            .await;
+        tasks.push(tokio::spawn(self.clone().stay_online(name, events)));
+        lock(&self.inner.tasks).extend(tasks);
+        Ok(rx)
+    }
+
+    /// Renews the registration, follows address changes, and reconnects
+    /// to the node whenever the session drops.
+    async fn stay_online(self, name: ScreenName, events: mpsc::Sender<ClientEvent>) {
+        let mut addrs = self.inner.network.listen_addrs();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let Ok(session) = self.session() else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                match self.reconnect(&name).await {
+                    Ok(current) => {
+                        backoff = Duration::from_millis(250);
+                        info!("back online");
+                        let _ = events
+                            .send(ClientEvent::Online {
+                                name: name.clone(),
+                                addrs: current,
+                                first: false,
+                            })
+                            .await;
+                    }
+                    Err(ClientError::Directory(DirectoryError::Refused { message, .. })) => {
+                        warn!("registration refused: {message}");
+                        let _ = events
+                            .send(ClientEvent::RegistrationRefused { reason: message })
+                            .await;
+                        return;
+                    }
+                    Err(e) => debug!("reconnect failed: {e}"),
+                }
+                continue;
+            };
+            tokio::select! {
+                _ = session.closed() => {
+                    warn!("lost the connection to the rendezvous node; reconnecting");
+                    self.inner.directory.send_replace(None);
+                    let _ = events.send(ClientEvent::Reconnecting {
+                        reason: "lost the connection to the rendezvous node".into(),
+                    }).await;
+                }
+                _ = tokio::time::sleep(RENEW_EVERY) => {
+                    let current = addrs.borrow().clone();
+                    if let Err(e) = self.register_on(&session, &name, current).await {
+                        warn!("renewal failed: {e}");
+                    }
+                }
+                Ok(()) = addrs.changed() => {
+                    let current = addrs.borrow_and_update().clone();
+                    info!(?current, "addresses changed; registering them");
+                    if let Err(e) = self.register_on(&session, &name, current).await {
+                        warn!("re-registration failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reconnect(&self, name: &ScreenName) -> Result<Vec<Multiaddr>, ClientError> {
+        let session = DirectorySession::open(&self.inner.network, &self.inner.rendezvous).await?;
+        let addrs = self.inner.network.listen_addrs().borrow().clone();
+        self.register_on(&session, name, addrs.clone()).await?;
+        self.inner.directory.send_replace(Some(session));
+        Ok(addrs)
+    }
+
+    /// Goes offline: stops the background tasks and closes the directory
+    /// session, so the node marks us offline at once.
+    pub async fn shutdown(&self) {
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+        self.inner.links.lock().await.clear();
+        if let Some(session) = self.inner.directory.send_replace(None) {
+            session.close().await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

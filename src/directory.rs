@@ -1,0 +1,282 @@
+//! The client side of a directory session with the rendezvous node.
+//!
+//! One stream carries every request of a session; responses are matched to
+//! requests by id, so callers may issue requests concurrently. While the
+//! session is open, whatever it registered stays online.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::AsyncReadExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use messenger_proto::codec;
+use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Resolution, Response};
+use messenger_proto::name::ScreenName;
+use messenger_proto::record::SignedRecord;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::debug;
+
+use crate::network::{Network, NetworkError};
+
+/// How long one directory request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a directory request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DirectoryError {
+    /// The rendezvous address is unusable.
+    #[error("bad rendezvous address {addr}: {reason}")]
+    BadAddress {
+        /// The address given.
+        addr: Multiaddr,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The node could not be reached.
+    #[error("cannot reach the rendezvous node: {0}")]
+    Unreachable(NetworkError),
+    /// The node does not speak the directory protocol, or the stream failed.
+    #[error("cannot open a directory session with the rendezvous node: {0}")]
+    Session(String),
+    /// The session ended before the answer came.
+    #[error("lost the connection to the rendezvous node")]
+    Closed,
+    /// No answer in time.
+    #[error("the rendezvous node did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The node refused the request.
+    #[error("{message}")]
+    Refused {
+        /// Why, as a stable code.
+        code: ErrorCode,
+        /// The node's explanation.
+        message: String,
+    },
+    /// The node answered with something that does not fit the request.
+    #[error("the rendezvous node sent an unexpected answer")]
+    Unexpected,
+}
+
+impl DirectoryError {
+    /// The refusal code, if the node refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            DirectoryError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of a registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The name now owned.
+    pub name: ScreenName,
+    /// Whether this registration created the claim.
+    pub new_claim: bool,
+    /// When it lapses unless renewed (ms since epoch).
+    pub expires_at: u64,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+/// An open directory session. Cheap to clone; the session ends when every
+/// clone is dropped or the connection dies.
+#[derive(Debug, Clone)]
+pub struct DirectorySession {
+    node: PeerId,
+    requests: mpsc::Sender<Call>,
+    closed: watch::Receiver<bool>,
+}
+
+/// What the session's writer task is asked to do.
+#[derive(Debug)]
+enum Call {
+    Request(Op, oneshot::Sender<Reply>),
+    Close,
+}
+
+/// The node's peer id, taken from the `/p2p/` suffix of its address.
+pub fn node_peer_id(addr: &Multiaddr) -> Result<PeerId, DirectoryError> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Ok(peer),
+        _ => Err(DirectoryError::BadAddress {
+            addr: addr.clone(),
+            reason: "it must end in /p2p/<peer id> (copy a line the rendezvous node printed)",
+        }),
+    }
+}
+
+impl DirectorySession {
+    /// Connects to the node at `addr` and opens a session.
+    pub async fn open(network: &Network, addr: &Multiaddr) -> Result<Self, DirectoryError> {
+        let node = node_peer_id(addr)?;
+        network
+            .dial(node, vec![addr.clone()])
+            .await
+            .map_err(DirectoryError::Unreachable)?;
+        let stream = network
+            .control()
+            .open_stream(node, directory::PROTOCOL)
+            .await
+            .map_err(|e| DirectoryError::Session(e.to_string()))?;
+        let (reader, writer) = stream.split();
+        let pending: Pending = Arc::default();
+        let (requests, request_rx) = mpsc::channel(64);
+        let (closed_tx, closed) = watch::channel(false);
+        tokio::spawn(write_requests(writer, request_rx, pending.clone()));
+        tokio::spawn(read_responses(reader, pending, closed_tx));
+        Ok(Self {
+            node,
+            requests,
+            closed,
+        })
+    }
+
+    /// The node's peer id.
+    pub fn node(&self) -> PeerId {
+        self.node
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Resolves when the session ends (connection lost, node stopped).
+    pub async fn closed(&self) {
+        let mut closed = self.closed.clone();
+        let _ = closed.wait_for(|c| *c).await;
+    }
+
+    /// Ends the session (the node marks what it registered offline) and
+    /// waits briefly for the node to close its side.
+    pub async fn close(&self) {
+        if self.requests.send(Call::Close).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.closed()).await;
+        }
+    }
+
+    async fn call(&self, op: Op) -> Result<Reply, DirectoryError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.requests
+            .send(Call::Request(op, reply_tx))
+            .await
+            .map_err(|_| DirectoryError::Closed)?;
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, reply_rx)
+            .await
+            .map_err(|_| DirectoryError::Timeout(REQUEST_TIMEOUT))?
+            .map_err(|_| DirectoryError::Closed)?;
+        match reply {
+            Reply::Error { code, message } => Err(DirectoryError::Refused { code, message }),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Claims or renews a name with a signed record.
+    pub async fn register(&self, record: SignedRecord) -> Result<Registered, DirectoryError> {
+        match self.call(Op::Register { record }).await? {
+            Reply::Registered {
+                name,
+                new_claim,
+                expires_at,
+            } => Ok(Registered {
+                name,
+                new_claim,
+                expires_at,
+            }),
+            _ => Err(DirectoryError::Unexpected),
+        }
+    }
+
+    /// Looks a name up (not yet verified: see [`Resolution::verified_record`]).
+    pub async fn resolve(&self, name: &str) -> Result<Resolution, DirectoryError> {
+        match self
+            .call(Op::Resolve {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            Reply::Resolved(resolution)
+                if resolution.name.as_str() == name.to_ascii_lowercase() =>
+            {
+                Ok(resolution)
+            }
+            _ => Err(DirectoryError::Unexpected),
+        }
+    }
+
+    /// The names a peer owns.
+    pub async fn resolve_peer(&self, peer_id: PeerId) -> Result<Vec<ScreenName>, DirectoryError> {
+        match self.call(Op::ResolvePeer { peer_id }).await? {
+            Reply::Names { peer_id: p, names } if p == peer_id => Ok(names),
+            _ => Err(DirectoryError::Unexpected),
+        }
+    }
+
+    /// Gives a name up.
+    pub async fn release(&self, name: &str) -> Result<ScreenName, DirectoryError> {
+        match self
+            .call(Op::Release {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            Reply::Released { name } => Ok(name),
+            _ => Err(DirectoryError::Unexpected),
+        }
+    }
+}
+
+async fn write_requests(
+    mut writer: futures::io::WriteHalf<libp2p::Stream>,
+    mut requests: mpsc::Receiver<Call>,
+    pending: Pending,
+) {
+    let mut next_id: u64 = 1;
+    while let Some(Call::Request(op, reply)) = requests.recv().await {
+        let id = next_id;
+        next_id += 1;
+        lock(&pending).insert(id, reply);
+        let request = Request { id, op };
+        if let Err(e) = codec::write_frame(&mut writer, &request, directory::MAX_FRAME).await {
+            debug!("directory session write failed: {e}");
+            lock(&pending).remove(&id);
+            break;
+        }
+    }
+    // Closing our side tells the node the session is over.
+    let _ = futures::AsyncWriteExt::close(&mut writer).await;
+}
+
+async fn read_responses(
+    mut reader: futures::io::ReadHalf<libp2p::Stream>,
+    pending: Pending,
+    closed: watch::Sender<bool>,
+) {
+    loop {
+        match codec::read_frame::<_, Response>(&mut reader, directory::MAX_FRAME).await {
+            Ok(Some(response)) => {
+                if let Some(reply) = lock(&pending).remove(&response.id) {
+                    let _ = reply.send(response.reply);
+                } else if let Reply::Error { message, .. } = response.reply {
+                    debug!("rendezvous node closed the session: {message}");
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!("directory session ended: {e}");
+                break;
+            }
+        }
+    }
+    // Dropping the senders fails every request still waiting.
+    lock(&pending).clear();
+    let _ = closed.send(true);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,151 @@
+//! A user's home: the directory holding their key, config and local data.
+//!
+//! ```text
+//! <home>/identity.key   ed25519 key (mode 0600), see messenger_proto::identity
+//! <home>/config.json    remembered settings: rendezvous address, screen name
+//! ```
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use libp2p::Multiaddr;
+use messenger_proto::Identity;
+use messenger_proto::identity::{IdentityError, create_private_dir};
+use messenger_proto::name::ScreenName;
+use serde::{Deserialize, Serialize};
+
+/// Why the home could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// A file or directory operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The config file is not valid.
+    #[error("config file {path} is invalid: {reason}; fix or delete it")]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The key file is unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// Settings remembered between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The rendezvous node, remembered after the first successful register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendezvous: Option<Multiaddr>,
+    /// Our screen name, once registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<ScreenName>,
+}
+
+/// A user's home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+impl Home {
+    /// The per-user default (e.g. `~/.local/share/messenger`).
+    pub fn default_dir() -> Option<PathBuf> {
+        directories::ProjectDirs::from("", "", "messenger").map(|d| d.data_dir().to_owned())
+    }
+
+    /// Opens `dir`, creating it (owner-only) if needed.
+    pub fn open(dir: &Path) -> Result<Self, HomeError> {
+        create_private_dir(dir).map_err(|source| HomeError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The key file path.
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    /// Our identity, created on first use.
+    pub fn identity(&self) -> Result<Identity, HomeError> {
+        Ok(Identity::load_or_create(&self.key_path())?)
+    }
+
+    /// The remembered settings (defaults if none were saved yet).
+    pub fn config(&self) -> Result<Config, HomeError> {
+        let path = self.config_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| HomeError::BadConfig {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(HomeError::Io { path, source }),
+        }
+    }
+
+    /// Saves the settings atomically: a crash leaves the old or the new
+    /// file, never a torn one.
+    pub fn save_config(&self, config: &Config) -> Result<(), HomeError> {
+        let path = self.config_path();
+        let tmp = self.dir.join("config.json.tmp");
+        let io_err = |source| HomeError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut bytes = serde_json::to_vec_pretty(config).map_err(|e| HomeError::BadConfig {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+        let mut file = fs::File::create(&tmp).map_err(io_err)?;
+        file.write_all(&bytes).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        fs::rename(&tmp, &path).map_err(io_err)?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_and_rejects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(dir.path()).unwrap();
+        assert_eq!(home.config().unwrap(), Config::default());
+        let config = Config {
+            rendezvous: Some("/ip4/127.0.0.1/tcp/4001".parse().unwrap()),
+            name: Some(ScreenName::parse("alice").unwrap()),
+        };
+        home.save_config(&config).unwrap();
+        assert_eq!(home.config().unwrap(), config);
+        fs::write(dir.path().join("config.json"), b"{\"name\": \"9bad\"}").unwrap();
+        assert!(matches!(home.config(), Err(HomeError::BadConfig { .. })));
+    }
+}
