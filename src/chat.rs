@@ -380,11 +380,10 @@ impl Inbox {
                 lock(&self.owners).insert(name.clone(), (resolution.owner, Instant::now()));
                 Ok(resolution.owner)
             }
-            Err(DirectoryError::Refused { code, .. })
-                if code == messenger_proto::directory::ErrorCode::NoSuchName =>
-            {
-                Err(OwnerError::NoSuchName)
-            }
+            Err(DirectoryError::Refused {
+                code: messenger_proto::directory::ErrorCode::NoSuchName,
+                ..
+            }) => Err(OwnerError::NoSuchName),
             Err(e) => Err(OwnerError::Unavailable(e.to_string())),
         }
     }

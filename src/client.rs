@@ -464,42 +464,55 @@ impl Client {
     /// to the node whenever the session drops.
     async fn stay_online(self, name: ScreenName, events: mpsc::Sender<ClientEvent>) {
         let mut addrs = self.inner.network.listen_addrs();
+        addrs.borrow_and_update();
         let mut backoff = Duration::from_millis(250);
+        let mut lost = false;
         loop {
-            let Ok(session) = self.session() else {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                match self.reconnect(&name).await {
-                    Ok(current) => {
-                        backoff = Duration::from_millis(250);
-                        info!("back online");
+            let session = match self.session() {
+                Ok(session) => session,
+                Err(_) => {
+                    if !lost {
+                        lost = true;
+                        warn!("lost the connection to the rendezvous node; reconnecting");
+                        self.inner.directory.send_replace(None);
                         let _ = events
-                            .send(ClientEvent::Online {
-                                name: name.clone(),
-                                addrs: current,
-                                first: false,
+                            .send(ClientEvent::Reconnecting {
+                                reason: "lost the connection to the rendezvous node".into(),
                             })
                             .await;
                     }
-                    Err(ClientError::Directory(DirectoryError::Refused { message, .. })) => {
-                        warn!("registration refused: {message}");
-                        let _ = events
-                            .send(ClientEvent::RegistrationRefused { reason: message })
-                            .await;
-                        return;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    match self.reconnect(&name).await {
+                        Ok(current) => {
+                            lost = false;
+                            backoff = Duration::from_millis(250);
+                            info!("back online");
+                            let _ = events
+                                .send(ClientEvent::Online {
+                                    name: name.clone(),
+                                    addrs: current,
+                                    first: false,
+                                })
+                                .await;
+                        }
+                        Err(ClientError::Directory(DirectoryError::Refused {
+                            message, ..
+                        })) => {
+                            warn!("registration refused: {message}");
+                            let _ = events
+                                .send(ClientEvent::RegistrationRefused { reason: message })
+                                .await;
+                            return;
+                        }
+                        Err(e) => debug!("reconnect failed: {e}"),
                     }
-                    Err(e) => debug!("reconnect failed: {e}"),
+                    continue;
                 }
-                continue;
             };
             tokio::select! {
-                _ = session.closed() => {
-                    warn!("lost the connection to the rendezvous node; reconnecting");
-                    self.inner.directory.send_replace(None);
-                    let _ = events.send(ClientEvent::Reconnecting {
-                        reason: "lost the connection to the rendezvous node".into(),
-                    }).await;
-                }
+                // The next turn of the loop finds the session closed.
+                _ = session.closed() => {}
                 _ = tokio::time::sleep(RENEW_EVERY) => {
                     let current = addrs.borrow().clone();
                     if let Err(e) = self.register_on(&session, &name, current).await {

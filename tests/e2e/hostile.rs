@@ -1,0 +1,205 @@
+//! Hostile peers, driven in-process with the library against the real
+//! node and client processes: malformed frames close one stream, forged
+//! messages are refused, and the processes carry on.
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{Multiaddr, PeerId};
+use messenger::chat::{ChatLink, DeliveryError};
+use messenger::client::Client;
+use messenger::directory::DirectorySession;
+use messenger::network::{Network, NetworkConfig};
+use messenger::proto::Identity;
+use messenger::proto::chat::{self, Message, MessageId, RejectCode};
+use messenger::proto::directory;
+use messenger::proto::name::ScreenName;
+use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
+use messenger::proto::time::now_ms;
+
+use crate::support::{Node, User};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+async fn open_raw(
+    network: &Network,
+    peer: PeerId,
+    addrs: Vec<Multiaddr>,
+    protocol: libp2p::StreamProtocol,
+) -> libp2p::Stream {
+    network.dial(peer, addrs).await.unwrap();
+    network.control().open_stream(peer, protocol).await.unwrap()
+}
+
+/// Reads until the peer closes the stream; true if it did within the timeout.
+async fn closed_by_peer(stream: &mut libp2p::Stream) -> bool {
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read_all)
+        .await
+        .is_ok()
+}
+
+#[test]
+fn malformed_frames_close_one_stream_not_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    let bob = User::new(&node);
+    alice.register("alice");
+    bob.register("bob");
+    let mut bob_online = bob.online();
+    let node_addr: Multiaddr = node.addr.parse().unwrap();
+    let node_peer: PeerId = node.peer_id().parse().unwrap();
+    let bob_info = alice.ok(&["--json", "whois", "bob"]).json();
+    let bob_peer: PeerId = bob_info["peer_id"].as_str().unwrap().parse().unwrap();
+    let bob_addrs: Vec<Multiaddr> = bob_info["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().parse().unwrap())
+        .collect();
+
+    runtime().block_on(async {
+        let network =
+            Network::start(&Identity::generate().unwrap(), NetworkConfig::default()).unwrap();
+        // To the node: an absurd length prefix, then CBOR garbage.
+        for junk in [
+            &[0xff, 0xff, 0xff, 0xff][..],
+            &[0, 0, 0, 3, 0xff, 0xfe, 0xfd][..],
+        ] {
+            let mut s = open_raw(
+                &network,
+                node_peer,
+                vec![node_addr.clone()],
+                directory::PROTOCOL,
+            )
+            .await;
+            s.write_all(junk).await.unwrap();
+            s.flush().await.unwrap();
+            assert!(closed_by_peer(&mut s).await, "the node closes the stream");
+        }
+        // To bob: the same on a chat stream.
+        for junk in [
+            &[0xff, 0xff, 0xff, 0xff][..],
+            &[0, 0, 0, 3, 0xff, 0xfe, 0xfd][..],
+        ] {
+            let mut s = open_raw(&network, bob_peer, bob_addrs.clone(), chat::PROTOCOL).await;
+            s.write_all(junk).await.unwrap();
+            s.flush().await.unwrap();
+            assert!(closed_by_peer(&mut s).await, "bob closes the stream");
+        }
+    });
+
+    // Both processes carry on.
+    alice.ok(&["send", "bob", "still works"]);
+    assert_eq!(
+        bob_online.stdout.expect_event("message")["text"],
+        "still works"
+    );
+    assert!(bob_online.child.try_wait().unwrap().is_none());
+}
+
+#[test]
+fn forged_sender_names_and_signatures_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    let bob = User::new(&node);
+    alice.register("alice");
+    bob.register("bob");
+    let mut bob_online = bob.online();
+    let node_addr: Multiaddr = node.addr.parse().unwrap();
+
+    runtime().block_on(async {
+        let mallory_id = Identity::generate().unwrap();
+        let mallory = Client::connect(mallory_id.clone(), node_addr.clone(), None)
+            .await
+            .unwrap();
+        let mallory_name = ScreenName::parse("mallory").unwrap();
+        mallory.register(&mallory_name, vec![]).await.unwrap();
+        let bob_info = mallory.whois("bob").await.unwrap();
+        mallory
+            .network()
+            .dial(bob_info.peer_id, bob_info.addrs.clone())
+            .await
+            .unwrap();
+        let link = ChatLink::open(mallory.network(), bob_info.peer_id)
+            .await
+            .unwrap();
+        let message = |from: &str, text: &str| Message {
+            id: MessageId::random(),
+            from: ScreenName::parse(from).unwrap(),
+            to: ScreenName::parse("bob").unwrap(),
+            sent_at: now_ms(),
+            text: text.into(),
+        };
+
+        // Mallory claims to be alice.
+        let m = message("alice", "it's me, alice");
+        let err = link
+            .deliver(m.id, Signed::sign(&mallory_id, MESSAGE_CONTEXT, &m))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DeliveryError::Rejected(RejectCode::SenderMismatch)),
+            "{err}"
+        );
+
+        // A signature by another key than the connection's.
+        let m = message("mallory", "signed by someone else");
+        let other = Identity::generate().unwrap();
+        let err = link
+            .deliver(m.id, Signed::sign(&other, MESSAGE_CONTEXT, &m))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DeliveryError::Rejected(RejectCode::BadSignature)),
+            "{err}"
+        );
+
+        // A tampered payload.
+        let m = message("mallory", "original");
+        let mut signed = Signed::sign(&mallory_id, MESSAGE_CONTEXT, &m);
+        let last = signed.payload.len() - 1;
+        signed.payload[last] ^= 1;
+        let err = link.deliver(m.id, signed).await.unwrap_err();
+        assert!(
+            matches!(err, DeliveryError::Rejected(RejectCode::BadSignature)),
+            "{err}"
+        );
+
+        // Honest mallory gets through, once, even if she repeats it.
+        let m = message("mallory", "hello from mallory");
+        let signed = Signed::sign(&mallory_id, MESSAGE_CONTEXT, &m);
+        link.deliver(m.id, signed.clone()).await.unwrap();
+        link.deliver(m.id, signed).await.unwrap();
+        mallory.shutdown().await;
+    });
+
+    let msg = bob_online.stdout.expect_event("message");
+    assert_eq!(msg["from"], "mallory");
+    assert_eq!(msg["text"], "hello from mallory");
+    alice.ok(&["send", "bob", "the real alice"]);
+    let msg = bob_online.stdout.expect_event("message");
+    assert_eq!(
+        msg["text"], "the real alice",
+        "no forged or repeated message was shown: {:?}",
+        bob_online.stdout.seen
+    );
+    let shown = bob_online
+        .stdout
+        .seen
+        .iter()
+        .filter(|l| l.contains("\"event\":\"message\""))
+        .count();
+    assert_eq!(shown, 2, "{:?}", bob_online.stdout.seen);
+    let _ = DirectorySession::open; // the session type is part of the public API used above
+}

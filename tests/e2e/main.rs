@@ -1,0 +1,13 @@
+//! End-to-end tests: the real `rendezvous` and `messenger` binaries as
+//! processes on 127.0.0.1, with ephemeral ports and temporary homes.
+//!
+//! Run with `cargo test --workspace` so that cargo builds both binaries.
+
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
+mod bad_input;
+mod directory;
+mod hostile;
+mod messaging;
+mod restart;
+mod support;

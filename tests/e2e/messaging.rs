@@ -1,0 +1,117 @@
+//! Direct messages between real processes.
+
+use crate::support::{Node, User};
+
+#[test]
+fn send_to_an_online_peer_is_acknowledged_and_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    let bob = User::new(&node);
+    alice.register("alice");
+    bob.register("bob");
+    let mut bob_online = bob.spawn(&["online", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    bob_online
+        .stdout
+        .expect("online line", |l| l.starts_with("online as bob"));
+
+    let ran = alice.ok(&["--json", "send", "bob", "hello bob"]);
+    let delivered = ran.json();
+    assert_eq!(delivered["event"], "delivered");
+    assert_eq!(delivered["to"], "bob");
+    let line = bob_online
+        .stdout
+        .expect("the message", |l| l.ends_with("alice: hello bob"));
+    // `[HH:MM:SS] alice: hello bob`
+    let bytes = line.as_bytes();
+    assert!(
+        bytes[0] == b'[' && bytes[9] == b']' && bytes[3] == b':' && bytes[6] == b':',
+        "{line}"
+    );
+
+    // Text from stdin, multi-line, and the JSON form of the received message.
+    let mut bob_json = {
+        drop(bob_online);
+        bob.online()
+    };
+    let ran = alice.run_with_stdin(&["send", "bob", "-"], Some("two\nlines\n".as_bytes()));
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.starts_with("delivered to bob"), "{ran:?}");
+    let msg = bob_json.stdout.expect_event("message");
+    assert_eq!(msg["from"], "alice");
+    assert_eq!(msg["text"], "two\nlines");
+    assert_eq!(msg["peer_id"], alice.peer_id());
+    assert_eq!(msg["id"].as_str().unwrap().len(), 32);
+}
+
+#[test]
+fn send_to_offline_and_unknown_names_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    let bob = User::new(&node);
+    alice.register("alice");
+    bob.register("bob");
+
+    let ran = alice.run(&["send", "bob", "are you there?"]);
+    assert_eq!(ran.code, 5, "{ran:?}");
+    assert!(ran.stderr.contains("bob is offline (last seen"), "{ran:?}");
+
+    let ran = alice.run(&["send", "nobody", "hi"]);
+    assert_eq!(ran.code, 3, "{ran:?}");
+    assert!(ran.stderr.contains("no such name: nobody"), "{ran:?}");
+
+    // A client that went offline with Ctrl-C is offline at once.
+    let mut online = bob.online();
+    online.signal("INT");
+    assert_eq!(online.wait_exit(), Some(0));
+    let ran = alice.run(&["--json", "send", "bob", "still there?"]);
+    assert_eq!(ran.code, 5, "{ran:?}");
+    assert_eq!(ran.json()["event"], "error");
+}
+
+#[test]
+fn a_killed_peer_goes_offline_and_sending_says_what_was_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    let bob = User::new(&node);
+    alice.register("alice");
+    bob.register("bob");
+    let online = bob.online();
+    drop(online); // SIGKILL: no goodbye to the node.
+    // The node notices the closed connection; sending then fails as offline
+    // (or, if the node has not noticed yet, as unreachable at the old address).
+    let ran = alice.run(&["send", "bob", "hello?"]);
+    assert!(ran.code == 5 || ran.code == 6, "{ran:?}");
+    if ran.code == 6 {
+        assert!(ran.stderr.contains("tried /ip4/127.0.0.1/tcp/"), "{ran:?}");
+    }
+}
+
+#[test]
+fn chat_sends_typed_lines_and_prints_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    let bob = User::new(&node);
+    alice.register("alice");
+    bob.register("bob");
+    let mut bob_online = bob.online();
+    let mut chat = alice.spawn(&["chat", "bob", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    chat.stdout
+        .expect("online line", |l| l.starts_with("online as alice"));
+    for line in ["one", "two", "three"] {
+        chat.write_stdin(&format!("{line}\n"));
+    }
+    for expected in ["one", "two", "three"] {
+        let msg = bob_online.stdout.expect_event("message");
+        assert_eq!(msg["text"], expected, "messages arrive in the order typed");
+    }
+    let ran = bob.ok(&["send", "alice", "hi alice"]);
+    assert!(ran.stdout.starts_with("delivered"), "{ran:?}");
+    chat.stdout
+        .expect("bob's reply", |l| l.ends_with("bob: hi alice"));
+    chat.close_stdin();
+    assert_eq!(chat.wait_exit(), Some(0));
+}
