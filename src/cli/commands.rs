@@ -249,6 +249,8 @@ impl Ctx {
         } else {
             listen
         };
+        // Watch for signals before announcing that we are online.
+        let mut signals = Signals::new()?;
         let (client, addr) = self.connect().await?;
         let mut events = client
             .go_online(name.clone(), listen)
@@ -294,7 +296,7 @@ impl Ctx {
                     None => break Ok(()),
                 },
                 Some(result) = sent.recv() => self.show_sent(result),
-                _ = shutdown_signal() => break Ok(()),
+                _ = signals.recv() => break Ok(()),
             }
         };
         // Let messages still in flight finish (bounded), then go offline.
@@ -406,15 +408,25 @@ async fn read_lines(tx: mpsc::Sender<String>) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGINT and SIGTERM, both meaning "go offline and exit".
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
 }
