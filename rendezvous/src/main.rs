@@ -67,13 +67,16 @@ async fn run(args: Args) -> Result<()> {
     if !args.listen.is_empty() {
         config.listen = args.listen;
     }
+    // Watch for signals before announcing readiness, so that a signal sent
+    // right after the addresses are printed is handled, not fatal.
+    let mut signals = Signals::new()?;
     let server = Server::bind(config)
         .await
         .context("cannot start the node")?;
     for addr in server.listen_addrs() {
         println!("{addr}");
     }
-    wait_for_signal().await?;
+    signals.recv().await;
     tracing::info!("signal received, shutting down");
     server.shutdown().await;
     Ok(())
