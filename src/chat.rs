@@ -220,12 +220,41 @@ pub struct IncomingMessage {
 /// session, which changes when the client reconnects.
 pub type DirectoryWatch = watch::Receiver<Option<DirectorySession>>;
 
+/// Where the inbox keeps what it accepts, and whom it refuses.
+pub trait MessageSink: Send + Sync + 'static {
+    /// Whether to refuse a verified message from `from` (owned by `peer`),
+    /// e.g. because the sender is blocked or its key is not the pinned one.
+    fn refuse(&self, from: &ScreenName, peer: &PeerId) -> Option<RejectCode>;
+
+    /// Keeps an accepted message, durably if it must survive a crash, before
+    /// it is acknowledged. Returns false for a message seen before. Runs on
+    /// a blocking thread.
+    fn keep(&self, message: &Message, peer: &PeerId) -> Result<bool, String>;
+}
+
+/// A sink that only remembers recent ids in memory: for library users and
+/// tests that keep no history.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    seen: Mutex<SeenIds>,
+}
+
+impl MessageSink for MemorySink {
+    fn refuse(&self, _: &ScreenName, _: &PeerId) -> Option<RejectCode> {
+        None
+    }
+
+    fn keep(&self, message: &Message, _: &PeerId) -> Result<bool, String> {
+        Ok(lock(&self.seen).insert(message.id))
+    }
+}
+
 /// The receiving side: accepts chat streams and checks every message.
 pub struct Inbox {
     me: ScreenName,
     directory: DirectoryWatch,
     deliver: mpsc::Sender<IncomingMessage>,
-    seen: Mutex<SeenIds>,
+    sink: Arc<dyn MessageSink>,
     owners: Mutex<HashMap<ScreenName, (PeerId, Instant)>>,
 }
 
@@ -251,12 +280,13 @@ impl Inbox {
         me: ScreenName,
         directory: DirectoryWatch,
         deliver: mpsc::Sender<IncomingMessage>,
+        sink: Arc<dyn MessageSink>,
     ) -> Arc<Self> {
         Arc::new(Self {
             me,
             directory,
             deliver,
-            seen: Mutex::new(SeenIds::default()),
+            sink,
             owners: Mutex::default(),
         })
     }
@@ -345,9 +375,21 @@ impl Inbox {
                 )));
             }
         }
-        if !lock(&self.seen).insert(id) {
-            debug!(%id, "duplicate message acknowledged again");
-            return Ok(id);
+        if let Some(code) = self.sink.refuse(&message.from, &peer) {
+            return Err(Refusal::Reject(id, code));
+        }
+        let sink = self.sink.clone();
+        let keep = message.clone();
+        let kept = tokio::task::spawn_blocking(move || sink.keep(&keep, &peer))
+            .await
+            .map_err(|e| Refusal::Close(format!("cannot store the message: {e}")))?;
+        match kept {
+            Ok(true) => {}
+            Ok(false) => {
+                debug!(%id, "duplicate message acknowledged again");
+                return Ok(id);
+            }
+            Err(e) => return Err(Refusal::Close(format!("cannot store the message: {e}"))),
         }
         let incoming = IncomingMessage {
             from: message.from.clone(),
@@ -395,7 +437,7 @@ enum OwnerError {
 }
 
 /// A bounded set of recently seen message ids.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct SeenIds {
     set: HashSet<MessageId>,
     order: VecDeque<MessageId>,

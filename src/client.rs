@@ -4,7 +4,7 @@
 //! [`Client`] is a cheap-to-clone handle over the network, the current
 //! directory session, and the chat links to peers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId};
 use messenger_proto::Identity;
 use messenger_proto::chat::{self, Message, MessageId, TextError};
-use messenger_proto::directory::{ErrorCode, Resolution, ResolutionError};
+use messenger_proto::directory::{
+    ErrorCode, MAX_VISIBLE_TO, MAX_WATCH_PER_REQUEST, Resolution, ResolutionError,
+};
 use messenger_proto::name::{NameError, ScreenName};
+use messenger_proto::presence::{Presence, Status};
 use messenger_proto::record::{MAX_ADDRS, Registration};
 use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger_proto::time::now_ms;
@@ -21,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::chat::{ChatLink, DeliveryError, Inbox, IncomingMessage};
+use crate::chat::{ChatLink, DeliveryError, Inbox, IncomingMessage, MessageSink};
 use crate::directory::{DirectoryError, DirectorySession, Registered};
 use crate::network::{Network, NetworkConfig, NetworkError};
 
@@ -86,6 +89,9 @@ pub enum SendError {
         /// How it failed.
         reason: String,
     },
+    /// The recipient is a contact whose key changed since it was pinned.
+    #[error("{0}")]
+    KeyChanged(Box<KeyChange>),
     /// The recipient did not acknowledge.
     #[error("not delivered to {name}: {source}")]
     NotDelivered {
@@ -114,6 +120,22 @@ fn last_seen_suffix(last_seen: Option<u64>) -> String {
     }
 }
 
+/// A contact's name now resolves to another key than the pinned one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "KEY CHANGED: {name} was pinned to key {pinned}, but the rendezvous node now says {current}. \
+     Nothing is sent to or accepted from {name} until you run `messenger contacts trust {name}` \
+     (do so only if you know why the key changed)"
+)]
+pub struct KeyChange {
+    /// The contact.
+    pub name: ScreenName,
+    /// The pinned key.
+    pub pinned: PeerId,
+    /// The key the node reports now.
+    pub current: PeerId,
+}
+
 /// A verified answer about a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -121,8 +143,13 @@ pub struct PeerInfo {
     pub name: ScreenName,
     /// The key that owns it.
     pub peer_id: PeerId,
-    /// Whether it is online now.
-    pub online: bool,
+    /// What we are shown: online, away, busy or offline.
+    pub presence: Presence,
+    /// The status text, while shown online.
+    pub status_text: String,
+    /// Whether we may dial it now: we hold its signed, unexpired record
+    /// (also true for an invisible owner that named us).
+    pub reachable: bool,
     /// Its current addresses (verified: signed by the owner).
     pub addrs: Vec<Multiaddr>,
     /// When it was last online (ms since epoch).
@@ -130,15 +157,32 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    fn from_resolution(res: &Resolution) -> Result<Self, ResolutionError> {
+    /// Verifies a node's answer.
+    pub fn from_resolution(res: &Resolution) -> Result<Self, ResolutionError> {
         let record = res.verified_record(now_ms())?;
+        let reachable = record.is_some();
         Ok(Self {
             name: res.name.clone(),
             peer_id: res.owner,
-            online: res.online && record.is_some(),
+            presence: if reachable {
+                res.presence
+            } else {
+                Presence::Offline
+            },
+            status_text: if reachable {
+                res.status_text.clone()
+            } else {
+                String::new()
+            },
+            reachable,
             addrs: record.map(|r| r.addrs).unwrap_or_default(),
             last_seen: res.last_seen,
         })
+    }
+
+    /// Whether it is shown online (online, away or busy).
+    pub fn online(&self) -> bool {
+        self.presence.is_online()
     }
 }
 
@@ -185,6 +229,16 @@ pub enum ClientEvent {
     },
     /// A message arrived.
     Message(IncomingMessage),
+    /// A watched name's presence changed (verified).
+    Presence(PeerInfo),
+}
+
+/// Our status and who may still reach us while invisible.
+#[derive(Debug, Clone, Default)]
+struct OwnStatus {
+    status: Status,
+    text: String,
+    visible_to: Vec<PeerId>,
 }
 
 struct Inner {
@@ -198,6 +252,12 @@ struct Inner {
     links: tokio::sync::Mutex<HashMap<ScreenName, ChatLink>>,
     last_seq: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    status: Mutex<OwnStatus>,
+    /// Names whose presence the node pushes; watched again after a reconnect.
+    watched: Mutex<BTreeSet<ScreenName>>,
+    pushes: mpsc::Sender<Resolution>,
+    push_rx: Mutex<Option<mpsc::Receiver<Resolution>>>,
+    online_as: Mutex<Option<ScreenName>>,
 }
 
 /// Handle to a running client.
@@ -222,7 +282,8 @@ impl Client {
         name: Option<ScreenName>,
     ) -> Result<Self, ClientError> {
         let network = Network::start(&identity, NetworkConfig::default())?;
-        let session = DirectorySession::open(&network, &rendezvous).await?;
+        let (pushes, push_rx) = mpsc::channel(256);
+        let session = DirectorySession::open(&network, &rendezvous, Some(pushes.clone())).await?;
         let (directory, _) = watch::channel(Some(session));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -234,6 +295,11 @@ impl Client {
                 links: Default::default(),
                 last_seq: AtomicU64::new(0),
                 tasks: Mutex::default(),
+                status: Mutex::default(),
+                watched: Mutex::default(),
+                pushes,
+                push_rx: Mutex::new(Some(push_rx)),
+                online_as: Mutex::default(),
             }),
         })
     }
@@ -298,14 +364,23 @@ impl Client {
         mut addrs: Vec<Multiaddr>,
     ) -> Result<Registered, ClientError> {
         addrs.truncate(MAX_ADDRS);
+        let own = lock(&self.inner.status).clone();
         let record = Registration {
             name: name.clone(),
             peer_id: self.peer_id(),
             addrs,
             seq: self.next_seq(),
             expires_at: now_ms() + RECORD_TTL.as_millis() as u64,
+            status: own.status,
+            status_text: own.text,
         };
-        let registered = session.register(record.sign(&self.inner.identity)).await?;
+        let visible_to = match own.status {
+            Status::Invisible => own.visible_to,
+            _ => Vec::new(),
+        };
+        let registered = session
+            .register(record.sign(&self.inner.identity), visible_to)
+            .await?;
         *lock(&self.inner.name) = Some(registered.name.clone());
         Ok(registered)
     }
@@ -327,74 +402,43 @@ impl Client {
         Ok(self.session()?.resolve_peer(peer).await?)
     }
 
-    /// Sends `text` to `to` directly and waits for the acknowledgement.
-    pub async fn send(&self, to: &str, text: &str) -> Result<SendReport, SendError> {
-        chat::check_text(text)?;
-        let from = self.name().ok_or(SendError::NoName)?;
-        let to = ScreenName::parse(to)?;
-
-        let started = Instant::now();
-        let (link, peer_id, resolve, dial) = self.link_to(&to).await?;
-        let message = Message {
-            id: MessageId::random(),
-            from,
-            to: to.clone(),
-            sent_at: now_ms(),
-            text: text.to_owned(),
-        };
-        let signed = Signed::sign(&self.inner.identity, MESSAGE_CONTEXT, &message);
-        let delivering = Instant::now();
-        let result = link.deliver(message.id, signed).await;
-        let deliver = delivering.elapsed();
-        debug!(to = %to, total = ?started.elapsed(), "send finished");
-        match result {
-            Ok(()) => Ok(SendReport {
-                id: message.id,
-                to,
-                peer_id,
-                sent_at: message.sent_at,
-                resolve,
-                dial,
-                deliver,
-            }),
-            Err(source) => {
-                // A broken link is not reused.
-                self.inner.links.lock().await.remove(&to);
-                Err(SendError::NotDelivered { name: to, source })
-            }
-        }
-    }
-
-    /// An open chat link to the owner of `to`: reused if one is open,
-    /// otherwise resolved, dialled and opened. Returns the time each took.
-    async fn link_to(
-        &self,
-        to: &ScreenName,
-    ) -> Result<(ChatLink, PeerId, Duration, Duration), SendError> {
-        let mut links = self.inner.links.lock().await;
-        if let Some(link) = links.get(to).filter(|l| !l.is_closed()) {
-            return Ok((link.clone(), link.peer(), Duration::ZERO, Duration::ZERO));
-        }
-        let resolving = Instant::now();
-        let session = self.session()?;
-        let resolution = match session.resolve(to.as_str()).await {
+    /// Resolves `to` and verifies the answer.
+    pub async fn resolve(&self, to: &ScreenName) -> Result<PeerInfo, SendError> {
+        let resolution = match self.session()?.resolve(to.as_str()).await {
             Ok(r) => r,
             Err(e) if e.code() == Some(ErrorCode::NoSuchName) => {
                 return Err(SendError::NoSuchName(to.clone()));
             }
             Err(e) => return Err(e.into()),
         };
-        let info = PeerInfo::from_resolution(&resolution)?;
-        let resolve = resolving.elapsed();
-        if !info.online {
+        Ok(PeerInfo::from_resolution(&resolution)?)
+    }
+
+    /// The open chat link to `to`, if there is one.
+    pub async fn open_link(&self, to: &ScreenName) -> Option<ChatLink> {
+        let links = self.inner.links.lock().await;
+        links.get(to).filter(|l| !l.is_closed()).cloned()
+    }
+
+    /// Dials the peer `info` describes and opens a chat link to it (or
+    /// returns the open one). Returns the time dialling took.
+    pub async fn link(&self, info: &PeerInfo) -> Result<(ChatLink, Duration), SendError> {
+        let mut links = self.inner.links.lock().await;
+        if let Some(link) = links
+            .get(&info.name)
+            .filter(|l| !l.is_closed() && l.peer() == info.peer_id)
+        {
+            return Ok((link.clone(), Duration::ZERO));
+        }
+        if !info.reachable {
             return Err(SendError::Offline {
-                name: to.clone(),
+                name: info.name.clone(),
                 last_seen: info.last_seen,
             });
         }
         let dialling = Instant::now();
         let unreachable = |reason: String| SendError::Unreachable {
-            name: to.clone(),
+            name: info.name.clone(),
             tried: info.addrs.clone(),
             reason,
         };
@@ -409,8 +453,131 @@ impl Client {
         let link = ChatLink::open(&self.inner.network, info.peer_id)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        links.insert(to.clone(), link.clone());
-        Ok((link, info.peer_id, resolve, dialling.elapsed()))
+        links.insert(info.name.clone(), link.clone());
+        Ok((link, dialling.elapsed()))
+    }
+
+    /// Forgets the link to `to` (after a failure), so the next send dials again.
+    pub async fn drop_link(&self, to: &ScreenName) {
+        self.inner.links.lock().await.remove(to);
+    }
+
+    /// A new message from us to `to`.
+    pub fn compose(&self, to: &ScreenName, text: &str) -> Result<Message, SendError> {
+        chat::check_text(text)?;
+        let from = self.name().ok_or(SendError::NoName)?;
+        Ok(Message {
+            id: MessageId::random(),
+            from,
+            to: to.clone(),
+            sent_at: now_ms(),
+            text: text.to_owned(),
+        })
+    }
+
+    /// Signs a message for the wire.
+    pub fn sign(&self, message: &Message) -> Signed {
+        Signed::sign(&self.inner.identity, MESSAGE_CONTEXT, message)
+    }
+
+    /// Sends `text` to `to` directly and waits for the acknowledgement,
+    /// without storing anything (the store-backed path with an outbox is
+    /// [`crate::agent::Agent`]).
+    pub async fn send(&self, to: &str, text: &str) -> Result<SendReport, SendError> {
+        chat::check_text(text)?;
+        let to = ScreenName::parse(to)?;
+        let message = self.compose(&to, text)?;
+        let (link, resolve, dial) = match self.open_link(&to).await {
+            Some(link) => (link, Duration::ZERO, Duration::ZERO),
+            None => {
+                let resolving = Instant::now();
+                let info = self.resolve(&to).await?;
+                let resolve = resolving.elapsed();
+                let (link, dial) = self.link(&info).await?;
+                (link, resolve, dial)
+            }
+        };
+        let delivering = Instant::now();
+        let result = link.deliver(message.id, self.sign(&message)).await;
+        let deliver = delivering.elapsed();
+        match result {
+            Ok(()) => Ok(SendReport {
+                id: message.id,
+                to,
+                peer_id: link.peer(),
+                sent_at: message.sent_at,
+                resolve,
+                dial,
+                deliver,
+            }),
+            Err(source) => {
+                self.drop_link(&to).await;
+                Err(SendError::NotDelivered { name: to, source })
+            }
+        }
+    }
+
+    /// Changes our status; re-registers at once when online. While
+    /// invisible, `visible_to` may still dial us.
+    pub async fn set_status(
+        &self,
+        status: Status,
+        text: String,
+        mut visible_to: Vec<PeerId>,
+    ) -> Result<(), ClientError> {
+        visible_to.truncate(MAX_VISIBLE_TO);
+        *lock(&self.inner.status) = OwnStatus {
+            status,
+            text,
+            visible_to,
+        };
+        let online_as = lock(&self.inner.online_as).clone();
+        if let Some(name) = online_as {
+            let addrs = self.inner.network.listen_addrs().borrow().clone();
+            self.register(&name, addrs).await?;
+        }
+        Ok(())
+    }
+
+    /// Our current status and status text.
+    pub fn status(&self) -> (Status, String) {
+        let own = lock(&self.inner.status);
+        (own.status, own.text.clone())
+    }
+
+    /// Asks the node to push presence changes of `names` (kept across
+    /// reconnects). The current presence of each arrives as a push too.
+    pub async fn watch(&self, names: &[ScreenName]) -> Result<(), ClientError> {
+        let new: Vec<String> = {
+            let mut watched = lock(&self.inner.watched);
+            names
+                .iter()
+                .filter(|n| watched.insert((*n).clone()))
+                .map(|n| n.to_string())
+                .collect()
+        };
+        let session = self.session()?;
+        for chunk in new.chunks(MAX_WATCH_PER_REQUEST) {
+            session.watch(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops presence pushes of `names`.
+    pub async fn unwatch(&self, names: &[ScreenName]) -> Result<(), ClientError> {
+        let gone: Vec<String> = {
+            let mut watched = lock(&self.inner.watched);
+            names
+                .iter()
+                .filter(|n| watched.remove(*n))
+                .map(|n| n.to_string())
+                .collect()
+        };
+        let session = self.session()?;
+        for chunk in gone.chunks(MAX_WATCH_PER_REQUEST) {
+            session.unwatch(chunk.to_vec()).await?;
+        }
+        Ok(())
     }
 
     /// Goes online as `name`: listens on `listen`, registers, accepts
@@ -420,6 +587,7 @@ impl Client {
         &self,
         name: ScreenName,
         listen: Vec<Multiaddr>,
+        sink: Arc<dyn MessageSink>,
     ) -> Result<mpsc::Receiver<ClientEvent>, ClientError> {
         for addr in listen {
             self.inner.network.listen(addr).await?;
@@ -432,9 +600,29 @@ impl Client {
             .control()
             .accept(chat::PROTOCOL)
             .map_err(|e| NetworkError::Transport(e.to_string()))?;
-        let inbox = Inbox::new(name.clone(), self.inner.directory.subscribe(), messages);
+        let inbox = Inbox::new(
+            name.clone(),
+            self.inner.directory.subscribe(),
+            messages,
+            sink,
+        );
         let forward = events.clone();
         let mut tasks = Vec::new();
+        if let Some(mut pushes) = lock(&self.inner.push_rx).take() {
+            let forward = events.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(resolution) = pushes.recv().await {
+                    match PeerInfo::from_resolution(&resolution) {
+                        Ok(info) => {
+                            if forward.send(ClientEvent::Presence(info)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => warn!("ignoring a presence push that does not verify: {e}"),
+                    }
+                }
+            }));
+        }
         tasks.push(tokio::spawn(inbox.serve(incoming)));
         tasks.push(tokio::spawn(async move {
             while let Some(m) = message_rx.recv().await {
@@ -448,6 +636,7 @@ impl Client {
         let addrs = self.inner.network.listen_addrs().borrow().clone();
         let session = self.session()?;
         self.register_on(&session, &name, addrs.clone()).await?;
+        *lock(&self.inner.online_as) = Some(name.clone());
         let _ = events
             .send(ClientEvent::Online {
                 name: name.clone(),
@@ -531,9 +720,21 @@ impl Client {
     }
 
     async fn reconnect(&self, name: &ScreenName) -> Result<Vec<Multiaddr>, ClientError> {
-        let session = DirectorySession::open(&self.inner.network, &self.inner.rendezvous).await?;
+        let session = DirectorySession::open(
+            &self.inner.network,
+            &self.inner.rendezvous,
+            Some(self.inner.pushes.clone()),
+        )
+        .await?;
         let addrs = self.inner.network.listen_addrs().borrow().clone();
         self.register_on(&session, name, addrs.clone()).await?;
+        let watched: Vec<String> = lock(&self.inner.watched)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        for chunk in watched.chunks(MAX_WATCH_PER_REQUEST) {
+            session.watch(chunk.to_vec()).await?;
+        }
         self.inner.directory.send_replace(Some(session));
         Ok(addrs)
     }
@@ -541,6 +742,7 @@ impl Client {
     /// Goes offline: stops the background tasks and closes the directory
     /// session, so the node marks us offline at once.
     pub async fn shutdown(&self) {
+        *lock(&self.inner.online_as) = None;
         for task in lock(&self.inner.tasks).drain(..) {
             task.abort();
         }

@@ -1,25 +1,27 @@
 //! `messenger demo`: the whole path on loopback, in one process.
 //!
 //! A rendezvous node and two users with temporary homes, going through the
-//! same [`Client`] calls as the real commands: register, go online, resolve,
-//! dial, deliver, acknowledge, both ways.
+//! same [`Agent`] calls as the real commands: register, go online, resolve,
+//! dial, store, deliver, acknowledge, both ways.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use libp2p::Multiaddr;
 use messenger_proto::name::ScreenName;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::agent::{Agent, AgentEvent};
 use crate::cli::Output;
-use crate::client::{Client, ClientEvent, SendReport};
+use crate::control::SendOutcome;
 use crate::home::Home;
+use crate::store::StoredMessage;
 
 struct User {
     name: ScreenName,
-    client: Client,
-    events: mpsc::Receiver<ClientEvent>,
+    agent: Agent,
+    events: mpsc::Receiver<AgentEvent>,
 }
 
 /// Runs the demo, printing a transcript with measured times.
@@ -42,7 +44,10 @@ pub async fn run(out: &Output) -> Result<()> {
         .cloned()
         .context("the node has no address")?;
     out.emit(
-        format!("rendezvous node  {node_addr}  (started in {})", ms(started.elapsed())),
+        format!(
+            "rendezvous node  {node_addr}  (started in {})",
+            ms(started.elapsed())
+        ),
         json!({"event": "node", "addr": node_addr.to_string(), "start_ms": millis(started.elapsed())}),
     );
 
@@ -62,24 +67,47 @@ pub async fn run(out: &Output) -> Result<()> {
         } else {
             (&mut bob, &mut alice)
         };
-        let report = from
-            .client
+        let outcome = from
+            .agent
             .send(to.name.as_str(), text)
             .await
-            .with_context(|| format!("{} could not send to {}", from.name, to.name))?;
+            .map_err(|e| anyhow!("{} could not send to {}: {e}", from.name, to.name))?;
+        let SendOutcome::Delivered {
+            message,
+            resolve_ms,
+            dial_ms,
+            deliver_ms,
+            ..
+        } = outcome
+        else {
+            bail!("{} -> {}: not delivered: {outcome:?}", from.name, to.name);
+        };
         let received = next_message(&mut to.events).await?;
-        if received.message.id != report.id || received.message.text != text {
+        if received.message.id != message.message.id || received.message.text != text {
             bail!(
                 "{} received something else than {} sent",
                 to.name,
                 from.name
             );
         }
-        show_exchange(out, &from.name, &to.name, text, &report, received.peer);
+        let total = resolve_ms + dial_ms + deliver_ms;
+        out.emit(
+            format!(
+                "[{}] {} -> {}: {text}\n           resolve {resolve_ms:.2} ms + dial {dial_ms:.2} ms + deliver and acknowledge {deliver_ms:.2} ms = {total:.2} ms\n           {} verified the signature and that {} owns the sending key, stored it, then acknowledged",
+                crate::time::clock(message.message.sent_at),
+                from.name,
+                to.name,
+                to.name,
+                from.name,
+            ),
+            json!({"event": "exchange", "from": from.name.to_string(), "to": to.name.to_string(), "text": text,
+                   "id": message.message.id.to_string(), "resolve_ms": resolve_ms, "dial_ms": dial_ms,
+                   "deliver_ms": deliver_ms, "total_ms": total}),
+        );
     }
 
-    alice.client.shutdown().await;
-    bob.client.shutdown().await;
+    alice.agent.shutdown().await;
+    bob.agent.shutdown().await;
     node.shutdown().await;
     out.emit(
         "\nAll messages were acknowledged by their recipient. Try it across machines: see README.md.",
@@ -95,42 +123,46 @@ async fn start_user(
     node: &Multiaddr,
 ) -> Result<User> {
     let home = Home::open(&tmp.path().join(name))?;
-    let identity = home.identity()?;
     let name = ScreenName::parse(name)?;
+    let agent = Agent::open(home, Some(node.clone())).map_err(|e| anyhow!(e.message))?;
     let started = Instant::now();
-    let client = Client::connect(identity, node.clone(), None).await?;
+    let client = agent.client().await.map_err(|e| anyhow!(e.message))?;
     let connected = started.elapsed();
-    let mut events = client
-        .go_online(name.clone(), vec!["/ip4/127.0.0.1/tcp/0".parse()?])
-        .await?;
+    client.register(&name, Vec::new()).await?;
+    agent
+        .remember_registration(&name, node)
+        .await
+        .map_err(|e| anyhow!(e.message))?;
+    let mut events = agent
+        .go_online(vec!["/ip4/127.0.0.1/tcp/0".parse()?])
+        .await
+        .map_err(|e| anyhow!(e.message))?;
     match events.recv().await {
-        Some(ClientEvent::Online { .. }) => {}
+        Some(AgentEvent::Online { .. }) => {}
         other => bail!("{name} did not come online: {other:?}"),
     }
     out.emit(
         format!(
             "{:<6} {}  connected to the node in {}, registered and online in {}",
             name.as_str(),
-            client.peer_id(),
+            agent.peer_id(),
             ms(connected),
             ms(started.elapsed() - connected)
         ),
-        json!({"event": "user_online", "name": name.to_string(), "peer_id": client.peer_id().to_string(),
+        json!({"event": "user_online", "name": name.to_string(), "peer_id": agent.peer_id().to_string(),
                "connect_ms": millis(connected), "register_ms": millis(started.elapsed() - connected)}),
     );
     Ok(User {
         name,
-        client,
+        agent,
         events,
     })
 }
 
-async fn next_message(
-    events: &mut mpsc::Receiver<ClientEvent>,
-) -> Result<crate::chat::IncomingMessage> {
+async fn next_message(events: &mut mpsc::Receiver<AgentEvent>) -> Result<StoredMessage> {
     let wait = async {
         while let Some(event) = events.recv().await {
-            if let ClientEvent::Message(m) = event {
+            if let AgentEvent::Message(m) = event {
                 return Some(m);
             }
         }
@@ -140,36 +172,6 @@ async fn next_message(
         .await
         .context("no message arrived within 10 s")?
         .context("the client stopped")
-}
-
-fn show_exchange(
-    out: &Output,
-    from: &ScreenName,
-    to: &ScreenName,
-    text: &str,
-    report: &SendReport,
-    sender_peer: libp2p::PeerId,
-) {
-    let total = report.resolve + report.dial + report.deliver;
-    out.emit(
-        format!(
-            "[{}] {from} -> {to}: {text}\n           resolve {} + dial {} + deliver and acknowledge {} = {}\n           {to} verified the signature and that {from} is owned by {}",
-            crate::time::clock(report.sent_at),
-            ms(report.resolve),
-            ms(report.dial),
-            ms(report.deliver),
-            ms(total),
-            short(&sender_peer.to_string()),
-        ),
-        json!({"event": "exchange", "from": from.to_string(), "to": to.to_string(), "text": text,
-               "id": report.id.to_string(), "resolve_ms": millis(report.resolve), "dial_ms": millis(report.dial),
-               "deliver_ms": millis(report.deliver), "total_ms": millis(total)}),
-    );
-}
-
-fn short(peer: &str) -> String {
-    let tail = peer.len().saturating_sub(6);
-    format!("{}…{}", &peer[..12.min(peer.len())], &peer[tail..])
 }
 
 fn millis(d: Duration) -> f64 {

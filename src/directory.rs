@@ -110,8 +110,13 @@ pub fn node_peer_id(addr: &Multiaddr) -> Result<PeerId, DirectoryError> {
 }
 
 impl DirectorySession {
-    /// Connects to the node at `addr` and opens a session.
-    pub async fn open(network: &Network, addr: &Multiaddr) -> Result<Self, DirectoryError> {
+    /// Connects to the node at `addr` and opens a session. Presence pushes
+    /// for watched names go to `pushes`, if given.
+    pub async fn open(
+        network: &Network,
+        addr: &Multiaddr,
+        pushes: Option<mpsc::Sender<Resolution>>,
+    ) -> Result<Self, DirectoryError> {
         let node = node_peer_id(addr)?;
         network
             .dial(node, vec![addr.clone()])
@@ -127,7 +132,7 @@ impl DirectorySession {
         let (requests, request_rx) = mpsc::channel(64);
         let (closed_tx, closed) = watch::channel(false);
         tokio::spawn(write_requests(writer, request_rx, pending.clone()));
-        tokio::spawn(read_responses(reader, pending, closed_tx));
+        tokio::spawn(read_responses(reader, pending, closed_tx, pushes));
         Ok(Self {
             node,
             requests,
@@ -175,9 +180,14 @@ impl DirectorySession {
         }
     }
 
-    /// Claims or renews a name with a signed record.
-    pub async fn register(&self, record: SignedRecord) -> Result<Registered, DirectoryError> {
-        match self.call(Op::Register { record }).await? {
+    /// Claims or renews a name with a signed record. `visible_to` lists the
+    /// peers that may still dial us while the record says invisible.
+    pub async fn register(
+        &self,
+        record: SignedRecord,
+        visible_to: Vec<PeerId>,
+    ) -> Result<Registered, DirectoryError> {
+        match self.call(Op::Register { record, visible_to }).await? {
             Reply::Registered {
                 name,
                 new_claim,
@@ -212,6 +222,22 @@ impl DirectorySession {
     pub async fn resolve_peer(&self, peer_id: PeerId) -> Result<Vec<ScreenName>, DirectoryError> {
         match self.call(Op::ResolvePeer { peer_id }).await? {
             Reply::Names { peer_id: p, names } if p == peer_id => Ok(names),
+            _ => Err(DirectoryError::Unexpected),
+        }
+    }
+
+    /// Asks the node to push presence changes of `names`.
+    pub async fn watch(&self, names: Vec<String>) -> Result<u32, DirectoryError> {
+        match self.call(Op::Watch { names }).await? {
+            Reply::Watching { watched } => Ok(watched),
+            _ => Err(DirectoryError::Unexpected),
+        }
+    }
+
+    /// Stops presence pushes of `names`.
+    pub async fn unwatch(&self, names: Vec<String>) -> Result<u32, DirectoryError> {
+        match self.call(Op::Unwatch { names }).await? {
+            Reply::Unwatched { watched } => Ok(watched),
             _ => Err(DirectoryError::Unexpected),
         }
     }
@@ -255,9 +281,20 @@ async fn read_responses(
     mut reader: futures::io::ReadHalf<libp2p::Stream>,
     pending: Pending,
     closed: watch::Sender<bool>,
+    pushes: Option<mpsc::Sender<Resolution>>,
 ) {
     loop {
         match codec::read_frame::<_, Response>(&mut reader, directory::MAX_FRAME).await {
+            Ok(Some(Response {
+                id: directory::PUSH_ID,
+                reply: Reply::Presence(resolution),
+            })) => {
+                if let Some(pushes) = &pushes
+                    && pushes.send(resolution).await.is_err()
+                {
+                    debug!("presence push dropped: nobody listens");
+                }
+            }
             Ok(Some(response)) => {
                 if let Some(reply) = lock(&pending).remove(&response.id) {
                     let _ = reply.send(response.reply);

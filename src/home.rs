@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <home>/identity.key   ed25519 key (mode 0600), see messenger_proto::identity
-//! <home>/config.json    remembered settings: rendezvous address, screen name
+//! <home>/config.json    remembered settings: rendezvous address, screen name, status
+//! <home>/messenger.redb  contacts, blocks, history and outbox (see crate::store)
+//! <home>/control.sock    the running client's control socket (see crate::control)
 //! ```
 
 use std::fs;
@@ -13,6 +15,7 @@ use libp2p::Multiaddr;
 use messenger_proto::Identity;
 use messenger_proto::identity::{IdentityError, create_private_dir};
 use messenger_proto::name::ScreenName;
+use messenger_proto::presence::Status;
 use serde::{Deserialize, Serialize};
 
 /// Why the home could not be used.
@@ -49,6 +52,12 @@ pub struct Config {
     /// Our screen name, once registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<ScreenName>,
+    /// The status to go online with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
 }
 
 /// A user's home directory.
@@ -142,6 +151,8 @@ mod tests {
         let config = Config {
             rendezvous: Some("/ip4/127.0.0.1/tcp/4001".parse().unwrap()),
             name: Some(ScreenName::parse("alice").unwrap()),
+            status: Some(Status::Away),
+            status_text: Some("back at 3".into()),
         };
         home.save_config(&config).unwrap();
         assert_eq!(home.config().unwrap(), config);

@@ -14,6 +14,17 @@ pub fn clock(ms: u64) -> String {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS` in the local time zone.
+pub fn date_clock(ms: u64) -> String {
+    match Timestamp::from_millisecond(ms as i64) {
+        Ok(ts) => ts
+            .to_zoned(TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        Err(_) => "????-??-?? ??:??:??".into(),
+    }
+}
+
 /// RFC 3339 in UTC, for JSON output.
 pub fn rfc3339(ms: u64) -> String {
     match Timestamp::from_millisecond(ms as i64) {

@@ -9,6 +9,7 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
 use crate::name::ScreenName;
+use crate::presence::Presence;
 use crate::record::{Registration, SignedRecord};
 
 /// Protocol id of a directory session.
@@ -19,6 +20,18 @@ pub const MAX_FRAME: usize = 16 * 1024;
 
 /// Longest lifetime a record may claim: a client renews well before.
 pub const MAX_RECORD_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The request id of frames the node pushes without being asked.
+pub const PUSH_ID: u64 = 0;
+
+/// Most names one `watch` request may carry.
+pub const MAX_WATCH_PER_REQUEST: usize = 256;
+
+/// Most names one session may watch.
+pub const MAX_WATCHED: usize = 1024;
+
+/// Most peers an invisible owner may stay reachable for.
+pub const MAX_VISIBLE_TO: usize = 256;
 
 /// A client's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +50,11 @@ pub enum Op {
     Register {
         /// Signed by the owner, who must be the peer of this connection.
         record: SignedRecord,
+        /// While the record's status is invisible: the only peers that are
+        /// still given the record (so they can deliver), though they too
+        /// are shown the owner as offline. Ignored otherwise.
+        #[serde(default)]
+        visible_to: Vec<PeerId>,
     },
     /// Look a name up. Sent as a plain string so an invalid name gets a
     /// proper `invalid_name` answer instead of a decoding failure.
@@ -53,6 +71,19 @@ pub enum Op {
     Release {
         /// The name, any case.
         name: String,
+    },
+    /// Push presence changes of these names on this session. The node
+    /// answers `watching`, then pushes the current presence of each name
+    /// that exists, and every change after that, until `unwatch` or the
+    /// end of the session.
+    Watch {
+        /// Names, any case.
+        names: Vec<String>,
+    },
+    /// Stop pushing changes of these names.
+    Unwatch {
+        /// Names, any case.
+        names: Vec<String>,
     },
 }
 
@@ -92,6 +123,18 @@ pub enum Reply {
         /// The name given up.
         name: ScreenName,
     },
+    /// The names are watched; their presence follows as pushes.
+    Watching {
+        /// How many names this session watches now.
+        watched: u32,
+    },
+    /// The names are no longer watched.
+    Unwatched {
+        /// How many names this session watches now.
+        watched: u32,
+    },
+    /// Pushed (with id [`PUSH_ID`]): a watched name's presence changed.
+    Presence(Resolution),
     /// The request failed.
     Error {
         /// What kind of failure.
@@ -108,11 +151,14 @@ pub struct Resolution {
     pub name: ScreenName,
     /// The key that owns it.
     pub owner: PeerId,
-    /// Whether the owner holds a live registration now.
-    pub online: bool,
-    /// When the owner was last online (ms since epoch), if ever.
+    /// What the asking peer is shown.
+    pub presence: Presence,
+    /// The owner's status text while shown online, else empty.
+    pub status_text: String,
+    /// When the owner was last shown online (ms since epoch), if ever.
     pub last_seen: Option<u64>,
-    /// The owner's current signed record, while online.
+    /// The owner's current signed record, if the asking peer may dial the
+    /// owner now: while online, and for the peers an invisible owner named.
     pub record: Option<SignedRecord>,
 }
 
@@ -179,6 +225,8 @@ pub enum ErrorCode {
     NotOwner,
     /// The request could not be decoded.
     Malformed,
+    /// The request goes over a limit (names watched, peers listed).
+    LimitExceeded,
     /// The node failed; the request may be retried.
     Internal,
 }

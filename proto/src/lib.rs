@@ -7,6 +7,7 @@
 //!   libp2p keypair / `PeerId` derived from it.
 //! - [`name`]: screen names and their rules.
 //! - [`signed`]: domain-separated ed25519 signatures over exact payload bytes.
+//! - [`presence`]: statuses and what others are shown.
 //! - [`record`]: the signed registration a client gives the rendezvous node.
 //! - [`directory`]: requests and answers of the directory protocol.
 //! - [`chat`]: the direct message protocol between two clients.
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod directory;
 pub mod identity;
 pub mod name;
+pub mod presence;
 pub mod record;
 pub mod signed;
 pub mod time;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::{Identity, verifying_key_of};
 use crate::name::ScreenName;
+use crate::presence::{MAX_STATUS_TEXT, Status, check_status_text};
 use crate::signed::{REGISTRATION_CONTEXT, Signed, SignedError};
 
 /// Most addresses one record may carry.
@@ -29,6 +30,10 @@ pub struct Registration {
     pub seq: u64,
     /// Milliseconds since the Unix epoch after which the record is void.
     pub expires_at: u64,
+    /// The status the owner chose.
+    pub status: Status,
+    /// A short note shown with the status, at most 128 characters.
+    pub status_text: String,
 }
 
 /// A [`Registration`] with the owner's signature, as it travels.
@@ -48,6 +53,9 @@ pub enum RecordError {
     /// An address longer than allowed.
     #[error("an address is {0} bytes long; at most {MAX_ADDR_LEN} are allowed")]
     AddrTooLong(usize),
+    /// A status text longer than allowed.
+    #[error("the status text is {0} characters long; at most {MAX_STATUS_TEXT} are allowed")]
+    StatusTooLong(usize),
 }
 
 impl Registration {
@@ -63,6 +71,9 @@ impl Registration {
         }
         if let Some(long) = self.addrs.iter().find(|a| a.len() > MAX_ADDR_LEN) {
             return Err(RecordError::AddrTooLong(long.len()));
+        }
+        if check_status_text(&self.status_text).is_err() {
+            return Err(RecordError::StatusTooLong(self.status_text.chars().count()));
         }
         Ok(())
     }
@@ -92,6 +103,8 @@ mod tests {
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
             seq: 1,
             expires_at: 2_000_000_000_000,
+            status: Status::Away,
+            status_text: "back at 3".into(),
         }
     }
 

@@ -13,6 +13,7 @@ use messenger_proto::chat::{ChatFrame, Message, MessageId};
 use messenger_proto::codec::{encode_frame, to_cbor};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
 use messenger_proto::name::ScreenName;
+use messenger_proto::presence::Status;
 use messenger_proto::record::Registration;
 use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
 
@@ -44,10 +45,12 @@ fn vectors() -> String {
         addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
         seq: 1,
         expires_at: 1_700_000_000_000,
+        status: Status::Away,
+        status_text: "back at 3".into(),
     };
     let record = registration.sign(&alice);
     item(
-        "Registration {name: alice, addrs: [/ip4/127.0.0.1/tcp/4001], seq: 1, expires_at: 1700000000000}, CBOR payload",
+        "Registration {name: alice, addrs: [/ip4/127.0.0.1/tcp/4001], seq: 1, expires_at: 1700000000000, status: away, status_text: back at 3}, CBOR payload",
         hex::encode(&record.0.payload),
     );
     item(
@@ -56,7 +59,10 @@ fn vectors() -> String {
     );
     let register = Request {
         id: 1,
-        op: Op::Register { record },
+        op: Op::Register {
+            record,
+            visible_to: vec![],
+        },
     };
     item(
         "Request {id: 1, register} as a frame",

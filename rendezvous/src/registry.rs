@@ -5,14 +5,19 @@
 //! synchronous code that the session tasks call, and that unit tests call
 //! directly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use libp2p::PeerId;
-use messenger_proto::directory::{ErrorCode, MAX_RECORD_TTL_MS, Reply, Resolution};
+use libp2p::{Multiaddr, PeerId};
+use messenger_proto::directory::{
+    ErrorCode, MAX_RECORD_TTL_MS, MAX_VISIBLE_TO, MAX_WATCH_PER_REQUEST, MAX_WATCHED, Reply,
+    Resolution,
+};
 use messenger_proto::name::ScreenName;
+use messenger_proto::presence::{Presence, Status};
 use messenger_proto::record::{RecordError, SignedRecord};
 use messenger_proto::signed::SignedError;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::store::{ClaimOutcome, ClaimStore, StoreError};
@@ -23,7 +28,7 @@ pub type SessionId = u64;
 /// Tolerated clock skew between a client and the node, in ms.
 const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
-/// A live registration: where the owner is now.
+/// A live registration: where the owner is now, and how it wants to be shown.
 #[derive(Debug, Clone)]
 struct Live {
     owner: PeerId,
@@ -31,6 +36,70 @@ struct Live {
     seq: u64,
     expires_at: u64,
     session: SessionId,
+    status: Status,
+    status_text: String,
+    addrs: Vec<Multiaddr>,
+    visible_to: HashSet<PeerId>,
+    /// When the owner went invisible during this session, if it did.
+    hidden_since: Option<u64>,
+}
+
+impl Live {
+    /// What watchers could notice: a change here is pushed.
+    fn shown(&self) -> (Status, &str, &[Multiaddr], &HashSet<PeerId>) {
+        (
+            self.status,
+            &self.status_text,
+            &self.addrs,
+            &self.visible_to,
+        )
+    }
+
+    /// When the owner stops being online: the last time others saw it.
+    fn last_seen_at_end(&self, now: u64) -> Option<u64> {
+        match self.status {
+            Status::Invisible => self.hidden_since,
+            _ => Some(now),
+        }
+    }
+}
+
+/// Names whose presence changed, waiting to be pushed on one session.
+///
+/// Coalescing: a name changed twice before the session writes is pushed
+/// once, with its presence at writing time. Memory is bounded by the
+/// number of names the session watches.
+#[derive(Debug, Default)]
+pub struct PushQueue {
+    pending: Mutex<Vec<ScreenName>>,
+    notify: Notify,
+}
+
+impl PushQueue {
+    fn push(&self, name: &ScreenName) {
+        let mut pending = lock(&self.pending);
+        if !pending.contains(name) {
+            pending.push(name.clone());
+        }
+        drop(pending);
+        self.notify.notify_one();
+    }
+
+    /// Waits until something is pending.
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Takes the names to push.
+    pub fn take(&self) -> Vec<ScreenName> {
+        std::mem::take(&mut *lock(&self.pending))
+    }
+}
+
+#[derive(Debug)]
+struct SessionState {
+    queue: Arc<PushQueue>,
+    watching: HashSet<ScreenName>,
 }
 
 #[derive(Debug, Default)]
@@ -38,9 +107,34 @@ struct LiveState {
     by_name: HashMap<ScreenName, Live>,
     /// Last seen of names that went offline while this node ran.
     last_seen: HashMap<ScreenName, u64>,
+    watchers: HashMap<ScreenName, HashSet<SessionId>>,
+    sessions: HashMap<SessionId, SessionState>,
 }
 
-/// The directory: durable claims plus live presence.
+impl LiveState {
+    fn notify(&self, name: &ScreenName) {
+        if let Some(sessions) = self.watchers.get(name) {
+            for session in sessions {
+                if let Some(state) = self.sessions.get(session) {
+                    state.queue.push(name);
+                }
+            }
+        }
+    }
+
+    /// Takes `name` offline, remembering when it was last seen.
+    fn go_offline(&mut self, name: &ScreenName, now: u64) -> Option<u64> {
+        let live = self.by_name.remove(name)?;
+        let seen = live.last_seen_at_end(now);
+        if let Some(at) = seen {
+            self.last_seen.insert(name.clone(), at);
+        }
+        self.notify(name);
+        seen
+    }
+}
+
+/// The directory: durable claims plus live presence and watchers.
 #[derive(Debug)]
 pub struct Registry<S> {
     store: Arc<S>,
@@ -57,10 +151,20 @@ impl<S: ClaimStore> Registry<S> {
     }
 
     fn live(&self) -> MutexGuard<'_, LiveState> {
-        // A panic while holding the lock leaves plain maps behind, still usable.
-        self.live
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.live)
+    }
+
+    /// A session starts; pushes for it go to the returned queue.
+    pub fn open_session(&self, session: SessionId) -> Arc<PushQueue> {
+        let queue = Arc::new(PushQueue::default());
+        self.live().sessions.insert(
+            session,
+            SessionState {
+                queue: queue.clone(),
+                watching: HashSet::new(),
+            },
+        );
+        queue
     }
 
     /// Handles a registration from `peer` on `session`. May block on disk.
@@ -69,6 +173,7 @@ impl<S: ClaimStore> Registry<S> {
         peer: PeerId,
         session: SessionId,
         signed: SignedRecord,
+        visible_to: Vec<PeerId>,
         now: u64,
     ) -> Reply {
         let record = match signed.open() {
@@ -84,6 +189,15 @@ impl<S: ClaimStore> Registry<S> {
             }
             Err(e) => return Reply::error(ErrorCode::InvalidRecord, e.to_string()),
         };
+        if visible_to.len() > MAX_VISIBLE_TO {
+            return Reply::error(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "visible_to lists {} peers; at most {MAX_VISIBLE_TO} are allowed",
+                    visible_to.len()
+                ),
+            );
+        }
         if record.peer_id != peer {
             return Reply::error(
                 ErrorCode::WrongPeer,
@@ -140,17 +254,32 @@ impl<S: ClaimStore> Registry<S> {
 
         let expires_at = record.expires_at;
         let mut live = self.live();
-        live.last_seen.remove(&name);
-        live.by_name.insert(
-            name.clone(),
-            Live {
-                owner: peer,
-                record: signed,
-                seq: record.seq,
-                expires_at,
-                session,
-            },
-        );
+        let previous = live.by_name.get(&name);
+        let hidden_since = match (previous, record.status) {
+            (Some(p), Status::Invisible) if p.status == Status::Invisible => p.hidden_since,
+            (Some(_), Status::Invisible) => Some(now),
+            _ => None,
+        };
+        let next = Live {
+            owner: peer,
+            record: signed,
+            seq: record.seq,
+            expires_at,
+            session,
+            status: record.status,
+            status_text: record.status_text,
+            addrs: record.addrs,
+            visible_to: visible_to.into_iter().collect(),
+            hidden_since,
+        };
+        let changed = previous.is_none_or(|p| p.shown() != next.shown());
+        if next.status != Status::Invisible {
+            live.last_seen.remove(&name);
+        }
+        live.by_name.insert(name.clone(), next);
+        if changed {
+            live.notify(&name);
+        }
         Reply::Registered {
             name,
             new_claim,
@@ -158,35 +287,127 @@ impl<S: ClaimStore> Registry<S> {
         }
     }
 
-    /// Looks a name up.
-    pub fn resolve(&self, raw: &str, now: u64) -> Reply {
+    /// Looks a name up for `viewer`.
+    pub fn resolve(&self, raw: &str, viewer: PeerId, now: u64) -> Reply {
         let name = match ScreenName::parse(raw) {
             Ok(name) => name,
             Err(e) => return Reply::error(ErrorCode::InvalidName, e.to_string()),
         };
-        let claim = match self.store.get(&name) {
-            Ok(Some(claim)) => claim,
-            Ok(None) => {
-                return Reply::error(ErrorCode::NoSuchName, format!("no such name: {name}"));
-            }
-            Err(e) => return internal(e),
+        match self.view(&name, viewer, now) {
+            Ok(Some(resolution)) => Reply::Resolved(resolution),
+            Ok(None) => Reply::error(ErrorCode::NoSuchName, format!("no such name: {name}")),
+            Err(e) => internal(e),
+        }
+    }
+
+    /// What `viewer` is shown of `name`; `None` if nobody owns it.
+    pub fn view(
+        &self,
+        name: &ScreenName,
+        viewer: PeerId,
+        now: u64,
+    ) -> Result<Option<Resolution>, StoreError> {
+        let Some(claim) = self.store.get(name)? else {
+            return Ok(None);
         };
         let live = self.live();
         let current = live
             .by_name
-            .get(&name)
+            .get(name)
             .filter(|l| l.owner == claim.owner && l.expires_at > now);
-        let last_seen = match current {
-            Some(_) => Some(now),
-            None => live.last_seen.get(&name).copied().or(claim.last_seen),
+        let stored_last_seen = live.last_seen.get(name).copied().or(claim.last_seen);
+        let resolution = match current {
+            Some(l) if l.status != Status::Invisible => Resolution {
+                name: name.clone(),
+                owner: claim.owner,
+                presence: Presence::from(l.status),
+                status_text: l.status_text.clone(),
+                last_seen: Some(now),
+                record: Some(l.record.clone()),
+            },
+            Some(l) => {
+                let may_dial = viewer == l.owner || l.visible_to.contains(&viewer);
+                Resolution {
+                    name: name.clone(),
+                    owner: claim.owner,
+                    presence: Presence::Offline,
+                    status_text: String::new(),
+                    last_seen: l.hidden_since.or(stored_last_seen),
+                    record: may_dial.then(|| l.record.clone()),
+                }
+            }
+            None => Resolution {
+                name: name.clone(),
+                owner: claim.owner,
+                presence: Presence::Offline,
+                status_text: String::new(),
+                last_seen: stored_last_seen,
+                record: None,
+            },
         };
-        Reply::Resolved(Resolution {
-            name,
-            owner: claim.owner,
-            online: current.is_some(),
-            last_seen,
-            record: current.map(|l| l.record.clone()),
-        })
+        Ok(Some(resolution))
+    }
+
+    /// Watches `raw` names on `session`; their presence is pushed.
+    pub fn watch(&self, session: SessionId, raw: &[String]) -> Reply {
+        if raw.len() > MAX_WATCH_PER_REQUEST {
+            return Reply::error(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{} names in one watch request; at most {MAX_WATCH_PER_REQUEST} are allowed",
+                    raw.len()
+                ),
+            );
+        }
+        let names = match raw
+            .iter()
+            .map(|n| ScreenName::parse(n))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(names) => names,
+            Err(e) => return Reply::error(ErrorCode::InvalidName, e.to_string()),
+        };
+        let mut live = self.live();
+        let Some(state) = live.sessions.get_mut(&session) else {
+            return Reply::error(ErrorCode::Internal, "session is not open");
+        };
+        let after: HashSet<&ScreenName> = state.watching.iter().chain(names.iter()).collect();
+        if after.len() > MAX_WATCHED {
+            return Reply::error(
+                ErrorCode::LimitExceeded,
+                format!("a session may watch at most {MAX_WATCHED} names"),
+            );
+        }
+        for name in &names {
+            state.watching.insert(name.clone());
+            // The current presence is pushed right away.
+            state.queue.push(name);
+        }
+        let watched = state.watching.len() as u32;
+        for name in names {
+            live.watchers.entry(name).or_default().insert(session);
+        }
+        Reply::Watching { watched }
+    }
+
+    /// Stops watching `raw` names on `session`.
+    pub fn unwatch(&self, session: SessionId, raw: &[String]) -> Reply {
+        let mut live = self.live();
+        let names: Vec<ScreenName> = raw
+            .iter()
+            .filter_map(|n| ScreenName::parse(n).ok())
+            .collect();
+        let Some(state) = live.sessions.get_mut(&session) else {
+            return Reply::error(ErrorCode::Internal, "session is not open");
+        };
+        for name in &names {
+            state.watching.remove(name);
+        }
+        let watched = state.watching.len() as u32;
+        for name in &names {
+            unwatch_one(&mut live.watchers, name, session);
+        }
+        Reply::Unwatched { watched }
     }
 
     /// The names a peer owns.
@@ -221,6 +442,7 @@ impl<S: ClaimStore> Registry<S> {
                 let mut live = self.live();
                 live.by_name.remove(&name);
                 live.last_seen.remove(&name);
+                live.notify(&name);
                 info!(%name, %peer, "name released");
                 Reply::Released { name }
             }
@@ -232,25 +454,39 @@ impl<S: ClaimStore> Registry<S> {
         }
     }
 
-    /// The session ended: everything it registered goes offline. May block on disk.
+    /// The session ended: everything it registered goes offline and its
+    /// watches end. May block on disk.
     pub fn session_ended(&self, session: SessionId, now: u64) {
-        let gone: Vec<ScreenName> = {
+        let gone: Vec<(ScreenName, Option<u64>)> = {
             let mut live = self.live();
-            let gone: Vec<_> = live
+            if let Some(state) = live.sessions.remove(&session) {
+                for name in &state.watching {
+                    unwatch_one(&mut live.watchers, name, session);
+                }
+            }
+            let names: Vec<_> = live
                 .by_name
                 .iter()
                 .filter(|(_, l)| l.session == session)
                 .map(|(n, _)| n.clone())
                 .collect();
-            for name in &gone {
-                live.by_name.remove(name);
-                live.last_seen.insert(name.clone(), now);
-            }
-            gone
+            names
+                .into_iter()
+                .map(|name| {
+                    let seen = live.go_offline(&name, now);
+                    (name, seen)
+                })
+                .collect()
         };
-        for name in gone {
+        self.persist_last_seen(gone);
+    }
+
+    fn persist_last_seen(&self, gone: Vec<(ScreenName, Option<u64>)>) {
+        for (name, seen) in gone {
             info!(%name, "offline");
-            if let Err(e) = self.store.set_last_seen(&name, now) {
+            if let Some(at) = seen
+                && let Err(e) = self.store.set_last_seen(&name, at)
+            {
                 warn!(%name, "cannot record last seen: {e}");
             }
         }
@@ -258,41 +494,65 @@ impl<S: ClaimStore> Registry<S> {
 
     /// Drops registrations whose record expired. Returns how many.
     pub fn sweep(&self, now: u64) -> usize {
-        let mut live = self.live();
-        let expired: Vec<ScreenName> = live
-            .by_name
-            .iter()
-            .filter(|(_, l)| l.expires_at <= now)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in &expired {
-            live.by_name.remove(name);
-            live.last_seen.insert(name.clone(), now);
-        }
-        expired.len()
+        let gone: Vec<(ScreenName, Option<u64>)> = {
+            let mut live = self.live();
+            let expired: Vec<ScreenName> = live
+                .by_name
+                .iter()
+                .filter(|(_, l)| l.expires_at <= now)
+                .map(|(n, _)| n.clone())
+                .collect();
+            expired
+                .into_iter()
+                .map(|name| {
+                    let seen = live.go_offline(&name, now);
+                    (name, seen)
+                })
+                .collect()
+        };
+        let n = gone.len();
+        self.persist_last_seen(gone);
+        n
     }
 
     /// Everyone goes offline (the node is stopping). May block on disk.
     pub fn all_offline(&self, now: u64) {
-        let gone: Vec<ScreenName> = {
+        let gone: Vec<(ScreenName, Option<u64>)> = {
             let mut live = self.live();
-            let gone: Vec<_> = live.by_name.drain().map(|(n, _)| n).collect();
-            for name in &gone {
-                live.last_seen.insert(name.clone(), now);
-            }
-            gone
+            let names: Vec<ScreenName> = live.by_name.keys().cloned().collect();
+            names
+                .into_iter()
+                .map(|name| {
+                    let seen = live.go_offline(&name, now);
+                    (name, seen)
+                })
+                .collect()
         };
-        for name in gone {
-            if let Err(e) = self.store.set_last_seen(&name, now) {
-                warn!(%name, "cannot record last seen: {e}");
-            }
-        }
+        self.persist_last_seen(gone);
     }
 
     /// How many names are online now.
     pub fn online_count(&self) -> usize {
         self.live().by_name.len()
     }
+}
+
+fn unwatch_one(
+    watchers: &mut HashMap<ScreenName, HashSet<SessionId>>,
+    name: &ScreenName,
+    session: SessionId,
+) {
+    if let Some(set) = watchers.get_mut(name) {
+        set.remove(&session);
+        if set.is_empty() {
+            watchers.remove(name);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain maps behind, still usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn stale(name: &ScreenName, got: u64, have: u64) -> Reply {
@@ -324,15 +584,27 @@ mod tests {
         (dir, Registry::new(Arc::new(store)))
     }
 
-    fn record(id: &Identity, name: &str, seq: u64) -> SignedRecord {
+    fn record_with(
+        id: &Identity,
+        name: &str,
+        seq: u64,
+        status: Status,
+        text: &str,
+    ) -> SignedRecord {
         Registration {
             name: ScreenName::parse(name).unwrap(),
             peer_id: id.peer_id(),
             addrs: vec!["/ip4/127.0.0.1/tcp/5000".parse().unwrap()],
             seq,
             expires_at: NOW + 60_000,
+            status,
+            status_text: text.into(),
         }
         .sign(id)
+    }
+
+    fn record(id: &Identity, name: &str, seq: u64) -> SignedRecord {
+        record_with(id, name, seq, Status::Online, "")
     }
 
     fn code(reply: Reply) -> Option<ErrorCode> {
@@ -342,11 +614,19 @@ mod tests {
         }
     }
 
+    fn resolved(reg: &Registry<RedbStore>, name: &str, viewer: PeerId, now: u64) -> Resolution {
+        match reg.resolve(name, viewer, now) {
+            Reply::Resolved(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn register_resolve_and_go_offline() {
         let (_dir, reg) = registry();
         let alice = Identity::from_seed([1; 32]);
-        let reply = reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), NOW);
+        let viewer = PeerId::random();
+        let reply = reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), vec![], NOW);
         assert!(
             matches!(
                 reply,
@@ -357,19 +637,15 @@ mod tests {
             ),
             "{reply:?}"
         );
-        let Reply::Resolved(res) = reg.resolve("ALICE", NOW) else {
-            panic!()
-        };
-        assert!(res.online);
+        let res = resolved(&reg, "ALICE", viewer, NOW);
+        assert_eq!(res.presence, Presence::Online);
         assert_eq!(res.owner, alice.peer_id());
         let rec = res.verified_record(NOW).unwrap().unwrap();
         assert_eq!(rec.addrs.len(), 1);
 
         reg.session_ended(1, NOW + 5);
-        let Reply::Resolved(res) = reg.resolve("alice", NOW + 10) else {
-            panic!()
-        };
-        assert!(!res.online);
+        let res = resolved(&reg, "alice", viewer, NOW + 10);
+        assert_eq!(res.presence, Presence::Offline);
         assert!(res.record.is_none());
         assert_eq!(res.last_seen, Some(NOW + 5));
     }
@@ -379,15 +655,27 @@ mod tests {
         let (_dir, reg) = registry();
         let alice = Identity::from_seed([1; 32]);
         let mallory = Identity::from_seed([2; 32]);
-        reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), NOW);
+        reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), vec![], NOW);
         // Another key claims the name.
         assert_eq!(
-            code(reg.register(mallory.peer_id(), 2, record(&mallory, "alice", 9), NOW)),
+            code(reg.register(
+                mallory.peer_id(),
+                2,
+                record(&mallory, "alice", 9),
+                vec![],
+                NOW
+            )),
             Some(ErrorCode::NameTaken)
         );
         // Mallory relays Alice's genuine record on her own connection.
         assert_eq!(
-            code(reg.register(mallory.peer_id(), 2, record(&alice, "alice", 2), NOW)),
+            code(reg.register(
+                mallory.peer_id(),
+                2,
+                record(&alice, "alice", 2),
+                vec![],
+                NOW
+            )),
             Some(ErrorCode::WrongPeer)
         );
         // Mallory signs a record naming Alice's peer id.
@@ -397,31 +685,34 @@ mod tests {
             addrs: vec![],
             seq: 5,
             expires_at: NOW + 1000,
+            status: Status::Online,
+            status_text: String::new(),
         }
         .sign(&mallory);
         assert_eq!(
-            code(reg.register(alice.peer_id(), 2, forged, NOW)),
+            code(reg.register(alice.peer_id(), 2, forged, vec![], NOW)),
             Some(ErrorCode::BadSignature)
         );
-        let Reply::Resolved(res) = reg.resolve("alice", NOW) else {
-            panic!()
-        };
-        assert_eq!(res.owner, alice.peer_id());
+        assert_eq!(
+            resolved(&reg, "alice", PeerId::random(), NOW).owner,
+            alice.peer_id()
+        );
     }
 
     #[test]
     fn sequence_must_grow_within_and_across_sessions() {
         let (_dir, reg) = registry();
         let alice = Identity::from_seed([1; 32]);
-        assert!(code(reg.register(alice.peer_id(), 1, record(&alice, "alice", 5), NOW)).is_none());
+        let p = alice.peer_id();
+        assert!(code(reg.register(p, 1, record(&alice, "alice", 5), vec![], NOW)).is_none());
         assert_eq!(
-            code(reg.register(alice.peer_id(), 1, record(&alice, "alice", 5), NOW)),
+            code(reg.register(p, 1, record(&alice, "alice", 5), vec![], NOW)),
             Some(ErrorCode::StaleSequence)
         );
-        assert!(code(reg.register(alice.peer_id(), 1, record(&alice, "alice", 6), NOW)).is_none());
+        assert!(code(reg.register(p, 1, record(&alice, "alice", 6), vec![], NOW)).is_none());
         reg.session_ended(1, NOW);
         assert_eq!(
-            code(reg.register(alice.peer_id(), 2, record(&alice, "alice", 4), NOW)),
+            code(reg.register(p, 2, record(&alice, "alice", 4), vec![], NOW)),
             Some(ErrorCode::StaleSequence)
         );
     }
@@ -430,11 +721,9 @@ mod tests {
     fn expiry_bounds_records() {
         let (_dir, reg) = registry();
         let alice = Identity::from_seed([1; 32]);
-        reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), NOW);
-        let Reply::Resolved(res) = reg.resolve("alice", NOW + 60_001) else {
-            panic!()
-        };
-        assert!(!res.online);
+        reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), vec![], NOW);
+        let res = resolved(&reg, "alice", PeerId::random(), NOW + 60_001);
+        assert_eq!(res.presence, Presence::Offline);
         assert_eq!(reg.sweep(NOW + 60_001), 1);
         assert_eq!(reg.online_count(), 0);
         let far = Registration {
@@ -443,10 +732,12 @@ mod tests {
             addrs: vec![],
             seq: 9,
             expires_at: NOW + 2 * MAX_RECORD_TTL_MS,
+            status: Status::Online,
+            status_text: String::new(),
         }
         .sign(&alice);
         assert_eq!(
-            code(reg.register(alice.peer_id(), 1, far, NOW)),
+            code(reg.register(alice.peer_id(), 1, far, vec![], NOW)),
             Some(ErrorCode::BadExpiry)
         );
     }
@@ -456,12 +747,16 @@ mod tests {
         let (_dir, reg) = registry();
         let alice = Identity::from_seed([1; 32]);
         let mallory = Identity::from_seed([2; 32]);
+        let viewer = PeerId::random();
         assert_eq!(
-            code(reg.resolve("nobody", NOW)),
+            code(reg.resolve("nobody", viewer, NOW)),
             Some(ErrorCode::NoSuchName)
         );
-        assert_eq!(code(reg.resolve("9x", NOW)), Some(ErrorCode::InvalidName));
-        reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), NOW);
+        assert_eq!(
+            code(reg.resolve("9x", viewer, NOW)),
+            Some(ErrorCode::InvalidName)
+        );
+        reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), vec![], NOW);
         assert_eq!(
             reg.resolve_peer(alice.peer_id()),
             Reply::Names {
@@ -477,6 +772,119 @@ mod tests {
             reg.release(alice.peer_id(), "alice"),
             Reply::Released { .. }
         ));
-        assert_eq!(code(reg.resolve("alice", NOW)), Some(ErrorCode::NoSuchName));
+        assert_eq!(
+            code(reg.resolve("alice", viewer, NOW)),
+            Some(ErrorCode::NoSuchName)
+        );
+    }
+
+    #[test]
+    fn watchers_get_each_change_once_and_nothing_after_unwatch() {
+        let (_dir, reg) = registry();
+        let alice = Identity::from_seed([1; 32]);
+        let queue = reg.open_session(7);
+        assert!(matches!(
+            reg.watch(7, &["Alice".into()]),
+            Reply::Watching { watched: 1 }
+        ));
+        // The current state is pushed on watch (alice is unclaimed: the
+        // session writer skips names nobody owns).
+        assert_eq!(queue.take(), vec![ScreenName::parse("alice").unwrap()]);
+
+        reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), vec![], NOW);
+        reg.register(
+            alice.peer_id(),
+            1,
+            record_with(&alice, "alice", 2, Status::Away, "back at 3"),
+            vec![],
+            NOW,
+        );
+        // Two changes before the writer ran: one push, coalesced.
+        assert_eq!(queue.take().len(), 1);
+        let res = reg
+            .view(&ScreenName::parse("alice").unwrap(), PeerId::random(), NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (res.presence, res.status_text.as_str()),
+            (Presence::Away, "back at 3")
+        );
+
+        // A renewal that changes nothing shown is not pushed.
+        reg.register(
+            alice.peer_id(),
+            1,
+            record_with(&alice, "alice", 3, Status::Away, "back at 3"),
+            vec![],
+            NOW,
+        );
+        assert!(queue.take().is_empty());
+
+        reg.session_ended(1, NOW + 1);
+        assert_eq!(queue.take().len(), 1, "going offline is pushed");
+
+        reg.unwatch(7, &["alice".into()]);
+        reg.register(
+            alice.peer_id(),
+            2,
+            record(&alice, "alice", 9),
+            vec![],
+            NOW + 2,
+        );
+        assert!(queue.take().is_empty());
+        reg.session_ended(7, NOW);
+    }
+
+    #[test]
+    fn watch_limits() {
+        let (_dir, reg) = registry();
+        reg.open_session(1);
+        let many: Vec<String> = (0..=MAX_WATCH_PER_REQUEST)
+            .map(|i| format!("name{i}"))
+            .collect();
+        assert_eq!(code(reg.watch(1, &many)), Some(ErrorCode::LimitExceeded));
+        assert_eq!(
+            code(reg.watch(1, &["9bad".into()])),
+            Some(ErrorCode::InvalidName)
+        );
+        for chunk in 0..(MAX_WATCHED / MAX_WATCH_PER_REQUEST) {
+            let names: Vec<String> = (0..MAX_WATCH_PER_REQUEST)
+                .map(|i| format!("n{chunk}x{i}"))
+                .collect();
+            assert!(code(reg.watch(1, &names)).is_none());
+        }
+        assert_eq!(
+            code(reg.watch(1, &["onemore".into()])),
+            Some(ErrorCode::LimitExceeded)
+        );
+    }
+
+    #[test]
+    fn invisible_shows_offline_but_named_peers_can_still_dial() {
+        let (_dir, reg) = registry();
+        let alice = Identity::from_seed([1; 32]);
+        let (friend, stranger) = (PeerId::random(), PeerId::random());
+        reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), vec![], NOW);
+        reg.session_ended(1, NOW + 10);
+        reg.register(
+            alice.peer_id(),
+            2,
+            record_with(&alice, "alice", 2, Status::Invisible, "secret"),
+            vec![friend],
+            NOW + 20,
+        );
+        for viewer in [friend, stranger] {
+            let res = resolved(&reg, "alice", viewer, NOW + 30);
+            assert_eq!(res.presence, Presence::Offline);
+            assert_eq!(res.status_text, "");
+            assert_eq!(res.last_seen, Some(NOW + 10), "last seen is from before");
+            assert_eq!(res.record.is_some(), viewer == friend);
+        }
+        // Leaving while invisible does not reveal when.
+        reg.session_ended(2, NOW + 40);
+        assert_eq!(
+            resolved(&reg, "alice", stranger, NOW + 50).last_seen,
+            Some(NOW + 10)
+        );
     }
 }

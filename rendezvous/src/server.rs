@@ -17,7 +17,7 @@ use messenger_proto::codec::{self, CodecError};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
 use messenger_proto::identity::{IdentityError, create_private_dir};
 use messenger_proto::time::now_ms;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, instrument, warn};
 
@@ -353,6 +353,9 @@ impl EventLoop {
 
 /// Serves one directory session until the client closes it or the
 /// connection dies; then whatever it registered goes offline.
+///
+/// Requests are handled one after another; answers and presence pushes
+/// share the stream, written by one writer task.
 #[instrument(skip(stream, registry), fields(%peer))]
 async fn serve_session(
     peer: PeerId,
@@ -361,7 +364,16 @@ async fn serve_session(
     session: SessionId,
 ) {
     debug!("directory session opened");
-    let (mut reader, mut writer) = stream.split();
+    let (mut reader, writer) = stream.split();
+    let pushes = registry.open_session(session);
+    let (answers, answer_rx) = mpsc::channel::<Response>(4);
+    let writing = tokio::spawn(write_session(
+        writer,
+        answer_rx,
+        pushes,
+        registry.clone(),
+        peer,
+    ));
     loop {
         let request: Request = match codec::read_frame(&mut reader, directory::MAX_FRAME).await {
             Ok(Some(request)) => request,
@@ -373,27 +385,69 @@ async fn serve_session(
             Err(e) => {
                 warn!("closing directory session: {e}");
                 let reply = Reply::error(ErrorCode::Malformed, e.to_string());
-                let _ = codec::write_frame(
-                    &mut writer,
-                    &Response { id: 0, reply },
-                    directory::MAX_FRAME,
-                )
-                .await;
+                let _ = answers
+                    .send(Response {
+                        id: directory::PUSH_ID,
+                        reply,
+                    })
+                    .await;
                 break;
             }
         };
         let reply = handle(peer, session, request.op, &registry).await;
-        let response = Response {
-            id: request.id,
-            reply,
-        };
-        if let Err(e) = codec::write_frame(&mut writer, &response, directory::MAX_FRAME).await {
-            debug!("directory session ended while answering: {e}");
+        if answers
+            .send(Response {
+                id: request.id,
+                reply,
+            })
+            .await
+            .is_err()
+        {
             break;
         }
     }
+    drop(answers);
+    let _ = writing.await;
     let _ = tokio::task::spawn_blocking(move || registry.session_ended(session, now_ms())).await;
     debug!("directory session closed");
+}
+
+/// Writes answers as they come and pushes presence changes of watched
+/// names, until the reader side is done.
+async fn write_session(
+    mut writer: futures::io::WriteHalf<Stream>,
+    mut answers: mpsc::Receiver<Response>,
+    pushes: Arc<crate::registry::PushQueue>,
+    registry: Arc<Registry<RedbStore>>,
+    viewer: PeerId,
+) {
+    loop {
+        let frames: Vec<Response> = tokio::select! {
+            answer = answers.recv() => match answer {
+                Some(answer) => vec![answer],
+                None => break,
+            },
+            _ = pushes.changed() => pushes
+                .take()
+                .into_iter()
+                .filter_map(|name| match registry.view(&name, viewer, now_ms()) {
+                    Ok(Some(resolution)) => Some(Response { id: directory::PUSH_ID, reply: Reply::Presence(resolution) }),
+                    Ok(None) => None,
+                    Err(e) => {
+                        warn!(%name, "cannot read presence to push: {e}");
+                        None
+                    }
+                })
+                .collect(),
+        };
+        for frame in frames {
+            if let Err(e) = codec::write_frame(&mut writer, &frame, directory::MAX_FRAME).await {
+                debug!("directory session ended while writing: {e}");
+                return;
+            }
+        }
+    }
+    let _ = futures::AsyncWriteExt::close(&mut writer).await;
 }
 
 async fn handle(
@@ -405,11 +459,13 @@ async fn handle(
     match op {
         // Registration and release may write to disk: keep them off the
         // async workers.
-        Op::Register { record } => {
+        Op::Register { record, visible_to } => {
             let registry = registry.clone();
-            tokio::task::spawn_blocking(move || registry.register(peer, session, record, now_ms()))
-                .await
-                .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "registration failed"))
+            tokio::task::spawn_blocking(move || {
+                registry.register(peer, session, record, visible_to, now_ms())
+            })
+            .await
+            .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "registration failed"))
         }
         Op::Release { name } => {
             let registry = registry.clone();
@@ -417,7 +473,9 @@ async fn handle(
                 .await
                 .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "release failed"))
         }
-        Op::Resolve { name } => registry.resolve(&name, now_ms()),
+        Op::Resolve { name } => registry.resolve(&name, peer, now_ms()),
         Op::ResolvePeer { peer_id } => registry.resolve_peer(peer_id),
+        Op::Watch { names } => registry.watch(session, &names),
+        Op::Unwatch { names } => registry.unwatch(session, &names),
     }
 }

@@ -26,7 +26,8 @@ pub struct Claim {
     pub owner: PeerId,
     /// When the claim was made (ms since epoch).
     pub claimed_at: u64,
-    /// When the owner was last online (ms since epoch).
+    /// When the owner was last shown online before going offline (ms since
+    /// epoch); recorded as the owner goes offline.
     pub last_seen: Option<u64>,
     /// Highest sequence number accepted from the owner.
     pub seq: u64,
@@ -152,11 +153,7 @@ impl ClaimStore for RedbStore {
                 Some(claim) if claim.owner != owner => return Ok(ClaimOutcome::Taken(claim)),
                 Some(claim) if seq <= claim.seq => return Ok(ClaimOutcome::Stale(claim)),
                 Some(claim) => {
-                    let claim = Claim {
-                        seq,
-                        last_seen: Some(now),
-                        ..claim
-                    };
+                    let claim = Claim { seq, ..claim };
                     table
                         .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
                         .map_err(db_err)?;
@@ -166,7 +163,7 @@ impl ClaimStore for RedbStore {
                     let claim = Claim {
                         owner,
                         claimed_at: now,
-                        last_seen: Some(now),
+                        last_seen: None,
                         seq,
                     };
                     table

@@ -1,4 +1,7 @@
-//! One function per command.
+//! One function per command. Commands that need the home's store go
+//! through the running client's control socket when there is one, and run
+//! on their own [`Agent`] otherwise; both paths execute the same
+//! [`Agent::execute`].
 
 use anyhow::{Context, anyhow};
 use libp2p::Multiaddr;
@@ -6,15 +9,18 @@ use messenger_proto::Identity;
 use messenger_proto::chat::check_text;
 use messenger_proto::directory::ErrorCode;
 use messenger_proto::name::ScreenName;
+use messenger_proto::presence::{Presence, Status};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use super::{Args, Command, Failure, Output, exit};
-use crate::chat::IncomingMessage;
-use crate::client::{Client, ClientError, ClientEvent, PeerInfo, SendError, SendReport};
+use super::{Args, Command, ContactsCommand, Failure, Output, exit};
+use crate::agent::{Agent, AgentEvent};
+use crate::client::{Client, ClientError, PeerInfo};
+use crate::control::{self, ContactView, ControlReply, ControlRequest, SendOutcome};
 use crate::directory::DirectoryError;
 use crate::home::{Config, Home};
+use crate::store::{Direction, StoredMessage};
 use crate::time;
 
 /// Default addresses a client accepts peers on.
@@ -43,6 +49,7 @@ pub(super) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
         identity,
         config,
         rendezvous,
+        cli_rendezvous: args.rendezvous.clone(),
         out: *out,
     };
     match args.command {
@@ -50,7 +57,37 @@ pub(super) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
         Command::Register { name } => ctx.register(&name).await,
         Command::Release { name } => ctx.release(&name).await,
         Command::Whois { name } => ctx.whois(&name).await,
-        Command::Send { name, text } => ctx.send(&name, &text).await,
+        Command::Send { name, text } => {
+            let to = parse_name(&name)?;
+            let text = read_text(text).await?;
+            check_text(&text).map_err(|e| Failure::new(exit::INVALID, e))?;
+            ctx.my_name()?;
+            ctx.request(ControlRequest::Send {
+                to: to.to_string(),
+                text,
+            })
+            .await
+        }
+        Command::Status { status, text } => {
+            let status: Status = status.parse().map_err(|e| Failure::new(exit::INVALID, e))?;
+            ctx.request(ControlRequest::Status { status, text }).await
+        }
+        Command::Contacts(c) => {
+            let request = match c {
+                ContactsCommand::Add { name } => ControlRequest::ContactsAdd { name },
+                ContactsCommand::List => ControlRequest::ContactsList,
+                ContactsCommand::Remove { name } => ControlRequest::ContactsRemove { name },
+                ContactsCommand::Trust { name } => ControlRequest::ContactsTrust { name },
+            };
+            ctx.request(request).await
+        }
+        Command::Block { name } => ctx.request(ControlRequest::Block { name }).await,
+        Command::Unblock { name } => ctx.request(ControlRequest::Unblock { name }).await,
+        Command::History { name, limit } => {
+            parse_name(&name)?;
+            ctx.request(ControlRequest::History { name, limit }).await
+        }
+        Command::Outbox => ctx.request(ControlRequest::Outbox).await,
         Command::Online { listen } => ctx.online(listen, None).await,
         Command::Chat { name, listen } => {
             let peer = parse_name(&name)?;
@@ -66,11 +103,32 @@ struct Ctx {
     identity: Identity,
     config: Config,
     rendezvous: Option<Multiaddr>,
+    cli_rendezvous: Option<Multiaddr>,
     out: Output,
 }
 
 fn parse_name(name: &str) -> Result<ScreenName, Failure> {
     ScreenName::parse(name).map_err(|e| Failure::new(exit::INVALID, e))
+}
+
+async fn read_text(text: String) -> Result<String, Failure> {
+    if text != "-" {
+        return Ok(text);
+    }
+    let mut buf = String::new();
+    tokio::io::stdin()
+        .read_to_string(&mut buf)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                exit::INVALID,
+                anyhow!("cannot read the text from stdin: {e}"),
+            )
+        })?;
+    if buf.ends_with('\n') {
+        buf.pop();
+    }
+    Ok(buf)
 }
 
 /// Maps a directory refusal to its exit status.
@@ -97,15 +155,20 @@ impl Ctx {
         })
     }
 
-    async fn connect(&self) -> Result<(Client, Multiaddr), Failure> {
-        let addr = self.rendezvous.clone().ok_or_else(|| {
+    fn rendezvous(&self) -> Result<Multiaddr, Failure> {
+        self.rendezvous.clone().ok_or_else(|| {
             Failure::new(
                 exit::INVALID,
                 anyhow!(
                     "no rendezvous node known: pass --rendezvous MULTIADDR (a line printed by `rendezvous`) or set MESSENGER_RENDEZVOUS"
                 ),
             )
-        })?;
+        })
+    }
+
+    /// A store-less client for directory-only commands.
+    async fn connect(&self) -> Result<(Client, Multiaddr), Failure> {
+        let addr = self.rendezvous()?;
         let client = Client::connect(
             self.identity.clone(),
             addr.clone(),
@@ -117,6 +180,22 @@ impl Ctx {
             Failure::new(f.code, f.error.context(format!("rendezvous node {addr}")))
         })?;
         Ok((client, addr))
+    }
+
+    /// Runs a store command through the running client, or on our own.
+    async fn request(self, request: ControlRequest) -> Result<(), Failure> {
+        let reply = match control::call(self.home.dir(), &request).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                let agent = Agent::open(self.home.clone(), self.cli_rendezvous.clone())
+                    .map_err(|e| Failure::new(e.exit_code, anyhow!(e.message)))?;
+                let reply = agent.execute(request.clone()).await;
+                agent.shutdown().await;
+                reply
+            }
+            Err(e) => return Err(anyhow!("cannot reach the running client: {e}").into()),
+        };
+        show_reply(&self.out, &request, reply)
     }
 
     fn id(&self) -> Result<(), Failure> {
@@ -201,46 +280,6 @@ impl Ctx {
         Ok(())
     }
 
-    async fn send(self, name: &str, text: &str) -> Result<(), Failure> {
-        let to = parse_name(name)?;
-        let text = if text == "-" {
-            let mut buf = String::new();
-            tokio::io::stdin()
-                .read_to_string(&mut buf)
-                .await
-                .map_err(|e| {
-                    Failure::new(
-                        exit::INVALID,
-                        anyhow!("cannot read the text from stdin: {e}"),
-                    )
-                })?;
-            if buf.ends_with('\n') {
-                buf.pop();
-            }
-            buf
-        } else {
-            text.to_owned()
-        };
-        check_text(&text).map_err(|e| Failure::new(exit::INVALID, e))?;
-        self.my_name()?;
-        let (client, _) = self.connect().await?;
-        let result = client.send(to.as_str(), &text).await;
-        client.shutdown().await;
-        let report = result.map_err(send_failure)?;
-        self.out.emit(
-            format!(
-                "delivered to {} (id {}): resolve {}, dial {}, deliver {}",
-                report.to,
-                report.id,
-                ms(report.resolve),
-                ms(report.dial),
-                ms(report.deliver)
-            ),
-            delivered_json(&report),
-        );
-        Ok(())
-    }
-
     /// `online`, and `chat` when `peer` is given.
     async fn online(self, listen: Vec<Multiaddr>, peer: Option<ScreenName>) -> Result<(), Failure> {
         let name = self.my_name()?;
@@ -251,67 +290,59 @@ impl Ctx {
         };
         // Watch for signals before announcing that we are online.
         let mut signals = Signals::new()?;
-        let (client, addr) = self.connect().await?;
-        let mut events = client
-            .go_online(name.clone(), listen)
+        let listener = control::bind(self.home.dir())
             .await
-            .map_err(directory_failure)?;
+            .map_err(|e| Failure::new(exit::FAILURE, anyhow!("control socket: {e}")))?;
+        let agent = Agent::open(self.home.clone(), self.cli_rendezvous.clone())
+            .map_err(|e| Failure::new(e.exit_code, anyhow!(e.message)))?;
+        let rendezvous = self.rendezvous()?;
+        let mut events = match agent.go_online(listen).await {
+            Ok(events) => events,
+            Err(e) => {
+                agent.shutdown().await;
+                return Err(Failure::new(e.exit_code, anyhow!(e.message)));
+            }
+        };
+        let serving = {
+            let agent = agent.clone();
+            tokio::spawn(control::serve(listener, move |request| {
+                let agent = agent.clone();
+                async move { agent.execute(request).await }
+            }))
+        };
         let (lines_tx, mut lines) = mpsc::channel::<String>(64);
         if peer.is_some() {
             tokio::spawn(read_lines(lines_tx));
         } else {
             drop(lines_tx);
         }
-        let (sent_tx, mut sent) = mpsc::channel::<Result<SendReport, SendError>>(64);
-        let (queue_tx, queue_rx) = mpsc::channel::<String>(256);
-        if let Some(peer) = &peer {
-            tokio::spawn(send_in_order(
-                client.clone(),
-                peer.clone(),
-                queue_rx,
-                sent_tx,
-            ));
-        }
-        let stdin_open = peer.is_some();
         let result = loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => {
-                        if let Some(failure) = self.show_event(event, &addr) {
+                        if let Some(failure) = self.show_event(event, &rendezvous) {
                             break Err(failure);
                         }
                     }
                     None => break Ok(()),
                 },
-                line = lines.recv(), if stdin_open => match line {
+                line = lines.recv(), if peer.is_some() => match line {
                     Some(line) if line.trim().is_empty() => {}
                     Some(line) => {
-                        if let Err(e) = check_text(&line) {
-                            eprintln!("not sent: {e}");
-                        } else if queue_tx.send(line).await.is_err() {
-                            break Ok(());
+                        let Some(to) = &peer else { continue };
+                        if let Err(e) = agent.enqueue(to, &line).await {
+                            self.out.error(e.exit_code, &anyhow!(e.message));
                         }
                     }
-                    // End of input ends a chat, once what was typed is delivered.
+                    // End of input ends a chat.
                     None => break Ok(()),
                 },
-                Some(result) = sent.recv() => self.show_sent(result),
                 _ = signals.recv() => break Ok(()),
             }
         };
-        // Let messages still in flight finish (bounded), then go offline.
-        drop(queue_tx);
-        let deadline = tokio::time::sleep(std::time::Duration::from_secs(20));
-        tokio::pin!(deadline);
-        if peer.is_some() {
-            loop {
-                tokio::select! {
-                    r = sent.recv() => match r { Some(r) => self.show_sent(r), None => break },
-                    _ = &mut deadline => break,
-                }
-            }
-        }
-        client.shutdown().await;
+        serving.abort();
+        let _ = std::fs::remove_file(control::socket_path(self.home.dir()));
+        agent.shutdown().await;
         self.out.emit(
             format!("offline: {name}"),
             json!({"event": "offline", "name": name.to_string()}),
@@ -320,9 +351,9 @@ impl Ctx {
     }
 
     /// Prints an event; returns a failure if the client cannot go on.
-    fn show_event(&self, event: ClientEvent, rendezvous: &Multiaddr) -> Option<Failure> {
+    fn show_event(&self, event: AgentEvent, rendezvous: &Multiaddr) -> Option<Failure> {
         match event {
-            ClientEvent::Online { name, addrs, first } => {
+            AgentEvent::Online { name, addrs, first } => {
                 let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
                 let human = if first {
                     format!(
@@ -340,63 +371,226 @@ impl Ctx {
                 );
                 None
             }
-            ClientEvent::Reconnecting { reason } => {
+            AgentEvent::Reconnecting { reason } => {
                 self.out.emit(
                     format!("{reason}; reconnecting..."),
                     json!({"event": "reconnecting", "reason": reason}),
                 );
                 None
             }
-            ClientEvent::RegistrationRefused { reason } => Some(Failure::new(
+            AgentEvent::RegistrationRefused { reason } => Some(Failure::new(
                 exit::FAILURE,
                 anyhow!("registration refused: {reason}"),
             )),
-            ClientEvent::Message(m) => {
-                self.show_message(&m);
+            AgentEvent::Message(m) => {
+                let msg = &m.message;
+                self.out.emit(
+                    format!("[{}] {}: {}", time::clock(msg.sent_at), msg.from, msg.text),
+                    message_json("message", &m),
+                );
                 None
             }
-        }
-    }
-
-    fn show_message(&self, m: &IncomingMessage) {
-        let msg = &m.message;
-        self.out.emit(
-            format!("[{}] {}: {}", time::clock(msg.sent_at), m.from, msg.text),
-            json!({"event": "message", "from": m.from.to_string(), "to": msg.to.to_string(), "id": msg.id.to_string(),
-                   "peer_id": m.peer.to_string(), "sent_at": time::rfc3339(msg.sent_at), "text": msg.text}),
-        );
-    }
-
-    fn show_sent(&self, result: Result<SendReport, SendError>) {
-        match result {
-            Ok(report) => self.out.emit(
-                format!(
-                    "  delivered ({})",
-                    ms(report.resolve + report.dial + report.deliver)
-                ),
-                delivered_json(&report),
-            ),
-            Err(e) => {
-                let failure = send_failure(e);
-                self.out.error(failure.code, &failure.error);
+            AgentEvent::Presence(info) => {
+                let human = match (info.presence, info.status_text.is_empty()) {
+                    (Presence::Offline, _) => format!("* {} is offline", info.name),
+                    (p, true) => format!("* {} is {p}", info.name),
+                    (p, false) => format!("* {} is {p}: {}", info.name, info.status_text),
+                };
+                self.out.emit(
+                    human,
+                    json!({"event": "presence", "name": info.name.to_string(), "status": info.presence.to_string(),
+                           "text": info.status_text, "peer_id": info.peer_id.to_string()}),
+                );
+                None
+            }
+            AgentEvent::Delivered(m) => {
+                self.out.emit(
+                    format!(
+                        "  delivered to {}: {}",
+                        m.message.to,
+                        preview(&m.message.text)
+                    ),
+                    message_json("delivered", &m),
+                );
+                None
+            }
+            AgentEvent::Failed(m) => {
+                self.out.emit(
+                    format!(
+                        "  NOT delivered to {}: {} ({})",
+                        m.message.to,
+                        preview(&m.message.text),
+                        m.error.as_deref().unwrap_or("refused")
+                    ),
+                    message_json("failed", &m),
+                );
+                None
+            }
+            AgentEvent::KeyChanged {
+                name,
+                pinned,
+                current,
+            } => {
+                let warning = format!(
+                    "!!! KEY CHANGED: {name} was pinned to {pinned} but now has key {current}.\n\
+                     !!! Messages to and from {name} are refused until you run `messenger contacts trust {name}`."
+                );
+                eprintln!("{warning}");
+                self.out.emit(
+                    warning,
+                    json!({"event": "key_changed", "name": name.to_string(), "pinned": pinned.to_string(),
+                           "current": current.to_string()}),
+                );
+                None
             }
         }
     }
 }
 
-/// Sends queued chat lines one after another, so they arrive in order.
-async fn send_in_order(
-    client: Client,
-    to: ScreenName,
-    mut lines: mpsc::Receiver<String>,
-    results: mpsc::Sender<Result<SendReport, SendError>>,
-) {
-    while let Some(line) = lines.recv().await {
-        let result = client.send(to.as_str(), &line).await;
-        if results.send(result).await.is_err() {
-            break;
+fn show_outcome(out: &Output, outcome: SendOutcome) -> Result<(), Failure> {
+    match outcome {
+        SendOutcome::Delivered {
+            message,
+            peer_id,
+            resolve_ms,
+            dial_ms,
+            deliver_ms,
+        } => {
+            out.emit(
+                format!(
+                    "delivered to {} (id {}): resolve {resolve_ms:.1} ms, dial {dial_ms:.1} ms, deliver {deliver_ms:.1} ms",
+                    message.message.to, message.message.id
+                ),
+                json!({"event": "delivered", "to": message.message.to.to_string(), "id": message.message.id.to_string(),
+                       "peer_id": peer_id.to_string(), "sent_at": time::rfc3339(message.message.sent_at),
+                       "resolve_ms": resolve_ms, "dial_ms": dial_ms, "deliver_ms": deliver_ms}),
+            );
+            Ok(())
+        }
+        SendOutcome::Queued { message, reason } => {
+            let to = &message.message.to;
+            out.emit(
+                format!(
+                    "queued: {reason}\nthe message (id {}) stays in the outbox and is delivered once {to} is reachable while `messenger online` runs",
+                    message.message.id
+                ),
+                json!({"event": "queued", "to": to.to_string(), "id": message.message.id.to_string(), "reason": reason}),
+            );
+            Err(Failure {
+                code: exit::QUEUED,
+                error: anyhow!("queued: not delivered yet"),
+                shown: true,
+            })
         }
     }
+}
+
+/// Prints a control reply the same way whichever path produced it.
+fn show_reply(out: &Output, request: &ControlRequest, reply: ControlReply) -> Result<(), Failure> {
+    match reply {
+        ControlReply::Sent(outcome) => show_outcome(out, *outcome),
+        ControlReply::Done { message } => {
+            out.emit(&message, json!({"event": "done", "message": message}));
+            Ok(())
+        }
+        ControlReply::Contacts { contacts } => {
+            if contacts.is_empty() && !out.is_json() {
+                out.emit("no contacts yet: `messenger contacts add NAME`", json!({}));
+            }
+            for c in contacts {
+                out.emit(describe_contact(&c), contact_json(&c));
+            }
+            Ok(())
+        }
+        ControlReply::Messages { messages } => {
+            let event = match request {
+                ControlRequest::Outbox => "outbox",
+                _ => "history",
+            };
+            if messages.is_empty() && !out.is_json() {
+                out.emit("(nothing)", json!({}));
+            }
+            for m in messages {
+                let human = match event {
+                    "outbox" => format!(
+                        "to {} since {} ({}): {}",
+                        m.message.to,
+                        time::describe(m.message.sent_at),
+                        m.state,
+                        preview(&m.message.text)
+                    ),
+                    _ => format!(
+                        "[{}] {}: {}{}",
+                        time::date_clock(m.message.sent_at),
+                        m.message.from,
+                        m.message.text,
+                        match m.direction {
+                            Direction::Out => format!("  ({})", m.state),
+                            Direction::In => String::new(),
+                        }
+                    ),
+                };
+                out.emit(human, message_json(event, &m));
+            }
+            Ok(())
+        }
+        ControlReply::Error { exit_code, message } => {
+            Err(Failure::new(exit_code, anyhow!(message)))
+        }
+    }
+}
+
+fn preview(text: &str) -> String {
+    let first: String = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(60)
+        .collect();
+    if first.len() < text.len() {
+        format!("{first}…")
+    } else {
+        first
+    }
+}
+
+fn message_json(event: &str, m: &StoredMessage) -> serde_json::Value {
+    let msg = &m.message;
+    json!({"event": event, "id": msg.id.to_string(), "from": msg.from.to_string(), "to": msg.to.to_string(),
+           "sent_at": time::rfc3339(msg.sent_at), "text": msg.text, "state": m.state.to_string(),
+           "direction": match m.direction { Direction::Out => "out", Direction::In => "in" },
+           "peer_id": m.peer_id.map(|p| p.to_string()), "error": m.error})
+}
+
+fn describe_contact(c: &ContactView) -> String {
+    let presence = match c.presence {
+        Some(p) if p.is_online() && !c.status_text.is_empty() => format!("{p}: {}", c.status_text),
+        Some(p) if p.is_online() => p.to_string(),
+        Some(_) => match c.last_seen {
+            Some(ms) => format!("offline, last seen {}", time::describe(ms)),
+            None => "offline".to_owned(),
+        },
+        None => "presence unknown (node unreachable)".to_owned(),
+    };
+    let mut line = format!("{:<20} {presence}", c.name.as_str());
+    if c.blocked {
+        line.push_str("  [blocked]");
+    }
+    if let Some(new) = c.key_changed_to {
+        line.push_str(&format!(
+            "\n  !!! KEY CHANGED: pinned {} but the node now says {new}; run `messenger contacts trust {}` if you trust it",
+            c.pinned, c.name
+        ));
+    }
+    line
+}
+
+fn contact_json(c: &ContactView) -> serde_json::Value {
+    json!({"event": "contact", "name": c.name.to_string(), "pinned": c.pinned.to_string(),
+           "key_changed_to": c.key_changed_to.map(|k| k.to_string()),
+           "status": c.presence.map(|p| p.to_string()), "text": c.status_text,
+           "last_seen": c.last_seen.map(time::rfc3339), "blocked": c.blocked})
 }
 
 async fn read_lines(tx: mpsc::Sender<String>) {
@@ -431,35 +625,12 @@ impl Signals {
     }
 }
 
-fn send_failure(error: SendError) -> Failure {
-    let code = match &error {
-        SendError::Text(_) | SendError::InvalidName(_) => exit::INVALID,
-        SendError::NoSuchName(_) => exit::NO_SUCH_NAME,
-        SendError::Offline { .. } => exit::OFFLINE,
-        SendError::Unreachable { .. } | SendError::NotDelivered { .. } => exit::NOT_DELIVERED,
-        SendError::Directory(DirectoryError::Refused {
-            code: ErrorCode::InvalidName,
-            ..
-        }) => exit::INVALID,
-        _ => exit::FAILURE,
-    };
-    Failure::new(code, error)
-}
-
-fn ms(d: std::time::Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn delivered_json(report: &SendReport) -> serde_json::Value {
-    json!({"event": "delivered", "to": report.to.to_string(), "id": report.id.to_string(),
-           "peer_id": report.peer_id.to_string(), "sent_at": time::rfc3339(report.sent_at),
-           "resolve_ms": report.resolve.as_secs_f64() * 1000.0, "dial_ms": report.dial.as_secs_f64() * 1000.0,
-           "deliver_ms": report.deliver.as_secs_f64() * 1000.0})
-}
-
 fn describe_peer(info: &PeerInfo) -> String {
-    let status = if info.online { "online" } else { "offline" };
-    let last_seen = match (info.online, info.last_seen) {
+    let status = match (info.presence, info.status_text.is_empty()) {
+        (p, false) if p.is_online() => format!("{p}: {}", info.status_text),
+        (p, _) => p.to_string(),
+    };
+    let last_seen = match (info.online(), info.last_seen) {
         (true, _) => "now".to_owned(),
         (false, Some(ms)) => time::describe(ms),
         (false, None) => "never".to_owned(),
@@ -471,7 +642,7 @@ fn describe_peer(info: &PeerInfo) -> String {
             .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
-            .join("\n           ")
+            .join("\n             ")
     };
     format!(
         "{}\n  peer id:   {}\n  status:    {status}\n  last seen: {last_seen}\n  addresses: {addrs}",
@@ -481,6 +652,7 @@ fn describe_peer(info: &PeerInfo) -> String {
 
 fn peer_json(info: &PeerInfo) -> serde_json::Value {
     json!({"event": "whois", "name": info.name.to_string(), "peer_id": info.peer_id.to_string(),
-           "online": info.online, "addrs": info.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+           "online": info.online(), "status": info.presence.to_string(), "text": info.status_text,
+           "addrs": info.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
            "last_seen": info.last_seen.map(time::rfc3339)})
 }

@@ -25,11 +25,14 @@ pub mod exit {
     pub const NO_SUCH_NAME: u8 = 3;
     /// The name is owned by another key.
     pub const NAME_TAKEN: u8 = 4;
-    /// The recipient is offline; nothing was sent.
-    pub const OFFLINE: u8 = 5;
-    /// The recipient is online but could not be reached, or did not
-    /// acknowledge the message.
+    /// The recipient is online but could not be reached, did not
+    /// acknowledge the message, or refused it.
     pub const NOT_DELIVERED: u8 = 6;
+    /// Not delivered now but kept in the outbox: delivered when the
+    /// recipient is reachable while `messenger online` runs on this home.
+    pub const QUEUED: u8 = 7;
+    /// The recipient is a contact whose key changed: nothing was sent.
+    pub const KEY_CHANGED: u8 = 8;
 }
 
 const EXIT_CODES: &str = "\
@@ -39,13 +42,18 @@ Exit status:
   2  invalid input: bad screen name, empty or oversized text, bad flags
   3  no such name
   4  name taken by another key
-  5  recipient offline: nothing was sent
-  6  recipient unreachable, or the message was not acknowledged";
+  6  not delivered: recipient unreachable, no acknowledgement, or refused
+  7  queued: kept in the outbox, delivered once the recipient is reachable
+     while `messenger online` runs on this home
+  8  the recipient's key changed since you added them: nothing was sent";
 
 /// A peer-to-peer messenger: register a screen name with a rendezvous node,
 /// then message people by name. Messages go directly between peers over
 /// libp2p, signed with your ed25519 key; the rendezvous node only maps
 /// names to keys and addresses.
+///
+/// While `online` or `chat` runs, the other commands on the same home
+/// (send, status, contacts, block, unblock, history, outbox) go through it.
 #[derive(Debug, Parser)]
 #[command(version, after_help = EXIT_CODES)]
 pub struct Args {
@@ -103,6 +111,11 @@ enum Command {
         listen: Vec<Multiaddr>,
     },
     /// Send a message directly and wait for the recipient's acknowledgement.
+    ///
+    /// The message is stored first. If the recipient is offline or cannot be
+    /// reached, it stays in the outbox (exit status 7) and is delivered, in
+    /// order, as soon as the recipient is reachable while `messenger online`
+    /// runs on this home.
     #[command(after_help = EXIT_CODES)]
     Send {
         /// The recipient's screen name.
@@ -110,6 +123,40 @@ enum Command {
         /// The text (1 byte to 64 KiB of UTF-8); `-` reads it from stdin.
         text: String,
     },
+    /// Set my status while online: online, away, busy or invisible
+    /// (appear offline; contacts can still deliver to me), with an
+    /// optional text. Remembered for the next time I go online.
+    Status {
+        /// online, away, busy or invisible.
+        status: String,
+        /// A short note shown with it (at most 128 characters).
+        #[arg(default_value = "")]
+        text: String,
+    },
+    /// Manage contacts: names whose presence I see and whose key is pinned.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Refuse messages from a name (the sender only sees "not delivered").
+    Block {
+        /// The name.
+        name: String,
+    },
+    /// Accept messages from a blocked name again.
+    Unblock {
+        /// The name.
+        name: String,
+    },
+    /// Show the conversation with a name, oldest first, with each message's
+    /// state (queued, sent, delivered, failed, received).
+    History {
+        /// The other person's screen name.
+        name: String,
+        /// Show only the last N messages.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// List the messages waiting to be delivered.
+    Outbox,
     /// Talk with someone: typed lines are sent, incoming messages printed,
     /// while staying online. End with Ctrl-D.
     Chat {
@@ -123,6 +170,27 @@ enum Command {
     /// Try it out: a rendezvous node and two users on 127.0.0.1 in one
     /// process, exchanging messages both ways, with measured times.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCommand {
+    /// Add a contact, pinning the key its name has now (trust on first use).
+    Add {
+        /// The name.
+        name: String,
+    },
+    /// List contacts with their presence and status text.
+    List,
+    /// Remove a contact.
+    Remove {
+        /// The name.
+        name: String,
+    },
+    /// Accept the key a contact's name has now, after it changed.
+    Trust {
+        /// The name.
+        name: String,
+    },
 }
 
 /// Runs the command line and returns the process exit status.
@@ -149,7 +217,9 @@ pub fn main() -> ExitCode {
     let code = match runtime.block_on(commands::run(args, &out)) {
         Ok(()) => exit::OK,
         Err(failure) => {
-            out.error(failure.code, &failure.error);
+            if !failure.shown {
+                out.error(failure.code, &failure.error);
+            }
             failure.code
         }
     };
@@ -165,6 +235,8 @@ pub struct Failure {
     pub code: u8,
     /// What went wrong.
     pub error: anyhow::Error,
+    /// Whether the command already told the user (no second error line).
+    pub shown: bool,
 }
 
 impl Failure {
@@ -172,6 +244,7 @@ impl Failure {
         Self {
             code,
             error: error.into(),
+            shown: false,
         }
     }
 }
