@@ -714,6 +714,10 @@ impl Agent {
             s.add_outgoing(message, now_ms())
         })
         .await?;
+        // Presence pushes resume delivery when the recipient comes back.
+        if let Err(e) = client.watch(std::slice::from_ref(to)).await {
+            debug!("cannot watch {to}: {e}");
+        }
         self.wake(to);
         Ok(id)
     }

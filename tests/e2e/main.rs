@@ -6,6 +6,7 @@
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod bad_input;
+mod buddy;
 mod directory;
 mod hostile;
 mod messaging;

@@ -185,6 +185,10 @@ impl Node {
             "--data-dir",
         ])
         .arg(data_dir);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         let mut proc = Proc::spawn(cmd);
         let addr = proc.stdout.expect("the node's address", |l| {
             l.starts_with("/ip4/127.0.0.1/tcp/") && l.contains("/p2p/")
@@ -254,7 +258,10 @@ impl User {
             .args(args)
             .env_remove("MESSENGER_RENDEZVOUS")
             .env_remove("MESSENGER_HOME")
-            .env("RUST_LOG", "warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         cmd
     }
 
