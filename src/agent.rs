@@ -300,6 +300,16 @@ impl Agent {
         Ok(contacts.into_iter().map(|c| c.pinned).collect())
     }
 
+    /// Hands an event to the display, waiting for room: messages and
+    /// delivery marks must not be dropped.
+    async fn emit_wait(&self, event: AgentEvent) {
+        let events = lock(&self.inner.events).clone();
+        if let Some(events) = events {
+            let _ = events.send(event).await;
+        }
+    }
+
+    /// Hands an event to the display if there is room (from sync code).
     fn emit(&self, event: AgentEvent) {
         let events = lock(&self.inner.events).clone();
         if let Some(events) = events
@@ -378,7 +388,7 @@ impl Agent {
                 // Stored by the sink before it was acknowledged.
                 let id = m.message.id;
                 match blocking(&self.inner.store, move |s| s.message(&id)).await {
-                    Ok(Some(stored)) => self.emit(AgentEvent::Message(stored)),
+                    Ok(Some(stored)) => self.emit_wait(AgentEvent::Message(stored)).await,
                     Ok(None) => warn!(%id, "accepted message missing from the store"),
                     Err(e) => warn!("cannot read an accepted message: {e}"),
                 }
@@ -622,7 +632,7 @@ impl Agent {
                 deliver_ms: ms(timing.deliver),
             }));
         }
-        self.emit(AgentEvent::Delivered(stored));
+        self.emit_wait(AgentEvent::Delivered(stored)).await;
     }
 
     async fn finish(&self, ids: &[MessageId], result: Result<(), String>) {
@@ -642,7 +652,7 @@ impl Agent {
                     format!("{} to {}", reason, stored.message.to),
                 )));
             }
-            self.emit(AgentEvent::Failed(stored));
+            self.emit_wait(AgentEvent::Failed(stored)).await;
         }
     }
 
