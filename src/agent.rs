@@ -29,6 +29,7 @@ use crate::client::{Client, ClientError, ClientEvent, KeyChange, PeerInfo, SendE
 use crate::control::{ContactView, ControlReply, ControlRequest, SendOutcome};
 use crate::directory::DirectoryError;
 use crate::home::{Config, Home, HomeError};
+use crate::network::{Path, Reachability};
 use crate::store::{Contact, MessageState, Store, StoreError, StoredMessage};
 
 /// Longest wait between delivery attempts to a reachable recipient.
@@ -49,6 +50,26 @@ pub enum AgentEvent {
         addrs: Vec<Multiaddr>,
         /// False after a reconnect.
         first: bool,
+        /// Directly, or through the node's relay.
+        reachability: Reachability,
+    },
+    /// Our registered addresses changed (moved, NAT mapping, relay).
+    Addresses {
+        /// The addresses now registered.
+        addrs: Vec<Multiaddr>,
+        /// Directly, or through the node's relay.
+        reachability: Reachability,
+    },
+    /// How we reach a peer changed (hole punching).
+    Path {
+        /// The peer's name, if we know it.
+        name: Option<ScreenName>,
+        /// The peer.
+        peer: PeerId,
+        /// The path now.
+        path: Path,
+        /// Why hole punching failed, if it did.
+        detail: Option<String>,
     },
     /// Lost the node; reconnecting.
     Reconnecting {
@@ -60,8 +81,8 @@ pub enum AgentEvent {
         /// Why.
         reason: String,
     },
-    /// A new message arrived (already stored).
-    Message(StoredMessage),
+    /// A new message arrived (already stored), over this path.
+    Message(StoredMessage, Option<Path>),
     /// A watched name's presence changed.
     Presence(PeerInfo),
     /// A message of mine was acknowledged.
@@ -370,7 +391,28 @@ impl Agent {
 
     async fn on_client_event(&self, event: ClientEvent) {
         match event {
-            ClientEvent::Online { name, addrs, first } => {
+            ClientEvent::Addresses {
+                addrs,
+                reachability,
+            } => self.emit(AgentEvent::Addresses {
+                addrs,
+                reachability,
+            }),
+            ClientEvent::Path { peer, path, detail } => {
+                let name = self.name_of(&peer).await;
+                self.emit(AgentEvent::Path {
+                    name,
+                    peer,
+                    path,
+                    detail,
+                });
+            }
+            ClientEvent::Online {
+                name,
+                addrs,
+                first,
+                reachability,
+            } => {
                 if !first {
                     // Back after a reconnect: try everything queued again.
                     let pending = blocking(&self.inner.store, |s| s.outbox(None)).await;
@@ -378,7 +420,12 @@ impl Agent {
                         self.wake(m.peer());
                     }
                 }
-                self.emit(AgentEvent::Online { name, addrs, first });
+                self.emit(AgentEvent::Online {
+                    name,
+                    addrs,
+                    first,
+                    reachability,
+                });
             }
             ClientEvent::Reconnecting { reason } => self.emit(AgentEvent::Reconnecting { reason }),
             ClientEvent::RegistrationRefused { reason } => {
@@ -387,8 +434,9 @@ impl Agent {
             ClientEvent::Message(m) => {
                 // Stored by the sink before it was acknowledged.
                 let id = m.message.id;
+                let path = self.client().await.ok().and_then(|c| c.path(&m.peer));
                 match blocking(&self.inner.store, move |s| s.message(&id)).await {
-                    Ok(Some(stored)) => self.emit_wait(AgentEvent::Message(stored)).await,
+                    Ok(Some(stored)) => self.emit_wait(AgentEvent::Message(stored, path)).await,
                     Ok(None) => warn!(%id, "accepted message missing from the store"),
                     Err(e) => warn!("cannot read an accepted message: {e}"),
                 }
@@ -411,6 +459,19 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The name of a peer we talk to, if we know it.
+    async fn name_of(&self, peer: &PeerId) -> Option<ScreenName> {
+        let known = lock(&self.inner.presence)
+            .values()
+            .find(|i| &i.peer_id == peer)
+            .map(|i| i.name.clone());
+        if known.is_some() {
+            return known;
+        }
+        let client = self.inner.client.lock().await.clone()?;
+        client.link_name(peer).await
     }
 
     /// Refuses (and records) a contact whose key is not the pinned one.
@@ -589,6 +650,7 @@ impl Agent {
                 }
             };
             let timing = Timing {
+                path: client.path(&link.peer()),
                 peer_id: link.peer(),
                 resolve,
                 dial,
@@ -627,6 +689,7 @@ impl Agent {
             let _ = waiter.send(Ok(SendOutcome::Delivered {
                 message: stored.clone(),
                 peer_id: timing.peer_id,
+                path: timing.path,
                 resolve_ms: ms(timing.resolve),
                 dial_ms: ms(timing.dial),
                 deliver_ms: ms(timing.deliver),
@@ -969,6 +1032,7 @@ impl Agent {
 
 struct Timing {
     peer_id: PeerId,
+    path: Option<Path>,
     resolve: Duration,
     dial: Duration,
     deliver: Duration,

@@ -26,7 +26,9 @@ use tracing::{debug, info, warn};
 
 use crate::chat::{ChatLink, DeliveryError, Inbox, IncomingMessage, MessageSink};
 use crate::directory::{DirectoryError, DirectorySession, Registered};
-use crate::network::{Network, NetworkConfig, NetworkError};
+use crate::network::{
+    Network, NetworkConfig, NetworkError, NetworkEvent, Path, Reachability, is_relayed,
+};
 
 /// How long a registration record is valid; the online client renews it
 /// well before.
@@ -216,6 +218,24 @@ pub enum ClientEvent {
         addrs: Vec<Multiaddr>,
         /// True the first time, false after a reconnect.
         first: bool,
+        /// Whether we are reachable directly or only through the relay.
+        reachability: Reachability,
+    },
+    /// Our addresses or reachability changed and were registered.
+    Addresses {
+        /// The addresses now registered.
+        addrs: Vec<Multiaddr>,
+        /// Whether we are reachable directly or only through the relay.
+        reachability: Reachability,
+    },
+    /// How we are connected to a peer changed (hole punching).
+    Path {
+        /// The peer.
+        peer: PeerId,
+        /// The path now.
+        path: Path,
+        /// Why, when hole punching failed.
+        detail: Option<String>,
     },
     /// The connection to the rendezvous node was lost; retrying.
     Reconnecting {
@@ -258,6 +278,42 @@ struct Inner {
     pushes: mpsc::Sender<Resolution>,
     push_rx: Mutex<Option<mpsc::Receiver<Resolution>>>,
     online_as: Mutex<Option<ScreenName>>,
+    /// The addresses in our last registration.
+    registered_addrs: Mutex<Vec<Multiaddr>>,
+    /// Loopback addresses are worth registering only with a loopback node.
+    node_is_loopback: bool,
+}
+
+/// How long `go_online` waits for the node's reachability verdict.
+const REACHABILITY_WAIT: Duration = Duration::from_secs(4);
+
+/// How long a relay reservation may take.
+const RELAY_WAIT: Duration = Duration::from_secs(5);
+
+/// The addresses worth registering: those that others can dial.
+pub fn advertised_addrs(
+    listen: &[Multiaddr],
+    reachability: Reachability,
+    loopback_ok: bool,
+) -> Vec<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    let usable = |a: &Multiaddr| {
+        a.iter().all(|p| match p {
+            Protocol::Ip4(ip) => !ip.is_unspecified() && (loopback_ok || !ip.is_loopback()),
+            Protocol::Ip6(ip) => !ip.is_unspecified() && (loopback_ok || !ip.is_loopback()),
+            _ => true,
+        })
+    };
+    let (relayed, direct): (Vec<Multiaddr>, Vec<Multiaddr>) = listen
+        .iter()
+        .filter(|a| usable(a))
+        .cloned()
+        .partition(is_relayed);
+    match reachability {
+        Reachability::Public => direct,
+        Reachability::Private => relayed,
+        Reachability::Unknown => direct.into_iter().chain(relayed).collect(),
+    }
 }
 
 /// Handle to a running client.
@@ -281,7 +337,19 @@ impl Client {
         rendezvous: Multiaddr,
         name: Option<ScreenName>,
     ) -> Result<Self, ClientError> {
-        let network = Network::start(&identity, NetworkConfig::default())?;
+        let node = crate::directory::node_peer_id(&rendezvous)?;
+        let node_is_loopback = rendezvous.iter().any(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+            libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        });
+        let network = Network::start(
+            &identity,
+            NetworkConfig {
+                rendezvous: Some((node, rendezvous.clone())),
+                ..NetworkConfig::default()
+            },
+        )?;
         let (pushes, push_rx) = mpsc::channel(256);
         let session = DirectorySession::open(&network, &rendezvous, Some(pushes.clone())).await?;
         let (directory, _) = watch::channel(Some(session));
@@ -300,6 +368,8 @@ impl Client {
                 pushes,
                 push_rx: Mutex::new(Some(push_rx)),
                 online_as: Mutex::default(),
+                registered_addrs: Mutex::default(),
+                node_is_loopback,
             }),
         })
     }
@@ -378,9 +448,11 @@ impl Client {
             Status::Invisible => own.visible_to,
             _ => Vec::new(),
         };
+        let addrs = record.addrs.clone();
         let registered = session
             .register(record.sign(&self.inner.identity), visible_to)
             .await?;
+        *lock(&self.inner.registered_addrs) = addrs;
         *lock(&self.inner.name) = Some(registered.name.clone());
         Ok(registered)
     }
@@ -455,6 +527,15 @@ impl Client {
             .map_err(|e| unreachable(e.to_string()))?;
         links.insert(info.name.clone(), link.clone());
         Ok((link, dialling.elapsed()))
+    }
+
+    /// The name we opened a chat link to `peer` for, if any.
+    pub async fn link_name(&self, peer: &PeerId) -> Option<ScreenName> {
+        let links = self.inner.links.lock().await;
+        links
+            .iter()
+            .find(|(_, l)| &l.peer() == peer)
+            .map(|(name, _)| name.clone())
     }
 
     /// Forgets the link to `to` (after a failure), so the next send dials again.
@@ -533,8 +614,7 @@ impl Client {
         };
         let online_as = lock(&self.inner.online_as).clone();
         if let Some(name) = online_as {
-            let addrs = self.inner.network.listen_addrs().borrow().clone();
-            self.register(&name, addrs).await?;
+            self.register(&name, self.advertised()).await?;
         }
         Ok(())
     }
@@ -578,6 +658,51 @@ impl Client {
             session.unwatch(chunk.to_vec()).await?;
         }
         Ok(())
+    }
+
+    /// Where others should dial us now.
+    pub fn advertised(&self) -> Vec<Multiaddr> {
+        let listen = self.inner.network.listen_addrs().borrow().clone();
+        let reachability = *self.inner.network.reachability().borrow();
+        advertised_addrs(&listen, reachability, self.inner.node_is_loopback)
+    }
+
+    /// Whether we are reachable directly, as the node found.
+    pub fn reachability(&self) -> Reachability {
+        *self.inner.network.reachability().borrow()
+    }
+
+    /// How we are connected to `peer` now, if at all.
+    pub fn path(&self, peer: &PeerId) -> Option<Path> {
+        self.inner.network.path(peer)
+    }
+
+    /// Behind NAT, we are reachable through a reservation on the node's
+    /// relay: make sure we hold one.
+    async fn ensure_relay(&self) {
+        if self.reachability() != Reachability::Private {
+            return;
+        }
+        let has_relay = self
+            .inner
+            .network
+            .listen_addrs()
+            .borrow()
+            .iter()
+            .any(is_relayed);
+        if has_relay {
+            return;
+        }
+        let circuit = self
+            .inner
+            .rendezvous
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2pCircuit);
+        match tokio::time::timeout(RELAY_WAIT, self.inner.network.listen(circuit)).await {
+            Ok(Ok(())) => info!("reserved a slot on the rendezvous relay"),
+            Ok(Err(e)) => warn!("cannot reserve a slot on the rendezvous relay: {e}"),
+            Err(_) => warn!("the rendezvous relay did not grant a reservation in time"),
+        }
     }
 
     /// Goes online as `name`: listens on `listen`, registers, accepts
@@ -631,9 +756,41 @@ impl Client {
                 }
             }
         }));
+        let mut network_events = self.inner.network.events();
+        let forward = events.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let event = match network_events.recv().await {
+                    Ok(NetworkEvent::HolePunched { peer }) => ClientEvent::Path {
+                        peer,
+                        path: Path::Direct,
+                        detail: None,
+                    },
+                    Ok(NetworkEvent::HolePunchFailed { peer, reason }) => ClientEvent::Path {
+                        peer,
+                        path: Path::Relayed,
+                        detail: Some(reason),
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                };
+                if forward.send(event).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        // Learn whether the node can dial us back before registering, so
+        // that only addresses that work are registered.
+        let mut reachability = self.inner.network.reachability();
+        let _ = tokio::time::timeout(
+            REACHABILITY_WAIT,
+            reachability.wait_for(|r| *r != Reachability::Unknown),
+        )
+        .await;
+        self.ensure_relay().await;
         // The first registration happens here so that errors such as
         // "name taken" reach the caller directly.
-        let addrs = self.inner.network.listen_addrs().borrow().clone();
+        let addrs = self.advertised();
         let session = self.session()?;
         self.register_on(&session, &name, addrs.clone()).await?;
         *lock(&self.inner.online_as) = Some(name.clone());
@@ -642,6 +799,7 @@ impl Client {
                 name: name.clone(),
                 addrs,
                 first: true,
+                reachability: self.reachability(),
             })
             .await;
         tasks.push(tokio::spawn(self.clone().stay_online(name, events)));
@@ -654,6 +812,8 @@ impl Client {
     async fn stay_online(self, name: ScreenName, events: mpsc::Sender<ClientEvent>) {
         let mut addrs = self.inner.network.listen_addrs();
         addrs.borrow_and_update();
+        let mut reachability = self.inner.network.reachability();
+        reachability.borrow_and_update();
         let mut backoff = Duration::from_millis(250);
         let mut lost = false;
         loop {
@@ -682,6 +842,7 @@ impl Client {
                                     name: name.clone(),
                                     addrs: current,
                                     first: false,
+                                    reachability: self.reachability(),
                                 })
                                 .await;
                         }
@@ -703,19 +864,45 @@ impl Client {
                 // The next turn of the loop finds the session closed.
                 _ = session.closed() => {}
                 _ = tokio::time::sleep(RENEW_EVERY) => {
-                    let current = addrs.borrow().clone();
-                    if let Err(e) = self.register_on(&session, &name, current).await {
+                    if let Err(e) = self.register_on(&session, &name, self.advertised()).await {
                         warn!("renewal failed: {e}");
                     }
                 }
                 Ok(()) = addrs.changed() => {
-                    let current = addrs.borrow_and_update().clone();
-                    info!(?current, "addresses changed; registering them");
-                    if let Err(e) = self.register_on(&session, &name, current).await {
-                        warn!("re-registration failed: {e}");
-                    }
+                    addrs.borrow_and_update();
+                    self.follow_addresses(&session, &name, &events).await;
+                }
+                Ok(()) = reachability.changed() => {
+                    reachability.borrow_and_update();
+                    self.ensure_relay().await;
+                    self.follow_addresses(&session, &name, &events).await;
                 }
             }
+        }
+    }
+
+    /// Registers the addresses that work now, if they changed.
+    async fn follow_addresses(
+        &self,
+        session: &DirectorySession,
+        name: &ScreenName,
+        events: &mpsc::Sender<ClientEvent>,
+    ) {
+        let current = self.advertised();
+        if *lock(&self.inner.registered_addrs) == current {
+            return;
+        }
+        info!(?current, "addresses changed; registering them");
+        match self.register_on(session, name, current.clone()).await {
+            Ok(_) => {
+                let _ = events
+                    .send(ClientEvent::Addresses {
+                        addrs: current,
+                        reachability: self.reachability(),
+                    })
+                    .await;
+            }
+            Err(e) => warn!("re-registration failed: {e}"),
         }
     }
 
@@ -726,7 +913,9 @@ impl Client {
             Some(self.inner.pushes.clone()),
         )
         .await?;
-        let addrs = self.inner.network.listen_addrs().borrow().clone();
+        // A relay reservation dies with the connection that made it.
+        self.ensure_relay().await;
+        let addrs = self.advertised();
         self.register_on(&session, name, addrs.clone()).await?;
         let watched: Vec<String> = lock(&self.inner.watched)
             .iter()

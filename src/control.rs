@@ -90,6 +90,8 @@ pub enum SendOutcome {
         message: StoredMessage,
         /// The recipient's peer id.
         peer_id: PeerId,
+        /// Whether the connection that carried it was direct or relayed.
+        path: Option<crate::network::Path>,
         /// Resolving the name, in ms (0 when a link was open).
         resolve_ms: f64,
         /// Dialling and opening the stream, in ms (0 when reused).

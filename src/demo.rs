@@ -162,7 +162,7 @@ async fn start_user(
 async fn next_message(events: &mut mpsc::Receiver<AgentEvent>) -> Result<StoredMessage> {
     let wait = async {
         while let Some(event) = events.recv().await {
-            if let AgentEvent::Message(m) = event {
+            if let AgentEvent::Message(m, _) = event {
                 return Some(m);
             }
         }

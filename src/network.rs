@@ -6,15 +6,19 @@
 //! never waits on swarm events.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
 use messenger_proto::Identity;
-use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
 
 /// Why the network could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,22 +54,87 @@ pub struct NetworkConfig {
     pub ping_interval: Duration,
     /// How long a connection without streams stays open.
     pub idle_timeout: Duration,
+    /// The rendezvous node: our AutoNAT server, and the connection to drop
+    /// when one of our addresses goes away.
+    pub rendezvous: Option<(PeerId, Multiaddr)>,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
-            ping_interval: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(60),
+            rendezvous: None,
         }
     }
 }
+
+/// Whether others can dial us, as the rendezvous node found by dialling back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reachability {
+    /// Not known yet.
+    Unknown,
+    /// The node could dial our addresses: others can too.
+    Public,
+    /// The node could not: we are behind NAT or a firewall.
+    Private,
+}
+
+/// How we are connected to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Path {
+    /// A direct connection (possibly after hole punching).
+    Direct,
+    /// Only through the rendezvous node's relay.
+    Relayed,
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Direct => "direct",
+            Path::Relayed => "relayed",
+        })
+    }
+}
+
+/// Something the network noticed about a peer.
+#[derive(Debug, Clone)]
+pub enum NetworkEvent {
+    /// Hole punching turned a relayed connection into a direct one.
+    HolePunched {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// Hole punching failed; the peer stays reachable through the relay.
+    HolePunchFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Whether an address goes through a relay.
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+type Paths = Arc<Mutex<HashMap<PeerId, HashMap<ConnectionId, bool>>>>;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+    /// Reserve a slot on the node's relay when we are not reachable.
+    relay_client: relay::client::Behaviour,
+    /// Upgrade relayed connections to direct ones by hole punching.
+    dcutr: dcutr::Behaviour,
+    /// Ask the node to dial us back, to learn whether we are reachable.
+    autonat: autonat::Behaviour,
 }
 
 #[derive(Debug)]
@@ -87,6 +156,9 @@ pub struct Network {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+    reachability: watch::Receiver<Reachability>,
+    events: broadcast::Sender<NetworkEvent>,
+    paths: Paths,
     local_peer_id: PeerId,
 }
 
@@ -101,7 +173,7 @@ impl std::fmt::Debug for Network {
 impl Network {
     /// Builds the swarm for `identity` and spawns its event loop.
     pub fn start(identity: &Identity, config: NetworkConfig) -> Result<Self, NetworkError> {
-        let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
@@ -110,7 +182,9 @@ impl Network {
             )
             .map_err(|e| NetworkError::Transport(e.to_string()))?
             .with_quic()
-            .with_behaviour(|key| Behaviour {
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| NetworkError::Transport(e.to_string()))?
+            .with_behaviour(|key, relay_client| Behaviour {
                 identify: identify::Behaviour::new(
                     identify::Config::new(
                         messenger_proto::IDENTIFY_PROTOCOL.to_owned(),
@@ -124,26 +198,61 @@ impl Network {
                         .with_timeout(config.ping_interval),
                 ),
                 stream: libp2p_stream::Behaviour::new(),
+                relay_client,
+                dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+                autonat: autonat::Behaviour::new(
+                    key.public().to_peer_id(),
+                    autonat::Config {
+                        // Ask only the rendezvous node, soon and often
+                        // enough to follow address changes.
+                        use_connected: false,
+                        boot_delay: Duration::from_millis(100),
+                        retry_interval: Duration::from_secs(1),
+                        refresh_interval: Duration::from_secs(60),
+                        throttle_server_period: Duration::ZERO,
+                        timeout: Duration::from_secs(10),
+                        confidence_max: 1,
+                        only_global_ips: false,
+                        ..autonat::Config::default()
+                    },
+                ),
             })
             .map_err(|e| NetworkError::Transport(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
             .build();
+        let rendezvous = config.rendezvous.clone();
+        if let Some((peer, addr)) = &rendezvous {
+            swarm
+                .behaviour_mut()
+                .autonat
+                .add_server(*peer, Some(addr.clone()));
+        }
         let control = swarm.behaviour().stream.new_control();
         let local_peer_id = *swarm.local_peer_id();
         let (commands, command_rx) = mpsc::channel(64);
         let (addrs_tx, listen_addrs) = watch::channel(Vec::new());
+        let (reach_tx, reachability) = watch::channel(Reachability::Unknown);
+        let (events, _) = broadcast::channel(64);
+        let paths = Paths::default();
         let event_loop = EventLoop {
             swarm,
             commands: command_rx,
             pending_dials: HashMap::new(),
             pending_listens: HashMap::new(),
             listen_addrs: addrs_tx,
+            reachability: reach_tx,
+            events: events.clone(),
+            paths: paths.clone(),
+            rendezvous: rendezvous.map(|(peer, _)| peer),
         };
         tokio::spawn(event_loop.run());
         Ok(Self {
             commands,
             control,
             listen_addrs,
+            reachability,
+            events,
+            paths,
             local_peer_id,
         })
     }
@@ -183,6 +292,29 @@ impl Network {
     pub fn listen_addrs(&self) -> watch::Receiver<Vec<Multiaddr>> {
         self.listen_addrs.clone()
     }
+
+    /// Whether we are reachable, as AutoNAT against the node says.
+    pub fn reachability(&self) -> watch::Receiver<Reachability> {
+        self.reachability.clone()
+    }
+
+    /// Hole-punching outcomes, as they happen.
+    pub fn events(&self) -> broadcast::Receiver<NetworkEvent> {
+        self.events.subscribe()
+    }
+
+    /// How we are connected to `peer` now, if at all.
+    pub fn path(&self, peer: &PeerId) -> Option<Path> {
+        let paths = self.paths.lock().unwrap_or_else(|p| p.into_inner());
+        let connections = paths.get(peer)?;
+        if connections.is_empty() {
+            None
+        } else if connections.values().any(|relayed| !relayed) {
+            Some(Path::Direct)
+        } else {
+            Some(Path::Relayed)
+        }
+    }
 }
 
 struct EventLoop {
@@ -194,9 +326,30 @@ struct EventLoop {
         (Multiaddr, oneshot::Sender<Result<(), NetworkError>>),
     >,
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
+    reachability: watch::Sender<Reachability>,
+    events: broadcast::Sender<NetworkEvent>,
+    paths: Paths,
+    rendezvous: Option<PeerId>,
 }
 
 impl EventLoop {
+    fn paths(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, HashMap<ConnectionId, bool>>> {
+        self.paths.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After hole punching, streams should use the direct connection:
+    /// close the relayed ones (a message in flight on them is resent).
+    fn drop_relayed(&mut self, peer: PeerId) {
+        let relayed: Vec<ConnectionId> = self
+            .paths()
+            .get(&peer)
+            .map(|c| c.iter().filter(|(_, r)| **r).map(|(id, _)| *id).collect())
+            .unwrap_or_default();
+        for id in relayed {
+            self.swarm.close_connection(id);
+        }
+    }
+
     async fn run(mut self) {
         loop {
             tokio::select! {
@@ -257,7 +410,15 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let relayed = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => is_relayed(address),
+                    ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
+                };
+                debug!(%peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
+                self.paths()
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, relayed);
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
@@ -293,6 +454,14 @@ impl EventLoop {
                 info!(%address, "no longer listening");
                 self.listen_addrs
                     .send_modify(|addrs| addrs.retain(|a| a != &address));
+                // An address of ours went away: the connection to the node
+                // may have used it. Reconnect rather than wait for pings.
+                if !is_relayed(&address)
+                    && let Some(node) = self.rendezvous
+                    && self.swarm.disconnect_peer_id(node).is_ok()
+                {
+                    info!("an address went away: reconnecting to the rendezvous node");
+                }
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
@@ -325,8 +494,59 @@ impl EventLoop {
                 info!(%peer, "ping failed ({e}); closing the connection");
                 self.swarm.close_connection(connection);
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
                 debug!(%peer_id, ?cause, "connection closed");
+                let mut paths = self.paths();
+                if let Some(connections) = paths.get_mut(&peer_id) {
+                    connections.remove(&connection_id);
+                    if connections.is_empty() {
+                        paths.remove(&peer_id);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                let reachability = match new {
+                    autonat::NatStatus::Public(addr) => {
+                        info!(%addr, "reachable directly");
+                        Reachability::Public
+                    }
+                    autonat::NatStatus::Private => {
+                        info!("behind NAT: not reachable directly");
+                        Reachability::Private
+                    }
+                    autonat::NatStatus::Unknown => Reachability::Unknown,
+                };
+                self.reachability.send_replace(reachability);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    info!(peer = %remote_peer_id, "hole punching succeeded: direct connection");
+                    self.drop_relayed(remote_peer_id);
+                    let _ = self.events.send(NetworkEvent::HolePunched {
+                        peer: remote_peer_id,
+                    });
+                }
+                Err(e) => {
+                    warn!(peer = %remote_peer_id, "hole punching failed: {e}");
+                    let _ = self.events.send(NetworkEvent::HolePunchFailed {
+                        peer: remote_peer_id,
+                        reason: e.to_string(),
+                    });
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                debug!(?event, "relay client");
             }
             _ => {}
         }

@@ -14,4 +14,4 @@ pub mod registry;
 pub mod server;
 pub mod store;
 
-pub use server::{BindError, Config, Server};
+pub use server::{BindError, Config, RelayLimits, Server};

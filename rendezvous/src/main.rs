@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use libp2p::Multiaddr;
-use rendezvous::{Config, Server};
+use rendezvous::{Config, RelayLimits, Server};
 use tracing_subscriber::EnvFilter;
 
 /// A rendezvous node for the peer-to-peer messenger: it ties screen names to
@@ -15,6 +15,10 @@ use tracing_subscriber::EnvFilter;
 ///
 /// When ready it prints one line per listen address, ending in
 /// /p2p/<peer id>: give one of them to users as their --rendezvous address.
+///
+/// It also relays (circuit relay v2) for clients behind NAT, so that peers
+/// can reach them and upgrade to a direct connection by hole punching, and
+/// answers their AutoNAT reachability probes. Open TCP and UDP 4001.
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -28,6 +32,35 @@ struct Args {
     /// [default: the per-user data directory, e.g. ~/.local/share/messenger-rendezvous]
     #[arg(long, value_name = "DIR", env = "RENDEZVOUS_DATA_DIR")]
     data_dir: Option<PathBuf>,
+
+    /// An address at which others reach this node, if its listen addresses
+    /// are not it (e.g. behind port forwarding). Repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    external_address: Vec<Multiaddr>,
+
+    /// Relay: reservations held at once (one per client behind NAT).
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_reservations)]
+    relay_max_reservations: usize,
+
+    /// Relay: reservations one peer may hold.
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_reservations_per_peer)]
+    relay_max_reservations_per_peer: usize,
+
+    /// Relay: circuits open at once.
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_circuits)]
+    relay_max_circuits: usize,
+
+    /// Relay: circuits one peer may have open at once.
+    #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_circuits_per_peer)]
+    relay_max_circuits_per_peer: usize,
+
+    /// Relay: seconds one circuit may stay open.
+    #[arg(long, value_name = "SECS", default_value_t = RelayLimits::default().max_circuit_duration.as_secs())]
+    relay_circuit_duration: u64,
+
+    /// Relay: bytes one circuit may carry in each direction.
+    #[arg(long, value_name = "BYTES", default_value_t = RelayLimits::default().max_circuit_bytes)]
+    relay_circuit_bytes: u64,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +100,16 @@ async fn run(args: Args) -> Result<()> {
     if !args.listen.is_empty() {
         config.listen = args.listen;
     }
+    config.external = args.external_address;
+    config.relay = RelayLimits {
+        max_reservations: args.relay_max_reservations,
+        max_reservations_per_peer: args.relay_max_reservations_per_peer,
+        max_circuits: args.relay_max_circuits,
+        max_circuits_per_peer: args.relay_max_circuits_per_peer,
+        max_circuit_duration: std::time::Duration::from_secs(args.relay_circuit_duration),
+        max_circuit_bytes: args.relay_circuit_bytes,
+        ..RelayLimits::default()
+    };
     // Watch for signals before announcing readiness, so that a signal sent
     // right after the addresses are printed is handled, not fatal.
     let mut signals = Signals::new()?;

@@ -11,7 +11,7 @@ use futures::{AsyncReadExt, StreamExt};
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Stream, Swarm, identify, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Stream, Swarm, autonat, identify, noise, ping, relay, tcp, yamux};
 use messenger_proto::Identity;
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
@@ -38,6 +38,61 @@ pub struct Config {
     pub ping_timeout: Duration,
     /// A connection without any open stream is closed after this long.
     pub idle_timeout: Duration,
+    /// Limits of the circuit relay for clients behind NAT.
+    pub relay: RelayLimits,
+    /// Addresses at which others reach the node, if its listen addresses
+    /// are not (port forwarding, a wildcard listen address).
+    pub external: Vec<Multiaddr>,
+}
+
+/// What the node's circuit relay v2 server allows. The defaults carry
+/// hole-punch handshakes and the messages of peers whose NAT defeats hole
+/// punching, not bulk traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once (one per client behind NAT).
+    pub max_reservations: usize,
+    /// Reservations one peer may hold.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before the client renews it.
+    pub reservation_duration: Duration,
+    /// Circuits open at once.
+    pub max_circuits: usize,
+    /// Circuits one peer may have open.
+    pub max_circuits_per_peer: usize,
+    /// How long one circuit may stay open.
+    pub max_circuit_duration: Duration,
+    /// How many bytes one circuit may carry (each direction).
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 1024,
+            max_reservations_per_peer: 2,
+            reservation_duration: Duration::from_secs(60 * 60),
+            max_circuits: 256,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(10 * 60),
+            max_circuit_bytes: 1 << 20,
+        }
+    }
+}
+
+impl RelayLimits {
+    fn config(&self) -> relay::Config {
+        relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            reservation_duration: self.reservation_duration,
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.max_circuit_duration,
+            max_circuit_bytes: self.max_circuit_bytes,
+            ..relay::Config::default()
+        }
+    }
 }
 
 impl Config {
@@ -52,6 +107,8 @@ impl Config {
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            relay: RelayLimits::default(),
+            external: Vec::new(),
         }
     }
 
@@ -103,6 +160,10 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+    /// Circuit relay v2 server for clients behind NAT.
+    relay: relay::Behaviour,
+    /// Answers clients' "can you dial me back?" probes.
+    autonat: autonat::Behaviour,
 }
 
 /// A running rendezvous node.
@@ -135,6 +196,14 @@ impl Server {
             .accept(directory::PROTOCOL)
             .map_err(|e| BindError::Transport(e.to_string()))?;
         let listen_addrs = listen(&mut swarm, &config.listen).await?;
+        // The relay tells clients where it can be reached: its specific
+        // listen addresses and whatever the operator declared.
+        for addr in listen_addrs.iter().filter(|a| !is_unspecified(a)) {
+            swarm.add_external_address(addr.clone());
+        }
+        for addr in &config.external {
+            swarm.add_external_address(addr.clone());
+        }
         let peer_id = *swarm.local_peer_id();
         let listen_addrs = listen_addrs
             .into_iter()
@@ -185,6 +254,14 @@ impl Drop for Server {
     }
 }
 
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
 fn build_swarm(identity: &Identity, config: &Config) -> Result<Swarm<Behaviour>, BindError> {
     let ping = ping::Config::new()
         .with_interval(config.ping_interval)
@@ -205,6 +282,17 @@ fn build_swarm(identity: &Identity, config: &Config) -> Result<Swarm<Behaviour>,
             ),
             ping: ping::Behaviour::new(ping),
             stream: libp2p_stream::Behaviour::new(),
+            relay: relay::Behaviour::new(key.public().to_peer_id(), config.relay.config()),
+            autonat: autonat::Behaviour::new(
+                key.public().to_peer_id(),
+                autonat::Config {
+                    // The node only answers probes; it does not probe itself.
+                    use_connected: false,
+                    // Clients on private networks get honest answers too.
+                    only_global_ips: false,
+                    ..autonat::Config::default()
+                },
+            ),
         })
         .map_err(|e| BindError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
@@ -346,6 +434,31 @@ impl EventLoop {
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 debug!("incoming connection failed: {error}")
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => match event {
+                relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                    info!(peer = %src_peer_id, "relay reservation accepted")
+                }
+                relay::Event::ReservationReqDenied { src_peer_id, .. } => {
+                    warn!(peer = %src_peer_id, "relay reservation denied (over a limit)")
+                }
+                relay::Event::CircuitReqAccepted {
+                    src_peer_id,
+                    dst_peer_id,
+                } => debug!(src = %src_peer_id, dst = %dst_peer_id, "relay circuit opened"),
+                relay::Event::CircuitReqDenied {
+                    src_peer_id,
+                    dst_peer_id,
+                    ..
+                } => {
+                    warn!(src = %src_peer_id, dst = %dst_peer_id, "relay circuit denied (over a limit)")
+                }
+                relay::Event::CircuitClosed {
+                    src_peer_id,
+                    dst_peer_id,
+                    error,
+                } => debug!(src = %src_peer_id, dst = %dst_peer_id, ?error, "relay circuit closed"),
+                other => debug!(?other, "relay"),
+            },
             _ => {}
         }
     }

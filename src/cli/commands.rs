@@ -20,6 +20,7 @@ use crate::client::{Client, ClientError, PeerInfo};
 use crate::control::{self, ContactView, ControlReply, ControlRequest, SendOutcome};
 use crate::directory::DirectoryError;
 use crate::home::{Config, Home};
+use crate::network::{Path, Reachability, is_relayed};
 use crate::store::{Direction, StoredMessage};
 use crate::time;
 
@@ -353,21 +354,68 @@ impl Ctx {
     /// Prints an event; returns a failure if the client cannot go on.
     fn show_event(&self, event: AgentEvent, rendezvous: &Multiaddr) -> Option<Failure> {
         match event {
-            AgentEvent::Online { name, addrs, first } => {
+            AgentEvent::Online {
+                name,
+                addrs,
+                first,
+                reachability,
+            } => {
                 let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
                 let human = if first {
                     format!(
-                        "online as {name} ({}) via {rendezvous}\nreachable at: {}",
+                        "online as {name} ({}) via {rendezvous}\n{}",
                         self.identity.peer_id(),
-                        list.join(", ")
+                        describe_reach(reachability, &list)
                     )
                 } else {
-                    format!("back online as {name}")
+                    format!(
+                        "back online as {name}\n{}",
+                        describe_reach(reachability, &list)
+                    )
                 };
                 self.out.emit(
                     human,
                     json!({"event": "online", "name": name.to_string(), "peer_id": self.identity.peer_id().to_string(),
-                           "addrs": list, "reconnected": !first}),
+                           "addrs": list, "reconnected": !first, "reachability": reach_word(reachability, &addrs)}),
+                );
+                None
+            }
+            AgentEvent::Addresses {
+                addrs,
+                reachability,
+            } => {
+                let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                self.out.emit(
+                    format!("addresses changed: {}", describe_reach(reachability, &list)),
+                    json!({"event": "addresses", "addrs": list, "reachability": reach_word(reachability, &addrs)}),
+                );
+                None
+            }
+            AgentEvent::Path {
+                name,
+                peer,
+                path,
+                detail,
+            } => {
+                let who = name
+                    .as_ref()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| peer.to_string());
+                let human = match (&path, &detail) {
+                    (Path::Direct, _) => {
+                        format!("* {who}: direct connection (hole punching succeeded)")
+                    }
+                    (Path::Relayed, Some(why)) => {
+                        format!(
+                            "* {who}: staying on the rendezvous relay (hole punching failed: {why})"
+                        )
+                    }
+                    (Path::Relayed, None) => format!("* {who}: relayed"),
+                };
+                self.out.emit(
+                    human,
+                    json!({"event": "path", "name": name.map(|n| n.to_string()), "peer_id": peer.to_string(),
+                           "path": path.to_string(), "detail": detail}),
                 );
                 None
             }
@@ -382,11 +430,22 @@ impl Ctx {
                 exit::FAILURE,
                 anyhow!("registration refused: {reason}"),
             )),
-            AgentEvent::Message(m) => {
+            AgentEvent::Message(m, path) => {
                 let msg = &m.message;
+                let via = match path {
+                    Some(Path::Relayed) => "  (via relay)",
+                    _ => "",
+                };
+                let mut event = message_json("message", &m);
+                event["path"] = json!(path.map(|p| p.to_string()));
                 self.out.emit(
-                    format!("[{}] {}: {}", time::clock(msg.sent_at), msg.from, msg.text),
-                    message_json("message", &m),
+                    format!(
+                        "[{}] {}: {}{via}",
+                        time::clock(msg.sent_at),
+                        msg.from,
+                        msg.text
+                    ),
+                    event,
                 );
                 None
             }
@@ -452,18 +511,22 @@ fn show_outcome(out: &Output, outcome: SendOutcome) -> Result<(), Failure> {
         SendOutcome::Delivered {
             message,
             peer_id,
+            path,
             resolve_ms,
             dial_ms,
             deliver_ms,
         } => {
+            let path = path.map(|p| p.to_string());
             out.emit(
                 format!(
-                    "delivered to {} (id {}): resolve {resolve_ms:.1} ms, dial {dial_ms:.1} ms, deliver {deliver_ms:.1} ms",
-                    message.message.to, message.message.id
+                    "delivered to {} (id {}, {}): resolve {resolve_ms:.1} ms, dial {dial_ms:.1} ms, deliver {deliver_ms:.1} ms",
+                    message.message.to,
+                    message.message.id,
+                    path.as_deref().unwrap_or("direct")
                 ),
                 json!({"event": "delivered", "to": message.message.to.to_string(), "id": message.message.id.to_string(),
                        "peer_id": peer_id.to_string(), "sent_at": time::rfc3339(message.message.sent_at),
-                       "resolve_ms": resolve_ms, "dial_ms": dial_ms, "deliver_ms": deliver_ms}),
+                       "path": path, "resolve_ms": resolve_ms, "dial_ms": dial_ms, "deliver_ms": deliver_ms}),
             );
             Ok(())
         }
@@ -625,6 +688,42 @@ impl Signals {
     }
 }
 
+/// "direct" or "relayed", for JSON.
+fn reach_word(reachability: Reachability, addrs: &[Multiaddr]) -> &'static str {
+    match reachability {
+        Reachability::Private => "relayed",
+        Reachability::Public => "direct",
+        Reachability::Unknown if !addrs.is_empty() && addrs.iter().all(is_relayed) => "relayed",
+        Reachability::Unknown => "unknown",
+    }
+}
+
+fn describe_reach(reachability: Reachability, addrs: &[String]) -> String {
+    let list = if addrs.is_empty() {
+        "(no address yet)".to_owned()
+    } else {
+        addrs.join(", ")
+    };
+    match reachability {
+        Reachability::Public => format!("reachable directly at {list}"),
+        Reachability::Private => {
+            format!("behind NAT: reachable through the rendezvous relay at {list}")
+        }
+        Reachability::Unknown => format!("reachability not confirmed yet; registered {list}"),
+    }
+}
+
+/// How a peer is reached, judged from the addresses it registered.
+fn peer_reach(info: &PeerInfo) -> &'static str {
+    if info.addrs.is_empty() {
+        "none"
+    } else if info.addrs.iter().all(is_relayed) {
+        "relayed"
+    } else {
+        "direct"
+    }
+}
+
 fn describe_peer(info: &PeerInfo) -> String {
     let status = match (info.presence, info.status_text.is_empty()) {
         (p, false) if p.is_online() => format!("{p}: {}", info.status_text),
@@ -644,8 +743,15 @@ fn describe_peer(info: &PeerInfo) -> String {
             .collect::<Vec<_>>()
             .join("\n             ")
     };
+    let reach = match peer_reach(info) {
+        "relayed" => {
+            "relayed: behind NAT, reachable through the rendezvous relay (then hole punching)"
+        }
+        "direct" => "direct",
+        _ => "not reachable now",
+    };
     format!(
-        "{}\n  peer id:   {}\n  status:    {status}\n  last seen: {last_seen}\n  addresses: {addrs}",
+        "{}\n  peer id:   {}\n  status:    {status}\n  last seen: {last_seen}\n  reached:   {reach}\n  addresses: {addrs}",
         info.name, info.peer_id
     )
 }
@@ -653,6 +759,7 @@ fn describe_peer(info: &PeerInfo) -> String {
 fn peer_json(info: &PeerInfo) -> serde_json::Value {
     json!({"event": "whois", "name": info.name.to_string(), "peer_id": info.peer_id.to_string(),
            "online": info.online(), "status": info.presence.to_string(), "text": info.status_text,
+           "reach": peer_reach(info),
            "addrs": info.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
            "last_seen": info.last_seen.map(time::rfc3339)})
 }
