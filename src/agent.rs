@@ -285,6 +285,12 @@ impl Agent {
 
     /// The connected client, connecting on first use.
     pub async fn client(&self) -> Result<Client, AgentError> {
+        self.client_listening(Vec::new()).await
+    }
+
+    /// The connected client; a new one listens on `listen` before it
+    /// connects (see [`Client::connect_listening`]).
+    async fn client_listening(&self, listen: Vec<Multiaddr>) -> Result<Client, AgentError> {
         let mut client = self.inner.client.lock().await;
         if let Some(c) = client.as_ref() {
             return Ok(c.clone());
@@ -294,15 +300,20 @@ impl Agent {
                 "no rendezvous node known: pass --rendezvous MULTIADDR (a line printed by `rendezvous`) or set MESSENGER_RENDEZVOUS",
             )
         })?;
-        let c = Client::connect(self.inner.identity.clone(), addr.clone(), self.name())
-            .await
-            .map_err(|e| {
-                let e = AgentError::from(e);
-                AgentError::new(
-                    e.exit_code,
-                    format!("rendezvous node {addr}: {}", e.message),
-                )
-            })?;
+        let c = Client::connect_listening(
+            self.inner.identity.clone(),
+            addr.clone(),
+            self.name(),
+            listen,
+        )
+        .await
+        .map_err(|e| {
+            let e = AgentError::from(e);
+            AgentError::new(
+                e.exit_code,
+                format!("rendezvous node {addr}: {}", e.message),
+            )
+        })?;
         let (status, text) = {
             let config = lock(&self.inner.config);
             (
@@ -353,7 +364,7 @@ impl Agent {
                 "you have no screen name yet: run `messenger register NAME` first",
             )
         })?;
-        let client = self.client().await?;
+        let client = self.client_listening(listen.clone()).await?;
         let (events_tx, events) = mpsc::channel(4096);
         *lock(&self.inner.events) = Some(events_tx);
         let sink = Arc::new(StoreSink {
@@ -562,8 +573,9 @@ impl Agent {
             return Ok(());
         }
         let result = self.deliver(to, &pending).await;
-        if let Err(pause) = &result {
-            // Whoever waits for one of these learns it is queued.
+        // Whoever waits for one of these learns it is queued, unless a retry
+        // is coming soon anyway (the sender keeps waiting for it).
+        if let Err(pause @ (Pause::Offline(_) | Pause::KeyChanged(_))) = &result {
             let reason = pause.reason().to_owned();
             for m in &pending {
                 if let Some(waiter) = lock(&self.inner.waiters).remove(&m.message.id) {
@@ -760,19 +772,18 @@ impl Agent {
 
         // On our own: one delivery round now; what is left stays queued
         // for the next `messenger online`.
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         lock(&self.inner.waiters).insert(id, tx);
         let round = self.deliver_queue(&to).await;
-        match rx.await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                let reason = match round {
-                    Err(pause) => pause.reason().to_owned(),
-                    Ok(()) => "not acknowledged".into(),
-                };
-                self.queued(id, reason).await
-            }
+        if let Ok(outcome) = rx.try_recv() {
+            return outcome;
         }
+        lock(&self.inner.waiters).remove(&id);
+        let reason = match round {
+            Err(pause) => pause.reason().to_owned(),
+            Ok(()) => "not acknowledged".into(),
+        };
+        self.queued(id, reason).await
     }
 
     /// Stores a message for `to` and hands it to the delivery worker

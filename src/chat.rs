@@ -66,6 +66,7 @@ pub struct ChatLink {
     peer: PeerId,
     outgoing: mpsc::Sender<Outgoing>,
     closed: watch::Receiver<bool>,
+    abort: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for ChatLink {
@@ -88,18 +89,32 @@ impl ChatLink {
         let waiters: Waiters = Arc::default();
         let (outgoing, rx) = mpsc::channel(256);
         let (closed_tx, closed) = watch::channel(false);
-        tokio::spawn(write_messages(writer, rx, waiters.clone()));
-        tokio::spawn(read_acks(reader, waiters, closed_tx));
+        let closed_tx = Arc::new(closed_tx);
+        tokio::spawn(write_messages(
+            writer,
+            rx,
+            waiters.clone(),
+            closed_tx.clone(),
+        ));
+        let abort = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(read_acks(reader, waiters, closed_tx, abort.clone()));
         Ok(Self {
             peer,
             outgoing,
             closed,
+            abort,
         })
     }
 
     /// The peer at the other end.
     pub fn peer(&self) -> PeerId {
         self.peer
+    }
+
+    /// Gives the link up (its connection is going away): whatever waits
+    /// for an acknowledgement on it fails at once, to be sent again.
+    pub fn abort(&self) {
+        self.abort.notify_one();
     }
 
     /// Whether the stream has ended; a closed link must be reopened.
@@ -141,6 +156,7 @@ async fn write_messages(
     mut writer: futures::io::WriteHalf<Stream>,
     mut rx: mpsc::Receiver<Outgoing>,
     waiters: Waiters,
+    closed: Arc<watch::Sender<bool>>,
 ) {
     while let Some(first) = rx.recv().await {
         // Write everything already queued before flushing once.
@@ -165,19 +181,33 @@ async fn write_messages(
         };
         if let Err(e) = written.await {
             debug!("chat stream write failed: {e}");
+            // Nothing written can be acknowledged now: fail it at once.
+            fail_all(&waiters);
+            let _ = closed.send(true);
             break;
         }
     }
     let _ = writer.close().await;
 }
 
+fn fail_all(waiters: &Waiters) {
+    for (_, w) in lock(waiters).drain() {
+        let _ = w.send(Err(DeliveryError::ConnectionLost));
+    }
+}
+
 async fn read_acks(
     mut reader: futures::io::ReadHalf<Stream>,
     waiters: Waiters,
-    closed: watch::Sender<bool>,
+    closed: Arc<watch::Sender<bool>>,
+    abort: Arc<tokio::sync::Notify>,
 ) {
     loop {
-        match codec::read_frame::<_, ChatFrame>(&mut reader, chat::MAX_FRAME).await {
+        let frame = tokio::select! {
+            frame = codec::read_frame::<_, ChatFrame>(&mut reader, chat::MAX_FRAME) => frame,
+            _ = abort.notified() => break,
+        };
+        match frame {
             Ok(Some(ChatFrame::Ack { id })) => {
                 if let Some(w) = lock(&waiters).remove(&id) {
                     let _ = w.send(Ok(()));
@@ -199,9 +229,7 @@ async fn read_acks(
             }
         }
     }
-    for (_, w) in lock(&waiters).drain() {
-        let _ = w.send(Err(DeliveryError::ConnectionLost));
-    }
+    fail_all(&waiters);
     let _ = closed.send(true);
 }
 

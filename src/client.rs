@@ -284,8 +284,11 @@ struct Inner {
     node_is_loopback: bool,
 }
 
-/// How long `go_online` waits for the node's reachability verdict.
-const REACHABILITY_WAIT: Duration = Duration::from_secs(4);
+/// How long `go_online` waits for the node's reachability verdict before
+/// registering. A reachable client gets it in milliseconds; behind NAT the
+/// verdict takes seconds (the node's dial-back must time out), so such a
+/// client registers its relayed address meanwhile, then narrows down.
+const REACHABILITY_WAIT: Duration = Duration::from_millis(1500);
 
 /// How long a relay reservation may take.
 const RELAY_WAIT: Duration = Duration::from_secs(5);
@@ -337,6 +340,19 @@ impl Client {
         rendezvous: Multiaddr,
         name: Option<ScreenName>,
     ) -> Result<Self, ClientError> {
+        Self::connect_listening(identity, rendezvous, name, Vec::new()).await
+    }
+
+    /// Like [`Client::connect`], but listens on `listen` first, so that the
+    /// connection to the node leaves from a listening port: the node then
+    /// observes the address (and NAT mapping) peers can use, which hole
+    /// punching needs.
+    pub async fn connect_listening(
+        identity: Identity,
+        rendezvous: Multiaddr,
+        name: Option<ScreenName>,
+        listen: Vec<Multiaddr>,
+    ) -> Result<Self, ClientError> {
         let node = crate::directory::node_peer_id(&rendezvous)?;
         let node_is_loopback = rendezvous.iter().any(|p| match p {
             libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
@@ -350,6 +366,9 @@ impl Client {
                 ..NetworkConfig::default()
             },
         )?;
+        for addr in listen {
+            network.listen(addr).await?;
+        }
         let (pushes, push_rx) = mpsc::channel(256);
         let session = DirectorySession::open(&network, &rendezvous, Some(pushes.clone())).await?;
         let (directory, _) = watch::channel(Some(session));
@@ -538,6 +557,18 @@ impl Client {
             .map(|(name, _)| name.clone())
     }
 
+    /// Forgets every link to `peer`.
+    async fn drop_links_to(&self, peer: &PeerId) {
+        self.inner.links.lock().await.retain(|_, l| {
+            if &l.peer() == peer {
+                l.abort();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
     /// Forgets the link to `to` (after a failure), so the next send dials again.
     pub async fn drop_link(&self, to: &ScreenName) {
         self.inner.links.lock().await.remove(to);
@@ -677,10 +708,10 @@ impl Client {
         self.inner.network.path(peer)
     }
 
-    /// Behind NAT, we are reachable through a reservation on the node's
-    /// relay: make sure we hold one.
+    /// Unless we know we are reachable directly, we are reachable through
+    /// a reservation on the node's relay: make sure we hold one.
     async fn ensure_relay(&self) {
-        if self.reachability() != Reachability::Private {
+        if self.reachability() == Reachability::Public {
             return;
         }
         let has_relay = self
@@ -705,7 +736,7 @@ impl Client {
         }
     }
 
-    /// Goes online as `name`: listens on `listen`, registers, accepts
+    /// Goes online as `name`: listens on `listen` (if not yet), registers, accepts
     /// messages, and keeps the registration alive (reconnecting to the node
     /// when the connection drops) until [`Client::shutdown`].
     pub async fn go_online(
@@ -714,8 +745,11 @@ impl Client {
         listen: Vec<Multiaddr>,
         sink: Arc<dyn MessageSink>,
     ) -> Result<mpsc::Receiver<ClientEvent>, ClientError> {
-        for addr in listen {
-            self.inner.network.listen(addr).await?;
+        let listening = self.inner.network.listen_addrs().borrow().len();
+        if listening == 0 {
+            for addr in listen {
+                self.inner.network.listen(addr).await?;
+            }
         }
         let (events, rx) = mpsc::channel(1024);
         let (messages, mut message_rx) = mpsc::channel(1024);
@@ -758,14 +792,24 @@ impl Client {
         }));
         let mut network_events = self.inner.network.events();
         let forward = events.clone();
+        let client = self.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 let event = match network_events.recv().await {
-                    Ok(NetworkEvent::HolePunched { peer }) => ClientEvent::Path {
-                        peer,
-                        path: Path::Direct,
-                        detail: None,
-                    },
+                    Ok(NetworkEvent::HolePunched { peer }) => {
+                        // Links on the relayed connection die with it: the
+                        // next message opens one on the direct connection.
+                        let client = client.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(crate::network::RELAYED_GRACE_PERIOD).await;
+                            client.drop_links_to(&peer).await;
+                        });
+                        ClientEvent::Path {
+                            peer,
+                            path: Path::Direct,
+                            detail: None,
+                        }
+                    }
                     Ok(NetworkEvent::HolePunchFailed { peer, reason }) => ClientEvent::Path {
                         peer,
                         path: Path::Relayed,

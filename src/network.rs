@@ -103,7 +103,8 @@ impl std::fmt::Display for Path {
 /// Something the network noticed about a peer.
 #[derive(Debug, Clone)]
 pub enum NetworkEvent {
-    /// Hole punching turned a relayed connection into a direct one.
+    /// Hole punching turned a relayed connection into a direct one; the
+    /// relayed connections close after a short grace period.
     HolePunched {
         /// The peer.
         peer: PeerId,
@@ -148,7 +149,13 @@ enum Command {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), NetworkError>>,
     },
+    /// Close the relayed connections to a peer we now reach directly.
+    CloseRelayed { peer: PeerId },
 }
+
+/// After hole punching, how long the relayed connection stays open for
+/// acknowledgements already on their way.
+const RELAYED_GRACE: Duration = Duration::from_secs(1);
 
 /// Handle to the client's network event loop.
 #[derive(Clone)]
@@ -169,6 +176,9 @@ impl std::fmt::Debug for Network {
             .finish_non_exhaustive()
     }
 }
+
+/// See [`RELAYED_GRACE`].
+pub const RELAYED_GRACE_PERIOD: Duration = RELAYED_GRACE;
 
 impl Network {
     /// Builds the swarm for `identity` and spawns its event loop.
@@ -244,6 +254,7 @@ impl Network {
             events: events.clone(),
             paths: paths.clone(),
             rendezvous: rendezvous.map(|(peer, _)| peer),
+            own_commands: commands.clone(),
         };
         tokio::spawn(event_loop.run());
         Ok(Self {
@@ -330,6 +341,7 @@ struct EventLoop {
     events: broadcast::Sender<NetworkEvent>,
     paths: Paths,
     rendezvous: Option<PeerId>,
+    own_commands: mpsc::Sender<Command>,
 }
 
 impl EventLoop {
@@ -388,6 +400,7 @@ impl EventLoop {
                     }
                 }
             }
+            Command::CloseRelayed { peer } => self.drop_relayed(peer),
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
                     self.pending_listens.insert(id, (addr, reply));
@@ -532,7 +545,15 @@ impl EventLoop {
             })) => match result {
                 Ok(_) => {
                     info!(peer = %remote_peer_id, "hole punching succeeded: direct connection");
-                    self.drop_relayed(remote_peer_id);
+                    let commands = self.own_commands.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RELAYED_GRACE).await;
+                        let _ = commands
+                            .send(Command::CloseRelayed {
+                                peer: remote_peer_id,
+                            })
+                            .await;
+                    });
                     let _ = self.events.send(NetworkEvent::HolePunched {
                         peer: remote_peer_id,
                     });

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
-use libp2p::core::transport::ListenerId;
+use libp2p::core::transport::timeout::TransportTimeout;
+use libp2p::core::transport::{ListenerId, Transport as _};
+use libp2p::core::upgrade;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Stream, Swarm, autonat, identify, noise, ping, relay, tcp, yamux};
@@ -23,6 +25,9 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::registry::{Registry, SessionId};
 use crate::store::{RedbStore, StoreError};
+
+/// How long the node tries to dial a client back for an AutoNAT probe.
+const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Everything the node needs to start.
 #[derive(Debug, Clone)]
@@ -268,13 +273,24 @@ fn build_swarm(identity: &Identity, config: &Config) -> Result<Swarm<Behaviour>,
         .with_timeout(config.ping_timeout);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_quic_config(|mut quic| {
+            // As for TCP below: a dial-back into a silent NAT fails fast.
+            quic.handshake_timeout = DIAL_BACK_TIMEOUT;
+            quic
+        })
+        // TCP with an outgoing timeout: the node dials only to answer
+        // AutoNAT probes, and a dial-back into a NAT that silently drops it
+        // must fail in seconds, not after the kernel's minutes of retries.
+        .with_other_transport(|key| {
+            let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .upgrade(upgrade::Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default());
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                TransportTimeout::with_outgoing_timeout(transport, DIAL_BACK_TIMEOUT),
+            )
+        })
         .map_err(|e| BindError::Transport(e.to_string()))?
-        .with_quic()
         .with_behaviour(|key| Behaviour {
             identify: identify::Behaviour::new(
                 identify::Config::new(messenger_proto::IDENTIFY_PROTOCOL.to_owned(), key.public())
@@ -335,7 +351,11 @@ async fn listen(
         };
         let event = match tokio::time::timeout_at(wait, swarm.select_next_some()).await {
             Ok(event) => event,
-            Err(_) if waiting.is_empty() => return Ok(bound),
+            Err(_) if waiting.is_empty() => {
+                // In the order the listen addresses were given.
+                bound.sort_by_key(|(index, _)| *index);
+                return Ok(bound.into_iter().map(|(_, addr)| addr).collect());
+            }
             Err(_) => {
                 let id = waiting.iter().next().copied();
                 return Err(BindError::Listen {
@@ -350,7 +370,8 @@ async fn listen(
                 address,
             } => {
                 waiting.remove(&listener_id);
-                bound.push(address);
+                let index = ids.iter().position(|(i, _)| *i == listener_id);
+                bound.push((index.unwrap_or(usize::MAX), address));
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
