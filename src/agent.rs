@@ -456,12 +456,22 @@ impl Agent {
                 if self.check_pin(&info).await.is_err() {
                     return;
                 }
-                let changed = lock(&self.inner.presence)
-                    .insert(info.name.clone(), info.clone())
-                    .is_none_or(|old| {
-                        (old.presence, &old.status_text, old.reachable)
-                            != (info.presence, &info.status_text, info.reachable)
-                    });
+                let old = lock(&self.inner.presence).insert(info.name.clone(), info.clone());
+                let changed = old.as_ref().is_none_or(|old| {
+                    (old.presence, &old.status_text, old.reachable)
+                        != (info.presence, &info.status_text, info.reachable)
+                });
+                // It moved: what we hold open goes to its old address.
+                if let Some(old) = &old
+                    && old.peer_id == info.peer_id
+                    && info.reachable
+                    && old.addrs != info.addrs
+                    && let Some(client) = self.inner.client.lock().await.clone()
+                    && client.open_link(&info.name).await.is_some()
+                {
+                    info!(name = %info.name, "moved to new addresses; reconnecting");
+                    client.peer_moved(&info.peer_id).await;
+                }
                 if info.reachable {
                     self.wake(&info.name);
                 }

@@ -97,7 +97,8 @@ impl ChatLink {
             closed_tx.clone(),
         ));
         let abort = Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(read_acks(reader, waiters, closed_tx, abort.clone()));
+        let gone = crate::directory::disconnected(network, peer);
+        tokio::spawn(read_acks(reader, waiters, closed_tx, abort.clone(), gone));
         Ok(Self {
             peer,
             outgoing,
@@ -201,11 +202,14 @@ async fn read_acks(
     waiters: Waiters,
     closed: Arc<watch::Sender<bool>>,
     abort: Arc<tokio::sync::Notify>,
+    gone: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(gone);
     loop {
         let frame = tokio::select! {
             frame = codec::read_frame::<_, ChatFrame>(&mut reader, chat::MAX_FRAME) => frame,
             _ = abort.notified() => break,
+            () = &mut gone => break,
         };
         match frame {
             Ok(Some(ChatFrame::Ack { id })) => {

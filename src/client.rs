@@ -557,6 +557,13 @@ impl Client {
             .map(|(name, _)| name.clone())
     }
 
+    /// The peer moved (its registered addresses changed): forget links and
+    /// connections to its old addresses, so the next message dials anew.
+    pub async fn peer_moved(&self, peer: &PeerId) {
+        self.drop_links_to(peer).await;
+        self.inner.network.disconnect(*peer).await;
+    }
+
     /// Forgets every link to `peer`.
     async fn drop_links_to(&self, peer: &PeerId) {
         self.inner.links.lock().await.retain(|_, l| {
@@ -815,7 +822,8 @@ impl Client {
                         path: Path::Relayed,
                         detail: Some(reason),
                     },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Ok(NetworkEvent::Disconnected { .. })
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => break,
                 };
                 if forward.send(event).await.is_err() {

@@ -18,7 +18,7 @@ use messenger_proto::record::SignedRecord;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
 
-use crate::network::{Network, NetworkError};
+use crate::network::{Network, NetworkError, NetworkEvent};
 
 /// How long one directory request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,7 +132,8 @@ impl DirectorySession {
         let (requests, request_rx) = mpsc::channel(64);
         let (closed_tx, closed) = watch::channel(false);
         tokio::spawn(write_requests(writer, request_rx, pending.clone()));
-        tokio::spawn(read_responses(reader, pending, closed_tx, pushes));
+        let gone = disconnected(network, node);
+        tokio::spawn(read_responses(reader, pending, closed_tx, pushes, gone));
         Ok(Self {
             node,
             requests,
@@ -282,9 +283,18 @@ async fn read_responses(
     pending: Pending,
     closed: watch::Sender<bool>,
     pushes: Option<mpsc::Sender<Resolution>>,
+    gone: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(gone);
     loop {
-        match codec::read_frame::<_, Response>(&mut reader, directory::MAX_FRAME).await {
+        let frame = tokio::select! {
+            frame = codec::read_frame::<_, Response>(&mut reader, directory::MAX_FRAME) => frame,
+            () = &mut gone => {
+                debug!("the connection to the rendezvous node closed");
+                break;
+            }
+        };
+        match frame {
             Ok(Some(Response {
                 id: directory::PUSH_ID,
                 reply: Reply::Presence(resolution),
@@ -312,6 +322,23 @@ async fn read_responses(
     // Dropping the senders fails every request still waiting.
     lock(&pending).clear();
     let _ = closed.send(true);
+}
+
+/// Resolves when the last connection to `peer` closes.
+pub(crate) fn disconnected(
+    network: &Network,
+    peer: PeerId,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut events = network.events();
+    async move {
+        loop {
+            match events.recv().await {
+                Ok(NetworkEvent::Disconnected { peer: p }) if p == peer => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -109,6 +109,12 @@ pub enum NetworkEvent {
         /// The peer.
         peer: PeerId,
     },
+    /// The last connection to a peer closed. Streams on a connection we
+    /// closed ourselves do not always learn it, so their owners listen here.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
     /// Hole punching failed; the peer stays reachable through the relay.
     HolePunchFailed {
         /// The peer.
@@ -151,6 +157,8 @@ enum Command {
     },
     /// Close the relayed connections to a peer we now reach directly.
     CloseRelayed { peer: PeerId },
+    /// Close every connection to a peer (it moved).
+    Disconnect { peer: PeerId },
 }
 
 /// After hole punching, how long the relayed connection stays open for
@@ -299,6 +307,12 @@ impl Network {
         rx.await.map_err(|_| NetworkError::Stopped)?
     }
 
+    /// Closes every connection to `peer`, e.g. because it moved: the next
+    /// dial goes to its new addresses.
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Disconnect { peer }).await;
+    }
+
     /// The addresses we listen on now, updated as interfaces come and go.
     pub fn listen_addrs(&self) -> watch::Receiver<Vec<Multiaddr>> {
         self.listen_addrs.clone()
@@ -401,6 +415,9 @@ impl EventLoop {
                 }
             }
             Command::CloseRelayed { peer } => self.drop_relayed(peer),
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
                     self.pending_listens.insert(id, (addr, reply));
@@ -511,9 +528,15 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 cause,
+                num_established,
                 ..
             } => {
                 debug!(%peer_id, ?cause, "connection closed");
+                if num_established == 0 {
+                    let _ = self
+                        .events
+                        .send(NetworkEvent::Disconnected { peer: peer_id });
+                }
                 let mut paths = self.paths();
                 if let Some(connections) = paths.get_mut(&peer_id) {
                     connections.remove(&connection_id);

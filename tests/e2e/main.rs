@@ -10,5 +10,7 @@ mod buddy;
 mod directory;
 mod hostile;
 mod messaging;
+mod nat;
+mod netlab;
 mod restart;
 mod support;

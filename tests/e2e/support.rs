@@ -178,20 +178,26 @@ impl Node {
 
     /// Starts a node on a given loopback port (0: ephemeral).
     pub fn start_on(data_dir: &Path, port: u16) -> Self {
-        let mut cmd = Command::new(rendezvous_bin());
-        cmd.args([
-            "--listen",
-            &format!("/ip4/127.0.0.1/tcp/{port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir);
+        Self::start_in(None, data_dir, "127.0.0.1", port)
+    }
+
+    /// Starts a node in a network namespace (or not), on `ip`; in a
+    /// namespace it listens on TCP and QUIC.
+    pub fn start_in(netns: Option<&str>, data_dir: &Path, ip: &str, port: u16) -> Self {
+        let mut cmd = in_netns(netns, rendezvous_bin());
+        cmd.args(["--listen", &format!("/ip4/{ip}/tcp/{port}")]);
+        if netns.is_some() {
+            cmd.args(["--listen", &format!("/ip4/{ip}/udp/{port}/quic-v1")]);
+        }
+        cmd.arg("--data-dir").arg(data_dir);
         cmd.env(
             "RUST_LOG",
             std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "warn".into()),
         );
         let mut proc = Proc::spawn(cmd);
+        let prefix = format!("/ip4/{ip}/tcp/");
         let addr = proc.stdout.expect("the node's address", |l| {
-            l.starts_with("/ip4/127.0.0.1/tcp/") && l.contains("/p2p/")
+            l.starts_with(&prefix) && l.contains("/p2p/")
         });
         Self {
             proc,
@@ -230,10 +236,24 @@ impl Ran {
     }
 }
 
+/// A command for `bin`, run inside network namespace `netns` if given.
+pub fn in_netns(netns: Option<&str>, bin: PathBuf) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
 /// A user: a temporary home and the node it talks to.
 pub struct User {
     pub home: tempfile::TempDir,
     pub rendezvous: String,
+    /// The network namespace (test host) the user runs in, if any.
+    pub netns: Option<String>,
 }
 
 impl User {
@@ -241,6 +261,15 @@ impl User {
         Self {
             home: tempfile::tempdir().expect("tempdir"),
             rendezvous: node.addr.clone(),
+            netns: None,
+        }
+    }
+
+    /// A user on a test host.
+    pub fn on_host(node: &Node, netns: String) -> Self {
+        Self {
+            netns: Some(netns),
+            ..Self::new(node)
         }
     }
 
@@ -252,7 +281,7 @@ impl User {
 
     /// A command that relies on the home's remembered rendezvous address.
     fn bare_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(messenger_bin());
+        let mut cmd = in_netns(self.netns.as_deref(), messenger_bin());
         cmd.arg("--home")
             .arg(self.home.path())
             .args(args)

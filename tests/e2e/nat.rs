@@ -1,0 +1,220 @@
+//! Through real NATs: test hosts in network namespaces (see `netlab`). Run
+//! as root (CI is); otherwise each test says loudly that it was skipped.
+
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::netlab::{Lab, PUBLIC_NET};
+use crate::support::{Lines, Node, Proc, User};
+
+const LISTEN: [&str; 4] = [
+    "--listen",
+    "/ip4/0.0.0.0/tcp/0",
+    "--listen",
+    "/ip4/0.0.0.0/udp/0/quic-v1",
+];
+
+/// Goes online and waits until the node's reachability verdict is
+/// `reach` ("direct" or "relayed"); returns the process and its addresses.
+fn online(user: &User, reach: &str) -> (Proc, Vec<String>) {
+    let mut args = vec!["--json", "online"];
+    args.extend_from_slice(&LISTEN);
+    let mut proc = user.spawn(&args);
+    let line = proc.stdout.expect(&format!("reachability {reach}"), |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| {
+            (v["event"] == "online" || v["event"] == "addresses") && v["reachability"] == reach
+        })
+    });
+    let event: Value = serde_json::from_str(&line).unwrap();
+    let addrs = event["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    (proc, addrs)
+}
+
+fn send(from: &User, to: &str, text: &str) -> (Value, std::time::Duration) {
+    let started = Instant::now();
+    let ran = from.run(&["--json", "send", to, text]);
+    let took = started.elapsed();
+    assert_eq!(ran.code, 0, "{ran:?}");
+    (ran.json(), took)
+}
+
+fn expect_path(lines: &mut Lines, name: &str) -> Value {
+    let line = lines.expect(&format!("the path to {name}"), |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| v["event"] == "path" && v["name"] == name)
+    });
+    serde_json::from_str(&line).unwrap()
+}
+
+struct World {
+    // Dropped first: processes before the hosts they run on.
+    _node: Node,
+    _data: tempfile::TempDir,
+    lab: Lab,
+    node_addr: String,
+}
+
+fn world(test: &str) -> Option<World> {
+    let mut lab = Lab::new(test)?;
+    let rdv = lab.public_host("rdv", 1);
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start_in(Some(&rdv), data.path(), &format!("{PUBLIC_NET}.1"), 4001);
+    let node_addr = node.addr.clone();
+    Some(World {
+        _node: node,
+        _data: data,
+        lab,
+        node_addr,
+    })
+}
+
+fn user(world: &World, netns: String, name: &str) -> User {
+    let mut user = User {
+        home: tempfile::tempdir().unwrap(),
+        rendezvous: world.node_addr.clone(),
+        netns: Some(netns),
+    };
+    user.ok(&["register", name]);
+    user.rendezvous = world.node_addr.clone();
+    user
+}
+
+#[test]
+fn two_users_behind_separate_nats_reach_each_other() {
+    let Some(mut w) = world("two_users_behind_separate_nats_reach_each_other") else {
+        return;
+    };
+    let (a_ns, b_ns) = (
+        w.lab.private_host("a", 1, 11),
+        w.lab.private_host("b", 2, 12),
+    );
+    let alice = user(&w, a_ns, "alice");
+    let bob = user(&w, b_ns, "bob");
+
+    let (mut bob_online, bob_addrs) = online(&bob, "relayed");
+    assert!(
+        !bob_addrs.is_empty() && bob_addrs.iter().all(|a| a.contains("/p2p-circuit")),
+        "behind NAT only the relayed address is registered: {bob_addrs:?}"
+    );
+    let (mut alice_online, _) = online(&alice, "relayed");
+
+    let (first, took) = send(&alice, "bob", "hello through two NATs");
+    assert_eq!(
+        bob_online.stdout.expect_event("message")["text"],
+        "hello through two NATs"
+    );
+    // The first message may already go direct if hole punching won the race.
+    let first_path = first["path"].as_str().unwrap_or("unknown").to_owned();
+
+    let path = expect_path(&mut alice_online.stdout, "bob");
+    let ended = path["path"].as_str().unwrap().to_owned();
+    match ended.as_str() {
+        "direct" => eprintln!(
+            "NAT RESULT: first delivery {took:?} ({first_path}); the connection ended up direct after hole punching"
+        ),
+        _ => eprintln!(
+            "NAT RESULT: first delivery {took:?} ({first_path}); the connection stayed relayed: hole punching failed: {}",
+            path["detail"]
+        ),
+    }
+    // Later messages take the path the connection ended up on.
+    let (second, _) = send(&alice, "bob", "and again");
+    assert_eq!(second["path"], ended.as_str(), "{second}");
+    assert_eq!(
+        bob_online.stdout.expect_event("message")["text"],
+        "and again"
+    );
+    // And bob can answer.
+    let (reply, _) = send(&bob, "alice", "hi alice");
+    assert_eq!(reply["path"], ended.as_str(), "{reply}");
+    assert_eq!(
+        alice_online.stdout.expect_event("message")["text"],
+        "hi alice"
+    );
+}
+
+#[test]
+fn a_public_user_is_reached_directly_without_the_relay() {
+    let Some(mut w) = world("a_public_user_is_reached_directly_without_the_relay") else {
+        return;
+    };
+    let a_ns = w.lab.private_host("a", 1, 11);
+    let c_ns = w.lab.public_host("c", 20);
+    let alice = user(&w, a_ns, "alice");
+    let carol = user(&w, c_ns, "carol");
+
+    let (mut carol_online, carol_addrs) = online(&carol, "direct");
+    assert!(
+        carol_addrs
+            .iter()
+            .all(|a| a.starts_with(&format!("/ip4/{PUBLIC_NET}.20/"))),
+        "only the public address is registered: {carol_addrs:?}"
+    );
+    let whois = alice.ok(&["--json", "whois", "carol"]).json();
+    assert_eq!(whois["reach"], "direct");
+
+    let (sent, _) = send(&alice, "carol", "straight to you");
+    assert_eq!(sent["path"], "direct", "{sent}");
+    let msg = carol_online.stdout.expect_event("message");
+    assert_eq!(msg["text"], "straight to you");
+    assert_eq!(msg["path"], "direct");
+}
+
+#[test]
+fn a_user_whose_address_changes_is_reached_at_the_new_one() {
+    let Some(mut w) = world("a_user_whose_address_changes_is_reached_at_the_new_one") else {
+        return;
+    };
+    let a_ns = w.lab.private_host("a", 1, 11);
+    let c_ns = w.lab.public_host("c", 20);
+    let alice = user(&w, a_ns, "alice");
+    let carol = user(&w, c_ns, "carol");
+    let (mut carol_online, _) = online(&carol, "direct");
+    let (_alice_online, _) = online(&alice, "relayed");
+    send(&alice, "carol", "before the move");
+    assert_eq!(
+        carol_online.stdout.expect_event("message")["text"],
+        "before the move"
+    );
+
+    let moved = Instant::now();
+    w.lab.renumber("c", 20, 21);
+    let new_prefix = format!("/ip4/{PUBLIC_NET}.21/");
+    carol_online
+        .stdout
+        .expect("registration of the new address", |l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                (v["event"] == "addresses" || v["event"] == "online")
+                    && v["addrs"].as_array().is_some_and(|a| {
+                        !a.is_empty()
+                            && a.iter()
+                                .all(|x| x.as_str().unwrap().starts_with(&new_prefix))
+                    })
+            })
+        });
+    eprintln!(
+        "re-registered the new address {:?} after the change",
+        moved.elapsed()
+    );
+    let whois = alice.ok(&["--json", "whois", "carol"]).json();
+    assert!(
+        whois["addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a.as_str().unwrap().starts_with(&new_prefix)),
+        "{whois}"
+    );
+    // The conversation carries on at the new address.
+    let (sent, _) = send(&alice, "carol", "after the move");
+    assert_eq!(sent["path"], "direct", "{sent}");
+    assert_eq!(
+        carol_online.stdout.expect_event("message")["text"],
+        "after the move"
+    );
+}
