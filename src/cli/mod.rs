@@ -104,6 +104,10 @@ enum Command {
     },
     /// Stay online: keep the registration live, accept direct connections,
     /// and print each incoming message as `[HH:MM:SS] name: text`.
+    ///
+    /// The rendezvous node dials back to tell whether you are reachable
+    /// directly; if not, you are reachable through its relay and peers
+    /// switch to a direct connection by hole punching where the NATs allow.
     Online {
         /// Address to accept peers on (repeatable).
         /// [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1]
