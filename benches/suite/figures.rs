@@ -1,0 +1,731 @@
+//! The figures of the benchmark suite, each measured side by side with its
+//! baseline in the same process and run. `main.rs` prints them; the smoke
+//! test in `tests/bench_smoke.rs` runs them with tiny sizes.
+
+#![allow(dead_code, unreachable_pub)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, noise, rendezvous as lrdv, tcp, yamux};
+use messenger::chat::MemorySink;
+use messenger::client::Client;
+use messenger::proto::Identity;
+use messenger::proto::chat::{Message, MessageId};
+use messenger::proto::name::ScreenName;
+use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How much to measure.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub round_trips: usize,
+    pub cold_peers: usize,
+    pub throughput_messages: usize,
+    pub sign_verify: usize,
+    pub directory_clients: usize,
+    pub directory_ops_per_client: usize,
+    pub send_processes: usize,
+}
+
+impl Sizes {
+    /// What the issue asks for.
+    pub fn full() -> Self {
+        Self {
+            round_trips: 10_000,
+            cold_peers: 200,
+            throughput_messages: 20_000,
+            sign_verify: 20_000,
+            directory_clients: 16,
+            directory_ops_per_client: 250,
+            send_processes: 20,
+        }
+    }
+
+    /// Enough to prove the code works (the smoke test).
+    pub fn tiny() -> Self {
+        Self {
+            round_trips: 20,
+            cold_peers: 2,
+            throughput_messages: 50,
+            sign_verify: 50,
+            directory_clients: 2,
+            directory_ops_per_client: 5,
+            send_processes: 0,
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub name: String,
+    pub ours: f64,
+    pub baseline: f64,
+    pub unit: String,
+    pub baseline_name: String,
+    /// ours / baseline for times, baseline / ours... see `ratio_kind`.
+    pub ratio: f64,
+    pub target: Option<String>,
+    pub met: Option<bool>,
+}
+
+fn time_figure(
+    name: &str,
+    ours: Duration,
+    baseline: Duration,
+    baseline_name: &str,
+    max_ratio: Option<f64>,
+) -> Figure {
+    let ratio = ours.as_secs_f64() / baseline.as_secs_f64();
+    Figure {
+        name: name.into(),
+        ours: micros(ours),
+        baseline: micros(baseline),
+        unit: "µs".into(),
+        baseline_name: baseline_name.into(),
+        ratio,
+        target: max_ratio.map(|m| format!("≤ {m}×")),
+        met: max_ratio.map(|m| ratio <= m),
+    }
+}
+
+fn rate_figure(
+    name: &str,
+    ours: f64,
+    baseline: f64,
+    baseline_name: &str,
+    min_ratio: Option<f64>,
+) -> Figure {
+    let ratio = ours / baseline;
+    Figure {
+        name: name.into(),
+        ours,
+        baseline,
+        unit: "/s".into(),
+        baseline_name: baseline_name.into(),
+        ratio,
+        target: min_ratio.map(|m| format!("≥ {m}×")),
+        met: min_ratio.map(|m| ratio >= m),
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Median and 99th percentile.
+pub fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let n = samples.len().max(1);
+    let at = |q: usize| {
+        samples
+            .get((n * q / 100).min(n - 1))
+            .copied()
+            .unwrap_or_default()
+    };
+    (at(50), at(99))
+}
+
+fn name(s: &str) -> ScreenName {
+    ScreenName::parse(s).expect("bench names are valid")
+}
+
+fn loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().expect("valid")
+}
+
+/// A node and two users, alice (sender) and bob (online receiver).
+struct Pair {
+    node: rendezvous::Server,
+    _dir: tempfile::TempDir,
+    alice: Client,
+    bob: Client,
+}
+
+async fn start_node() -> (rendezvous::Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = rendezvous::Config::new(dir.path().join("node"));
+    config.listen = vec![loopback()];
+    let node = rendezvous::Server::bind(config).await.expect("node starts");
+    (node, dir)
+}
+
+/// A registered client that is online and drains what it receives.
+async fn online_user(node: &Multiaddr, user: &str) -> Client {
+    let client = Client::connect(Identity::generate().expect("key"), node.clone(), None)
+        .await
+        .expect("connect");
+    client
+        .register(&name(user), vec![])
+        .await
+        .expect("register");
+    let mut events = client
+        .go_online(
+            name(user),
+            vec![loopback()],
+            std::sync::Arc::new(MemorySink::default()),
+        )
+        .await
+        .expect("online");
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    client
+}
+
+async fn pair() -> Pair {
+    let (node, dir) = start_node().await;
+    let addr = node.listen_addrs()[0].clone();
+    let bob = online_user(&addr, "bob").await;
+    let alice = Client::connect(Identity::generate().expect("key"), addr, None)
+        .await
+        .expect("connect");
+    alice
+        .register(&name("alice"), vec![])
+        .await
+        .expect("register");
+    alice.send("bob", "warm-up").await.expect("warm-up send");
+    Pair {
+        node,
+        _dir: dir,
+        alice,
+        bob,
+    }
+}
+
+const TEXT: &str = "Hello Bob, lunch at noon? This is a typical chat line.";
+
+/// Message round trip over an established link vs raw TCP request/reply.
+pub async fn round_trip(sizes: &Sizes) -> Vec<Figure> {
+    let p = pair().await;
+    let mut ours = Vec::with_capacity(sizes.round_trips);
+    for _ in 0..sizes.round_trips {
+        let started = Instant::now();
+        p.alice.send("bob", TEXT).await.expect("send");
+        ours.push(started.elapsed());
+    }
+    // The same bytes as one of our message frames, and an ack-sized reply.
+    let message = p.alice.compose(&name("bob"), TEXT).expect("compose");
+    let frame = messenger::proto::codec::encode_frame(
+        &messenger::proto::chat::ChatFrame::Message(p.alice.sign(&message)),
+        messenger::proto::chat::MAX_FRAME,
+    )
+    .expect("frame");
+    let ack = messenger::proto::codec::encode_frame(
+        &messenger::proto::chat::ChatFrame::Ack { id: message.id },
+        64,
+    )
+    .expect("ack");
+    let baseline = raw_tcp_round_trips(frame, ack, sizes.round_trips).await;
+    shutdown(p).await;
+    let (om, op) = percentiles(ours);
+    let (bm, bp) = percentiles(baseline);
+    vec![
+        time_figure(
+            "message round trip, median",
+            om,
+            bm,
+            "raw TCP request/reply",
+            Some(2.0),
+        ),
+        time_figure(
+            "message round trip, p99",
+            op,
+            bp,
+            "raw TCP request/reply",
+            Some(3.0),
+        ),
+    ]
+}
+
+async fn raw_tcp_round_trips(request: Vec<u8>, reply: Vec<u8>, n: usize) -> Vec<Duration> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (req_len, reply_clone) = (request.len(), reply.clone());
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        s.set_nodelay(true).expect("nodelay");
+        let mut buf = vec![0u8; req_len];
+        while s.read_exact(&mut buf).await.is_ok() {
+            if s.write_all(&reply_clone).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    let mut back = vec![0u8; reply.len()];
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        c.write_all(&request).await.expect("write");
+        c.read_exact(&mut back).await.expect("read");
+        samples.push(started.elapsed());
+    }
+    drop(c);
+    let _ = server.await;
+    samples
+}
+
+/// Resolve + dial + deliver + ack to fresh peers vs a bare libp2p dial.
+pub async fn cold_send(sizes: &Sizes) -> Vec<Figure> {
+    let (node, _dir) = start_node().await;
+    let addr = node.listen_addrs()[0].clone();
+    let alice = Client::connect(Identity::generate().expect("key"), addr.clone(), None)
+        .await
+        .expect("connect");
+    alice
+        .register(&name("alice"), vec![])
+        .await
+        .expect("register");
+    let mut ours = Vec::with_capacity(sizes.cold_peers);
+    for i in 0..sizes.cold_peers {
+        let peer_name = format!("peer{i}");
+        let peer = online_user(&addr, &peer_name).await;
+        let started = Instant::now();
+        alice.send(&peer_name, TEXT).await.expect("cold send");
+        ours.push(started.elapsed());
+        peer.shutdown().await;
+    }
+    alice.shutdown().await;
+    node.shutdown().await;
+    let baseline = bare_dials(sizes.cold_peers).await;
+    let (om, _) = percentiles(ours);
+    let (bm, _) = percentiles(baseline);
+    vec![time_figure(
+        "cold send (resolve+dial+deliver+ack), median",
+        om,
+        bm,
+        "bare libp2p TCP+Noise+Yamux dial",
+        Some(1.5),
+    )]
+}
+
+fn bare_swarm() -> libp2p::Swarm<libp2p::swarm::dummy::Behaviour> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+async fn bare_dials(n: usize) -> Vec<Duration> {
+    let mut listener = bare_swarm();
+    listener.listen_on(loopback()).expect("listen");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = listener.select_next_some().await {
+            break address;
+        }
+    };
+    let target = *listener.local_peer_id();
+    tokio::spawn(async move {
+        loop {
+            listener.select_next_some().await;
+        }
+    });
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut dialer = bare_swarm();
+        let started = Instant::now();
+        dialer
+            .dial(addr.clone().with(libp2p::multiaddr::Protocol::P2p(target)))
+            .expect("dial");
+        loop {
+            match dialer.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => break,
+                SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
+                _ => {}
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+/// Messages per second on one conversation with many in flight vs one
+/// core's ed25519 sign+verify rate.
+pub async fn throughput(sizes: &Sizes) -> Vec<Figure> {
+    let p = pair().await;
+    let link = p.alice.open_link(&name("bob")).await.expect("link open");
+    let messages: Vec<Message> = (0..sizes.throughput_messages)
+        .map(|_| p.alice.compose(&name("bob"), TEXT).expect("compose"))
+        .collect();
+    let started = Instant::now();
+    let mut acks = Vec::with_capacity(messages.len());
+    for m in &messages {
+        acks.push(link.submit(m.id, p.alice.sign(m)).await.expect("submit"));
+    }
+    for ack in acks {
+        ack.await.expect("ack channel").expect("acknowledged");
+    }
+    let rate = messages.len() as f64 / started.elapsed().as_secs_f64();
+    shutdown(p).await;
+    let baseline = tokio::task::spawn_blocking({
+        let n = sizes.sign_verify;
+        move || sign_verify_rate(n)
+    })
+    .await
+    .expect("sign/verify");
+    vec![rate_figure(
+        "conversation throughput (messages acked)",
+        rate,
+        baseline,
+        "ed25519 sign+verify on one core",
+        Some(0.6),
+    )]
+}
+
+fn sign_verify_rate(n: usize) -> f64 {
+    let id = Identity::from_seed([7; 32]);
+    let key = id.verifying_key();
+    let message = Message {
+        id: MessageId([1; 16]),
+        from: name("alice"),
+        to: name("bob"),
+        sent_at: 1,
+        text: TEXT.into(),
+    };
+    let started = Instant::now();
+    for _ in 0..n {
+        let signed = Signed::sign(&id, MESSAGE_CONTEXT, &message);
+        signed.verify(MESSAGE_CONTEXT, &key).expect("verifies");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Registrations and resolves per second, many clients at once, against
+/// our node and against libp2p's rendezvous server.
+pub async fn directory(sizes: &Sizes) -> Vec<Figure> {
+    let (ours_reg, ours_res) = our_directory(sizes).await;
+    let (base_reg, base_res) = libp2p_rendezvous(sizes).await;
+    vec![
+        rate_figure(
+            "directory registrations",
+            ours_reg,
+            base_reg,
+            "libp2p rendezvous server",
+            Some(2.0),
+        ),
+        rate_figure(
+            "directory resolves",
+            ours_res,
+            base_res,
+            "libp2p rendezvous server",
+            Some(2.0),
+        ),
+    ]
+}
+
+async fn our_directory(sizes: &Sizes) -> (f64, f64) {
+    let (node, _dir) = start_node().await;
+    let addr = node.listen_addrs()[0].clone();
+    let mut clients = Vec::new();
+    for _ in 0..sizes.directory_clients {
+        clients.push(
+            Client::connect(Identity::generate().expect("key"), addr.clone(), None)
+                .await
+                .expect("connect"),
+        );
+    }
+    let ops = sizes.directory_ops_per_client;
+    let total = (clients.len() * ops) as f64;
+    // Registrations: each client claims its own names.
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(c, client)| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..ops {
+                    client
+                        .register(&name(&format!("c{c}n{i}")), vec![])
+                        .await
+                        .expect("register");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let reg = total / started.elapsed().as_secs_f64();
+    // Resolves of those names.
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(c, client)| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..ops {
+                    client.whois(&format!("c{}n{i}", (c + 1) % 2)).await.ok();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let res = total / started.elapsed().as_secs_f64();
+    for c in clients {
+        c.shutdown().await;
+    }
+    node.shutdown().await;
+    (reg, res)
+}
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct RdvServer {
+    rendezvous: lrdv::server::Behaviour,
+}
+
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct RdvClient {
+    rendezvous: lrdv::client::Behaviour,
+}
+
+async fn libp2p_rendezvous(sizes: &Sizes) -> (f64, f64) {
+    let mut server = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| RdvServer {
+            // Its per-peer and total caps would refuse a load test.
+            rendezvous: lrdv::server::Behaviour::new(
+                lrdv::server::Config::default()
+                    .with_max_registration_per_peer(usize::MAX)
+                    .with_max_registration_total(usize::MAX),
+            ),
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    server.listen_on(loopback()).expect("listen");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let server_id = *server.local_peer_id();
+    let server_task = tokio::spawn(async move {
+        loop {
+            server.select_next_some().await;
+        }
+    });
+    let ops = sizes.directory_ops_per_client;
+    let total = (sizes.directory_clients * ops) as f64;
+    let mut reg_time = Duration::ZERO;
+    let mut res_time = Duration::ZERO;
+    // Each client runs its own swarm: register `ops` namespaces, then
+    // discover `ops` times, one request at a time, like ours.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(sizes.directory_clients);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(sizes.directory_clients + 1));
+    for c in 0..sizes.directory_clients {
+        let (addr, tx, barrier) = (addr.clone(), tx.clone(), barrier.clone());
+        tokio::spawn(async move {
+            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .expect("tcp")
+                .with_behaviour(|key| RdvClient {
+                    rendezvous: lrdv::client::Behaviour::new(key.clone()),
+                })
+                .expect("behaviour")
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build();
+            swarm.add_external_address("/ip4/127.0.0.1/tcp/9".parse().expect("addr"));
+            swarm
+                .dial(addr.with(libp2p::multiaddr::Protocol::P2p(server_id)))
+                .expect("dial");
+            loop {
+                if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
+                    break;
+                }
+            }
+            barrier.wait().await;
+            let started = Instant::now();
+            for i in 0..ops {
+                let ns = lrdv::Namespace::new(format!("c{c}n{i}")).expect("namespace");
+                swarm
+                    .behaviour_mut()
+                    .rendezvous
+                    .register(ns, server_id, None)
+                    .expect("register");
+                loop {
+                    match swarm.select_next_some().await {
+                        SwarmEvent::Behaviour(RdvClientEvent::Rendezvous(
+                            lrdv::client::Event::Registered { .. },
+                        )) => break,
+                        SwarmEvent::Behaviour(RdvClientEvent::Rendezvous(
+                            lrdv::client::Event::RegisterFailed { error, .. },
+                        )) => {
+                            panic!("register failed: {error:?}")
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let reg = started.elapsed();
+            barrier.wait().await;
+            let started = Instant::now();
+            for i in 0..ops {
+                let ns = lrdv::Namespace::new(format!("c{}n{i}", (c + 1) % 2)).expect("namespace");
+                swarm
+                    .behaviour_mut()
+                    .rendezvous
+                    .discover(Some(ns), None, Some(1), server_id);
+                loop {
+                    if let SwarmEvent::Behaviour(RdvClientEvent::Rendezvous(
+                        lrdv::client::Event::Discovered { .. }
+                        | lrdv::client::Event::DiscoverFailed { .. },
+                    )) = swarm.select_next_some().await
+                    {
+                        break;
+                    }
+                }
+            }
+            let _ = tx.send((reg, started.elapsed())).await;
+        });
+    }
+    drop(tx);
+    let wait = |b: std::sync::Arc<tokio::sync::Barrier>| async move {
+        tokio::time::timeout(Duration::from_secs(300), b.wait())
+            .await
+            .expect("the libp2p rendezvous load generator stalled");
+    };
+    wait(barrier.clone()).await;
+    let phase = Instant::now();
+    wait(barrier.clone()).await;
+    let reg_wall = phase.elapsed();
+    let phase = Instant::now();
+    while let Some((reg, res)) = rx.recv().await {
+        reg_time = reg_time.max(reg);
+        res_time = res_time.max(res);
+    }
+    let res_wall = phase.elapsed();
+    server_task.abort();
+    let _ = (reg_time, res_time);
+    (
+        total / reg_wall.as_secs_f64(),
+        total / res_wall.as_secs_f64(),
+    )
+}
+
+/// The whole `messenger send` command as a process (reported, no target).
+pub async fn send_process(sizes: &Sizes, messenger_bin: &std::path::Path) -> Vec<Figure> {
+    if sizes.send_processes == 0 {
+        return Vec::new();
+    }
+    let (node, dir) = start_node().await;
+    let addr = node.listen_addrs()[0].clone();
+    let _bob = online_user(&addr, "bob").await;
+    let home = dir.path().join("alice");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(messenger_bin)
+            .arg("--home")
+            .arg(&home)
+            .args(["--rendezvous", &addr.to_string()])
+            .args(args)
+            .output()
+            .expect("run messenger");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["register", "alice"]);
+    let mut samples = Vec::new();
+    for _ in 0..sizes.send_processes {
+        let started = Instant::now();
+        run(&["send", "bob", TEXT]);
+        samples.push(started.elapsed());
+    }
+    // Baseline: starting the same binary for `--version`.
+    let mut base = Vec::new();
+    for _ in 0..sizes.send_processes {
+        let started = Instant::now();
+        let out = std::process::Command::new(messenger_bin)
+            .arg("--version")
+            .output()
+            .expect("run messenger");
+        assert!(out.status.success());
+        base.push(started.elapsed());
+    }
+    node.shutdown().await;
+    let (om, _) = percentiles(samples);
+    let (bm, _) = percentiles(base);
+    vec![time_figure(
+        "`messenger send` process, median",
+        om,
+        bm,
+        "`messenger --version` process",
+        None,
+    )]
+}
+
+async fn shutdown(p: Pair) {
+    p.alice.shutdown().await;
+    p.bob.shutdown().await;
+    p.node.shutdown().await;
+}
+
+/// Every figure, in order.
+pub async fn run_all(sizes: &Sizes, messenger_bin: Option<&std::path::Path>) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    figures.extend(round_trip(sizes).await);
+    figures.extend(cold_send(sizes).await);
+    figures.extend(throughput(sizes).await);
+    figures.extend(directory(sizes).await);
+    if let Some(bin) = messenger_bin {
+        figures.extend(send_process(sizes, bin).await);
+    }
+    figures
+}
+
+/// The table, as printed.
+pub fn table(figures: &[Figure]) -> String {
+    let mut out = format!(
+        "{:<46} {:>14} {:>14} {:>8} {:>8}  {}\n",
+        "figure", "ours", "baseline", "ratio", "target", "baseline is"
+    );
+    for f in figures {
+        let met = match f.met {
+            Some(true) => " met",
+            Some(false) => " NOT MET",
+            None => "",
+        };
+        out.push_str(&format!(
+            "{:<46} {:>11.1} {:<2} {:>11.1} {:<2} {:>7.2}× {:>8}{met}  {}\n",
+            f.name,
+            f.ours,
+            f.unit,
+            f.baseline,
+            f.unit,
+            f.ratio,
+            f.target.as_deref().unwrap_or("-"),
+            f.baseline_name
+        ));
+    }
+    out
+}

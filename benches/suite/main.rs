@@ -1,0 +1,43 @@
+//! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
+//! small sizes). Prints a table and writes the same figures as JSON to
+//! `target/bench-results.json` (or `--json PATH`).
+
+mod figures;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/bench-results.json"
+            ))
+        });
+    let sizes = if quick {
+        figures::Sizes::tiny()
+    } else {
+        figures::Sizes::full()
+    };
+    // The binary under test, built in the same profile.
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(|d| d.join("messenger")))
+        .filter(|p| p.exists());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let figures = runtime.block_on(figures::run_all(&sizes, bin.as_deref()));
+    println!("{}", figures::table(&figures));
+    let json = serde_json::to_string_pretty(&figures).expect("json");
+    if let Err(e) = std::fs::write(&json_path, json) {
+        eprintln!("cannot write {}: {e}", json_path.display());
+    } else {
+        println!("figures written to {}", json_path.display());
+    }
+}
