@@ -262,6 +262,11 @@ pub trait MessageSink: Send + Sync + 'static {
     /// it is acknowledged. Returns false for a message seen before. Runs on
     /// a blocking thread.
     fn keep(&self, message: &Message, peer: &PeerId) -> Result<bool, String>;
+
+    /// Whether `keep` blocks (disk) and must run on a blocking thread.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// A sink that only remembers recent ids in memory: for library users and
@@ -278,6 +283,10 @@ impl MessageSink for MemorySink {
 
     fn keep(&self, message: &Message, _: &PeerId) -> Result<bool, String> {
         Ok(lock(&self.seen).insert(message.id))
+    }
+
+    fn blocks(&self) -> bool {
+        false
     }
 }
 
@@ -410,11 +419,15 @@ impl Inbox {
         if let Some(code) = self.sink.refuse(&message.from, &peer) {
             return Err(Refusal::Reject(id, code));
         }
-        let sink = self.sink.clone();
-        let keep = message.clone();
-        let kept = tokio::task::spawn_blocking(move || sink.keep(&keep, &peer))
-            .await
-            .map_err(|e| Refusal::Close(format!("cannot store the message: {e}")))?;
+        let kept = if self.sink.blocks() {
+            let sink = self.sink.clone();
+            let keep = message.clone();
+            tokio::task::spawn_blocking(move || sink.keep(&keep, &peer))
+                .await
+                .map_err(|e| Refusal::Close(format!("cannot store the message: {e}")))?
+        } else {
+            self.sink.keep(&message, &peer)
+        };
         match kept {
             Ok(true) => {}
             Ok(false) => {

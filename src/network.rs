@@ -236,7 +236,15 @@ impl Network {
                 ),
             })
             .map_err(|e| NetworkError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(config.idle_timeout)
+                    // Start writing on a new stream without waiting for
+                    // the protocol to be confirmed: saves a round trip per
+                    // stream (our peers speak our protocols, or say no).
+                    .with_substream_upgrade_protocol_override(
+                        libp2p::core::upgrade::Version::V1Lazy,
+                    )
+            })
             .build();
         let rendezvous = config.rendezvous.clone();
         if let Some((peer, addr)) = &rendezvous {

@@ -20,7 +20,7 @@ use messenger_proto::signed::SignedError;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::store::{ClaimOutcome, ClaimStore, StoreError};
+use crate::store::{Claim, ClaimOutcome, ClaimStore, StoreError};
 
 /// Identifies one directory session (one stream) for the node's lifetime.
 pub type SessionId = u64;
@@ -139,6 +139,10 @@ impl LiveState {
 pub struct Registry<S> {
     store: Arc<S>,
     live: Mutex<LiveState>,
+    /// Claims read or written so far, so that resolving a name does not
+    /// open a database transaction. Every claim change goes through the
+    /// registry, which keeps this in step with the store.
+    claims: std::sync::RwLock<HashMap<ScreenName, Claim>>,
 }
 
 impl<S: ClaimStore> Registry<S> {
@@ -147,7 +151,39 @@ impl<S: ClaimStore> Registry<S> {
         Self {
             store,
             live: Mutex::new(LiveState::default()),
+            claims: Default::default(),
         }
+    }
+
+    /// The claim on `name`: from memory, else from the store.
+    fn claim_of(&self, name: &ScreenName) -> Result<Option<Claim>, StoreError> {
+        if let Some(claim) = self
+            .claims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(Some(claim.clone()));
+        }
+        let claim = self.store.get(name)?;
+        if let Some(claim) = &claim {
+            self.remember(name, claim.clone());
+        }
+        Ok(claim)
+    }
+
+    fn remember(&self, name: &ScreenName, claim: Claim) {
+        self.claims
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), claim);
+    }
+
+    fn forget(&self, name: &ScreenName) {
+        self.claims
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     fn live(&self) -> MutexGuard<'_, LiveState> {
@@ -236,11 +272,12 @@ impl<S: ClaimStore> Registry<S> {
         let mut new_claim = false;
         if !renewal {
             match self.store.claim(&name, peer, record.seq, now) {
-                Ok(ClaimOutcome::Created(_)) => {
+                Ok(ClaimOutcome::Created(claim)) => {
                     info!(%name, %peer, "name claimed");
+                    self.remember(&name, claim);
                     new_claim = true;
                 }
-                Ok(ClaimOutcome::Renewed(_)) => {}
+                Ok(ClaimOutcome::Renewed(claim)) => self.remember(&name, claim),
                 Ok(ClaimOutcome::Taken(_)) => {
                     return Reply::error(
                         ErrorCode::NameTaken,
@@ -307,7 +344,7 @@ impl<S: ClaimStore> Registry<S> {
         viewer: PeerId,
         now: u64,
     ) -> Result<Option<Resolution>, StoreError> {
-        let Some(claim) = self.store.get(name)? else {
+        let Some(claim) = self.claim_of(name)? else {
             return Ok(None);
         };
         let live = self.live();
@@ -424,7 +461,7 @@ impl<S: ClaimStore> Registry<S> {
             Ok(name) => name,
             Err(e) => return Reply::error(ErrorCode::InvalidName, e.to_string()),
         };
-        match self.store.get(&name) {
+        match self.claim_of(&name) {
             Ok(None) => {
                 return Reply::error(ErrorCode::NoSuchName, format!("no such name: {name}"));
             }
@@ -439,6 +476,7 @@ impl<S: ClaimStore> Registry<S> {
         }
         match self.store.release(&name, &peer) {
             Ok(true) => {
+                self.forget(&name);
                 let mut live = self.live();
                 live.by_name.remove(&name);
                 live.last_seen.remove(&name);
@@ -484,10 +522,18 @@ impl<S: ClaimStore> Registry<S> {
     fn persist_last_seen(&self, gone: Vec<(ScreenName, Option<u64>)>) {
         for (name, seen) in gone {
             info!(%name, "offline");
-            if let Some(at) = seen
-                && let Err(e) = self.store.set_last_seen(&name, at)
-            {
-                warn!(%name, "cannot record last seen: {e}");
+            if let Some(at) = seen {
+                if let Err(e) = self.store.set_last_seen(&name, at) {
+                    warn!(%name, "cannot record last seen: {e}");
+                }
+                if let Some(claim) = self
+                    .claims
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&name)
+                {
+                    claim.last_seen = Some(at);
+                }
             }
         }
     }
