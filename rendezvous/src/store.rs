@@ -5,13 +5,14 @@
 //! live state in [`crate::registry`].
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use libp2p::PeerId;
 use messenger_proto::codec;
 use messenger_proto::name::ScreenName;
 use redb::{
     Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] redb::Error),
+    /// The batch this request was committed in failed.
+    #[error("database commit failed: {0}")]
+    Commit(String),
     /// A stored value could not be decoded.
     #[error("stored claim for {name:?} is unreadable: {reason}")]
     Corrupt {
@@ -90,9 +94,31 @@ pub trait ClaimStore: Send + Sync + 'static {
 
 /// The claim store in a redb file; every change is committed durably
 /// before it is acknowledged.
+///
+/// Claims made at the same time share one commit (group commit): each
+/// caller queues its claim, and whoever gets the writer lock commits
+/// everything queued so far in one transaction, so one disk sync serves
+/// many registrations.
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
+    queue: Mutex<Vec<PendingClaim>>,
+    writer: Mutex<()>,
+}
+
+type Slot = Arc<Mutex<Option<Result<ClaimOutcome, StoreError>>>>;
+
+#[derive(Debug)]
+struct PendingClaim {
+    name: ScreenName,
+    owner: PeerId,
+    seq: u64,
+    now: u64,
+    slot: Slot,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RedbStore {
@@ -103,7 +129,37 @@ impl RedbStore {
         txn.open_table(CLAIMS).map_err(db_err)?;
         txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            queue: Mutex::default(),
+            writer: Mutex::default(),
+        })
+    }
+
+    /// Commits every queued claim in one transaction and answers each.
+    fn commit_batch(&self, batch: Vec<PendingClaim>) {
+        let outcome = (|| {
+            let txn = self.db.begin_write().map_err(db_err)?;
+            let results: Vec<Result<ClaimOutcome, StoreError>> = batch
+                .iter()
+                .map(|p| claim_in(&txn, &p.name, p.owner, p.seq, p.now))
+                .collect();
+            txn.commit().map_err(db_err)?;
+            Ok::<_, StoreError>(results)
+        })();
+        match outcome {
+            Ok(results) => {
+                for (p, result) in batch.into_iter().zip(results) {
+                    *lock(&p.slot) = Some(result);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for p in batch {
+                    *lock(&p.slot) = Some(Err(StoreError::Commit(message.clone())));
+                }
+            }
+        }
     }
 
     /// Number of claims held (for logs and benchmarks).
@@ -126,6 +182,50 @@ fn decode(name: &str, bytes: &[u8]) -> Result<Claim, StoreError> {
     })
 }
 
+/// One claim inside a write transaction (see [`ClaimStore::claim`]).
+fn claim_in(
+    txn: &WriteTransaction,
+    name: &ScreenName,
+    owner: PeerId,
+    seq: u64,
+    now: u64,
+) -> Result<ClaimOutcome, StoreError> {
+    let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
+    let existing = table
+        .get(name.as_str())
+        .map_err(db_err)?
+        .map(|v| decode(name.as_str(), v.value()))
+        .transpose()?;
+    let outcome = match existing {
+        Some(claim) if claim.owner != owner => ClaimOutcome::Taken(claim),
+        Some(claim) if seq <= claim.seq => ClaimOutcome::Stale(claim),
+        Some(claim) => {
+            let claim = Claim { seq, ..claim };
+            table
+                .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
+                .map_err(db_err)?;
+            ClaimOutcome::Renewed(claim)
+        }
+        None => {
+            let claim = Claim {
+                owner,
+                claimed_at: now,
+                last_seen: None,
+                seq,
+            };
+            table
+                .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
+                .map_err(db_err)?;
+            let mut owners = txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
+            owners
+                .insert(owner.to_bytes().as_slice(), name.as_str())
+                .map_err(db_err)?;
+            ClaimOutcome::Created(claim)
+        }
+    };
+    Ok(outcome)
+}
+
 impl ClaimStore for RedbStore {
     fn get(&self, name: &ScreenName) -> Result<Option<Claim>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
@@ -141,44 +241,23 @@ impl ClaimStore for RedbStore {
         seq: u64,
         now: u64,
     ) -> Result<ClaimOutcome, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let outcome = {
-            let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
-            let existing = table
-                .get(name.as_str())
-                .map_err(db_err)?
-                .map(|v| decode(name.as_str(), v.value()))
-                .transpose()?;
-            match existing {
-                Some(claim) if claim.owner != owner => return Ok(ClaimOutcome::Taken(claim)),
-                Some(claim) if seq <= claim.seq => return Ok(ClaimOutcome::Stale(claim)),
-                Some(claim) => {
-                    let claim = Claim { seq, ..claim };
-                    table
-                        .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
-                        .map_err(db_err)?;
-                    ClaimOutcome::Renewed(claim)
-                }
-                None => {
-                    let claim = Claim {
-                        owner,
-                        claimed_at: now,
-                        last_seen: None,
-                        seq,
-                    };
-                    table
-                        .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
-                        .map_err(db_err)?;
-                    let mut owners = txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
-                    owners
-                        .insert(owner.to_bytes().as_slice(), name.as_str())
-                        .map_err(db_err)?;
-                    ClaimOutcome::Created(claim)
-                }
+        let slot: Slot = Arc::default();
+        lock(&self.queue).push(PendingClaim {
+            name: name.clone(),
+            owner,
+            seq,
+            now,
+            slot: slot.clone(),
+        });
+        loop {
+            let _writer = lock(&self.writer);
+            // A leader before us may have committed our claim already.
+            if let Some(result) = lock(&slot).take() {
+                return result;
             }
-        };
-        txn.commit().map_err(db_err)?;
-        Ok(outcome)
+            let batch = std::mem::take(&mut *lock(&self.queue));
+            self.commit_batch(batch);
+        }
     }
 
     fn set_last_seen(&self, name: &ScreenName, at: u64) -> Result<(), StoreError> {
@@ -279,6 +358,43 @@ mod tests {
         assert_eq!((claim.owner, claim.seq, claim.claimed_at), (alice, 2, 10));
         assert_eq!(store.names_of(&alice).unwrap(), vec![name("alice")]);
         assert!(store.names_of(&mallory).unwrap().is_empty());
+    }
+
+    #[test]
+    fn concurrent_claims_share_commits_and_first_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(&dir.path().join("claims.redb")).unwrap());
+        let peers: Vec<PeerId> = (0..8).map(|_| PeerId::random()).collect();
+        let handles: Vec<_> = peers
+            .iter()
+            .enumerate()
+            .map(|(t, &peer)| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let outcome = store
+                            .claim(&name(&format!("p{t}n{i}")), peer, 1, 1)
+                            .unwrap();
+                        assert!(matches!(outcome, ClaimOutcome::Created(_)));
+                    }
+                    let shared = store.claim(&name("contested"), peer, 1, 1).unwrap();
+                    matches!(shared, ClaimOutcome::Created(_))
+                })
+            })
+            .collect();
+        let winners = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|won| *won)
+            .count();
+        assert_eq!(winners, 1, "exactly one key gets a contested name");
+        assert_eq!(store.len().unwrap(), 8 * 50 + 1);
+        let owner = store.get(&name("contested")).unwrap().unwrap().owner;
+        assert!(peers.contains(&owner));
+        drop(store);
+        // Everything acknowledged is there after reopening.
+        let store = RedbStore::open(&dir.path().join("claims.redb")).unwrap();
+        assert_eq!(store.get(&name("contested")).unwrap().unwrap().owner, owner);
     }
 
     #[test]
