@@ -9,7 +9,7 @@ mod figures;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_figure_is_measured_with_its_baseline() {
     let figures = figures::run_all(&figures::Sizes::tiny(), None).await;
-    assert_eq!(figures.len(), 6, "{figures:?}");
+    assert_eq!(figures.len(), 8, "{figures:?}");
     for f in &figures {
         assert!(f.ours > 0.0 && f.ours.is_finite(), "{f:?}");
         assert!(f.baseline > 0.0 && f.baseline.is_finite(), "{f:?}");

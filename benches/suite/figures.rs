@@ -29,6 +29,9 @@ pub struct Sizes {
     pub directory_clients: usize,
     pub directory_ops_per_client: usize,
     pub send_processes: usize,
+    pub scale_small: usize,
+    pub scale_large: usize,
+    pub scale_resolves: usize,
 }
 
 impl Sizes {
@@ -42,6 +45,9 @@ impl Sizes {
             directory_clients: 16,
             directory_ops_per_client: 250,
             send_processes: 20,
+            scale_small: 1_000,
+            scale_large: 100_000,
+            scale_resolves: 5_000,
         }
     }
 
@@ -55,6 +61,9 @@ impl Sizes {
             directory_clients: 2,
             directory_ops_per_client: 5,
             send_processes: 0,
+            scale_small: 10,
+            scale_large: 100,
+            scale_resolves: 20,
         }
     }
 }
@@ -631,6 +640,99 @@ async fn libp2p_rendezvous(sizes: &Sizes) -> (f64, f64) {
     )
 }
 
+/// Resolve latency with a small and a large directory: a directory that
+/// scales answers as fast when it holds 100 times more.
+pub async fn directory_scale(sizes: &Sizes) -> Vec<Figure> {
+    let small = resolve_latency(sizes.scale_small, sizes.scale_resolves).await;
+    let large = resolve_latency(sizes.scale_large, sizes.scale_resolves).await;
+    let (sm, sp) = percentiles(small);
+    let (lm, lp) = percentiles(large);
+    let base = format!("the same with {} registrations", sizes.scale_small);
+    vec![
+        time_figure(
+            &format!("resolve with {} registrations, median", sizes.scale_large),
+            lm,
+            sm,
+            &base,
+            Some(1.2),
+        ),
+        time_figure(
+            &format!("resolve with {} registrations, p99", sizes.scale_large),
+            lp,
+            sp,
+            &base,
+            None,
+        ),
+    ]
+}
+
+/// Preloads `held` live registrations (signed records, durable claims,
+/// from many threads so claims share commits), then times resolves of
+/// random ones over a directory session.
+async fn resolve_latency(held: usize, resolves: usize) -> Vec<Duration> {
+    use messenger::proto::presence::Status;
+    use messenger::proto::record::Registration;
+    let (node, _dir) = start_node().await;
+    let registry = node.registry().clone();
+    let now = messenger::proto::time::now_ms();
+    let threads = 64.min(held.max(1));
+    tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let registry = &registry;
+                scope.spawn(move || {
+                    for i in (t..held).step_by(threads) {
+                        let id = Identity::generate().expect("key");
+                        let record = Registration {
+                            name: name(&format!("user{i}")),
+                            peer_id: id.peer_id(),
+                            addrs: vec!["/ip4/127.0.0.1/tcp/9".parse().expect("addr")],
+                            seq: 1,
+                            expires_at: now + 3_600_000,
+                            status: Status::Online,
+                            status_text: String::new(),
+                        }
+                        .sign(&id);
+                        // Session ids far above the node's own.
+                        let session = 1_000_000_000 + i as u64;
+                        let reply = registry.register(id.peer_id(), session, record, vec![], now);
+                        assert!(
+                            matches!(reply, messenger::proto::directory::Reply::Registered { .. }),
+                            "{reply:?}"
+                        );
+                    }
+                });
+            }
+        });
+    })
+    .await
+    .expect("preload");
+    assert_eq!(node.registry().online_count(), held);
+    let client = Client::connect(
+        Identity::generate().expect("key"),
+        node.listen_addrs()[0].clone(),
+        None,
+    )
+    .await
+    .expect("connect");
+    let mut samples = Vec::with_capacity(resolves);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..resolves {
+        // A cheap deterministic spread over the names.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let who = format!("user{}", x % held as u64);
+        let started = Instant::now();
+        let info = client.whois(&who).await.expect("resolve");
+        samples.push(started.elapsed());
+        assert!(info.online());
+    }
+    client.shutdown().await;
+    node.shutdown().await;
+    samples
+}
+
 /// The whole `messenger send` command as a process (reported, no target).
 pub async fn send_process(sizes: &Sizes, messenger_bin: &std::path::Path) -> Vec<Figure> {
     if sizes.send_processes == 0 {
@@ -697,6 +799,7 @@ pub async fn run_all(sizes: &Sizes, messenger_bin: Option<&std::path::Path>) -> 
     figures.extend(cold_send(sizes).await);
     figures.extend(throughput(sizes).await);
     figures.extend(directory(sizes).await);
+    figures.extend(directory_scale(sizes).await);
     if let Some(bin) = messenger_bin {
         figures.extend(send_process(sizes, bin).await);
     }

@@ -175,6 +175,7 @@ struct Behaviour {
 #[derive(Debug)]
 pub struct Server {
     peer_id: PeerId,
+    registry: Arc<Registry<RedbStore>>,
     listen_addrs: Vec<Multiaddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -218,13 +219,14 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let event_loop = EventLoop {
             swarm,
-            registry,
+            registry: registry.clone(),
             incoming,
             next_session: 0,
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
         Ok(Self {
             peer_id,
+            registry,
             listen_addrs,
             shutdown: Some(shutdown_tx),
             task,
@@ -234,6 +236,11 @@ impl Server {
     /// The node's peer id (stable: its key is in the data dir).
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// The directory itself, for in-process tools (benchmarks preload it).
+    pub fn registry(&self) -> &Arc<Registry<RedbStore>> {
+        &self.registry
     }
 
     /// The addresses the node listens on, each ending in `/p2p/<peer id>`.
