@@ -1,5 +1,5 @@
 //! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
-//! small sizes). Prints a table and writes the same figures as JSON to
+//! small sizes, `-- --only scale|round-trip|directory` for one group). Prints a table and writes the same figures as JSON to
 //! `target/bench-results.json` (or `--json PATH`).
 
 mod figures;
@@ -32,7 +32,21 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let figures = runtime.block_on(figures::run_all(&sizes, bin.as_deref()));
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let figures = match only.as_deref() {
+        Some("scale") => runtime.block_on(figures::directory_scale(&sizes)),
+        Some("round-trip") => runtime.block_on(figures::round_trip(&sizes)),
+        Some("directory") => runtime.block_on(figures::directory(&sizes)),
+        Some(other) => {
+            eprintln!("unknown --only {other}: scale, round-trip or directory");
+            std::process::exit(2);
+        }
+        None => runtime.block_on(figures::run_all(&sizes, bin.as_deref())),
+    };
     println!("{}", figures::table(&figures));
     let json = serde_json::to_string_pretty(&figures).expect("json");
     if let Err(e) = std::fs::write(&json_path, json) {
