@@ -8,12 +8,32 @@ mod figures;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_figure_is_measured_with_its_baseline() {
-    let figures = figures::run_all(&figures::Sizes::tiny(), None).await;
+    let sizes = figures::Sizes::tiny();
+    let mut figures = figures::run_all(&sizes, None).await;
     assert_eq!(figures.len(), 8, "{figures:?}");
     for f in &figures {
         assert!(f.ours > 0.0 && f.ours.is_finite(), "{f:?}");
         assert!(f.baseline > 0.0 && f.baseline.is_finite(), "{f:?}");
         assert!(f.ratio > 0.0 && f.ratio.is_finite(), "{f:?}");
+    }
+    // The held-connections figure runs the real node binary (built by
+    // `cargo test --workspace`). With a handful of clients the node's
+    // memory growth may be zero, so only its shape is checked.
+    let node =
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_messenger")).with_file_name("rendezvous");
+    if node.exists() {
+        let held = figures::held_connections(&sizes, &node).await;
+        assert_eq!(held.len(), 3, "{held:?}");
+        assert_eq!(held[0].ours, sizes.held_clients as f64);
+        assert!(
+            held.iter().all(|f| f.ours.is_finite() && f.ours >= 0.0),
+            "{held:?}"
+        );
+        assert!(
+            held[2].ours > 0.0,
+            "a presence change takes some time: {held:?}"
+        );
+        figures.extend(held);
     }
     println!("{}", figures::table(&figures));
 }

@@ -32,6 +32,7 @@ pub struct Sizes {
     pub scale_small: usize,
     pub scale_large: usize,
     pub scale_resolves: usize,
+    pub held_clients: usize,
 }
 
 impl Sizes {
@@ -48,6 +49,7 @@ impl Sizes {
             scale_small: 1_000,
             scale_large: 100_000,
             scale_resolves: 5_000,
+            held_clients: 5_000,
         }
     }
 
@@ -64,6 +66,7 @@ impl Sizes {
             scale_small: 10,
             scale_large: 100,
             scale_resolves: 20,
+            held_clients: 20,
         }
     }
 }
@@ -735,6 +738,152 @@ async fn resolve_latency(held: usize, resolves: usize) -> Vec<Duration> {
     samples
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Online clients one node process holds: its resident memory per client,
+/// and how long a presence change takes to reach a watcher at that load.
+pub async fn held_connections(sizes: &Sizes, rendezvous_bin: &std::path::Path) -> Vec<Figure> {
+    use messenger::client::ClientEvent;
+    use messenger::proto::presence::{Presence, Status};
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = std::process::Command::new(rendezvous_bin)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the node");
+    let mut lines = std::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let addr: Multiaddr = lines
+        .next()
+        .expect("the node prints its address")
+        .expect("line")
+        .parse()
+        .expect("address");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(node.id());
+
+    // Clients connect and register in waves, then stay connected.
+    let n = sizes.held_clients;
+    let mut clients = Vec::with_capacity(n);
+    let wave = 64;
+    for start in (0..n).step_by(wave) {
+        let tasks: Vec<_> = (start..(start + wave).min(n))
+            .map(|i| {
+                let addr = addr.clone();
+                tokio::spawn(async move {
+                    let client = Client::connect(Identity::generate().expect("key"), addr, None)
+                        .await
+                        .expect("connect");
+                    client
+                        .register(&name(&format!("held{i}")), vec![])
+                        .await
+                        .expect("register");
+                    client
+                })
+            })
+            .collect();
+        for t in tasks {
+            clients.push(t.await.expect("client"));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(node.id());
+    let per_client_kib = after.saturating_sub(before) as f64 / n.max(1) as f64;
+
+    // Presence latency at this load: a watcher and a watched user online.
+    let watched = online_user(&addr, "watched").await;
+    let watcher = Client::connect(Identity::generate().expect("key"), addr.clone(), None)
+        .await
+        .expect("connect");
+    watcher
+        .register(&name("watcher"), vec![])
+        .await
+        .expect("register");
+    let mut events = watcher
+        .go_online(
+            name("watcher"),
+            vec![loopback()],
+            std::sync::Arc::new(MemorySink::default()),
+        )
+        .await
+        .expect("online");
+    watcher.watch(&[name("watched")]).await.expect("watch");
+    let mut samples = Vec::new();
+    for round in 0..20 {
+        let (status, shown) = if round % 2 == 0 {
+            (Status::Away, Presence::Away)
+        } else {
+            (Status::Online, Presence::Online)
+        };
+        let started = Instant::now();
+        watched
+            .set_status(status, String::new(), vec![])
+            .await
+            .expect("status");
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                Ok(Some(ClientEvent::Presence(info)))
+                    if info.name.as_str() == "watched" && info.presence == shown =>
+                {
+                    break;
+                }
+                Ok(Some(_)) => {}
+                _ => panic!("no presence push within 10 s"),
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    let (presence_median, _) = percentiles(samples);
+    for c in clients {
+        c.shutdown().await;
+    }
+    let _ = node.kill();
+    let _ = node.wait();
+    vec![
+        Figure {
+            name: format!("online clients held ({n} measured)"),
+            ours: n as f64,
+            baseline: 50_000.0,
+            unit: "".into(),
+            baseline_name: "the target count".into(),
+            ratio: n as f64 / 50_000.0,
+            target: Some("≥ 1×".into()),
+            met: Some(n >= 50_000),
+        },
+        Figure {
+            name: "node memory per online client".into(),
+            ours: per_client_kib,
+            baseline: 32.0,
+            unit: "KiB".into(),
+            baseline_name: "32 KiB budget".into(),
+            ratio: per_client_kib / 32.0,
+            target: Some("≤ 1×".into()),
+            met: Some(per_client_kib <= 32.0),
+        },
+        Figure {
+            name: format!("presence change to a watcher, {n} online"),
+            ours: micros(presence_median),
+            baseline: 1e6,
+            unit: "µs".into(),
+            baseline_name: "1 s budget".into(),
+            ratio: presence_median.as_secs_f64(),
+            target: Some("≤ 1×".into()),
+            met: Some(presence_median <= Duration::from_secs(1)),
+        },
+    ]
+}
+
 /// The whole `messenger send` command as a process (reported, no target).
 pub async fn send_process(sizes: &Sizes, messenger_bin: &std::path::Path) -> Vec<Figure> {
     if sizes.send_processes == 0 {
@@ -794,7 +943,7 @@ async fn shutdown(p: Pair) {
     p.node.shutdown().await;
 }
 
-/// Every figure, in order.
+/// Every figure, in order. The process figures need the binaries.
 pub async fn run_all(sizes: &Sizes, messenger_bin: Option<&std::path::Path>) -> Vec<Figure> {
     let mut figures = Vec::new();
     figures.extend(round_trip(sizes).await);
@@ -804,6 +953,10 @@ pub async fn run_all(sizes: &Sizes, messenger_bin: Option<&std::path::Path>) -> 
     figures.extend(directory_scale(sizes).await);
     if let Some(bin) = messenger_bin {
         figures.extend(send_process(sizes, bin).await);
+        let node = bin.with_file_name("rendezvous");
+        if node.exists() {
+            figures.extend(held_connections(sizes, &node).await);
+        }
     }
     figures
 }

@@ -1,5 +1,5 @@
 //! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
-//! small sizes, `-- --only scale|round-trip|directory` for one group). Prints a table and writes the same figures as JSON to
+//! small sizes, `-- --only scale|round-trip|directory|held` for one group). Prints a table and writes the same figures as JSON to
 //! `target/bench-results.json` (or `--json PATH`).
 
 mod figures;
@@ -41,8 +41,17 @@ fn main() {
         Some("scale") => runtime.block_on(figures::directory_scale(&sizes)),
         Some("round-trip") => runtime.block_on(figures::round_trip(&sizes)),
         Some("directory") => runtime.block_on(figures::directory(&sizes)),
+        Some("held") => match bin.as_deref().map(|b| b.with_file_name("rendezvous")) {
+            Some(node) if node.exists() => {
+                runtime.block_on(figures::held_connections(&sizes, &node))
+            }
+            _ => {
+                eprintln!("build the binaries first: cargo build --release");
+                std::process::exit(2);
+            }
+        },
         Some(other) => {
-            eprintln!("unknown --only {other}: scale, round-trip or directory");
+            eprintln!("unknown --only {other}: scale, round-trip, directory or held");
             std::process::exit(2);
         }
         None => runtime.block_on(figures::run_all(&sizes, bin.as_deref())),
