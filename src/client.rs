@@ -290,6 +290,11 @@ struct Inner {
 /// client registers its relayed address meanwhile, then narrows down.
 const REACHABILITY_WAIT: Duration = Duration::from_millis(1500);
 
+/// How often a one-off request is retried on a fresh session when the node
+/// dropped the session before answering (it does under bursts of new
+/// sessions: libp2p-stream holds one pending inbound stream at a time).
+const RETRIES_ON_DROPPED_SESSION: u64 = 5;
+
 /// How long a relay reservation may take.
 const RELAY_WAIT: Duration = Duration::from_secs(5);
 
@@ -417,6 +422,46 @@ impl Client {
             .ok_or(DirectoryError::Closed)
     }
 
+    /// A session for a one-off request: the current one, or a new one if
+    /// it closed. (Online, the reconnect loop owns the session instead.)
+    /// A node under a burst of new sessions may drop one before answering,
+    /// so a request that finds its session closed is retried once on a
+    /// fresh one.
+    async fn with_session<T, F, Fut>(&self, request: F) -> Result<T, DirectoryError>
+    where
+        F: Fn(DirectorySession) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DirectoryError>>,
+    {
+        let online = lock(&self.inner.online_as).is_some();
+        let session = match self.session() {
+            Ok(session) => session,
+            Err(_) if !online => self.reopen().await?,
+            Err(e) => return Err(e),
+        };
+        let mut result = request(session).await;
+        for attempt in 1..=RETRIES_ON_DROPPED_SESSION {
+            match result {
+                Err(DirectoryError::Closed) if !online => {
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                    result = request(self.reopen().await?).await;
+                }
+                other => return other,
+            }
+        }
+        result
+    }
+
+    async fn reopen(&self) -> Result<DirectorySession, DirectoryError> {
+        let session = DirectorySession::open(
+            &self.inner.network,
+            &self.inner.rendezvous,
+            Some(self.inner.pushes.clone()),
+        )
+        .await?;
+        self.inner.directory.send_replace(Some(session.clone()));
+        Ok(session)
+    }
+
     /// A sequence number above every earlier one: microseconds of wall
     /// time, bumped if the clock has not moved.
     fn next_seq(&self) -> u64 {
@@ -442,8 +487,30 @@ impl Client {
         name: &ScreenName,
         addrs: Vec<Multiaddr>,
     ) -> Result<Registered, ClientError> {
-        let session = self.session()?;
-        self.register_on(&session, name, addrs).await
+        if lock(&self.inner.online_as).is_some() {
+            let session = self.session()?;
+            return self.register_on(&session, name, addrs).await;
+        }
+        let record_addrs = addrs.clone();
+        let first = {
+            let session = match self.session() {
+                Ok(session) => session,
+                Err(_) => self.reopen().await?,
+            };
+            self.register_on(&session, name, addrs).await
+        };
+        let mut result = first;
+        for attempt in 1..=RETRIES_ON_DROPPED_SESSION {
+            match result {
+                Err(ClientError::Directory(DirectoryError::Closed)) => {
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                    let session = self.reopen().await?;
+                    result = self.register_on(&session, name, record_addrs.clone()).await;
+                }
+                other => return other,
+            }
+        }
+        result
     }
 
     async fn register_on(
@@ -478,24 +545,36 @@ impl Client {
 
     /// Gives a name up.
     pub async fn release(&self, name: &str) -> Result<ScreenName, ClientError> {
-        Ok(self.session()?.release(name).await?)
+        Ok(self
+            .with_session(|s| async move { s.release(name).await })
+            .await?)
     }
 
     /// Looks a name up and verifies the owner's signed record.
     pub async fn whois(&self, name: &str) -> Result<PeerInfo, ClientError> {
         let name = ScreenName::parse(name)?;
-        let resolution = self.session()?.resolve(name.as_str()).await?;
+        let resolution = self
+            .with_session(|s| {
+                let name = name.clone();
+                async move { s.resolve(name.as_str()).await }
+            })
+            .await?;
         Ok(PeerInfo::from_resolution(&resolution)?)
     }
 
     /// The names a peer owns.
     pub async fn names_of(&self, peer: PeerId) -> Result<Vec<ScreenName>, ClientError> {
-        Ok(self.session()?.resolve_peer(peer).await?)
+        Ok(self
+            .with_session(|s| async move { s.resolve_peer(peer).await })
+            .await?)
     }
 
     /// Resolves `to` and verifies the answer.
     pub async fn resolve(&self, to: &ScreenName) -> Result<PeerInfo, SendError> {
-        let resolution = match self.session()?.resolve(to.as_str()).await {
+        let resolution = match self
+            .with_session(|s| async move { s.resolve(to.as_str()).await })
+            .await
+        {
             Ok(r) => r,
             Err(e) if e.code() == Some(ErrorCode::NoSuchName) => {
                 return Err(SendError::NoSuchName(to.clone()));

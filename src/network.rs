@@ -50,8 +50,12 @@ pub enum NetworkError {
 /// Knobs of the client network.
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
-    /// How often connections are pinged; a failed ping closes the connection.
+    /// How often connections are pinged.
     pub ping_interval: Duration,
+    /// A ping unanswered this long closes the connection. Generous: a busy
+    /// machine must not drop healthy connections (a vanished address of
+    /// ours is handled at once, without waiting for pings).
+    pub ping_timeout: Duration,
     /// How long a connection without streams stays open.
     pub idle_timeout: Duration,
     /// The rendezvous node: our AutoNAT server, and the connection to drop
@@ -62,7 +66,8 @@ pub struct NetworkConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
-            ping_interval: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             rendezvous: None,
         }
@@ -213,7 +218,7 @@ impl Network {
                 ping: ping::Behaviour::new(
                     ping::Config::new()
                         .with_interval(config.ping_interval)
-                        .with_timeout(config.ping_interval),
+                        .with_timeout(config.ping_timeout),
                 ),
                 stream: libp2p_stream::Behaviour::new(),
                 relay_client,

@@ -49,7 +49,7 @@ impl Sizes {
             scale_small: 1_000,
             scale_large: 100_000,
             scale_resolves: 5_000,
-            held_clients: 5_000,
+            held_clients: 1_000,
         }
     }
 
@@ -759,7 +759,10 @@ pub async fn held_connections(sizes: &Sizes, rendezvous_bin: &std::path::Path) -
     let mut node = std::process::Command::new(rendezvous_bin)
         .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
         .arg(dir.path())
-        .env("RUST_LOG", "error")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the node");
@@ -776,7 +779,7 @@ pub async fn held_connections(sizes: &Sizes, rendezvous_bin: &std::path::Path) -
     // Clients connect and register in waves, then stay connected.
     let n = sizes.held_clients;
     let mut clients = Vec::with_capacity(n);
-    let wave = 64;
+    let wave = 16;
     for start in (0..n).step_by(wave) {
         let tasks: Vec<_> = (start..(start + wave).min(n))
             .map(|i| {

@@ -220,8 +220,7 @@ impl Server {
         let event_loop = EventLoop {
             swarm,
             registry: registry.clone(),
-            incoming,
-            next_session: 0,
+            incoming: Some(incoming),
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
         Ok(Self {
@@ -407,22 +406,42 @@ async fn listen(
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     registry: Arc<Registry<RedbStore>>,
-    incoming: libp2p_stream::IncomingStreams,
-    next_session: SessionId,
+    incoming: Option<libp2p_stream::IncomingStreams>,
+}
+
+/// Accepts directory sessions in a task of its own: libp2p-stream holds at
+/// most one inbound stream waiting and drops the next, so the acceptor must
+/// never wait behind swarm events. Dropping this task aborts every session.
+async fn accept_sessions(
+    mut incoming: libp2p_stream::IncomingStreams,
+    registry: Arc<Registry<RedbStore>>,
+) {
+    let mut sessions = tokio::task::JoinSet::new();
+    let mut next_session: SessionId = 0;
+    loop {
+        tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some((peer, stream)) => {
+                    next_session += 1;
+                    sessions.spawn(serve_session(peer, stream, registry.clone(), next_session));
+                }
+                None => break,
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
 }
 
 impl EventLoop {
     async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
         let mut sweep = tokio::time::interval(Duration::from_secs(5));
-        let mut sessions = tokio::task::JoinSet::new();
+        let accepting = self
+            .incoming
+            .take()
+            .map(|incoming| tokio::spawn(accept_sessions(incoming, self.registry.clone())));
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some((peer, stream)) = self.incoming.next() => {
-                    self.next_session += 1;
-                    let registry = self.registry.clone();
-                    sessions.spawn(serve_session(peer, stream, registry, self.next_session));
-                }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = sweep.tick() => {
                     let expired = self.registry.sweep(now_ms());
@@ -430,12 +449,13 @@ impl EventLoop {
                         info!(expired, "dropped expired registrations");
                     }
                 }
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
         info!(online = self.registry.online_count(), "shutting down");
-        sessions.abort_all();
-        while sessions.join_next().await.is_some() {}
+        if let Some(accepting) = accepting {
+            accepting.abort();
+            let _ = accepting.await;
+        }
         let registry = self.registry.clone();
         let _ = tokio::task::spawn_blocking(move || registry.all_offline(now_ms())).await;
     }
