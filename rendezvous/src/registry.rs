@@ -122,6 +122,28 @@ impl LiveState {
         }
     }
 
+    /// Takes every registration matching `which` offline; returns the
+    /// names with when they were last seen, to persist.
+    fn offline_where(
+        &mut self,
+        now: u64,
+        which: impl Fn(&Live) -> bool,
+    ) -> Vec<(ScreenName, Option<u64>)> {
+        let names: Vec<ScreenName> = self
+            .by_name
+            .iter()
+            .filter(|(_, l)| which(l))
+            .map(|(n, _)| n.clone())
+            .collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let seen = self.go_offline(&name, now);
+                (name, seen)
+            })
+            .collect()
+    }
+
     /// Takes `name` offline, remembering when it was last seen.
     fn go_offline(&mut self, name: &ScreenName, now: u64) -> Option<u64> {
         let live = self.by_name.remove(name)?;
@@ -502,19 +524,7 @@ impl<S: ClaimStore> Registry<S> {
                     unwatch_one(&mut live.watchers, name, session);
                 }
             }
-            let names: Vec<_> = live
-                .by_name
-                .iter()
-                .filter(|(_, l)| l.session == session)
-                .map(|(n, _)| n.clone())
-                .collect();
-            names
-                .into_iter()
-                .map(|name| {
-                    let seen = live.go_offline(&name, now);
-                    (name, seen)
-                })
-                .collect()
+            live.offline_where(now, |l| l.session == session)
         };
         self.persist_last_seen(gone);
     }
@@ -540,22 +550,7 @@ impl<S: ClaimStore> Registry<S> {
 
     /// Drops registrations whose record expired. Returns how many.
     pub fn sweep(&self, now: u64) -> usize {
-        let gone: Vec<(ScreenName, Option<u64>)> = {
-            let mut live = self.live();
-            let expired: Vec<ScreenName> = live
-                .by_name
-                .iter()
-                .filter(|(_, l)| l.expires_at <= now)
-                .map(|(n, _)| n.clone())
-                .collect();
-            expired
-                .into_iter()
-                .map(|name| {
-                    let seen = live.go_offline(&name, now);
-                    (name, seen)
-                })
-                .collect()
-        };
+        let gone = self.live().offline_where(now, |l| l.expires_at <= now);
         let n = gone.len();
         self.persist_last_seen(gone);
         n
@@ -563,17 +558,7 @@ impl<S: ClaimStore> Registry<S> {
 
     /// Everyone goes offline (the node is stopping). May block on disk.
     pub fn all_offline(&self, now: u64) {
-        let gone: Vec<(ScreenName, Option<u64>)> = {
-            let mut live = self.live();
-            let names: Vec<ScreenName> = live.by_name.keys().cloned().collect();
-            names
-                .into_iter()
-                .map(|name| {
-                    let seen = live.go_offline(&name, now);
-                    (name, seen)
-                })
-                .collect()
-        };
+        let gone = self.live().offline_where(now, |_| true);
         self.persist_last_seen(gone);
     }
 

@@ -18,7 +18,6 @@ use super::{Args, Command, ContactsCommand, Failure, Output, exit};
 use crate::agent::{Agent, AgentEvent};
 use crate::client::{Client, ClientError, PeerInfo};
 use crate::control::{self, ContactView, ControlReply, ControlRequest, SendOutcome};
-use crate::directory::DirectoryError;
 use crate::home::{Config, Home};
 use crate::network::{Path, Reachability, is_relayed};
 use crate::store::{Direction, StoredMessage};
@@ -132,21 +131,10 @@ async fn read_text(text: String) -> Result<String, Failure> {
     Ok(buf)
 }
 
-/// Maps a directory refusal to its exit status.
+/// Maps a directory refusal to its exit status (the agent's mapping).
 fn directory_failure(error: ClientError) -> Failure {
-    let code = match &error {
-        ClientError::Directory(DirectoryError::Refused { code, .. }) => match code {
-            ErrorCode::NameTaken => exit::NAME_TAKEN,
-            ErrorCode::NoSuchName => exit::NO_SUCH_NAME,
-            ErrorCode::InvalidName => exit::INVALID,
-            _ => exit::FAILURE,
-        },
-        ClientError::Directory(DirectoryError::BadAddress { .. }) | ClientError::Name(_) => {
-            exit::INVALID
-        }
-        _ => exit::FAILURE,
-    };
-    Failure::new(code, error)
+    let error = crate::agent::AgentError::from(error);
+    Failure::new(error.exit_code, anyhow!(error.message))
 }
 
 impl Ctx {
