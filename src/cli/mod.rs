@@ -25,8 +25,7 @@ pub mod exit {
     pub const NO_SUCH_NAME: u8 = 3;
     /// The name is owned by another key.
     pub const NAME_TAKEN: u8 = 4;
-    /// The recipient is online but could not be reached, did not
-    /// acknowledge the message, or refused it.
+    /// The recipient refused the message; it will not be retried.
     pub const NOT_DELIVERED: u8 = 6;
     /// Not delivered now but kept in the outbox: delivered when the
     /// recipient is reachable while `messenger online` runs on this home.
@@ -42,7 +41,7 @@ Exit status:
   2  invalid input: bad screen name, empty or oversized text, bad flags
   3  no such name
   4  name taken by another key
-  6  not delivered: recipient unreachable, no acknowledgement, or refused
+  6  not delivered: the recipient refused the message (it will not be retried)
   7  queued: kept in the outbox, delivered once the recipient is reachable
      while `messenger online` runs on this home
   8  the recipient's key changed since you added them: nothing was sent";
