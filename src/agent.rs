@@ -462,11 +462,14 @@ impl Agent {
                         != (info.presence, &info.status_text, info.reachable)
                 });
                 // It moved: what we hold open goes to its old address.
-                if let Some(old) = &old
-                    && old.peer_id == info.peer_id
-                    && info.reachable
-                    && old.addrs != info.addrs
-                    && let Some(client) = self.inner.client.lock().await.clone()
+                let moved = old.as_ref().is_some_and(|old| {
+                    let before: std::collections::HashSet<_> = old.addrs.iter().collect();
+                    let after: std::collections::HashSet<_> = info.addrs.iter().collect();
+                    old.peer_id == info.peer_id && info.reachable && before != after
+                });
+                let client = self.inner.client.lock().await.clone();
+                if moved
+                    && let Some(client) = client
                     && client.open_link(&info.name).await.is_some()
                 {
                     info!(name = %info.name, "moved to new addresses; reconnecting");
@@ -550,6 +553,10 @@ impl Agent {
     async fn deliver_forever(self, to: ScreenName, wake: Arc<Notify>) {
         let mut backoff = Duration::from_millis(500);
         loop {
+            if !*lock(&self.inner.online) {
+                lock(&self.inner.workers).remove(&to);
+                return;
+            }
             match self.deliver_queue(&to).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(500);
@@ -635,7 +642,13 @@ impl Agent {
         let writing = Instant::now();
         let mut acks = Vec::with_capacity(pending.len());
         for m in pending {
-            match link.submit(m.message.id, client.sign(&m.message)).await {
+            let submitted = tokio::time::timeout(
+                ACK_TIMEOUT,
+                link.submit(m.message.id, client.sign(&m.message)),
+            )
+            .await
+            .unwrap_or(Err(DeliveryError::Timeout(ACK_TIMEOUT)));
+            match submitted {
                 Ok(rx) => acks.push((m, rx)),
                 Err(e) => {
                     client.drop_link(to).await;
@@ -1116,6 +1129,13 @@ impl MessageSink for StoreSink {
                 Some(RejectCode::NotDelivered)
             }
         }
+    }
+
+    fn seen(&self, id: &MessageId, peer: &PeerId) -> bool {
+        matches!(
+            self.agent.inner.store.message(id),
+            Ok(Some(m)) if m.direction == crate::store::Direction::In && m.peer_id.as_ref() == Some(peer)
+        )
     }
 
     fn keep(&self, message: &Message, peer: &PeerId) -> Result<bool, String> {

@@ -180,7 +180,16 @@ async fn write_messages(
             writer.write_all(&bytes).await?;
             writer.flush().await
         };
-        if let Err(e) = written.await {
+        // A peer that keeps its connection but stops reading must not hold
+        // the link (and the messages queued on it) forever.
+        let written = match tokio::time::timeout(ACK_TIMEOUT, written).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the recipient stopped reading",
+            )),
+        };
+        if let Err(e) = written {
             debug!("chat stream write failed: {e}");
             // Nothing written can be acknowledged now: fail it at once.
             fail_all(&waiters);
@@ -262,6 +271,13 @@ pub trait MessageSink: Send + Sync + 'static {
     /// it is acknowledged. Returns false for a message seen before. Runs on
     /// a blocking thread.
     fn keep(&self, message: &Message, peer: &PeerId) -> Result<bool, String>;
+
+    /// Whether a message with this id from `peer` was kept before: a repeat
+    /// is acknowledged again whatever else has changed since (a block, a
+    /// key change), since the message was already accepted.
+    fn seen(&self, _id: &MessageId, _peer: &PeerId) -> bool {
+        false
+    }
 
     /// Whether `keep` blocks (disk) and must run on a blocking thread.
     fn blocks(&self) -> bool {
@@ -405,7 +421,14 @@ impl Inbox {
         if chat::check_text(&message.text).is_err() {
             return Err(Refusal::Reject(id, RejectCode::BadText));
         }
-        match self.owner_of(&message.from).await {
+        let mut owner = self.owner_of(&message.from).await;
+        if matches!(&owner, Ok(o) if *o != peer) {
+            // The cached owner may be stale (the name changed hands): ask
+            // the node once more before refusing for good.
+            lock(&self.owners).remove(&message.from);
+            owner = self.owner_of(&message.from).await;
+        }
+        match owner {
             Ok(owner) if owner == peer => {}
             Ok(_) | Err(OwnerError::NoSuchName) => {
                 return Err(Refusal::Reject(id, RejectCode::SenderMismatch));
@@ -415,6 +438,10 @@ impl Inbox {
                     "cannot check the sender's name: {e}"
                 )));
             }
+        }
+        if self.sink.seen(&id, &peer) {
+            debug!(%id, "already accepted; acknowledged again");
+            return Ok(id);
         }
         if let Some(code) = self.sink.refuse(&message.from, &peer) {
             return Err(Refusal::Reject(id, code));
@@ -464,7 +491,12 @@ impl Inbox {
             })?;
         match session.resolve(name.as_str()).await {
             Ok(resolution) => {
-                lock(&self.owners).insert(name.clone(), (resolution.owner, Instant::now()));
+                let mut owners = lock(&self.owners);
+                // Bounded: expired entries go before a new one comes in.
+                if owners.len() >= SEEN_IDS {
+                    owners.retain(|_, (_, at)| at.elapsed() < NAME_CACHE_TTL);
+                }
+                owners.insert(name.clone(), (resolution.owner, Instant::now()));
                 Ok(resolution.owner)
             }
             Err(DirectoryError::Refused {
