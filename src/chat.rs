@@ -439,11 +439,13 @@ impl Inbox {
                 )));
             }
         }
-        if self.sink.seen(&id, &peer) {
-            debug!(%id, "already accepted; acknowledged again");
-            return Ok(id);
-        }
         if let Some(code) = self.sink.refuse(&message.from, &peer) {
+            // A repeat of a message accepted before the block or key
+            // change is still acknowledged; `keep` dedups the normal path.
+            if self.sink.seen(&id, &peer) {
+                debug!(%id, "already accepted; acknowledged again");
+                return Ok(id);
+            }
             return Err(Refusal::Reject(id, code));
         }
         let kept = if self.sink.blocks() {

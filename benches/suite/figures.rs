@@ -317,7 +317,10 @@ pub async fn cold_send(sizes: &Sizes) -> Vec<Figure> {
     )]
 }
 
-fn bare_swarm() -> libp2p::Swarm<libp2p::swarm::dummy::Behaviour> {
+/// A fresh TCP+Noise+Yamux swarm, as the baselines use.
+fn tcp_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -326,20 +329,31 @@ fn bare_swarm() -> libp2p::Swarm<libp2p::swarm::dummy::Behaviour> {
             yamux::Config::default,
         )
         .expect("tcp")
-        .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+        .with_behaviour(|key| behaviour(key))
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
 }
 
+fn bare_swarm() -> libp2p::Swarm<libp2p::swarm::dummy::Behaviour> {
+    tcp_swarm(|_| libp2p::swarm::dummy::Behaviour)
+}
+
+/// Listens on loopback and returns the bound address.
+async fn listen_loopback<B: libp2p::swarm::NetworkBehaviour>(
+    swarm: &mut libp2p::Swarm<B>,
+) -> Multiaddr {
+    swarm.listen_on(loopback()).expect("listen");
+    loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            return address;
+        }
+    }
+}
+
 async fn bare_dials(n: usize) -> Vec<Duration> {
     let mut listener = bare_swarm();
-    listener.listen_on(loopback()).expect("listen");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = listener.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = listen_loopback(&mut listener).await;
     let target = *listener.local_peer_id();
     tokio::spawn(async move {
         loop {
@@ -509,31 +523,15 @@ struct RdvClient {
 }
 
 async fn libp2p_rendezvous(sizes: &Sizes) -> (f64, f64) {
-    let mut server = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp")
-        .with_behaviour(|_| RdvServer {
-            // Its per-peer and total caps would refuse a load test.
-            rendezvous: lrdv::server::Behaviour::new(
-                lrdv::server::Config::default()
-                    .with_max_registration_per_peer(usize::MAX)
-                    .with_max_registration_total(usize::MAX),
-            ),
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    server.listen_on(loopback()).expect("listen");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
-            break address;
-        }
-    };
+    let mut server = tcp_swarm(|_| RdvServer {
+        // Its per-peer and total caps would refuse a load test.
+        rendezvous: lrdv::server::Behaviour::new(
+            lrdv::server::Config::default()
+                .with_max_registration_per_peer(usize::MAX)
+                .with_max_registration_total(usize::MAX),
+        ),
+    });
+    let addr = listen_loopback(&mut server).await;
     let server_id = *server.local_peer_id();
     let server_task = tokio::spawn(async move {
         loop {
@@ -542,8 +540,6 @@ async fn libp2p_rendezvous(sizes: &Sizes) -> (f64, f64) {
     });
     let ops = sizes.directory_ops_per_client;
     let total = (sizes.directory_clients * ops) as f64;
-    let mut reg_time = Duration::ZERO;
-    let mut res_time = Duration::ZERO;
     // Each client runs its own swarm: register `ops` namespaces, then
     // discover `ops` times, one request at a time, like ours.
     let (tx, mut rx) = tokio::sync::mpsc::channel(sizes.directory_clients);
@@ -551,20 +547,9 @@ async fn libp2p_rendezvous(sizes: &Sizes) -> (f64, f64) {
     for c in 0..sizes.directory_clients {
         let (addr, tx, barrier) = (addr.clone(), tx.clone(), barrier.clone());
         tokio::spawn(async move {
-            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-                .with_tokio()
-                .with_tcp(
-                    tcp::Config::default().nodelay(true),
-                    noise::Config::new,
-                    yamux::Config::default,
-                )
-                .expect("tcp")
-                .with_behaviour(|key| RdvClient {
-                    rendezvous: lrdv::client::Behaviour::new(key.clone()),
-                })
-                .expect("behaviour")
-                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-                .build();
+            let mut swarm = tcp_swarm(|key| RdvClient {
+                rendezvous: lrdv::client::Behaviour::new(key.clone()),
+            });
             swarm.add_external_address("/ip4/127.0.0.1/tcp/9".parse().expect("addr"));
             swarm
                 .dial(addr.with(libp2p::multiaddr::Protocol::P2p(server_id)))
@@ -575,7 +560,6 @@ async fn libp2p_rendezvous(sizes: &Sizes) -> (f64, f64) {
                 }
             }
             barrier.wait().await;
-            let started = Instant::now();
             for i in 0..ops {
                 let ns = lrdv::Namespace::new(format!("c{c}n{i}")).expect("namespace");
                 swarm
@@ -597,9 +581,7 @@ async fn libp2p_rendezvous(sizes: &Sizes) -> (f64, f64) {
                     }
                 }
             }
-            let reg = started.elapsed();
             barrier.wait().await;
-            let started = Instant::now();
             for i in 0..ops {
                 let ns = lrdv::Namespace::new(format!("c{}n{i}", (c + 1) % 2)).expect("namespace");
                 swarm
@@ -616,7 +598,7 @@ async fn libp2p_rendezvous(sizes: &Sizes) -> (f64, f64) {
                     }
                 }
             }
-            let _ = tx.send((reg, started.elapsed())).await;
+            let _ = tx.send(()).await;
         });
     }
     drop(tx);
@@ -630,13 +612,10 @@ async fn libp2p_rendezvous(sizes: &Sizes) -> (f64, f64) {
     wait(barrier.clone()).await;
     let reg_wall = phase.elapsed();
     let phase = Instant::now();
-    while let Some((reg, res)) = rx.recv().await {
-        reg_time = reg_time.max(reg);
-        res_time = res_time.max(res);
-    }
+    // Every client reports when its resolves are done.
+    while rx.recv().await.is_some() {}
     let res_wall = phase.elapsed();
     server_task.abort();
-    let _ = (reg_time, res_time);
     (
         total / reg_wall.as_secs_f64(),
         total / res_wall.as_secs_f64(),

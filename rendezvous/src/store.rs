@@ -182,6 +182,15 @@ fn decode(name: &str, bytes: &[u8]) -> Result<Claim, StoreError> {
     })
 }
 
+/// The claim on `name` in an open table.
+fn read_claim(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &ScreenName,
+) -> Result<Option<Claim>, StoreError> {
+    let value = table.get(name.as_str()).map_err(db_err)?;
+    value.map(|v| decode(name.as_str(), v.value())).transpose()
+}
+
 /// One claim inside a write transaction (see [`ClaimStore::claim`]).
 fn claim_in(
     txn: &WriteTransaction,
@@ -191,12 +200,7 @@ fn claim_in(
     now: u64,
 ) -> Result<ClaimOutcome, StoreError> {
     let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
-    let existing = table
-        .get(name.as_str())
-        .map_err(db_err)?
-        .map(|v| decode(name.as_str(), v.value()))
-        .transpose()?;
-    let outcome = match existing {
+    let outcome = match read_claim(&table, name)? {
         Some(claim) if claim.owner != owner => ClaimOutcome::Taken(claim),
         Some(claim) if seq <= claim.seq => ClaimOutcome::Stale(claim),
         Some(claim) => {
@@ -230,8 +234,7 @@ impl ClaimStore for RedbStore {
     fn get(&self, name: &ScreenName) -> Result<Option<Claim>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(CLAIMS).map_err(db_err)?;
-        let value = table.get(name.as_str()).map_err(db_err)?;
-        value.map(|v| decode(name.as_str(), v.value())).transpose()
+        read_claim(&table, name)
     }
 
     fn claim(
@@ -264,11 +267,7 @@ impl ClaimStore for RedbStore {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
-            let existing = table
-                .get(name.as_str())
-                .map_err(db_err)?
-                .map(|v| decode(name.as_str(), v.value()))
-                .transpose()?;
+            let existing = read_claim(&table, name)?;
             if let Some(claim) = existing {
                 let claim = Claim {
                     last_seen: Some(at),
@@ -286,11 +285,7 @@ impl ClaimStore for RedbStore {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
-            let existing = table
-                .get(name.as_str())
-                .map_err(db_err)?
-                .map(|v| decode(name.as_str(), v.value()))
-                .transpose()?;
+            let existing = read_claim(&table, name)?;
             match existing {
                 Some(claim) if &claim.owner == owner => {
                     table.remove(name.as_str()).map_err(db_err)?;

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{Node, User};
+use crate::support::{Node, User, alice_and_bob};
 
 #[test]
 fn invalid_names_state_the_rule() {
@@ -28,12 +28,7 @@ fn invalid_names_state_the_rule() {
 
 #[test]
 fn empty_and_oversized_text_is_refused_before_anything_is_sent() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     let mut online = bob.online();
 
     let ran = alice.run(&["send", "bob", ""]);

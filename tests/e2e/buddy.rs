@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::support::{Lines, Node, User};
+use crate::support::{Lines, Node, User, alice_and_bob};
 
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
@@ -33,12 +33,7 @@ fn expect_presence(lines: &mut Lines, name: &str, status: &str) -> Value {
 
 #[test]
 fn presence_changes_are_pushed_to_watchers() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     alice.ok(&["contacts", "add", "bob"]);
     let mut watcher = alice.online();
     expect_presence(&mut watcher.stdout, "bob", "offline");
@@ -87,12 +82,7 @@ fn presence_changes_are_pushed_to_watchers() {
 
 #[test]
 fn an_invisible_user_still_receives_from_contacts() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     bob.ok(&["contacts", "add", "alice"]);
     bob.ok(&["status", "invisible"]);
     let mut bob_online = bob.online();
@@ -107,12 +97,7 @@ fn an_invisible_user_still_receives_from_contacts() {
 
 #[test]
 fn a_message_to_an_offline_contact_is_delivered_when_it_comes_online() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     alice.ok(&["contacts", "add", "bob"]);
     let mut alice_online = alice.online();
 
@@ -161,12 +146,7 @@ fn a_message_to_an_offline_contact_is_delivered_when_it_comes_online() {
 
 #[test]
 fn a_burst_survives_the_receiver_being_killed_midway() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     let mut bob_online = bob.online();
     let mut chat = alice.spawn(&["--json", "chat", "bob", "--listen", "/ip4/127.0.0.1/tcp/0"]);
     chat.stdout.expect_event("online");
@@ -224,12 +204,7 @@ fn a_burst_survives_the_receiver_being_killed_midway() {
 
 #[test]
 fn a_sender_killed_with_queued_messages_delivers_them_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     let mut alice_online = alice.online();
     for text in ["one", "two", "three"] {
         assert_eq!(alice.run(&["send", "bob", text]).code, 7);

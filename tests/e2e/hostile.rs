@@ -15,7 +15,7 @@ use messenger::proto::name::ScreenName;
 use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger::proto::time::now_ms;
 
-use crate::support::{Node, User};
+use crate::support::alice_and_bob;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
@@ -49,12 +49,7 @@ async fn closed_by_peer(stream: &mut libp2p::Stream) -> bool {
 
 #[test]
 fn malformed_frames_close_one_stream_not_the_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, node, alice, bob) = alice_and_bob();
     let mut bob_online = bob.online();
     let node_addr: Multiaddr = node.addr.parse().unwrap();
     let node_peer: PeerId = node.peer_id().parse().unwrap();
@@ -109,12 +104,7 @@ fn malformed_frames_close_one_stream_not_the_process() {
 
 #[test]
 fn forged_sender_names_and_signatures_are_rejected() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, node, alice, bob) = alice_and_bob();
     let mut bob_online = bob.online();
     let node_addr: Multiaddr = node.addr.parse().unwrap();
 

@@ -1,15 +1,10 @@
 //! Direct messages between real processes.
 
-use crate::support::{Node, User};
+use crate::support::alice_and_bob;
 
 #[test]
 fn send_to_an_online_peer_is_acknowledged_and_printed() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     let mut bob_online = bob.spawn(&["online", "--listen", "/ip4/127.0.0.1/tcp/0"]);
     bob_online
         .stdout
@@ -46,12 +41,7 @@ fn send_to_an_online_peer_is_acknowledged_and_printed() {
 
 #[test]
 fn send_to_offline_and_unknown_names_fails_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
 
     let ran = alice.run(&["send", "bob", "are you there?"]);
     assert_eq!(ran.code, 7, "queued: {ran:?}");
@@ -80,12 +70,7 @@ fn send_to_offline_and_unknown_names_fails_clearly() {
 
 #[test]
 fn a_killed_peer_goes_offline_and_sending_says_what_was_tried() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     let online = bob.online();
     drop(online); // SIGKILL: no goodbye to the node.
     // The node notices the closed connection; the message is then queued
@@ -101,12 +86,7 @@ fn a_killed_peer_goes_offline_and_sending_says_what_was_tried() {
 
 #[test]
 fn chat_sends_typed_lines_and_prints_replies() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    let bob = User::new(&node);
-    alice.register("alice");
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     let mut bob_online = bob.online();
     let mut chat = alice.spawn(&["chat", "bob", "--listen", "/ip4/127.0.0.1/tcp/0"]);
     chat.stdout

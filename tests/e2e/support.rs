@@ -236,6 +236,19 @@ impl Ran {
     }
 }
 
+/// A node on loopback and two users who registered "alice" and "bob".
+/// Bind the directory first (`let (_dir, node, alice, bob) = ...`): it must
+/// outlive the node.
+pub fn alice_and_bob() -> (tempfile::TempDir, Node, User, User) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    let bob = User::new(&node);
+    alice.register("alice");
+    bob.register("bob");
+    (dir, node, alice, bob)
+}
+
 /// A command for `bin`, run inside network namespace `netns` if given.
 pub fn in_netns(netns: Option<&str>, bin: PathBuf) -> Command {
     match netns {
