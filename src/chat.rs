@@ -16,6 +16,7 @@ use messenger_proto::chat::{self, ChatFrame, Message, MessageId, RejectCode};
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::identity::verifying_key_of;
 use messenger_proto::name::ScreenName;
+use messenger_proto::rate::{Rate, TokenBucket};
 use messenger_proto::signed::{MESSAGE_CONTEXT, Signed, SignedError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
@@ -306,6 +307,15 @@ impl MessageSink for MemorySink {
     }
 }
 
+/// Chat streams one peer may have open to us at once.
+const MAX_STREAMS_PER_PEER: u32 = 4;
+
+/// How fast one peer may send us messages, unless the client says
+/// otherwise: far above any conversation, far below a flood. A peer over
+/// it is slowed down (its messages wait unread), not refused: nothing is
+/// lost.
+pub const DEFAULT_MESSAGE_RATE: Rate = Rate::new(200.0, 1_000);
+
 /// The receiving side: accepts chat streams and checks every message.
 pub struct Inbox {
     me: ScreenName,
@@ -313,6 +323,10 @@ pub struct Inbox {
     deliver: mpsc::Sender<IncomingMessage>,
     sink: Arc<dyn MessageSink>,
     owners: Mutex<HashMap<ScreenName, (PeerId, Instant)>>,
+    /// Per peer with a stream open: its streams and its message budget.
+    peers: Mutex<HashMap<PeerId, (u32, TokenBucket)>>,
+    rate: Rate,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -338,6 +352,7 @@ impl Inbox {
         directory: DirectoryWatch,
         deliver: mpsc::Sender<IncomingMessage>,
         sink: Arc<dyn MessageSink>,
+        rate: Rate,
     ) -> Arc<Self> {
         Arc::new(Self {
             me,
@@ -345,7 +360,56 @@ impl Inbox {
             deliver,
             sink,
             owners: Mutex::default(),
+            peers: Mutex::default(),
+            rate,
+            epoch: Instant::now(),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Counts a new stream of `peer`; `false` if it has too many open.
+    fn stream_opened(&self, peer: PeerId) -> bool {
+        let now = self.now_ms();
+        let mut peers = lock(&self.peers);
+        let (streams, _) = peers
+            .entry(peer)
+            .or_insert_with(|| (0, TokenBucket::new(self.rate, now)));
+        if *streams >= MAX_STREAMS_PER_PEER {
+            return false;
+        }
+        *streams += 1;
+        true
+    }
+
+    fn stream_closed(&self, peer: PeerId) {
+        let mut peers = lock(&self.peers);
+        if let Some((streams, _)) = peers.get_mut(&peer) {
+            *streams = streams.saturating_sub(1);
+            if *streams == 0 {
+                peers.remove(&peer);
+            }
+        }
+    }
+
+    /// Waits until `peer` may send another message.
+    async fn pace(&self, peer: PeerId) {
+        loop {
+            let now = self.now_ms();
+            let wait = match lock(&self.peers).get_mut(&peer) {
+                Some((_, bucket)) => bucket.take(now),
+                None => Ok(()),
+            };
+            match wait {
+                Ok(()) => return,
+                Err(wait) => {
+                    debug!(%peer, ?wait, "peer over its message rate; slowing it down");
+                    tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+                }
+            }
+        }
     }
 
     /// Accepts chat streams until the network stops.
@@ -360,8 +424,25 @@ impl Inbox {
             debug!(%peer, "chat stream from a non-ed25519 peer; closing");
             return;
         };
+        if !self.stream_opened(peer) {
+            warn!(%peer, limit = MAX_STREAMS_PER_PEER, "too many chat streams from one peer; refusing another");
+            return;
+        }
+        self.serve_messages(peer, &key, stream).await;
+        self.stream_closed(peer);
+    }
+
+    async fn serve_messages(
+        &self,
+        peer: PeerId,
+        key: &ed25519_dalek::VerifyingKey,
+        stream: Stream,
+    ) {
         let (mut reader, mut writer) = stream.split();
         loop {
+            // Over its rate, a peer's next message waits unread: the
+            // stream's flow control slows the sender down.
+            self.pace(peer).await;
             let signed = match codec::read_frame::<_, ChatFrame>(&mut reader, chat::MAX_FRAME).await
             {
                 Ok(Some(ChatFrame::Message(signed))) => signed,
@@ -379,7 +460,7 @@ impl Inbox {
                     break;
                 }
             };
-            let answer = match self.accept(peer, &key, &signed).await {
+            let answer = match self.accept(peer, key, &signed).await {
                 Ok(id) => ChatFrame::Ack { id },
                 Err(Refusal::Reject(id, code)) => {
                     warn!(%peer, %id, "message refused: {code}");
@@ -494,9 +575,13 @@ impl Inbox {
         match session.resolve(name.as_str()).await {
             Ok(resolution) => {
                 let mut owners = lock(&self.owners);
-                // Bounded: expired entries go before a new one comes in.
+                // Bounded: expired entries go before a new one comes in,
+                // and if all are fresh (a flood of senders), all go.
                 if owners.len() >= SEEN_IDS {
                     owners.retain(|_, (_, at)| at.elapsed() < NAME_CACHE_TTL);
+                    if owners.len() >= SEEN_IDS {
+                        owners.clear();
+                    }
                 }
                 owners.insert(name.clone(), (resolution.owner, Instant::now()));
                 Ok(resolution.owner)

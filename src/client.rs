@@ -17,6 +17,7 @@ use messenger_proto::directory::{
 };
 use messenger_proto::name::{NameError, ScreenName};
 use messenger_proto::presence::{Presence, Status};
+use messenger_proto::rate::Rate;
 use messenger_proto::record::{MAX_ADDRS, Registration};
 use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger_proto::time::now_ms;
@@ -282,6 +283,8 @@ struct Inner {
     registered_addrs: Mutex<Vec<Multiaddr>>,
     /// Loopback addresses are worth registering only with a loopback node.
     node_is_loopback: bool,
+    /// How fast one peer may send us messages (see [`Inbox`]).
+    message_rate: Mutex<Rate>,
 }
 
 /// How long `go_online` waits for the node's reachability verdict before
@@ -394,8 +397,15 @@ impl Client {
                 online_as: Mutex::default(),
                 registered_addrs: Mutex::default(),
                 node_is_loopback,
+                message_rate: Mutex::new(crate::chat::DEFAULT_MESSAGE_RATE),
             }),
         })
+    }
+
+    /// How fast one peer may send us messages once we go online (default
+    /// [`DEFAULT_MESSAGE_RATE`](crate::chat::DEFAULT_MESSAGE_RATE)).
+    pub fn set_message_rate(&self, rate: Rate) {
+        *lock(&self.inner.message_rate) = rate;
     }
 
     /// Our peer id.
@@ -850,6 +860,7 @@ impl Client {
             self.inner.directory.subscribe(),
             messages,
             sink,
+            *lock(&self.inner.message_rate),
         );
         let forward = events.clone();
         let mut tasks = Vec::new();

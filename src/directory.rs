@@ -82,6 +82,10 @@ pub struct Registered {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 
+/// How often a rate-limited request is tried again, and the first pause.
+const RATE_LIMIT_RETRIES: u32 = 4;
+const RATE_LIMIT_PAUSE: Duration = Duration::from_millis(250);
+
 /// An open directory session. Cheap to clone; the session ends when every
 /// clone is dropped or the connection dies.
 #[derive(Debug, Clone)]
@@ -127,18 +131,34 @@ impl DirectorySession {
             .open_stream(node, directory::PROTOCOL)
             .await
             .map_err(|e| DirectoryError::Session(e.to_string()))?;
+        Ok(Self::over_stream(
+            node,
+            stream,
+            pushes,
+            disconnected(network, node),
+        ))
+    }
+
+    /// Runs a session over a directory stream already open to `node`.
+    /// `gone` resolves when the connection under it is lost: a stream on a
+    /// connection closed locally never sees end-of-file.
+    pub fn over_stream(
+        node: PeerId,
+        stream: libp2p::Stream,
+        pushes: Option<mpsc::Sender<Resolution>>,
+        gone: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
         let (reader, writer) = stream.split();
         let pending: Pending = Arc::default();
         let (requests, request_rx) = mpsc::channel(64);
         let (closed_tx, closed) = watch::channel(false);
         tokio::spawn(write_requests(writer, request_rx, pending.clone()));
-        let gone = disconnected(network, node);
         tokio::spawn(read_responses(reader, pending, closed_tx, pushes, gone));
-        Ok(Self {
+        Self {
             node,
             requests,
             closed,
-        })
+        }
     }
 
     /// The node's peer id.
@@ -165,7 +185,27 @@ impl DirectorySession {
         }
     }
 
+    /// Sends one request and waits for its answer. A `rate_limited`
+    /// answer is retried after a pause, a few times: the node's budget
+    /// refills within a second.
     async fn call(&self, op: Op) -> Result<Reply, DirectoryError> {
+        let mut attempt = 0;
+        loop {
+            match self.call_once(op.clone()).await {
+                Err(DirectoryError::Refused {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }) if attempt < RATE_LIMIT_RETRIES => {
+                    attempt += 1;
+                    debug!(attempt, "the node says too many requests; waiting");
+                    tokio::time::sleep(RATE_LIMIT_PAUSE * attempt).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, op: Op) -> Result<Reply, DirectoryError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.requests
             .send(Call::Request(op, reply_tx))

@@ -60,6 +60,13 @@ pub struct Config {
     pub status_text: Option<String>,
 }
 
+impl Config {
+    /// Reads `config.json`'s bytes; unknown fields are refused.
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 /// A user's home directory.
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -106,7 +113,7 @@ impl Home {
     pub fn config(&self) -> Result<Config, HomeError> {
         let path = self.config_path();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| HomeError::BadConfig {
+            Ok(bytes) => Config::decode(&bytes).map_err(|e| HomeError::BadConfig {
                 path,
                 reason: e.to_string(),
             }),

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -136,8 +137,25 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
 
 type Paths = Arc<Mutex<HashMap<PeerId, HashMap<ConnectionId, bool>>>>;
 
+/// What a client accepts from the peers that connect to it, strangers
+/// included: enough for every contact at once, not for a flood.
+const MAX_INBOUND_CONNECTIONS: u32 = 512;
+const MAX_PENDING_INBOUND: u32 = 64;
+const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+const MAX_STREAMS_PER_CONNECTION: usize = 64;
+
+/// A yamux configuration bounding the streams a peer may open.
+fn muxer() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    config
+}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First, so a connection over a limit is refused before the others
+    /// spend anything on it.
+    limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
@@ -201,13 +219,22 @@ impl Network {
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 noise::Config::new,
-                yamux::Config::default,
+                muxer,
             )
             .map_err(|e| NetworkError::Transport(e.to_string()))?
-            .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .with_quic_config(|mut quic| {
+                quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
+                quic
+            })
+            .with_relay_client(noise::Config::new, muxer)
             .map_err(|e| NetworkError::Transport(e.to_string()))?
             .with_behaviour(|key, relay_client| Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(MAX_PENDING_INBOUND))
+                        .with_max_established_incoming(Some(MAX_INBOUND_CONNECTIONS))
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+                ),
                 identify: identify::Behaviour::new(
                     identify::Config::new(
                         messenger_proto::IDENTIFY_PROTOCOL.to_owned(),

@@ -132,7 +132,9 @@ pub struct Store {
     db: Database,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+/// Decodes a stored value (a [`Contact`], a [`StoredMessage`]…); a value
+/// that does not decode is reported as corruption, never trusted.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     codec::from_cbor(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 

@@ -9,7 +9,7 @@ mod figures;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_figure_is_measured_with_its_baseline() {
     let sizes = figures::Sizes::tiny();
-    let mut figures = figures::run_all(&sizes, None).await;
+    let mut figures = figures::run_all(&sizes, None, None).await;
     assert_eq!(figures.len(), 8, "{figures:?}");
     for f in &figures {
         assert!(f.ours > 0.0 && f.ours.is_finite(), "{f:?}");
@@ -22,7 +22,7 @@ async fn every_figure_is_measured_with_its_baseline() {
     let node =
         std::path::PathBuf::from(env!("CARGO_BIN_EXE_messenger")).with_file_name("rendezvous");
     if node.exists() {
-        let held = figures::held_connections(&sizes, &node).await;
+        let held = figures::held_connections(&sizes, &node, None).await;
         assert_eq!(held.len(), 3, "{held:?}");
         assert_eq!(held[0].ours, sizes.held_clients as f64);
         assert!(

@@ -1,5 +1,6 @@
 //! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
-//! small sizes, `-- --only scale|round-trip|directory|held` for one group). Prints a table and writes the same figures as JSON to
+//! small sizes, `-- --only scale|round-trip|directory|held` for one group,
+//! `--held-clients N` to hold another number of clients). Prints a table and writes the same figures as JSON to
 //! `target/bench-results.json` (or `--json PATH`).
 
 mod figures;
@@ -13,6 +14,9 @@ fn main() {
             .init();
     }
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--held-worker") {
+        figures::load::worker(&args[2..]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let json_path = args
         .iter()
@@ -25,16 +29,25 @@ fn main() {
                 "/target/bench-results.json"
             ))
         });
-    let sizes = if quick {
+    let mut sizes = if quick {
         figures::Sizes::tiny()
     } else {
         figures::Sizes::full()
     };
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--held-clients")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+    {
+        sizes.held_clients = n;
+    }
     // The binary under test, built in the same profile.
     let bin = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent()?.parent().map(|d| d.join("messenger")))
         .filter(|p| p.exists());
+    // The held-connections figure runs its load workers from this binary.
+    let own_exe = std::env::current_exe().expect("the suite's own path");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,10 +63,10 @@ fn main() {
         Some("directory") => runtime.block_on(figures::directory(&sizes)),
         Some("held") => match bin.as_deref().map(|b| b.with_file_name("rendezvous")) {
             Some(node) if node.exists() => {
-                runtime.block_on(figures::held_connections(&sizes, &node))
+                runtime.block_on(figures::held_connections(&sizes, &node, Some(&own_exe)))
             }
             _ => {
-                eprintln!("build the binaries first: cargo build --release");
+                eprintln!("build the binaries first: cargo build --release --workspace");
                 std::process::exit(2);
             }
         },
@@ -61,7 +74,7 @@ fn main() {
             eprintln!("unknown --only {other}: scale, round-trip, directory or held");
             std::process::exit(2);
         }
-        None => runtime.block_on(figures::run_all(&sizes, bin.as_deref())),
+        None => runtime.block_on(figures::run_all(&sizes, bin.as_deref(), Some(&own_exe))),
     };
     println!("{}", figures::table(&figures));
     let json = serde_json::to_string_pretty(&figures).expect("json");

@@ -225,8 +225,11 @@ pub enum ErrorCode {
     NotOwner,
     /// The request could not be decoded.
     Malformed,
-    /// The request goes over a limit (names watched, peers listed).
+    /// The request goes over a limit (names watched, peers listed, names
+    /// held by one key).
     LimitExceeded,
+    /// The peer sent more requests than its rate allows; retry later.
+    RateLimited,
     /// The node failed; the request may be retried.
     Internal,
 }

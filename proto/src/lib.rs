@@ -12,6 +12,7 @@
 //! - [`directory`]: requests and answers of the directory protocol.
 //! - [`chat`]: the direct message protocol between two clients.
 //! - [`codec`]: length-prefixed CBOR frames with hard size limits.
+//! - [`rate`]: the token bucket behind every rate limit.
 //!
 //! `docs/protocol.md` in the repository describes the bytes on the wire.
 
@@ -21,6 +22,7 @@ pub mod directory;
 pub mod identity;
 pub mod name;
 pub mod presence;
+pub mod rate;
 pub mod record;
 pub mod signed;
 pub mod time;

@@ -6,12 +6,18 @@
 //! then they talk to each other directly.
 //!
 //! - [`store`]: durable claims (name → owner key) in redb.
+//! - [`limits`]: what one peer, one address and everyone may use.
 //! - [`registry`]: the rules and live presence, plain synchronous state.
 //! - [`server`]: the libp2p node: an event loop owning the swarm, and one
 //!   task per directory session.
+//! - [`sessions`]: hands inbound directory streams to the session tasks,
+//!   bounded per connection.
 
+pub mod limits;
 pub mod registry;
 pub mod server;
+pub mod sessions;
 pub mod store;
 
+pub use limits::Limits;
 pub use server::{BindError, Config, RelayLimits, Server};

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use libp2p::Multiaddr;
-use rendezvous::{Config, RelayLimits, Server};
+use messenger_proto::rate::Rate;
+use rendezvous::{Config, Limits, RelayLimits, Server};
 use tracing_subscriber::EnvFilter;
 
 /// A rendezvous node for the peer-to-peer messenger: it ties screen names to
@@ -37,6 +38,74 @@ struct Args {
     /// are not it (e.g. behind port forwarding). Repeatable.
     #[arg(long, value_name = "MULTIADDR")]
     external_address: Vec<Multiaddr>,
+
+    /// Connections established at once, from everyone.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    max_connections: u32,
+
+    /// Connections still in their handshake at once.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_pending_connections)]
+    max_pending_connections: u32,
+
+    /// Connections from one IP address.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: u32,
+
+    /// Connections from one peer id.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections_per_peer)]
+    max_connections_per_peer: u32,
+
+    /// Streams open at once on one connection.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_streams_per_connection)]
+    max_streams_per_connection: u32,
+
+    /// Directory sessions open at once on one connection.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_sessions_per_connection)]
+    max_sessions_per_connection: usize,
+
+    /// Directory requests one peer may make per second (a token bucket
+    /// over all its sessions); more get a rate_limited answer.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().requests.per_second)]
+    requests_per_second: f64,
+
+    /// Directory requests one peer may make in a burst.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().requests.burst)]
+    request_burst: u32,
+
+    /// Names one key may hold.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_names_per_key)]
+    max_names_per_key: usize,
+
+    /// Largest directory frame the node reads, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_frame)]
+    max_frame_bytes: usize,
+
+    /// Seconds a connection's handshake may take.
+    #[arg(long, value_name = "SECS", default_value_t = Limits::default().handshake_timeout.as_secs_f64())]
+    handshake_timeout: f64,
+
+    /// Seconds a connection without any open stream stays open.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    idle_timeout: f64,
+
+    /// New connections are refused while the node's resident memory is
+    /// above this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = Limits::default().max_memory >> 20)]
+    max_memory_mib: usize,
+
+    /// A name nobody has registered for this many days is released
+    /// (fractions allowed). Any registration by its owner renews it.
+    #[arg(long, value_name = "DAYS", default_value_t = 180.0)]
+    name_lease_days: f64,
+
+    /// Seconds between pings on each connection: a client whose network
+    /// went silent is shown offline after at most interval + timeout.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    ping_interval: f64,
+
+    /// Seconds a ping may go unanswered before the connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    ping_timeout: f64,
 
     /// Relay: reservations held at once (one per client behind NAT).
     #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_reservations)]
@@ -101,6 +170,23 @@ async fn run(args: Args) -> Result<()> {
         config.listen = args.listen;
     }
     config.external = args.external_address;
+    config.limits = Limits {
+        max_connections: args.max_connections,
+        max_pending_connections: args.max_pending_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        max_connections_per_peer: args.max_connections_per_peer,
+        max_streams_per_connection: args.max_streams_per_connection,
+        max_sessions_per_connection: args.max_sessions_per_connection,
+        requests: Rate::new(args.requests_per_second, args.request_burst),
+        max_names_per_key: args.max_names_per_key,
+        max_frame: args.max_frame_bytes,
+        handshake_timeout: seconds("--handshake-timeout", args.handshake_timeout)?,
+        max_memory: args.max_memory_mib.saturating_mul(1 << 20),
+    };
+    config.idle_timeout = seconds("--idle-timeout", args.idle_timeout)?;
+    config.ping_interval = seconds("--ping-interval", args.ping_interval)?;
+    config.ping_timeout = seconds("--ping-timeout", args.ping_timeout)?;
+    config.name_lease = seconds("--name-lease-days", args.name_lease_days * 86_400.0)?;
     config.relay = RelayLimits {
         max_reservations: args.relay_max_reservations,
         max_reservations_per_peer: args.relay_max_reservations_per_peer,
@@ -123,6 +209,16 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!("signal received, shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// A duration given in seconds on the command line.
+fn seconds(flag: &str, secs: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| {
+            format!("{flag} must be a positive number of seconds (or days), not {secs}")
+        })
 }
 
 /// SIGINT and SIGTERM, both meaning "stop cleanly".

@@ -307,6 +307,15 @@ impl<S: ClaimStore> Registry<S> {
                     );
                 }
                 Ok(ClaimOutcome::Stale(claim)) => return stale(&name, record.seq, claim.seq),
+                Ok(ClaimOutcome::TooMany(held)) => {
+                    warn!(%name, %peer, held, "claim refused: the key holds the most names allowed");
+                    return Reply::error(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "this key already holds {held} names, the most one key may hold on this node; release one to claim {name}"
+                        ),
+                    );
+                }
                 Err(e) => return internal(e),
             }
         }
@@ -469,12 +478,59 @@ impl<S: ClaimStore> Registry<S> {
         Reply::Unwatched { watched }
     }
 
-    /// The names a peer owns.
-    pub fn resolve_peer(&self, peer_id: PeerId) -> Reply {
-        match self.store.names_of(&peer_id) {
-            Ok(names) => Reply::Names { peer_id, names },
-            Err(e) => internal(e),
+    /// The names `peer_id` has registered now and `viewer` may see. Only
+    /// current registrations are answered, so the directory cannot be
+    /// walked by peer id: a peer that is offline or invisible to the viewer
+    /// gets the same answer as one that never existed.
+    pub fn resolve_peer(&self, peer_id: PeerId, viewer: PeerId, now: u64) -> Reply {
+        let owned = match self.store.names_of(&peer_id) {
+            Ok(names) => names,
+            Err(e) => return internal(e),
+        };
+        let names: Vec<ScreenName> = {
+            let live = self.live();
+            owned
+                .into_iter()
+                .filter(|name| {
+                    live.by_name.get(name).is_some_and(|l| {
+                        l.owner == peer_id
+                            && l.expires_at > now
+                            && (l.status != Status::Invisible
+                                || viewer == l.owner
+                                || l.visible_to.contains(&viewer))
+                    })
+                })
+                .collect()
+        };
+        if names.is_empty() {
+            return Reply::error(
+                ErrorCode::NoSuchName,
+                format!("no current registration for peer {peer_id}"),
+            );
         }
+        Reply::Names { peer_id, names }
+    }
+
+    /// Releases the names nobody has registered for `lease`; names online
+    /// now stay. Returns how many were released. May block on disk.
+    pub fn release_unused(&self, lease: std::time::Duration, now: u64) -> usize {
+        let cutoff = now.saturating_sub(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        let keep = |name: &ScreenName| self.live().by_name.contains_key(name);
+        let released = match self.store.release_unused(cutoff, &keep) {
+            Ok(released) => released,
+            Err(e) => {
+                warn!("cannot release unused names: {e}");
+                return 0;
+            }
+        };
+        for (name, owner) in &released {
+            self.forget(name);
+            let mut live = self.live();
+            live.last_seen.remove(name);
+            live.notify(name);
+            info!(%name, %owner, "name released: unused for longer than its lease");
+        }
+        released.len()
     }
 
     /// Gives a name up, if `peer` owns it. May block on disk.
@@ -789,11 +845,22 @@ mod tests {
         );
         reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), vec![], NOW);
         assert_eq!(
-            reg.resolve_peer(alice.peer_id()),
+            reg.resolve_peer(alice.peer_id(), viewer, NOW),
             Reply::Names {
                 peer_id: alice.peer_id(),
                 names: vec![ScreenName::parse("alice").unwrap()]
             }
+        );
+        // Unknown peers and peers without a current registration get the
+        // same answer: the directory cannot be walked by peer id.
+        assert_eq!(
+            code(reg.resolve_peer(mallory.peer_id(), viewer, NOW)),
+            Some(ErrorCode::NoSuchName)
+        );
+        reg.session_ended(1, NOW + 1);
+        assert_eq!(
+            code(reg.resolve_peer(alice.peer_id(), viewer, NOW + 2)),
+            Some(ErrorCode::NoSuchName)
         );
         assert_eq!(
             code(reg.release(mallory.peer_id(), "alice")),
@@ -806,6 +873,62 @@ mod tests {
         assert_eq!(
             code(reg.resolve("alice", viewer, NOW)),
             Some(ErrorCode::NoSuchName)
+        );
+    }
+
+    #[test]
+    fn a_name_unused_past_its_lease_goes_to_the_next_key() {
+        let (_dir, reg) = registry();
+        let alice = Identity::from_seed([1; 32]);
+        let bob = Identity::from_seed([3; 32]);
+        let mallory = Identity::from_seed([2; 32]);
+        let day = 24 * 60 * 60 * 1000;
+        let lease = std::time::Duration::from_secs(180 * 24 * 60 * 60);
+        reg.register(alice.peer_id(), 1, record(&alice, "alice", 1), vec![], NOW);
+        reg.register(bob.peer_id(), 2, record(&bob, "bob", 1), vec![], NOW);
+        reg.session_ended(1, NOW + 1);
+        // Bob stays online (renewing in his session) for the whole time.
+        let later = NOW + 181 * day;
+        assert_eq!(reg.release_unused(lease, later), 1);
+        assert_eq!(
+            code(reg.resolve("alice", mallory.peer_id(), later)),
+            Some(ErrorCode::NoSuchName)
+        );
+        assert!(matches!(
+            reg.resolve("bob", mallory.peer_id(), later),
+            Reply::Resolved(_)
+        ));
+        let taken = Registration {
+            name: ScreenName::parse("alice").unwrap(),
+            peer_id: mallory.peer_id(),
+            addrs: vec![],
+            seq: 1,
+            expires_at: later + 60_000,
+            status: Status::Online,
+            status_text: String::new(),
+        };
+        assert!(matches!(
+            reg.register(mallory.peer_id(), 3, taken.sign(&mallory), vec![], later),
+            Reply::Registered {
+                new_claim: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn one_key_holds_a_bounded_number_of_names() {
+        let (_dir, reg) = registry();
+        let alice = Identity::from_seed([1; 32]);
+        for (i, n) in ["alice", "alice2", "alice3"].iter().enumerate() {
+            assert!(matches!(
+                reg.register(alice.peer_id(), i as u64, record(&alice, n, 1), vec![], NOW),
+                Reply::Registered { .. }
+            ));
+        }
+        assert_eq!(
+            code(reg.register(alice.peer_id(), 9, record(&alice, "alice4", 1), vec![], NOW)),
+            Some(ErrorCode::LimitExceeded)
         );
     }
 

@@ -8,12 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::transport::{ListenerId, Transport as _};
 use libp2p::core::upgrade;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ListenError;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Stream, Swarm, autonat, identify, noise, ping, relay, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Stream, Swarm, autonat, identify, memory_connection_limits, noise, ping,
+    relay, tcp, yamux,
+};
 use messenger_proto::Identity;
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
@@ -23,8 +28,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, instrument, warn};
 
+use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
 use crate::registry::{Registry, SessionId};
+use crate::sessions;
 use crate::store::{RedbStore, StoreError};
+
+/// Accepted directory streams waiting for their session task to start.
+const SESSION_BACKLOG: usize = 1024;
 
 /// How long the node tries to dial a client back for an AutoNAT probe.
 const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(4);
@@ -43,6 +53,10 @@ pub struct Config {
     pub ping_timeout: Duration,
     /// A connection without any open stream is closed after this long.
     pub idle_timeout: Duration,
+    /// What one peer, one address and everyone together may use.
+    pub limits: Limits,
+    /// A name whose owner has not registered it for this long is released.
+    pub name_lease: Duration,
     /// Limits of the circuit relay for clients behind NAT.
     pub relay: RelayLimits,
     /// Addresses at which others reach the node, if its listen addresses
@@ -112,6 +126,8 @@ impl Config {
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+            name_lease: Duration::from_secs(180 * 24 * 60 * 60),
             relay: RelayLimits::default(),
             external: Vec::new(),
         }
@@ -162,9 +178,15 @@ pub enum BindError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    // The limits come first: they refuse a connection before the others
+    // spend anything on it.
+    connection_limits: connection_limits::Behaviour,
+    per_ip: limits::PerIpLimit,
+    memory: memory_connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
-    stream: libp2p_stream::Behaviour,
+    /// Directory sessions, handed to the session tasks.
+    sessions: sessions::Behaviour,
     /// Circuit relay v2 server for clients behind NAT.
     relay: relay::Behaviour,
     /// Answers clients' "can you dial me back?" probes.
@@ -190,17 +212,13 @@ impl Server {
             source,
         })?;
         let identity = Identity::load_or_create(&config.data_dir.join("node.key"))?;
-        let store = Arc::new(RedbStore::open(&config.data_dir.join("claims.redb"))?);
+        let store = RedbStore::open(&config.data_dir.join("claims.redb"))?
+            .with_max_names_per_key(config.limits.max_names_per_key);
+        let store = Arc::new(store);
         info!(claims = store.len()?, "claim store opened");
         let registry = Arc::new(Registry::new(store));
 
-        let mut swarm = build_swarm(&identity, &config)?;
-        let incoming = swarm
-            .behaviour()
-            .stream
-            .new_control()
-            .accept(directory::PROTOCOL)
-            .map_err(|e| BindError::Transport(e.to_string()))?;
+        let (mut swarm, incoming) = build_swarm(&identity, &config)?;
         let listen_addrs = listen(&mut swarm, &config.listen).await?;
         // The relay tells clients where it can be reached: its specific
         // listen addresses and whatever the operator declared.
@@ -217,10 +235,17 @@ impl Server {
             .collect();
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let sessions = Arc::new(SessionEnv {
+            registry: registry.clone(),
+            requests: RequestLimiter::new(config.limits.requests),
+            max_frame: config.limits.max_frame,
+        });
         let event_loop = EventLoop {
             swarm,
             registry: registry.clone(),
             incoming: Some(incoming),
+            sessions,
+            name_lease: config.name_lease,
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
         Ok(Self {
@@ -273,7 +298,16 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
     })
 }
 
-fn build_swarm(identity: &Identity, config: &Config) -> Result<Swarm<Behaviour>, BindError> {
+fn build_swarm(
+    identity: &Identity,
+    config: &Config,
+) -> Result<(Swarm<Behaviour>, mpsc::Receiver<sessions::Incoming>), BindError> {
+    let (sessions, incoming) = sessions::Behaviour::new(
+        directory::PROTOCOL,
+        config.limits.max_sessions_per_connection,
+        SESSION_BACKLOG,
+    );
+    let limits = &config.limits;
     let ping = ping::Config::new()
         .with_interval(config.ping_interval)
         .with_timeout(config.ping_timeout);
@@ -282,28 +316,42 @@ fn build_swarm(identity: &Identity, config: &Config) -> Result<Swarm<Behaviour>,
         .with_quic_config(|mut quic| {
             // As for TCP below: a dial-back into a silent NAT fails fast.
             quic.handshake_timeout = DIAL_BACK_TIMEOUT;
+            quic.max_concurrent_stream_limit = limits.max_streams_per_connection;
             quic
         })
         // TCP with an outgoing timeout: the node dials only to answer
         // AutoNAT probes, and a dial-back into a NAT that silently drops it
         // must fail in seconds, not after the kernel's minutes of retries.
+        // Inbound handshakes are bounded too, so a peer that connects and
+        // stalls holds a pending slot for seconds only.
         .with_other_transport(|key| {
+            let mut muxer = yamux::Config::default();
+            muxer.set_max_num_streams(limits.max_streams_per_connection as usize);
             let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                 .upgrade(upgrade::Version::V1)
                 .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default());
+                .multiplex(muxer);
+            let transport = TransportTimeout::with_outgoing_timeout(transport, DIAL_BACK_TIMEOUT);
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                TransportTimeout::with_outgoing_timeout(transport, DIAL_BACK_TIMEOUT),
+                TransportTimeout::with_ingoing_timeout(transport, limits.handshake_timeout),
             )
         })
         .map_err(|e| BindError::Transport(e.to_string()))?
         .with_behaviour(|key| Behaviour {
+            connection_limits: connection_limits::Behaviour::new(
+                ConnectionLimits::default()
+                    .with_max_pending_incoming(Some(limits.max_pending_connections))
+                    .with_max_established_incoming(Some(limits.max_connections))
+                    .with_max_established_per_peer(Some(limits.max_connections_per_peer)),
+            ),
+            per_ip: limits::PerIpLimit::new(limits.max_connections_per_ip),
+            memory: memory_connection_limits::Behaviour::with_max_bytes(limits.max_memory),
             identify: identify::Behaviour::new(
                 identify::Config::new(messenger_proto::IDENTIFY_PROTOCOL.to_owned(), key.public())
                     .with_agent_version(format!("rendezvous/{}", env!("CARGO_PKG_VERSION"))),
             ),
             ping: ping::Behaviour::new(ping),
-            stream: libp2p_stream::Behaviour::new(),
+            sessions,
             relay: relay::Behaviour::new(key.public().to_peer_id(), config.relay.config()),
             autonat: autonat::Behaviour::new(
                 key.public().to_peer_id(),
@@ -319,7 +367,7 @@ fn build_swarm(identity: &Identity, config: &Config) -> Result<Swarm<Behaviour>,
         .map_err(|e| BindError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
-    Ok(swarm)
+    Ok((swarm, incoming))
 }
 
 /// Starts every listener and waits for the addresses they bound.
@@ -406,24 +454,38 @@ async fn listen(
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     registry: Arc<Registry<RedbStore>>,
-    incoming: Option<libp2p_stream::IncomingStreams>,
+    incoming: Option<mpsc::Receiver<sessions::Incoming>>,
+    sessions: Arc<SessionEnv>,
+    name_lease: Duration,
 }
 
-/// Accepts directory sessions in a task of its own: libp2p-stream holds at
-/// most one inbound stream waiting and drops the next, so the acceptor must
-/// never wait behind swarm events. Dropping this task aborts every session.
-async fn accept_sessions(
-    mut incoming: libp2p_stream::IncomingStreams,
+/// What every directory session shares.
+#[derive(Debug)]
+struct SessionEnv {
     registry: Arc<Registry<RedbStore>>,
-) {
+    requests: Arc<RequestLimiter>,
+    max_frame: usize,
+}
+
+/// How often names past their lease are looked for.
+const LEASE_SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// Starts a task per directory session, apart from the swarm's event loop
+/// so that sessions never wait behind swarm events. Dropping this task
+/// aborts every session.
+async fn accept_sessions(mut incoming: mpsc::Receiver<sessions::Incoming>, env: Arc<SessionEnv>) {
     let mut sessions = tokio::task::JoinSet::new();
     let mut next_session: SessionId = 0;
     loop {
         tokio::select! {
-            accepted = incoming.next() => match accepted {
-                Some((peer, stream)) => {
+            accepted = incoming.recv() => match accepted {
+                Some(sessions::Incoming { peer, stream, slot }) => {
                     next_session += 1;
-                    sessions.spawn(serve_session(peer, stream, registry.clone(), next_session));
+                    let env = env.clone();
+                    sessions.spawn(async move {
+                        serve_session(peer, stream, env, next_session).await;
+                        drop(slot);
+                    });
                 }
                 None => break,
             },
@@ -435,10 +497,13 @@ async fn accept_sessions(
 impl EventLoop {
     async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
         let mut sweep = tokio::time::interval(Duration::from_secs(5));
+        // The first tick is at once: leases that ran out while the node was
+        // down are released at start.
+        let mut lease_sweep = tokio::time::interval(LEASE_SWEEP_INTERVAL.min(self.name_lease));
         let accepting = self
             .incoming
             .take()
-            .map(|incoming| tokio::spawn(accept_sessions(incoming, self.registry.clone())));
+            .map(|incoming| tokio::spawn(accept_sessions(incoming, self.sessions.clone())));
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -448,6 +513,12 @@ impl EventLoop {
                     if expired > 0 {
                         info!(expired, "dropped expired registrations");
                     }
+                }
+                _ = lease_sweep.tick() => {
+                    let registry = self.registry.clone();
+                    let lease = self.name_lease;
+                    // Off the event loop: it scans and writes the store.
+                    tokio::task::spawn_blocking(move || registry.release_unused(lease, now_ms()));
                 }
             }
         }
@@ -479,6 +550,11 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening on a new address")
             }
+            SwarmEvent::IncomingConnectionError {
+                error: ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => warn!(from = %send_back_addr, "connection refused: {cause}"),
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 debug!("incoming connection failed: {error}")
             }
@@ -517,17 +593,16 @@ impl EventLoop {
 ///
 /// Requests are handled one after another; answers and presence pushes
 /// share the stream, written by one writer task.
-#[instrument(skip(stream, registry), fields(%peer))]
-async fn serve_session(
-    peer: PeerId,
-    stream: Stream,
-    registry: Arc<Registry<RedbStore>>,
-    session: SessionId,
-) {
+#[instrument(skip(stream, env), fields(%peer))]
+async fn serve_session(peer: PeerId, stream: Stream, env: Arc<SessionEnv>, session: SessionId) {
     debug!("directory session opened");
+    let registry = &env.registry;
+    let budget = env.requests.session(peer);
     let (mut reader, writer) = stream.split();
     let pushes = registry.open_session(session);
-    let (answers, answer_rx) = mpsc::channel::<Response>(4);
+    // Boxed: a tokio channel allocates slots in blocks of 32, and a block of
+    // unboxed responses would cost every session kilobytes while idle.
+    let (answers, answer_rx) = mpsc::channel::<Box<Response>>(4);
     let writing = tokio::spawn(write_session(
         writer,
         answer_rx,
@@ -536,7 +611,7 @@ async fn serve_session(
         peer,
     ));
     loop {
-        let request: Request = match codec::read_frame(&mut reader, directory::MAX_FRAME).await {
+        let request: Request = match codec::read_frame(&mut reader, env.max_frame).await {
             Ok(Some(request)) => request,
             Ok(None) => break,
             Err(CodecError::Io(e)) => {
@@ -547,20 +622,23 @@ async fn serve_session(
                 warn!("closing directory session: {e}");
                 let reply = Reply::error(ErrorCode::Malformed, e.to_string());
                 let _ = answers
-                    .send(Response {
+                    .send(Box::new(Response {
                         id: directory::PUSH_ID,
                         reply,
-                    })
+                    }))
                     .await;
                 break;
             }
         };
-        let reply = handle(peer, session, request.op, &registry).await;
+        let reply = match budget.spend() {
+            Ok(()) => handle(peer, session, request.op, registry).await,
+            Err(wait) => rate_limited(&budget, wait),
+        };
         if answers
-            .send(Response {
+            .send(Box::new(Response {
                 id: request.id,
                 reply,
-            })
+            }))
             .await
             .is_err()
         {
@@ -569,6 +647,8 @@ async fn serve_session(
     }
     drop(answers);
     let _ = writing.await;
+    let registry = registry.clone();
+    drop(budget);
     let _ = tokio::task::spawn_blocking(move || registry.session_ended(session, now_ms())).await;
     debug!("directory session closed");
 }
@@ -577,7 +657,7 @@ async fn serve_session(
 /// names, until the reader side is done.
 async fn write_session(
     mut writer: futures::io::WriteHalf<Stream>,
-    mut answers: mpsc::Receiver<Response>,
+    mut answers: mpsc::Receiver<Box<Response>>,
     pushes: Arc<crate::registry::PushQueue>,
     registry: Arc<Registry<RedbStore>>,
     viewer: PeerId,
@@ -585,7 +665,7 @@ async fn write_session(
     loop {
         let frames: Vec<Response> = tokio::select! {
             answer = answers.recv() => match answer {
-                Some(answer) => vec![answer],
+                Some(answer) => vec![*answer],
                 None => break,
             },
             _ = pushes.changed() => pushes
@@ -609,6 +689,21 @@ async fn write_session(
         }
     }
     let _ = futures::AsyncWriteExt::close(&mut writer).await;
+}
+
+/// The answer to a request over the peer's budget.
+fn rate_limited(budget: &PeerBudget, wait: Duration) -> Reply {
+    let rate = budget.rate();
+    warn!("request refused: over the rate limit");
+    Reply::error(
+        ErrorCode::RateLimited,
+        format!(
+            "too many requests: a peer may make {} per second, in bursts of up to {}; retry in {} ms",
+            rate.per_second,
+            rate.burst,
+            wait.as_millis().min(u128::from(u32::MAX))
+        ),
+    )
 }
 
 async fn handle(
@@ -635,7 +730,7 @@ async fn handle(
                 .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "release failed"))
         }
         Op::Resolve { name } => registry.resolve(&name, peer, now_ms()),
-        Op::ResolvePeer { peer_id } => registry.resolve_peer(peer_id),
+        Op::ResolvePeer { peer_id } => registry.resolve_peer(peer_id, peer, now_ms()),
         Op::Watch { names } => registry.watch(session, &names),
         Op::Unwatch { names } => registry.unwatch(session, &names),
     }

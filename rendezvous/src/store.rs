@@ -11,14 +11,17 @@ use libp2p::PeerId;
 use messenger_proto::codec;
 use messenger_proto::name::ScreenName;
 use redb::{
-    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, WriteTransaction,
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
 const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
 const NAMES_BY_OWNER: MultimapTableDefinition<&[u8], &str> =
     MultimapTableDefinition::new("names_by_owner");
+
+/// Names one key may hold unless the node says otherwise.
+pub const DEFAULT_MAX_NAMES_PER_KEY: usize = 3;
 
 /// A durable claim on a name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +35,19 @@ pub struct Claim {
     pub last_seen: Option<u64>,
     /// Highest sequence number accepted from the owner.
     pub seq: u64,
+    /// When the owner last registered it from a new session (ms since
+    /// epoch); absent in claims stored before leases existed.
+    #[serde(default)]
+    pub renewed_at: Option<u64>,
+}
+
+impl Claim {
+    /// When the owner last used the name: its lease runs from here.
+    pub fn last_used(&self) -> u64 {
+        self.claimed_at
+            .max(self.renewed_at.unwrap_or(0))
+            .max(self.last_seen.unwrap_or(0))
+    }
 }
 
 /// What [`ClaimStore::claim`] did.
@@ -45,6 +61,9 @@ pub enum ClaimOutcome {
     Taken(Claim),
     /// The caller owns it but the sequence number is not above the stored one.
     Stale(Claim),
+    /// The name is free but the caller already holds this many names, the
+    /// most one key may.
+    TooMany(usize),
 }
 
 /// Why the store failed.
@@ -90,6 +109,13 @@ pub trait ClaimStore: Send + Sync + 'static {
     fn release(&self, name: &ScreenName, owner: &PeerId) -> Result<bool, StoreError>;
     /// The names `owner` holds.
     fn names_of(&self, owner: &PeerId) -> Result<Vec<ScreenName>, StoreError>;
+    /// Deletes every claim last used before `cutoff` (ms since epoch) for
+    /// which `keep` says no; returns the names released and their owners.
+    fn release_unused(
+        &self,
+        cutoff: u64,
+        keep: &dyn Fn(&ScreenName) -> bool,
+    ) -> Result<Vec<(ScreenName, PeerId)>, StoreError>;
 }
 
 /// The claim store in a redb file; every change is committed durably
@@ -102,6 +128,7 @@ pub trait ClaimStore: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
+    max_names_per_key: usize,
     queue: Mutex<Vec<PendingClaim>>,
     writer: Mutex<()>,
 }
@@ -131,9 +158,16 @@ impl RedbStore {
         txn.commit().map_err(db_err)?;
         Ok(Self {
             db,
+            max_names_per_key: DEFAULT_MAX_NAMES_PER_KEY,
             queue: Mutex::default(),
             writer: Mutex::default(),
         })
+    }
+
+    /// At most `n` names per key (new claims over it are refused).
+    pub fn with_max_names_per_key(mut self, n: usize) -> Self {
+        self.max_names_per_key = n;
+        self
     }
 
     /// Commits every queued claim in one transaction and answers each.
@@ -142,7 +176,7 @@ impl RedbStore {
             let txn = self.db.begin_write().map_err(db_err)?;
             let results: Vec<Result<ClaimOutcome, StoreError>> = batch
                 .iter()
-                .map(|p| claim_in(&txn, &p.name, p.owner, p.seq, p.now))
+                .map(|p| claim_in(&txn, &p.name, p.owner, p.seq, p.now, self.max_names_per_key))
                 .collect();
             txn.commit().map_err(db_err)?;
             Ok::<_, StoreError>(results)
@@ -175,7 +209,8 @@ impl RedbStore {
     }
 }
 
-fn decode(name: &str, bytes: &[u8]) -> Result<Claim, StoreError> {
+/// Decodes the stored claim on `name`.
+pub fn decode(name: &str, bytes: &[u8]) -> Result<Claim, StoreError> {
     codec::from_cbor(bytes).map_err(|e| StoreError::Corrupt {
         name: name.to_owned(),
         reason: e.to_string(),
@@ -198,29 +233,42 @@ fn claim_in(
     owner: PeerId,
     seq: u64,
     now: u64,
+    max_names: usize,
 ) -> Result<ClaimOutcome, StoreError> {
     let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
     let outcome = match read_claim(&table, name)? {
         Some(claim) if claim.owner != owner => ClaimOutcome::Taken(claim),
         Some(claim) if seq <= claim.seq => ClaimOutcome::Stale(claim),
         Some(claim) => {
-            let claim = Claim { seq, ..claim };
+            let claim = Claim {
+                seq,
+                renewed_at: Some(now),
+                ..claim
+            };
             table
                 .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
                 .map_err(db_err)?;
             ClaimOutcome::Renewed(claim)
         }
         None => {
+            let mut owners = txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
+            let held = owners
+                .get(owner.to_bytes().as_slice())
+                .map_err(db_err)?
+                .len() as usize;
+            if held >= max_names {
+                return Ok(ClaimOutcome::TooMany(held));
+            }
             let claim = Claim {
                 owner,
                 claimed_at: now,
                 last_seen: None,
                 seq,
+                renewed_at: Some(now),
             };
             table
                 .insert(name.as_str(), codec::to_cbor(&claim).as_slice())
                 .map_err(db_err)?;
-            let mut owners = txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
             owners
                 .insert(owner.to_bytes().as_slice(), name.as_str())
                 .map_err(db_err)?;
@@ -301,6 +349,55 @@ impl ClaimStore for RedbStore {
         Ok(true)
     }
 
+    fn release_unused(
+        &self,
+        cutoff: u64,
+        keep: &dyn Fn(&ScreenName) -> bool,
+    ) -> Result<Vec<(ScreenName, PeerId)>, StoreError> {
+        // Claims are read in a snapshot, then deleted in one write
+        // transaction that checks each again: a claim renewed meanwhile
+        // stays.
+        let candidates: Vec<ScreenName> = {
+            let txn = self.db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(CLAIMS).map_err(db_err)?;
+            let mut names = Vec::new();
+            for entry in table.iter().map_err(db_err)? {
+                let (key, value) = entry.map_err(db_err)?;
+                let claim = decode(key.value(), value.value())?;
+                if claim.last_used() < cutoff
+                    && let Ok(name) = ScreenName::parse(key.value())
+                {
+                    names.push(name);
+                }
+            }
+            names
+        };
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut released = Vec::new();
+        {
+            let mut table = txn.open_table(CLAIMS).map_err(db_err)?;
+            let mut owners = txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
+            for name in candidates {
+                let Some(claim) = read_claim(&table, &name)? else {
+                    continue;
+                };
+                if claim.last_used() >= cutoff || keep(&name) {
+                    continue;
+                }
+                table.remove(name.as_str()).map_err(db_err)?;
+                owners
+                    .remove(claim.owner.to_bytes().as_slice(), name.as_str())
+                    .map_err(db_err)?;
+                released.push((name, claim.owner));
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(released)
+    }
+
     fn names_of(&self, owner: &PeerId) -> Result<Vec<ScreenName>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let owners = txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
@@ -358,7 +455,11 @@ mod tests {
     #[test]
     fn concurrent_claims_share_commits_and_first_one_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(RedbStore::open(&dir.path().join("claims.redb")).unwrap());
+        let store = Arc::new(
+            RedbStore::open(&dir.path().join("claims.redb"))
+                .unwrap()
+                .with_max_names_per_key(100),
+        );
         let peers: Vec<PeerId> = (0..8).map(|_| PeerId::random()).collect();
         let handles: Vec<_> = peers
             .iter()
@@ -405,6 +506,73 @@ mod tests {
         assert!(store.names_of(&alice).unwrap().is_empty());
         assert!(matches!(
             store.claim(&name("alice"), mallory, 1, 20).unwrap(),
+            ClaimOutcome::Created(_)
+        ));
+    }
+
+    #[test]
+    fn a_key_holds_at_most_the_limit_of_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("c.redb"))
+            .unwrap()
+            .with_max_names_per_key(2);
+        let owner = PeerId::random();
+        for n in ["one", "two"] {
+            assert!(matches!(
+                store.claim(&name(n), owner, 1, 10).unwrap(),
+                ClaimOutcome::Created(_)
+            ));
+        }
+        assert_eq!(
+            store.claim(&name("three"), owner, 1, 10).unwrap(),
+            ClaimOutcome::TooMany(2)
+        );
+        // Renewing a held name is not a new name.
+        assert!(matches!(
+            store.claim(&name("one"), owner, 2, 11).unwrap(),
+            ClaimOutcome::Renewed(_)
+        ));
+        // Giving one up makes room.
+        assert!(store.release(&name("two"), &owner).unwrap());
+        assert!(matches!(
+            store.claim(&name("three"), owner, 1, 12).unwrap(),
+            ClaimOutcome::Created(_)
+        ));
+    }
+
+    #[test]
+    fn unused_names_are_released_and_used_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("c.redb")).unwrap();
+        let (old, renewed, seen, online) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        store.claim(&name("old"), old, 1, 100).unwrap();
+        store.claim(&name("renewed"), renewed, 1, 100).unwrap();
+        store.claim(&name("renewed"), renewed, 2, 900).unwrap();
+        store.claim(&name("seen"), seen, 1, 100).unwrap();
+        store.set_last_seen(&name("seen"), 950).unwrap();
+        store.claim(&name("online"), online, 1, 100).unwrap();
+        let released = store
+            .release_unused(500, &|n: &ScreenName| n.as_str() == "online")
+            .unwrap();
+        assert_eq!(released, vec![(name("old"), old)]);
+        assert!(store.get(&name("old")).unwrap().is_none());
+        assert!(
+            store.names_of(&old).unwrap().is_empty(),
+            "the index follows"
+        );
+        for kept in ["renewed", "seen", "online"] {
+            assert!(store.get(&name(kept)).unwrap().is_some(), "{kept}");
+        }
+        // A released name is free for a new key.
+        assert!(matches!(
+            store
+                .claim(&name("old"), PeerId::random(), 1, 1000)
+                .unwrap(),
             ClaimOutcome::Created(_)
         ));
     }

@@ -1,0 +1,250 @@
+//! The load generator of the held-connections figure: light clients, each
+//! its own key and libp2p swarm with only what the node needs from an online
+//! client (ping, the directory stream), so thousands fit in one process.
+//! The full suite runs them in worker processes (`suite --held-worker`),
+//! each bound to its own 127.0.0.x address to get past the ephemeral-port
+//! and per-process file limits.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, noise, ping, tcp, yamux};
+use messenger::directory::{DirectorySession, node_peer_id};
+use messenger::proto::Identity;
+use messenger::proto::directory::PROTOCOL;
+use messenger::proto::name::ScreenName;
+use messenger::proto::presence::Status;
+use messenger::proto::record::Registration;
+use tokio::sync::oneshot;
+
+/// How the light clients reach the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Quic,
+}
+
+impl Transport {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tcp" => Some(Self::Tcp),
+            "quic" => Some(Self::Quic),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Quic => "quic",
+        }
+    }
+
+    /// Listening on `ip` makes the dial leave from `ip` (port reuse).
+    fn listen_addr(self, ip: Ipv4Addr) -> Multiaddr {
+        let addr = Multiaddr::empty().with(Protocol::Ip4(ip));
+        match self {
+            Self::Tcp => addr.with(Protocol::Tcp(0)),
+            Self::Quic => addr.with(Protocol::Udp(0)).with(Protocol::QuicV1),
+        }
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Light {
+    ping: ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// One online client: its swarm runs in a task until this is dropped.
+pub struct LightClient {
+    _session: DirectorySession,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LightClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects a fresh key to the node at `node_addr` from `bind` and
+/// registers `name` as online.
+pub async fn light_client(
+    node_addr: &Multiaddr,
+    bind: Ipv4Addr,
+    transport: Transport,
+    name: ScreenName,
+) -> Result<LightClient, String> {
+    let identity = Identity::generate().map_err(|e| e.to_string())?;
+    let node = node_peer_id(node_addr).map_err(|e| e.to_string())?;
+    let behaviour = |_: &libp2p::identity::Keypair| Light {
+        ping: ping::Behaviour::new(ping::Config::new()),
+        stream: libp2p_stream::Behaviour::new(),
+    };
+    let builder = libp2p::SwarmBuilder::with_existing_identity(identity.keypair()).with_tokio();
+    let mut swarm = match transport {
+        Transport::Tcp => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| e.to_string())?
+            .with_behaviour(behaviour)
+            .map_err(|e| e.to_string())?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build(),
+        Transport::Quic => builder
+            .with_quic()
+            .with_behaviour(behaviour)
+            .map_err(|e| e.to_string())?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build(),
+    };
+    swarm
+        .listen_on(transport.listen_addr(bind))
+        .map_err(|e| e.to_string())?;
+    // Wait for the listener so the dial can reuse its address.
+    loop {
+        if let SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
+            break;
+        }
+    }
+    swarm.dial(node_addr.clone()).map_err(|e| e.to_string())?;
+    let mut control = swarm.behaviour().stream.new_control();
+    let (connected_tx, connected) = oneshot::channel();
+    let (gone_tx, gone) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        let mut gone_tx = Some(gone_tx);
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node => {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(Err(error.to_string()));
+                    }
+                }
+                SwarmEvent::ConnectionClosed {
+                    peer_id,
+                    num_established: 0,
+                    ..
+                } if peer_id == node => {
+                    gone_tx.take();
+                }
+                _ => {}
+            }
+        }
+    });
+    connected
+        .await
+        .map_err(|_| "the swarm stopped".to_string())??;
+    let stream = control
+        .open_stream(node, PROTOCOL)
+        .await
+        .map_err(|e| e.to_string())?;
+    let session = DirectorySession::over_stream(node, stream, None, async move {
+        let _ = gone.await;
+    });
+    let now_ms = messenger::proto::time::now_ms();
+    let record = Registration {
+        name,
+        peer_id: identity.peer_id(),
+        addrs: Vec::new(),
+        seq: now_ms * 1000,
+        expires_at: now_ms + 10 * 60 * 1000,
+        status: Status::Online,
+        status_text: String::new(),
+    };
+    session
+        .register(record.sign(&identity), Vec::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(LightClient {
+        _session: session,
+        task,
+    })
+}
+
+/// Brings `count` light clients named `held{first}`… online, a few at a
+/// time (a connection storm is not what this measures). A client that
+/// still fails after retries is counted, not fatal: the figure is how many
+/// the node holds.
+pub async fn light_clients(
+    node_addr: &Multiaddr,
+    bind: Ipv4Addr,
+    transport: Transport,
+    first: usize,
+    count: usize,
+) -> (Vec<LightClient>, usize) {
+    let parallel = 8;
+    let mut clients = Vec::with_capacity(count);
+    let mut failed = 0;
+    let mut pending = futures::stream::iter(first..first + count)
+        .map(|i| async move {
+            let name = ScreenName::parse(&format!("held{i}")).map_err(|e| e.to_string())?;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match light_client(node_addr, bind, transport, name.clone()).await {
+                    Err(e) if attempt < 3 => {
+                        eprintln!("{name}: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                    }
+                    other => break other,
+                }
+            }
+        })
+        .buffer_unordered(parallel);
+    while let Some(client) = pending.next().await {
+        match client {
+            Ok(client) => clients.push(client),
+            Err(e) => {
+                eprintln!("a light client failed: {e}");
+                failed += 1;
+            }
+        }
+    }
+    (clients, failed)
+}
+
+/// `suite --held-worker NODE_ADDR FIRST COUNT BIND_IP tcp|quic`: brings the
+/// clients online, prints `ready N failed M`, and holds them until stdin
+/// closes.
+pub fn worker(args: &[String]) -> ! {
+    let usage = "usage: suite --held-worker NODE_ADDR FIRST COUNT BIND_IP tcp|quic";
+    let parsed = (|| {
+        let addr: Multiaddr = args.first()?.parse().ok()?;
+        let first: usize = args.get(1)?.parse().ok()?;
+        let count: usize = args.get(2)?.parse().ok()?;
+        let bind: Ipv4Addr = args.get(3)?.parse().ok()?;
+        let transport = Transport::parse(args.get(4)?)?;
+        Some((addr, first, count, bind, transport))
+    })();
+    let Some((addr, first, count, bind, transport)) = parsed else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = runtime.block_on(async move {
+        let (clients, failed) = light_clients(&addr, bind, transport, first, count).await;
+        println!("ready {} failed {failed}", clients.len());
+        // Hold until the parent closes our stdin.
+        let mut buf = String::new();
+        let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut buf)).await;
+        drop(clients);
+        0
+    });
+    std::process::exit(code)
+}
