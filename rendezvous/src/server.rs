@@ -554,7 +554,12 @@ impl EventLoop {
                 error: ListenError::Denied { cause },
                 send_back_addr,
                 ..
-            } => warn!(from = %send_back_addr, "connection refused: {cause}"),
+            } => {
+                // The limit that refused it says why.
+                let why = std::error::Error::source(&cause)
+                    .map_or_else(|| cause.to_string(), ToString::to_string);
+                warn!(from = %send_back_addr, "connection refused: {why}");
+            }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 debug!("incoming connection failed: {error}")
             }

@@ -5,6 +5,7 @@
 
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
+mod adversarial;
 mod bad_input;
 mod buddy;
 mod directory;

@@ -184,7 +184,17 @@ impl Node {
     /// Starts a node in a network namespace (or not), on `ip`; in a
     /// namespace it listens on TCP and QUIC.
     pub fn start_in(netns: Option<&str>, data_dir: &Path, ip: &str, port: u16) -> Self {
+        Self::spawn(netns, data_dir, ip, port, &[])
+    }
+
+    /// Starts a node on an ephemeral loopback port with extra flags.
+    pub fn start_with(data_dir: &Path, flags: &[&str]) -> Self {
+        Self::spawn(None, data_dir, "127.0.0.1", 0, flags)
+    }
+
+    fn spawn(netns: Option<&str>, data_dir: &Path, ip: &str, port: u16, flags: &[&str]) -> Self {
         let mut cmd = in_netns(netns, rendezvous_bin());
+        cmd.args(flags);
         cmd.args(["--listen", &format!("/ip4/{ip}/tcp/{port}")]);
         if netns.is_some() {
             cmd.args(["--listen", &format!("/ip4/{ip}/udp/{port}/quic-v1")]);
@@ -217,6 +227,18 @@ impl Node {
 
     pub fn peer_id(&self) -> String {
         self.addr.rsplit('/').next().expect("peer id").to_owned()
+    }
+
+    /// The node process's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.proc.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
     }
 }
 
