@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
+use messenger_proto::accept;
 use messenger_proto::chat::{self, ChatFrame, Message, MessageId, RejectCode};
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::identity::verifying_key_of;
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::directory::{DirectoryError, DirectorySession};
-use crate::network::Network;
+use crate::network::{ChatStreams, Network};
 
 /// How long a sender waits for an acknowledgement.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -413,9 +414,13 @@ impl Inbox {
     }
 
     /// Accepts chat streams until the network stops.
-    pub async fn serve(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
-        while let Some((peer, stream)) = incoming.next().await {
-            tokio::spawn(self.clone().serve_stream(peer, stream));
+    pub async fn serve(self: Arc<Self>, mut incoming: ChatStreams) {
+        while let Some(accept::Incoming { peer, stream, slot }) = incoming.next().await {
+            let inbox = self.clone();
+            tokio::spawn(async move {
+                inbox.serve_stream(peer, stream).await;
+                drop(slot);
+            });
         }
     }
 

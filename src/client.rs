@@ -849,12 +849,9 @@ impl Client {
         }
         let (events, rx) = mpsc::channel(1024);
         let (messages, mut message_rx) = mpsc::channel(1024);
-        let incoming = self
-            .inner
-            .network
-            .control()
-            .accept(chat::PROTOCOL)
-            .map_err(|e| NetworkError::Transport(e.to_string()))?;
+        let incoming = self.inner.network.take_chat_streams().ok_or_else(|| {
+            NetworkError::Transport("this client is already online (chat streams taken)".into())
+        })?;
         let inbox = Inbox::new(
             name.clone(),
             self.inner.directory.subscribe(),

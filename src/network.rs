@@ -17,6 +17,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
 use messenger_proto::Identity;
+use messenger_proto::accept;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -151,6 +152,14 @@ fn muxer() -> yamux::Config {
     config
 }
 
+/// Chat streams one connection may have open at once, and accepted ones
+/// that may wait to be served.
+const MAX_CHAT_STREAMS_PER_CONNECTION: usize = 4;
+const CHAT_BACKLOG: usize = 256;
+
+/// The queue of inbound chat streams.
+pub type ChatStreams = futures::channel::mpsc::Receiver<accept::Incoming>;
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     /// First, so a connection over a limit is refused before the others
@@ -158,7 +167,10 @@ struct Behaviour {
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    /// Outbound streams of every protocol.
     stream: libp2p_stream::Behaviour,
+    /// Inbound chat streams (libp2p-stream would drop some under a burst).
+    chat: accept::Behaviour,
     /// Reserve a slot on the node's relay when we are not reachable.
     relay_client: relay::client::Behaviour,
     /// Upgrade relayed connections to direct ones by hole punching.
@@ -193,6 +205,8 @@ const RELAYED_GRACE: Duration = Duration::from_secs(1);
 pub struct Network {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
+    /// Inbound chat streams, until whoever serves them takes the queue.
+    chat_streams: Arc<Mutex<Option<ChatStreams>>>,
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     reachability: watch::Receiver<Reachability>,
     events: broadcast::Sender<NetworkEvent>,
@@ -214,6 +228,11 @@ pub const RELAYED_GRACE_PERIOD: Duration = RELAYED_GRACE;
 impl Network {
     /// Builds the swarm for `identity` and spawns its event loop.
     pub fn start(identity: &Identity, config: NetworkConfig) -> Result<Self, NetworkError> {
+        let (chat, chat_streams) = accept::Behaviour::new(
+            messenger_proto::chat::PROTOCOL,
+            MAX_CHAT_STREAMS_PER_CONNECTION,
+            CHAT_BACKLOG,
+        );
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
             .with_tokio()
             .with_tcp(
@@ -248,6 +267,7 @@ impl Network {
                         .with_timeout(config.ping_timeout),
                 ),
                 stream: libp2p_stream::Behaviour::new(),
+                chat,
                 relay_client,
                 dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
                 autonat: autonat::Behaviour::new(
@@ -308,6 +328,7 @@ impl Network {
         Ok(Self {
             commands,
             control,
+            chat_streams: Arc::new(Mutex::new(Some(chat_streams))),
             listen_addrs,
             reachability,
             events,
@@ -324,6 +345,14 @@ impl Network {
     /// A control for opening and accepting streams.
     pub fn control(&self) -> libp2p_stream::Control {
         self.control.clone()
+    }
+
+    /// The inbound chat streams; only the first caller gets them.
+    pub fn take_chat_streams(&self) -> Option<ChatStreams> {
+        self.chat_streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Starts listening and waits for the first bound address.

@@ -59,6 +59,9 @@ struct Light {
     stream: libp2p_stream::Behaviour,
 }
 
+/// A worker stops adding clients after this many failed (after retries).
+const GIVE_UP_AFTER_FAILURES: usize = 50;
+
 /// One online client: its swarm runs in a task until this is dropped.
 pub struct LightClient {
     _session: DirectorySession,
@@ -210,6 +213,11 @@ pub async fn light_clients(
             Err(e) => {
                 eprintln!("a light client failed: {e}");
                 failed += 1;
+                // The node is saturated: what it holds now is the figure.
+                if failed >= GIVE_UP_AFTER_FAILURES {
+                    eprintln!("{failed} clients failed; not starting more");
+                    break;
+                }
             }
         }
     }

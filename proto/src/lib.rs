@@ -2,6 +2,8 @@
 //!
 //! Everything here is plain data and pure functions, apart from I/O: both
 //! sides of every protocol depend on the same types, so they cannot drift.
+//! The one exception is [`accept`], the libp2p behaviour both sides use to
+//! accept inbound streams without dropping any.
 //!
 //! - [`identity`]: the ed25519 key file every user and node has, and the
 //!   libp2p keypair / `PeerId` derived from it.
@@ -16,6 +18,7 @@
 //!
 //! `docs/protocol.md` in the repository describes the bytes on the wire.
 
+pub mod accept;
 pub mod chat;
 pub mod codec;
 pub mod directory;

@@ -10,13 +10,10 @@
 //! - [`registry`]: the rules and live presence, plain synchronous state.
 //! - [`server`]: the libp2p node: an event loop owning the swarm, and one
 //!   task per directory session.
-//! - [`sessions`]: hands inbound directory streams to the session tasks,
-//!   bounded per connection.
 
 pub mod limits;
 pub mod registry;
 pub mod server;
-pub mod sessions;
 pub mod store;
 
 pub use limits::Limits;

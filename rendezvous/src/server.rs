@@ -20,6 +20,7 @@ use libp2p::{
     relay, tcp, yamux,
 };
 use messenger_proto::Identity;
+use messenger_proto::accept;
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
 use messenger_proto::identity::{IdentityError, create_private_dir};
@@ -30,7 +31,6 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
 use crate::registry::{Registry, SessionId};
-use crate::sessions;
 use crate::store::{RedbStore, StoreError};
 
 /// Accepted directory streams waiting for their session task to start.
@@ -186,7 +186,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     /// Directory sessions, handed to the session tasks.
-    sessions: sessions::Behaviour,
+    sessions: accept::Behaviour,
     /// Circuit relay v2 server for clients behind NAT.
     relay: relay::Behaviour,
     /// Answers clients' "can you dial me back?" probes.
@@ -301,8 +301,14 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
 fn build_swarm(
     identity: &Identity,
     config: &Config,
-) -> Result<(Swarm<Behaviour>, mpsc::Receiver<sessions::Incoming>), BindError> {
-    let (sessions, incoming) = sessions::Behaviour::new(
+) -> Result<
+    (
+        Swarm<Behaviour>,
+        futures::channel::mpsc::Receiver<accept::Incoming>,
+    ),
+    BindError,
+> {
+    let (sessions, incoming) = accept::Behaviour::new(
         directory::PROTOCOL,
         config.limits.max_sessions_per_connection,
         SESSION_BACKLOG,
@@ -454,7 +460,7 @@ async fn listen(
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     registry: Arc<Registry<RedbStore>>,
-    incoming: Option<mpsc::Receiver<sessions::Incoming>>,
+    incoming: Option<futures::channel::mpsc::Receiver<accept::Incoming>>,
     sessions: Arc<SessionEnv>,
     name_lease: Duration,
 }
@@ -473,13 +479,16 @@ const LEASE_SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// Starts a task per directory session, apart from the swarm's event loop
 /// so that sessions never wait behind swarm events. Dropping this task
 /// aborts every session.
-async fn accept_sessions(mut incoming: mpsc::Receiver<sessions::Incoming>, env: Arc<SessionEnv>) {
+async fn accept_sessions(
+    mut incoming: futures::channel::mpsc::Receiver<accept::Incoming>,
+    env: Arc<SessionEnv>,
+) {
     let mut sessions = tokio::task::JoinSet::new();
     let mut next_session: SessionId = 0;
     loop {
         tokio::select! {
-            accepted = incoming.recv() => match accepted {
-                Some(sessions::Incoming { peer, stream, slot }) => {
+            accepted = incoming.next() => match accepted {
+                Some(accept::Incoming { peer, stream, slot }) => {
                     next_session += 1;
                     let env = env.clone();
                     sessions.spawn(async move {

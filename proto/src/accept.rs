@@ -1,16 +1,18 @@
-//! Accepts inbound directory streams for the session tasks.
+//! Accepts inbound streams of one protocol and hands them to the task that
+//! serves them: the node's directory sessions, a client's chat streams.
 //!
 //! libp2p-stream keeps one inbound stream waiting per protocol and drops
-//! the next, which a burst of clients connecting at once hits. This
+//! the next, which a burst of peers opening streams at once hits. This
 //! behaviour hands every negotiated stream to a bounded queue instead, and
-//! bounds how many sessions one connection may hold open: a peer cannot
-//! tie up the node with thousands of idle sessions on one connection.
+//! bounds how many streams of the protocol one connection may hold open:
+//! a peer cannot tie up its counterpart with thousands of idle streams.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
+use futures::channel::mpsc;
 use libp2p::core::upgrade::{DeniedUpgrade, ReadyUpgrade};
 use libp2p::core::{Endpoint, transport::PortUse};
 use libp2p::swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
@@ -19,26 +21,24 @@ use libp2p::swarm::{
     NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
 
-/// A directory stream ready to be served. Holding it counts as one open
-/// session of its connection; dropping it frees the slot.
+/// A stream ready to be served. Holding its slot counts as one open stream
+/// of its connection; dropping the slot frees it.
 #[derive(Debug)]
 pub struct Incoming {
     /// Who opened it.
     pub peer: PeerId,
     /// The stream.
     pub stream: Stream,
-    /// The slot of this session on its connection.
-    pub slot: SessionSlot,
+    /// The slot of this stream on its connection.
+    pub slot: Slot,
 }
 
-/// One open session of a connection, freed on drop.
+/// One open stream of a connection, freed on drop.
 #[derive(Debug)]
-pub struct SessionSlot(Arc<AtomicUsize>);
+pub struct Slot(Arc<AtomicUsize>);
 
-impl Drop for SessionSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -53,15 +53,15 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// Accepts `protocol`, at most `max_per_connection` sessions open on one
-    /// connection, and at most `backlog` accepted streams waiting for the
-    /// session task. Returns the receiving end of the queue.
+    /// Accepts `protocol`, at most `max_per_connection` streams of it open
+    /// on one connection, and at most `backlog` accepted streams waiting to
+    /// be served. Returns the receiving end of the queue.
     pub fn new(
         protocol: StreamProtocol,
         max_per_connection: usize,
         backlog: usize,
     ) -> (Self, mpsc::Receiver<Incoming>) {
-        let (queue, incoming) = mpsc::channel(backlog.max(1));
+        let (queue, incoming) = mpsc::channel(backlog.saturating_sub(1));
         (
             Self {
                 protocol,
@@ -124,7 +124,7 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
-/// Per connection: counts its open sessions and forwards new ones.
+/// Per connection: counts its open streams and forwards new ones.
 #[derive(Debug)]
 pub struct Handler {
     peer: PeerId,
@@ -168,25 +168,23 @@ impl ConnectionHandler for Handler {
         else {
             return;
         };
-        // Dropping the stream resets it: the client sees its session end.
+        // Dropping the stream resets it: the peer sees it end at once.
         if self.open.load(Ordering::Relaxed) >= self.max_open {
-            warn!(peer = %self.peer, limit = self.max_open, "too many directory sessions on one connection; refusing another");
+            tracing::warn!(peer = %self.peer, protocol = %self.protocol, limit = self.max_open, "too many streams of one protocol on one connection; refusing another");
             return;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
         let incoming = Incoming {
             peer: self.peer,
             stream,
-            slot: SessionSlot(self.open.clone()),
+            slot: Slot(self.open.clone()),
         };
         // A refused stream is dropped, which frees its slot.
-        match self.queue.try_send(incoming) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(peer = %self.peer, "too many directory sessions waiting to start; refusing one");
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                debug!(peer = %self.peer, "the node is shutting down; refusing a directory session");
+        if let Err(e) = self.queue.try_send(incoming) {
+            if e.is_full() {
+                tracing::warn!(peer = %self.peer, protocol = %self.protocol, "too many streams waiting to be served; refusing one");
+            } else {
+                tracing::debug!(peer = %self.peer, "no one serves this protocol any more; refusing a stream");
             }
         }
     }
