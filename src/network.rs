@@ -535,6 +535,15 @@ impl EventLoop {
                     }));
                 }
             }
+            SwarmEvent::IncomingConnectionError {
+                error: libp2p::swarm::ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => {
+                let why = std::error::Error::source(&cause)
+                    .map_or_else(|| cause.to_string(), ToString::to_string);
+                warn!(from = %send_back_addr, "connection refused: {why}");
+            }
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,

@@ -508,7 +508,11 @@ impl EventLoop {
         let mut sweep = tokio::time::interval(Duration::from_secs(5));
         // The first tick is at once: leases that ran out while the node was
         // down are released at start.
-        let mut lease_sweep = tokio::time::interval(LEASE_SWEEP_INTERVAL.min(self.name_lease));
+        let mut lease_sweep = tokio::time::interval(
+            LEASE_SWEEP_INTERVAL
+                .min(self.name_lease)
+                .max(Duration::from_secs(1)),
+        );
         let accepting = self
             .incoming
             .take()
