@@ -483,51 +483,50 @@ async fn our_directory(sizes: &Sizes) -> (f64, f64) {
         );
     }
     let ops = sizes.directory_ops_per_client;
-    let total = (clients.len() * ops) as f64;
     // Registrations: each client claims its own names.
-    let started = Instant::now();
-    let tasks: Vec<_> = clients
-        .iter()
-        .enumerate()
-        .map(|(c, client)| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                for i in 0..ops {
-                    client
-                        .register(&name(&format!("c{c}n{i}")), vec![])
-                        .await
-                        .expect("register");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("task");
-    }
-    let reg = total / started.elapsed().as_secs_f64();
+    let reg = ops_per_second(&clients, ops, |client, c, i| async move {
+        client
+            .register(&name(&format!("c{c}n{i}")), vec![])
+            .await
+            .expect("register");
+    })
+    .await;
     // Resolves of those names.
-    let started = Instant::now();
-    let tasks: Vec<_> = clients
-        .iter()
-        .enumerate()
-        .map(|(c, client)| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                for i in 0..ops {
-                    client.whois(&format!("c{}n{i}", (c + 1) % 2)).await.ok();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("task");
-    }
-    let res = total / started.elapsed().as_secs_f64();
+    let res = ops_per_second(&clients, ops, |client, c, i| async move {
+        client.whois(&format!("c{}n{i}", (c + 1) % 2)).await.ok();
+    })
+    .await;
     for c in clients {
         c.shutdown().await;
     }
     node.shutdown().await;
     (reg, res)
+}
+
+/// Every client does `op(client, its index, i)` for i in 0..ops, one after
+/// another, all clients at once: operations per second overall.
+async fn ops_per_second<F, Fut>(clients: &[Client], ops: usize, op: F) -> f64
+where
+    F: Fn(Client, usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(c, client)| {
+            let (client, op) = (client.clone(), op.clone());
+            tokio::spawn(async move {
+                for i in 0..ops {
+                    op(client.clone(), c, i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    (clients.len() * ops) as f64 / started.elapsed().as_secs_f64()
 }
 
 #[derive(libp2p::swarm::NetworkBehaviour)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, noise, ping, tcp, yamux};
 use messenger::directory::{DirectorySession, node_peer_id};
 use messenger::proto::Identity;
 use messenger::proto::directory::PROTOCOL;
@@ -62,16 +62,165 @@ struct Light {
 /// A worker stops adding clients after this many failed (after retries).
 const GIVE_UP_AFTER_FAILURES: usize = 50;
 
-/// One online client: its swarm runs in a task until this is dropped.
-pub struct LightClient {
-    _session: DirectorySession,
+/// A bare connection to the node: a fresh key and a swarm with only what
+/// the node needs from a client (ping, streams), driven by a task until
+/// this is dropped. The load generator's clients and the adversarial
+/// tests' attackers are made of these.
+pub struct BareConnection {
+    pub identity: Identity,
+    pub node: PeerId,
+    control: libp2p_stream::Control,
     task: tokio::task::JoinHandle<()>,
+    /// Resolves (with an error) when the last connection to the node closes;
+    /// the first session takes it.
+    gone: Option<oneshot::Receiver<()>>,
 }
 
-impl Drop for LightClient {
+impl Drop for BareConnection {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+impl BareConnection {
+    /// Connects a fresh key to the node at `node_addr`, leaving from
+    /// `bind`. `Err` if the node cannot be reached or refuses.
+    pub async fn connect(
+        node_addr: &Multiaddr,
+        bind: Ipv4Addr,
+        transport: Transport,
+    ) -> Result<Self, String> {
+        let identity = Identity::generate().map_err(|e| e.to_string())?;
+        let node = node_peer_id(node_addr).map_err(|e| e.to_string())?;
+        let behaviour = |_: &libp2p::identity::Keypair| Light {
+            ping: ping::Behaviour::new(ping::Config::new()),
+            stream: libp2p_stream::Behaviour::new(),
+        };
+        let idle =
+            |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(3600));
+        let builder = libp2p::SwarmBuilder::with_existing_identity(identity.keypair()).with_tokio();
+        let mut swarm = match transport {
+            Transport::Tcp => builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| e.to_string())?
+                .with_behaviour(behaviour)
+                .map_err(|e| e.to_string())?
+                .with_swarm_config(idle)
+                .build(),
+            Transport::Quic => builder
+                .with_quic()
+                .with_behaviour(behaviour)
+                .map_err(|e| e.to_string())?
+                .with_swarm_config(idle)
+                .build(),
+        };
+        swarm
+            .listen_on(transport.listen_addr(bind))
+            .map_err(|e| e.to_string())?;
+        // Wait for the listener so the dial can reuse its address.
+        loop {
+            if let SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
+                break;
+            }
+        }
+        swarm.dial(node_addr.clone()).map_err(|e| e.to_string())?;
+        let control = swarm.behaviour().stream.new_control();
+        let (connected_tx, connected) = oneshot::channel();
+        let (gone_tx, gone) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut connected_tx = Some(connected_tx);
+            let mut gone_tx = Some(gone_tx);
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node => {
+                        if let Some(tx) = connected_tx.take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        if let Some(tx) = connected_tx.take() {
+                            let _ = tx.send(Err(error.to_string()));
+                        }
+                    }
+                    SwarmEvent::ConnectionClosed {
+                        peer_id,
+                        num_established: 0,
+                        ..
+                    } if peer_id == node => {
+                        if let Some(tx) = connected_tx.take() {
+                            let _ = tx.send(Err("closed".to_string()));
+                        }
+                        gone_tx.take();
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), connected)
+            .await
+            .map_err(|_| "no answer to the dial".to_string())?
+            .map_err(|_| "the swarm stopped".to_string())??;
+        Ok(Self {
+            identity,
+            node,
+            control,
+            task,
+            gone: Some(gone),
+        })
+    }
+
+    /// Opens a raw directory stream.
+    pub async fn stream(&mut self) -> Result<libp2p::Stream, String> {
+        self.control
+            .open_stream(self.node, PROTOCOL)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Opens a directory session; the first one ends when the connection
+    /// does.
+    pub async fn session(&mut self) -> Result<DirectorySession, String> {
+        let stream = self.stream().await?;
+        let gone = self.gone.take();
+        Ok(DirectorySession::over_stream(
+            self.node,
+            stream,
+            None,
+            async move {
+                match gone {
+                    Some(gone) => {
+                        let _ = gone.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            },
+        ))
+    }
+
+    /// A registration of `name` by this key, online, valid for 10 minutes.
+    pub fn record(&self, name: ScreenName, seq: u64) -> Registration {
+        let now_ms = messenger::proto::time::now_ms();
+        Registration {
+            name,
+            peer_id: self.identity.peer_id(),
+            addrs: Vec::new(),
+            seq,
+            expires_at: now_ms + 10 * 60 * 1000,
+            status: Status::Online,
+            status_text: String::new(),
+        }
+    }
+}
+
+/// One online client: its connection and session live until this is
+/// dropped.
+pub struct LightClient {
+    _session: DirectorySession,
+    _connection: BareConnection,
 }
 
 /// Connects a fresh key to the node at `node_addr` from `bind` and
@@ -82,98 +231,16 @@ pub async fn light_client(
     transport: Transport,
     name: ScreenName,
 ) -> Result<LightClient, String> {
-    let identity = Identity::generate().map_err(|e| e.to_string())?;
-    let node = node_peer_id(node_addr).map_err(|e| e.to_string())?;
-    let behaviour = |_: &libp2p::identity::Keypair| Light {
-        ping: ping::Behaviour::new(ping::Config::new()),
-        stream: libp2p_stream::Behaviour::new(),
-    };
-    let builder = libp2p::SwarmBuilder::with_existing_identity(identity.keypair()).with_tokio();
-    let mut swarm = match transport {
-        Transport::Tcp => builder
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| e.to_string())?
-            .with_behaviour(behaviour)
-            .map_err(|e| e.to_string())?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-            .build(),
-        Transport::Quic => builder
-            .with_quic()
-            .with_behaviour(behaviour)
-            .map_err(|e| e.to_string())?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-            .build(),
-    };
-    swarm
-        .listen_on(transport.listen_addr(bind))
-        .map_err(|e| e.to_string())?;
-    // Wait for the listener so the dial can reuse its address.
-    loop {
-        if let SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
-            break;
-        }
-    }
-    swarm.dial(node_addr.clone()).map_err(|e| e.to_string())?;
-    let mut control = swarm.behaviour().stream.new_control();
-    let (connected_tx, connected) = oneshot::channel();
-    let (gone_tx, gone) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let mut connected_tx = Some(connected_tx);
-        let mut gone_tx = Some(gone_tx);
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node => {
-                    if let Some(tx) = connected_tx.take() {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                SwarmEvent::OutgoingConnectionError { error, .. } => {
-                    if let Some(tx) = connected_tx.take() {
-                        let _ = tx.send(Err(error.to_string()));
-                    }
-                }
-                SwarmEvent::ConnectionClosed {
-                    peer_id,
-                    num_established: 0,
-                    ..
-                } if peer_id == node => {
-                    gone_tx.take();
-                }
-                _ => {}
-            }
-        }
-    });
-    connected
-        .await
-        .map_err(|_| "the swarm stopped".to_string())??;
-    let stream = control
-        .open_stream(node, PROTOCOL)
-        .await
-        .map_err(|e| e.to_string())?;
-    let session = DirectorySession::over_stream(node, stream, None, async move {
-        let _ = gone.await;
-    });
-    let now_ms = messenger::proto::time::now_ms();
-    let record = Registration {
-        name,
-        peer_id: identity.peer_id(),
-        addrs: Vec::new(),
-        seq: now_ms * 1000,
-        expires_at: now_ms + 10 * 60 * 1000,
-        status: Status::Online,
-        status_text: String::new(),
-    };
+    let mut connection = BareConnection::connect(node_addr, bind, transport).await?;
+    let session = connection.session().await?;
+    let record = connection.record(name, messenger::proto::time::now_ms() * 1000);
     session
-        .register(record.sign(&identity), Vec::new())
+        .register(record.sign(&connection.identity), Vec::new())
         .await
         .map_err(|e| e.to_string())?;
     Ok(LightClient {
         _session: session,
-        task,
+        _connection: connection,
     })
 }
 

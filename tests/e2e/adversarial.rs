@@ -6,20 +6,15 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, StreamExt};
-use libp2p::multiaddr::Protocol;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, noise, ping, tcp, yamux};
+use futures::AsyncReadExt;
+use libp2p::{Multiaddr, PeerId};
 use messenger::client::Client;
-use messenger::directory::{DirectoryError, DirectorySession};
+use messenger::directory::DirectoryError;
 use messenger::proto::Identity;
 use messenger::proto::codec;
 use messenger::proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
 use messenger::proto::name::ScreenName;
-use messenger::proto::presence::Status;
 use messenger::proto::record::Registration;
-use messenger::proto::time::now_ms;
-use tokio::sync::oneshot;
 
 use crate::support::{Node, User};
 
@@ -27,133 +22,17 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
 
-#[derive(NetworkBehaviour)]
-struct Bare {
-    ping: ping::Behaviour,
-    stream: libp2p_stream::Behaviour,
+/// A peer with a key of its own, connected to the node: the load
+/// generator's bare connection, driven here to send what no honest client
+/// would.
+type Attacker = crate::load::BareConnection;
+
+async fn attacker(node_addr: &Multiaddr, from: Ipv4Addr) -> Result<Attacker, String> {
+    Attacker::connect(node_addr, from, crate::load::Transport::Tcp).await
 }
 
-/// A peer with a key of its own, connected to the node from `from`.
-struct Attacker {
-    identity: Identity,
-    node: PeerId,
-    control: libp2p_stream::Control,
-    task: tokio::task::JoinHandle<()>,
-    gone: Option<oneshot::Receiver<()>>,
-}
-
-impl Drop for Attacker {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Attacker {
-    /// Connects; `Err` if the node refused the connection.
-    async fn connect(node_addr: &Multiaddr, from: Ipv4Addr) -> Result<Self, String> {
-        let identity = Identity::generate().unwrap();
-        let node = match node_addr.iter().last() {
-            Some(Protocol::P2p(peer)) => peer,
-            _ => panic!("node address without /p2p/"),
-        };
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| Bare {
-                ping: ping::Behaviour::new(ping::Config::new()),
-                stream: libp2p_stream::Behaviour::new(),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-            .build();
-        // Listening on `from` makes the dial leave from it (port reuse).
-        swarm
-            .listen_on(Multiaddr::from(from).with(Protocol::Tcp(0)))
-            .unwrap();
-        loop {
-            if let SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
-                break;
-            }
-        }
-        swarm.dial(node_addr.clone()).unwrap();
-        let control = swarm.behaviour().stream.new_control();
-        let (up_tx, up) = oneshot::channel();
-        let (gone_tx, gone) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let (mut up_tx, mut gone_tx) = (Some(up_tx), Some(gone_tx));
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::ConnectionEstablished { .. } => {
-                        if let Some(tx) = up_tx.take() {
-                            let _ = tx.send(Ok(()));
-                        }
-                    }
-                    SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        if let Some(tx) = up_tx.take() {
-                            let _ = tx.send(Err(error.to_string()));
-                        }
-                    }
-                    SwarmEvent::ConnectionClosed {
-                        num_established: 0, ..
-                    } => {
-                        if let Some(tx) = up_tx.take() {
-                            let _ = tx.send(Err("closed".into()));
-                        }
-                        gone_tx.take();
-                    }
-                    _ => {}
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(20), up)
-            .await
-            .map_err(|_| "no answer to the dial".to_string())?
-            .map_err(|_| "swarm stopped".to_string())??;
-        Ok(Self {
-            identity,
-            node,
-            control,
-            task,
-            gone: Some(gone),
-        })
-    }
-
-    async fn stream(&mut self) -> Result<libp2p::Stream, String> {
-        self.control
-            .open_stream(self.node, directory::PROTOCOL)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn session(&mut self) -> DirectorySession {
-        let stream = self.stream().await.unwrap();
-        let gone = self.gone.take();
-        DirectorySession::over_stream(self.node, stream, None, async move {
-            match gone {
-                Some(gone) => {
-                    let _ = gone.await;
-                }
-                None => std::future::pending().await,
-            }
-        })
-    }
-
-    fn record(&self, name: &str, seq: u64) -> Registration {
-        Registration {
-            name: ScreenName::parse(name).unwrap(),
-            peer_id: self.identity.peer_id(),
-            addrs: vec!["/ip4/127.0.0.1/tcp/9".parse().unwrap()],
-            seq,
-            expires_at: now_ms() + 60_000,
-            status: Status::Online,
-            status_text: String::new(),
-        }
-    }
+fn name(s: &str) -> ScreenName {
+    ScreenName::parse(s).unwrap()
 }
 
 fn refused(result: Result<impl std::fmt::Debug, DirectoryError>) -> ErrorCode {
@@ -176,13 +55,11 @@ fn directory_attacks_fail_and_the_owner_is_unaffected() {
     let alice_peer: PeerId = alice.peer_id().parse().unwrap();
 
     runtime().block_on(async {
-        let mut mallory = Attacker::connect(&node_addr, Ipv4Addr::LOCALHOST)
-            .await
-            .unwrap();
-        let session = mallory.session().await;
+        let mut mallory = attacker(&node_addr, Ipv4Addr::LOCALHOST).await.unwrap();
+        let session = mallory.session().await.unwrap();
 
         // Claim a taken name with another key.
-        let record = mallory.record("alice", 1).sign(&mallory.identity);
+        let record = mallory.record(name("alice"), 1).sign(&mallory.identity);
         assert_eq!(
             refused(session.register(record, vec![]).await),
             ErrorCode::NameTaken
@@ -190,7 +67,7 @@ fn directory_attacks_fail_and_the_owner_is_unaffected() {
 
         // Update the owner's addresses: a record naming alice's peer id,
         // signed by mallory.
-        let mut forged = mallory.record("alice", u64::MAX - 1);
+        let mut forged = mallory.record(name("alice"), u64::MAX - 1);
         forged.peer_id = alice_peer;
         assert_eq!(
             refused(
@@ -202,7 +79,7 @@ fn directory_attacks_fail_and_the_owner_is_unaffected() {
         );
 
         // Forge a signature: a valid record with its signature altered.
-        let mut tampered = mallory.record("mallory", 10).sign(&mallory.identity);
+        let mut tampered = mallory.record(name("mallory"), 10).sign(&mallory.identity);
         tampered.0.signature[0] ^= 1;
         assert_eq!(
             refused(session.register(tampered, vec![]).await),
@@ -214,7 +91,7 @@ fn directory_attacks_fail_and_the_owner_is_unaffected() {
         let carol = Identity::generate().unwrap();
         let captured = Registration {
             peer_id: carol.peer_id(),
-            ..mallory.record("carol", 1)
+            ..mallory.record(name("carol"), 1)
         }
         .sign(&carol);
         assert_eq!(
@@ -224,15 +101,15 @@ fn directory_attacks_fail_and_the_owner_is_unaffected() {
 
         // Replay an old record with a lower sequence number, in the same
         // session and in a later one.
-        let newer = mallory.record("mallory", 10).sign(&mallory.identity);
+        let newer = mallory.record(name("mallory"), 10).sign(&mallory.identity);
         session.register(newer, vec![]).await.unwrap();
-        let older = mallory.record("mallory", 5).sign(&mallory.identity);
+        let older = mallory.record(name("mallory"), 5).sign(&mallory.identity);
         assert_eq!(
             refused(session.register(older.clone(), vec![]).await),
             ErrorCode::StaleSequence
         );
         session.close().await;
-        let again = mallory.session().await;
+        let again = mallory.session().await.unwrap();
         assert_eq!(
             refused(again.register(older, vec![]).await),
             ErrorCode::StaleSequence,
@@ -240,11 +117,13 @@ fn directory_attacks_fail_and_the_owner_is_unaffected() {
         );
 
         // Squatting: one key holds at most 3 names.
-        for (i, name) in ["mallory2", "mallory3"].iter().enumerate() {
-            let record = mallory.record(name, 20 + i as u64).sign(&mallory.identity);
+        for (i, n) in ["mallory2", "mallory3"].iter().enumerate() {
+            let record = mallory
+                .record(name(n), 20 + i as u64)
+                .sign(&mallory.identity);
             again.register(record, vec![]).await.unwrap();
         }
-        let record = mallory.record("mallory4", 30).sign(&mallory.identity);
+        let record = mallory.record(name("mallory4"), 30).sign(&mallory.identity);
         assert_eq!(
             refused(again.register(record, vec![]).await),
             ErrorCode::LimitExceeded
@@ -360,10 +239,9 @@ fn a_flood_is_bounded_and_honest_clients_are_still_served() {
         // The flood comes from its own address, as one attacking machine.
         let flood_ip = Ipv4Addr::new(127, 0, 0, 66);
         let connections = 120;
-        let attempts = futures::future::join_all(
-            (0..connections).map(|_| Attacker::connect(&node_addr, flood_ip)),
-        )
-        .await;
+        let attempts =
+            futures::future::join_all((0..connections).map(|_| attacker(&node_addr, flood_ip)))
+                .await;
         // A refused connection may look established to the dialler for a
         // moment (the node closes it right after the handshake): a
         // connection counts as accepted if a session opens on it.
@@ -481,28 +359,26 @@ fn kill_9_during_a_burst_of_claims_loses_no_acknowledged_claim() {
     let acknowledged = runtime().block_on(async {
         let mut clients = Vec::new();
         for _ in 0..8 {
-            let mut attacker = Attacker::connect(&node_addr, Ipv4Addr::LOCALHOST)
-                .await
-                .unwrap();
-            let session = attacker.session().await;
-            clients.push((attacker, session));
+            let mut peer = attacker(&node_addr, Ipv4Addr::LOCALHOST).await.unwrap();
+            let session = peer.session().await.unwrap();
+            clients.push((peer, session));
         }
         let (acks, mut acked) = tokio::sync::mpsc::channel(1024);
         let mut tasks = Vec::new();
-        for (c, (attacker, session)) in clients.into_iter().enumerate() {
+        for (c, (peer, session)) in clients.into_iter().enumerate() {
             let acks = acks.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..1000u64 {
-                    let name = format!("c{c}n{i}");
-                    let record = attacker.record(&name, i + 1).sign(&attacker.identity);
+                    let claimed = format!("c{c}n{i}");
+                    let record = peer.record(name(&claimed), i + 1).sign(&peer.identity);
                     match session.register(record, vec![]).await {
                         Ok(_) => {
-                            let _ = acks.send((name, attacker.identity.peer_id())).await;
+                            let _ = acks.send((claimed, peer.identity.peer_id())).await;
                         }
                         Err(_) => break,
                     }
                 }
-                drop(attacker);
+                drop(peer);
             }));
         }
         drop(acks);
@@ -532,10 +408,8 @@ fn kill_9_during_a_burst_of_claims_loses_no_acknowledged_claim() {
     let node = Node::start_with(dir.path(), &burst_flags);
     let node_addr: Multiaddr = node.addr.parse().unwrap();
     runtime().block_on(async {
-        let mut checker = Attacker::connect(&node_addr, Ipv4Addr::LOCALHOST)
-            .await
-            .unwrap();
-        let session = checker.session().await;
+        let mut checker = attacker(&node_addr, Ipv4Addr::LOCALHOST).await.unwrap();
+        let session = checker.session().await.unwrap();
         for (name, owner) in &acknowledged {
             let resolution = session
                 .resolve(name)

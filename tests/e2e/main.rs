@@ -10,6 +10,10 @@ mod bad_input;
 mod buddy;
 mod directory;
 mod hostile;
+// The bench's bare directory client, which the attackers are made of.
+#[path = "../../benches/suite/load.rs"]
+#[allow(dead_code)]
+mod load;
 mod messaging;
 mod nat;
 mod netlab;
