@@ -589,7 +589,15 @@ impl Agent {
         if pending.is_empty() {
             return Ok(());
         }
-        let result = self.deliver(to, &pending).await;
+        let result = match self.deliver(to, &pending).await {
+            // Failing for want of a way to prove who we are is worth saying
+            // plainly, and waiting for the node rather than retrying.
+            Err(Pause::Retry(why)) => match self.unverifiable(to).await {
+                Some(reason) => Err(Pause::Offline(reason)),
+                None => Err(Pause::Retry(why)),
+            },
+            other => other,
+        };
         // Whoever waits for one of these learns it is queued, unless a retry
         // is coming soon anyway (the sender keeps waiting for it).
         if let Err(pause @ (Pause::Offline(_) | Pause::KeyChanged(_))) = &result {
@@ -605,6 +613,29 @@ impl Agent {
             }
         }
         result
+    }
+
+    /// Why `to` cannot verify that our messages are ours right now, if
+    /// that is so: our name certificate has expired (or we never had one)
+    /// and the rendezvous node, which could vouch for us instead, is out
+    /// of reach.
+    async fn unverifiable(&self, to: &ScreenName) -> Option<String> {
+        let client = self.inner.client.lock().await.clone()?;
+        if client.directory_connected() {
+            return None;
+        }
+        let now = now_ms();
+        let since = match client.certificate() {
+            Some(cert) if cert.expires_at > now => return None,
+            Some(cert) => format!(
+                "your name certificate expired at {}",
+                crate::time::clock(cert.expires_at)
+            ),
+            None => "you hold no name certificate".to_owned(),
+        };
+        Some(format!(
+            "{since} and the rendezvous node is unreachable: {to} cannot verify that the message is from you until the node is back"
+        ))
     }
 
     async fn deliver(&self, to: &ScreenName, pending: &[StoredMessage]) -> Result<(), Pause> {

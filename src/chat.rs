@@ -2,9 +2,11 @@
 //! ([`Inbox`]) of the chat protocol.
 //!
 //! A sender keeps one long-lived stream per peer and pipelines messages on
-//! it; acknowledgements come back on the same stream, matched by id. A
-//! receiver accepts a message only after checking the signature against the
-//! connection's key and that the sender's name resolves to that key.
+//! it, after its name certificate; acknowledgements come back on the same
+//! stream, matched by id. A receiver accepts a message only after checking
+//! the signature against the connection's key and that the sender's name
+//! belongs to that key: from the sender's certificate, or else by asking
+//! the rendezvous node.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -13,12 +15,14 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use messenger_proto::accept;
-use messenger_proto::chat::{self, ChatFrame, Message, MessageId, RejectCode};
+use messenger_proto::certificate::{NameCertificate, SignedCertificate};
+use messenger_proto::chat::{self, ChatFrame, IdOnly, Message, MessageId, RejectCode};
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::identity::verifying_key_of;
 use messenger_proto::name::ScreenName;
 use messenger_proto::rate::{Rate, TokenBucket};
-use messenger_proto::signed::{MESSAGE_CONTEXT, Signed, SignedError};
+use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
+use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
@@ -79,9 +83,18 @@ impl std::fmt::Debug for ChatLink {
     }
 }
 
+/// Our current name certificate, which links send ahead of messages.
+pub type CertificateWatch = watch::Receiver<Option<SignedCertificate>>;
+
 impl ChatLink {
-    /// Opens a chat stream to a connected (or dialable) peer.
-    pub async fn open(network: &Network, peer: PeerId) -> Result<Self, DeliveryError> {
+    /// Opens a chat stream to a connected (or dialable) peer. The stream
+    /// carries `certificate` ahead of the first message, and again when it
+    /// changes.
+    pub async fn open(
+        network: &Network,
+        peer: PeerId,
+        certificate: CertificateWatch,
+    ) -> Result<Self, DeliveryError> {
         let stream = network
             .control()
             .open_stream(peer, chat::PROTOCOL)
@@ -97,6 +110,7 @@ impl ChatLink {
             rx,
             waiters.clone(),
             closed_tx.clone(),
+            certificate,
         ));
         let abort = Arc::new(tokio::sync::Notify::new());
         let gone = crate::directory::disconnected(network, peer);
@@ -160,7 +174,9 @@ async fn write_messages(
     mut rx: mpsc::Receiver<Outgoing>,
     waiters: Waiters,
     closed: Arc<watch::Sender<bool>>,
+    mut certificate: CertificateWatch,
 ) {
+    let mut certificate_sent = false;
     while let Some(first) = rx.recv().await {
         // Write everything already queued before flushing once.
         let mut batch = vec![first];
@@ -171,6 +187,18 @@ async fn write_messages(
             }
         }
         let mut bytes = Vec::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
+        // The certificate goes first on the stream, and again after a
+        // renewal, so the recipient need not ask the node who we are.
+        if !certificate_sent || certificate.has_changed().unwrap_or(false) {
+            certificate_sent = true;
+            let current = certificate.borrow_and_update().clone();
+            if let Some(cert) = current {
+                match codec::encode_frame(&ChatFrame::Certificate(cert), chat::MAX_FRAME) {
+                    Ok(frame) => bytes.extend_from_slice(&frame),
+                    Err(e) => warn!("cannot frame our name certificate: {e}"),
+                }
+            }
+        }
         {
             let mut waiting = lock(&waiters);
             for out in batch {
@@ -233,10 +261,11 @@ async fn read_acks(
                     let _ = w.send(Err(DeliveryError::Rejected(code)));
                 }
             }
-            Ok(Some(ChatFrame::Message(_))) => {
+            Ok(Some(ChatFrame::Message(_) | ChatFrame::Certificate(_))) => {
                 warn!("peer sent a message on our outbound chat stream; closing it");
                 break;
             }
+            Ok(Some(ChatFrame::Unknown)) => {}
             Ok(None) => break,
             Err(e) => {
                 debug!("chat stream ended: {e}");
@@ -320,6 +349,8 @@ pub const DEFAULT_MESSAGE_RATE: Rate = Rate::new(200.0, 1_000);
 /// The receiving side: accepts chat streams and checks every message.
 pub struct Inbox {
     me: ScreenName,
+    /// The rendezvous node whose certificates we accept.
+    trusted: PeerId,
     directory: DirectoryWatch,
     deliver: mpsc::Sender<IncomingMessage>,
     sink: Arc<dyn MessageSink>,
@@ -348,8 +379,11 @@ enum Refusal {
 
 impl Inbox {
     /// An inbox for messages to `me`; accepted ones go to `deliver`.
+    /// Senders' names are taken from certificates issued by `trusted`, or
+    /// else looked up through `directory`.
     pub fn new(
         me: ScreenName,
+        trusted: PeerId,
         directory: DirectoryWatch,
         deliver: mpsc::Sender<IncomingMessage>,
         sink: Arc<dyn MessageSink>,
@@ -357,6 +391,7 @@ impl Inbox {
     ) -> Arc<Self> {
         Arc::new(Self {
             me,
+            trusted,
             directory,
             deliver,
             sink,
@@ -444,6 +479,8 @@ impl Inbox {
         stream: Stream,
     ) {
         let (mut reader, mut writer) = stream.split();
+        // The sender's name as its certificate vouches for it on this stream.
+        let mut certified: Option<NameCertificate> = None;
         loop {
             // Over its rate, a peer's next message waits unread: the
             // stream's flow control slows the sender down.
@@ -451,6 +488,17 @@ impl Inbox {
             let signed = match codec::read_frame::<_, ChatFrame>(&mut reader, chat::MAX_FRAME).await
             {
                 Ok(Some(ChatFrame::Message(signed))) => signed,
+                Ok(Some(ChatFrame::Certificate(cert))) => {
+                    match cert.verify(&self.trusted, now_ms()) {
+                        Ok(cert) if cert.owner == peer => certified = Some(cert),
+                        Ok(cert) => {
+                            warn!(%peer, owner = %cert.owner, "ignoring a name certificate issued to another key")
+                        }
+                        Err(e) => debug!(%peer, "ignoring a name certificate: {e}"),
+                    }
+                    continue;
+                }
+                Ok(Some(ChatFrame::Unknown)) => continue,
                 Ok(Some(_)) => {
                     warn!(%peer, "peer sent an acknowledgement on an inbound chat stream; closing it");
                     break;
@@ -465,7 +513,7 @@ impl Inbox {
                     break;
                 }
             };
-            let answer = match self.accept(peer, key, &signed).await {
+            let answer = match self.accept(peer, key, &signed, certified.as_ref()).await {
                 Ok(id) => ChatFrame::Ack { id },
                 Err(Refusal::Reject(id, code)) => {
                     warn!(%peer, %id, "message refused: {code}");
@@ -484,21 +532,28 @@ impl Inbox {
     }
 
     /// Checks one message and hands it on; returns its id to acknowledge.
+    /// The checks and their order are those of docs/protocol.md §6.3.
     async fn accept(
         &self,
         peer: PeerId,
         key: &ed25519_dalek::VerifyingKey,
         signed: &Signed,
+        certified: Option<&NameCertificate>,
     ) -> Result<MessageId, Refusal> {
-        let message: Message = match signed.open(MESSAGE_CONTEXT, key) {
+        // A refusal needs an id, read from a payload nobody vouches for.
+        let refuse = |code: RejectCode, what: &str| match signed.decode_unverified::<IdOnly>() {
+            Ok(IdOnly { id }) => Refusal::Reject(id, code),
+            Err(_) => Refusal::Close(format!("{what}, and no message id in it")),
+        };
+        if signed.verify(MESSAGE_CONTEXT, key).is_err() {
+            return Err(refuse(RejectCode::BadSignature, "a bad signature"));
+        }
+        let message: Message = match signed.decode_unverified() {
             Ok(m) => m,
-            Err(SignedError::BadSignature) => {
-                return Err(match signed.decode_unverified::<Message>() {
-                    Ok(m) => Refusal::Reject(m.id, RejectCode::BadSignature),
-                    Err(_) => Refusal::Close("undecodable message with a bad signature".into()),
-                });
+            Err(e) => {
+                debug!(%peer, "message payload not in the protocol's form: {e}");
+                return Err(refuse(RejectCode::Malformed, "a malformed message"));
             }
-            Err(e) => return Err(Refusal::Close(format!("malformed message: {e}"))),
         };
         let id = message.id;
         if message.to != self.me {
@@ -507,24 +562,47 @@ impl Inbox {
         if chat::check_text(&message.text).is_err() {
             return Err(Refusal::Reject(id, RejectCode::BadText));
         }
-        let mut owner = self.owner_of(&message.from).await;
+        let now = now_ms();
+        if !chat::sent_at_acceptable(message.sent_at, now) {
+            return Err(Refusal::Reject(id, RejectCode::BadTime));
+        }
+        let vouched = certified
+            .is_some_and(|cert| cert.vouches_for(&message.from, &peer) && cert.expires_at > now);
+        if !vouched {
+            self.check_owner(&message.from, peer, id).await?;
+        }
+        self.keep(message, peer).await
+    }
+
+    /// Asks the node (or its cached answer) whether `from` belongs to `peer`.
+    async fn check_owner(
+        &self,
+        from: &ScreenName,
+        peer: PeerId,
+        id: MessageId,
+    ) -> Result<(), Refusal> {
+        let mut owner = self.owner_of(from).await;
         if matches!(&owner, Ok(o) if *o != peer) {
             // The cached owner may be stale (the name changed hands): ask
             // the node once more before refusing for good.
-            lock(&self.owners).remove(&message.from);
-            owner = self.owner_of(&message.from).await;
+            lock(&self.owners).remove(from);
+            owner = self.owner_of(from).await;
         }
         match owner {
-            Ok(owner) if owner == peer => {}
+            Ok(owner) if owner == peer => Ok(()),
             Ok(_) | Err(OwnerError::NoSuchName) => {
-                return Err(Refusal::Reject(id, RejectCode::SenderMismatch));
+                Err(Refusal::Reject(id, RejectCode::SenderMismatch))
             }
-            Err(OwnerError::Unavailable(e)) => {
-                return Err(Refusal::Close(format!(
-                    "cannot check the sender's name: {e}"
-                )));
-            }
+            Err(OwnerError::Unavailable(e)) => Err(Refusal::Close(format!(
+                "cannot check that {from} is the sender's name: no valid certificate, and {e}"
+            ))),
         }
+    }
+
+    /// The last checks (repeats, blocks, pins), then stores the message
+    /// and hands it on.
+    async fn keep(&self, message: Message, peer: PeerId) -> Result<MessageId, Refusal> {
+        let id = message.id;
         if let Some(code) = self.sink.refuse(&message.from, &peer) {
             // A repeat of a message accepted before the block or key
             // change is still acknowledged; `keep` dedups the normal path.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use messenger_proto::Identity;
+use messenger_proto::certificate::{NameCertificate, SignedCertificate};
 use messenger_proto::chat::{self, Message, MessageId, TextError};
 use messenger_proto::directory::{
     ErrorCode, MAX_VISIBLE_TO, MAX_WATCH_PER_REQUEST, Resolution, ResolutionError,
@@ -18,7 +19,7 @@ use messenger_proto::directory::{
 use messenger_proto::name::{NameError, ScreenName};
 use messenger_proto::presence::{Presence, Status};
 use messenger_proto::rate::Rate;
-use messenger_proto::record::{MAX_ADDRS, Registration};
+use messenger_proto::record::{MAX_ADDRS, Registration, without_peer_suffix};
 use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, watch};
@@ -266,6 +267,11 @@ struct Inner {
     identity: Identity,
     network: Network,
     rendezvous: Multiaddr,
+    /// The rendezvous node's peer id: whose certificates we trust.
+    node: PeerId,
+    /// The node's certificate of our name, from the last registration,
+    /// verified. Chat links send it ahead of messages.
+    certificate: watch::Sender<Option<SignedCertificate>>,
     name: Mutex<Option<ScreenName>>,
     directory: watch::Sender<Option<DirectorySession>>,
     /// Open chat links by recipient name. An open link is authenticated
@@ -315,10 +321,12 @@ pub fn advertised_addrs(
             _ => true,
         })
     };
+    // libp2p reports relayed listen addresses with our own /p2p/<id> at the
+    // end; registered addresses carry none (docs/protocol.md §5.2).
     let (relayed, direct): (Vec<Multiaddr>, Vec<Multiaddr>) = listen
         .iter()
         .filter(|a| usable(a))
-        .cloned()
+        .map(without_peer_suffix)
         .partition(is_relayed);
     match reachability {
         Reachability::Public => direct,
@@ -380,11 +388,14 @@ impl Client {
         let (pushes, push_rx) = mpsc::channel(256);
         let session = DirectorySession::open(&network, &rendezvous, Some(pushes.clone())).await?;
         let (directory, _) = watch::channel(Some(session));
+        let (certificate, _) = watch::channel(None);
         Ok(Self {
             inner: Arc::new(Inner {
                 identity,
                 network,
                 rendezvous,
+                node,
+                certificate,
                 name: Mutex::new(name),
                 directory,
                 links: Default::default(),
@@ -550,7 +561,45 @@ impl Client {
             .await?;
         *lock(&self.inner.registered_addrs) = addrs;
         *lock(&self.inner.name) = Some(registered.name.clone());
+        self.keep_certificate(&registered);
         Ok(registered)
+    }
+
+    /// Keeps the node's certificate of our name, if it is one our peers
+    /// will accept (issued by our node, to us, for this name, valid now).
+    fn keep_certificate(&self, registered: &Registered) {
+        let Some(signed) = &registered.certificate else {
+            return;
+        };
+        match signed.verify(&self.inner.node, now_ms()) {
+            Ok(cert) if cert.vouches_for(&registered.name, &self.peer_id()) => {
+                self.inner.certificate.send_replace(Some(signed.clone()));
+            }
+            Ok(_) => warn!("the node's certificate is for another name or key; not using it"),
+            Err(e) => warn!("the node's certificate does not verify; not using it: {e}"),
+        }
+    }
+
+    /// Whether a directory session with the node is open now.
+    pub fn directory_connected(&self) -> bool {
+        self.session().is_ok()
+    }
+
+    /// Our current name certificate (decoded), if we hold one: when it
+    /// expires, our peers need the node to check our name.
+    pub fn certificate(&self) -> Option<NameCertificate> {
+        let signed = self.inner.certificate.borrow().clone()?;
+        signed.decode_unverified().ok()
+    }
+
+    /// How long until the registration should be renewed: the usual period,
+    /// or sooner if our certificate would expire first.
+    fn renew_in(&self) -> Duration {
+        let Some(cert) = self.certificate() else {
+            return RENEW_EVERY;
+        };
+        let left = Duration::from_millis(cert.expires_at.saturating_sub(now_ms()));
+        (left / 2).clamp(Duration::from_secs(1), RENEW_EVERY)
     }
 
     /// Gives a name up.
@@ -630,9 +679,13 @@ impl Client {
             .dial(info.peer_id, info.addrs.clone())
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let link = ChatLink::open(&self.inner.network, info.peer_id)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let link = ChatLink::open(
+            &self.inner.network,
+            info.peer_id,
+            self.inner.certificate.subscribe(),
+        )
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
         links.insert(info.name.clone(), link.clone());
         Ok((link, dialling.elapsed()))
     }
@@ -854,6 +907,7 @@ impl Client {
         })?;
         let inbox = Inbox::new(
             name.clone(),
+            self.inner.node,
             self.inner.directory.subscribe(),
             messages,
             sink,
@@ -1002,7 +1056,7 @@ impl Client {
             tokio::select! {
                 // The next turn of the loop finds the session closed.
                 _ = session.closed() => {}
-                _ = tokio::time::sleep(RENEW_EVERY) => {
+                _ = tokio::time::sleep(self.renew_in()) => {
                     if let Err(e) = self.register_on(&session, &name, self.advertised()).await {
                         warn!("renewal failed: {e}");
                     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::AsyncReadExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
+use messenger_proto::certificate::SignedCertificate;
 use messenger_proto::codec;
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Resolution, Response};
 use messenger_proto::name::ScreenName;
@@ -78,6 +79,8 @@ pub struct Registered {
     pub new_claim: bool,
     /// When it lapses unless renewed (ms since epoch).
     pub expires_at: u64,
+    /// The node's certificate of the name, as received (not yet verified).
+    pub certificate: Option<SignedCertificate>,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
@@ -233,10 +236,12 @@ impl DirectorySession {
                 name,
                 new_claim,
                 expires_at,
+                certificate,
             } => Ok(Registered {
                 name,
                 new_claim,
                 expires_at,
+                certificate,
             }),
             _ => Err(DirectoryError::Unexpected),
         }

@@ -1,16 +1,21 @@
 //! The direct message protocol between two clients.
 //!
-//! The sender opens one long-lived stream to a peer and writes
-//! [`ChatFrame::Message`] frames on it, without waiting; the receiver answers
+//! The sender opens one long-lived stream to a peer, sends its name
+//! certificate ([`ChatFrame::Certificate`]) and then writes
+//! [`ChatFrame::Message`] frames, without waiting; the receiver answers
 //! each with [`ChatFrame::Ack`] once it has accepted the message, or
 //! [`ChatFrame::Reject`]. Acknowledgements carry the message id, so the
-//! sender matches them without relying on order.
+//! sender matches them without relying on order. A frame of a kind the
+//! reader does not know decodes as [`ChatFrame::Unknown`] and is skipped,
+//! so that later versions can add frames.
 
 use std::fmt;
 
 use libp2p::StreamProtocol;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::certificate::SignedCertificate;
 use crate::name::ScreenName;
 use crate::signed::Signed;
 
@@ -22,6 +27,10 @@ pub const MAX_TEXT: usize = 64 * 1024;
 
 /// Largest frame: a maximal message plus its envelope.
 pub const MAX_FRAME: usize = MAX_TEXT + 1024;
+
+/// How far a message's `sent_at` may lie ahead of the recipient's clock:
+/// as far as the registration rules let a client's clock be off.
+pub const MAX_SENT_AHEAD_MS: u64 = 24 * 60 * 60 * 1000 + crate::CLOCK_SKEW_MS;
 
 /// A 128-bit random message id; shown as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,10 +116,28 @@ pub fn check_text(text: &str) -> Result<(), TextError> {
     }
 }
 
+/// Whether a message dated `sent_at` is acceptable at `now_ms`: not more
+/// than [`MAX_SENT_AHEAD_MS`] in the future. (Any past is fine: messages
+/// wait in outboxes for days.)
+pub fn sent_at_acceptable(sent_at: u64, now_ms: u64) -> bool {
+    sent_at <= now_ms.saturating_add(MAX_SENT_AHEAD_MS)
+}
+
+/// Just the id of a message whose payload is not a valid [`Message`], so
+/// that it can be refused by id.
+#[derive(Debug, Deserialize)]
+pub struct IdOnly {
+    /// The message id.
+    pub id: MessageId,
+}
+
 /// One frame on a chat stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChatFrame {
+    /// Sender to receiver: the node's certificate for the sender's name,
+    /// first on a stream and again whenever the sender gets a new one.
+    Certificate(SignedCertificate),
     /// Sender to receiver: a [`Message`] signed under the message context.
     Message(Signed),
     /// Receiver to sender: the message with this id is accepted (and was
@@ -126,6 +153,72 @@ pub enum ChatFrame {
         /// Why, as a stable code.
         code: RejectCode,
     },
+    /// A kind of frame this version does not know (read, never written):
+    /// skipped.
+    #[serde(skip_serializing)]
+    Unknown,
+}
+
+#[derive(Deserialize)]
+struct AckBody {
+    id: MessageId,
+}
+
+#[derive(Deserialize)]
+struct RejectBody {
+    id: MessageId,
+    code: RejectCode,
+}
+
+/// Externally tagged like the derived form, but an unknown kind (with
+/// whatever data it carries) becomes [`ChatFrame::Unknown`] instead of an
+/// error.
+impl<'de> Deserialize<'de> for ChatFrame {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FrameVisitor;
+
+        impl<'de> Visitor<'de> for FrameVisitor {
+            type Value = ChatFrame;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a chat frame: a map with one entry, from its kind to its data")
+            }
+
+            fn visit_str<E: de::Error>(self, _kind: &str) -> Result<ChatFrame, E> {
+                Ok(ChatFrame::Unknown)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ChatFrame, A::Error> {
+                let kind: String = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom("an empty map is not a chat frame"))?;
+                let frame = match kind.as_str() {
+                    "certificate" => ChatFrame::Certificate(map.next_value()?),
+                    "message" => ChatFrame::Message(map.next_value()?),
+                    "ack" => {
+                        let AckBody { id } = map.next_value()?;
+                        ChatFrame::Ack { id }
+                    }
+                    "reject" => {
+                        let RejectBody { id, code } = map.next_value()?;
+                        ChatFrame::Reject { id, code }
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                        ChatFrame::Unknown
+                    }
+                };
+                if map.next_key::<IgnoredAny>()?.is_some() {
+                    return Err(de::Error::custom(
+                        "a chat frame is a map with exactly one entry",
+                    ));
+                }
+                Ok(frame)
+            }
+        }
+
+        deserializer.deserialize_any(FrameVisitor)
+    }
 }
 
 /// Why a receiver refused a message.
@@ -147,6 +240,17 @@ pub enum RejectCode {
     /// Not delivered, for a reason the receiver does not disclose.
     #[error("not delivered")]
     NotDelivered,
+    /// The payload is signed but is not a valid message (a missing field,
+    /// a name not in normal form).
+    #[error("the message is not in the protocol's form")]
+    Malformed,
+    /// `sent_at` lies too far in the recipient's future.
+    #[error("the message is dated more than a day ahead of the recipient's clock")]
+    BadTime,
+    /// A code this version does not know (read, never written).
+    #[serde(other)]
+    #[error("refused (a reason this version does not know)")]
+    Unknown,
 }
 
 #[cfg(test)]
@@ -177,6 +281,58 @@ mod tests {
         };
         let frame = ChatFrame::Message(Signed::sign(&id, crate::signed::MESSAGE_CONTEXT, &msg));
         assert!(codec::encode_frame(&frame, MAX_FRAME).is_ok());
+    }
+
+    #[test]
+    fn unknown_frames_and_codes_are_read_as_unknown_and_known_ones_round_trip() {
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Later {
+            Typing { active: bool, extra: Vec<u32> },
+            Reject { id: MessageId, code: &'static str },
+        }
+        let typing = codec::to_cbor(&Later::Typing {
+            active: true,
+            extra: vec![1, 2, 3],
+        });
+        assert_eq!(
+            codec::from_cbor::<ChatFrame>(&typing).unwrap(),
+            ChatFrame::Unknown
+        );
+        let id = MessageId([7; 16]);
+        let later_code = codec::to_cbor(&Later::Reject {
+            id,
+            code: "too_late",
+        });
+        assert_eq!(
+            codec::from_cbor::<ChatFrame>(&later_code).unwrap(),
+            ChatFrame::Reject {
+                id,
+                code: RejectCode::Unknown
+            }
+        );
+        for frame in [
+            ChatFrame::Ack { id },
+            ChatFrame::Reject {
+                id,
+                code: RejectCode::BadTime,
+            },
+        ] {
+            assert_eq!(
+                codec::from_cbor::<ChatFrame>(&codec::to_cbor(&frame)).unwrap(),
+                frame
+            );
+        }
+        // Two entries is not a frame.
+        let mut two = std::collections::BTreeMap::new();
+        two.insert("ack", AckOut { id });
+        two.insert("zzz", AckOut { id });
+        assert!(codec::from_cbor::<ChatFrame>(&codec::to_cbor(&two)).is_err());
+    }
+
+    #[derive(Serialize)]
+    struct AckOut {
+        id: MessageId,
     }
 
     #[test]

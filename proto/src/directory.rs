@@ -8,6 +8,7 @@
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
+use crate::certificate::SignedCertificate;
 use crate::name::ScreenName;
 use crate::presence::Presence;
 use crate::record::{Registration, SignedRecord};
@@ -108,6 +109,10 @@ pub enum Reply {
         new_claim: bool,
         /// When the registration lapses unless renewed (ms since epoch).
         expires_at: u64,
+        /// The node's certificate that the name is this key's, for the
+        /// owner to show its peers. Absent from nodes that issue none.
+        #[serde(default)]
+        certificate: Option<SignedCertificate>,
     },
     /// A name's owner and presence.
     Resolved(Resolution),
@@ -125,12 +130,14 @@ pub enum Reply {
     },
     /// The names are watched; their presence follows as pushes.
     Watching {
-        /// How many names this session watches now.
+        /// How many distinct names are on this session's watch list after
+        /// the request, names nobody owns included.
         watched: u32,
     },
     /// The names are no longer watched.
     Unwatched {
-        /// How many names this session watches now.
+        /// How many distinct names are on this session's watch list after
+        /// the request.
         watched: u32,
     },
     /// Pushed (with id [`PUSH_ID`]): a watched name's presence changed.
@@ -232,6 +239,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The node failed; the request may be retried.
     Internal,
+    /// A code this version does not know (read, never written).
+    #[serde(other)]
+    Unknown,
 }
 
 impl Reply {

@@ -11,6 +11,7 @@
 //! - [`signed`]: domain-separated ed25519 signatures over exact payload bytes.
 //! - [`presence`]: statuses and what others are shown.
 //! - [`record`]: the signed registration a client gives the rendezvous node.
+//! - [`certificate`]: the node's signed word that a name belongs to a key.
 //! - [`directory`]: requests and answers of the directory protocol.
 //! - [`chat`]: the direct message protocol between two clients.
 //! - [`codec`]: length-prefixed CBOR frames with hard size limits.
@@ -19,6 +20,7 @@
 //! `docs/protocol.md` in the repository describes the bytes on the wire.
 
 pub mod accept;
+pub mod certificate;
 pub mod chat;
 pub mod codec;
 pub mod directory;
@@ -34,4 +36,10 @@ pub use identity::Identity;
 pub use name::ScreenName;
 
 /// Protocol version announced through libp2p identify by clients and nodes.
+/// Announced, never checked: a peer may announce anything (docs §1).
 pub const IDENTIFY_PROTOCOL: &str = "/messenger/1.0.0";
+
+/// Tolerated clock difference between two parties, in ms: how far a
+/// record's expiry or a message's time may lie ahead of the reader's clock
+/// beyond what the protocol allows.
+pub const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;

@@ -1,4 +1,9 @@
-//! Screen names: case-insensitive, stored lowercase.
+//! Screen names: case-insensitive for people, lowercase on the wire.
+//!
+//! People type names in any case ([`ScreenName::parse`] normalises them);
+//! everything that travels or is signed carries the normal form, and a
+//! decoder refuses anything else ([`ScreenName::parse_normal`]), so that a
+//! signed record or message names exactly one string.
 
 use std::fmt;
 
@@ -13,6 +18,8 @@ pub const MIN_LEN: usize = 3;
 pub const MAX_LEN: usize = 32;
 
 /// A validated, normalised (lowercase) screen name.
+///
+/// Deserialising accepts only the normal form: see [`ScreenName::parse_normal`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ScreenName(String);
@@ -54,6 +61,19 @@ impl ScreenName {
         Ok(Self(lower))
     }
 
+    /// Validates a name that must already be in normal form (lowercase), as
+    /// every name on the wire is: `"Alice"` is refused here, not lowered.
+    pub fn parse_normal(input: &str) -> Result<Self, NameError> {
+        let name = Self::parse(input)?;
+        if name.0 != input {
+            return Err(NameError {
+                input: input.chars().take(64).collect(),
+                problem: "is not in normal form (names on the wire are lowercase)",
+            });
+        }
+        Ok(name)
+    }
+
     /// The normalised name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -73,10 +93,11 @@ impl std::str::FromStr for ScreenName {
     }
 }
 
+/// Decoding (from the wire or from disk) takes the normal form only.
 impl TryFrom<String> for ScreenName {
     type Error = NameError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
+        Self::parse_normal(&s)
     }
 }
 
@@ -122,9 +143,15 @@ mod tests {
     }
 
     #[test]
-    fn deserialising_validates() {
+    fn deserialising_validates_and_takes_only_the_normal_form() {
         let bad: Result<ScreenName, _> = serde_json::from_str("\"9lives\"");
         assert!(bad.is_err());
+        let upper: Result<ScreenName, _> = serde_json::from_str("\"Alice\"");
+        assert!(upper.unwrap_err().to_string().contains("normal form"));
+        let ok: ScreenName = serde_json::from_str("\"alice\"").unwrap();
+        assert_eq!(ok.as_str(), "alice");
+        assert!(ScreenName::parse_normal("ALICE").is_err());
+        assert!(ScreenName::parse("ALICE").is_ok());
     }
 
     proptest! {

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest status text, in characters.
+/// Longest status text, in Unicode scalar values (Rust `char`s), so at most
+/// 512 bytes of UTF-8.
 pub const MAX_STATUS_TEXT: usize = 128;
 
 /// The status an online user chooses. Signed in their registration record.
@@ -87,6 +88,12 @@ pub enum StatusError {
     /// The text is too long.
     #[error("the status text is {0} characters long; at most {MAX_STATUS_TEXT} are allowed")]
     TextTooLong(usize),
+    /// The text holds a control character (a line break, say), which
+    /// would break the one-line display every client gives it.
+    #[error(
+        "the status text contains a control character (U+{0:04X}); it must be one line of printable text"
+    )]
+    ControlCharacter(u32),
 }
 
 impl FromStr for Status {
@@ -102,11 +109,15 @@ impl FromStr for Status {
     }
 }
 
-/// Checks a status text against the limit.
+/// Checks a status text: at most [`MAX_STATUS_TEXT`] scalar values, none
+/// of them a control character (Unicode category Cc).
 pub fn check_status_text(text: &str) -> Result<(), StatusError> {
     let n = text.chars().count();
     if n > MAX_STATUS_TEXT {
         return Err(StatusError::TextTooLong(n));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(StatusError::ControlCharacter(u32::from(c)));
     }
     Ok(())
 }
@@ -126,6 +137,12 @@ mod tests {
         assert_eq!(
             check_status_text(&"x".repeat(129)),
             Err(StatusError::TextTooLong(129))
+        );
+        // The unit is the scalar value: 128 four-byte characters fit.
+        assert!(check_status_text(&"\u{1F600}".repeat(128)).is_ok());
+        assert_eq!(
+            check_status_text("two\nlines"),
+            Err(StatusError::ControlCharacter(0x0a))
         );
     }
 }

@@ -4,12 +4,13 @@
 //! out unchanged on resolve, so that clients check it themselves instead of
 //! trusting the node for addresses.
 
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Identity, verifying_key_of};
-use crate::name::ScreenName;
-use crate::presence::{MAX_STATUS_TEXT, Status, check_status_text};
+use crate::name::{NameError, ScreenName};
+use crate::presence::{Status, StatusError, check_status_text};
 use crate::signed::{REGISTRATION_CONTEXT, Signed, SignedError};
 
 /// Most addresses one record may carry.
@@ -24,7 +25,8 @@ pub struct Registration {
     pub name: ScreenName,
     /// The owner; its key signs the record.
     pub peer_id: PeerId,
-    /// Where the owner can be dialled now, without `/p2p/` suffix.
+    /// Where the owner can be dialled now. None ends in `/p2p/<id>`: the
+    /// dialler knows whom it dials from `peer_id` (see [`check_addr`]).
     pub addrs: Vec<Multiaddr>,
     /// Grows with every new record from this owner for this name.
     pub seq: u64,
@@ -53,9 +55,47 @@ pub enum RecordError {
     /// An address longer than allowed.
     #[error("an address is {0} bytes long; at most {MAX_ADDR_LEN} are allowed")]
     AddrTooLong(usize),
-    /// A status text longer than allowed.
-    #[error("the status text is {0} characters long; at most {MAX_STATUS_TEXT} are allowed")]
-    StatusTooLong(usize),
+    /// An address that breaks the form of [`check_addr`].
+    #[error("address {addr} is not allowed: {problem}")]
+    BadAddr {
+        /// The address.
+        addr: Multiaddr,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The status text breaks its rule.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// The record's name is not a screen name in normal form.
+    #[error("the record's name: {0}")]
+    Name(NameError),
+}
+
+/// Checks the form of a registered address: not empty, and not ending in
+/// `/p2p/<id>`. A relayed address is `<node address>/p2p/<node id>/p2p-circuit`:
+/// the `/p2p/<owner id>` that libp2p appends to it when listening is
+/// removed, as from every address, before signing.
+pub fn check_addr(addr: &Multiaddr) -> Result<(), RecordError> {
+    let problem = match addr.iter().last() {
+        None => "it is empty",
+        Some(Protocol::P2p(_)) => {
+            "it ends in /p2p/<id>; registered addresses carry no peer id suffix"
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(RecordError::BadAddr {
+        addr: addr.clone(),
+        problem,
+    })
+}
+
+/// `addr` without a trailing `/p2p/<id>`, the form [`check_addr`] wants.
+pub fn without_peer_suffix(addr: &Multiaddr) -> Multiaddr {
+    let mut addr = addr.clone();
+    if let Some(Protocol::P2p(_)) = addr.iter().last() {
+        addr.pop();
+    }
+    addr
 }
 
 impl Registration {
@@ -64,19 +104,28 @@ impl Registration {
         SignedRecord(Signed::sign(identity, REGISTRATION_CONTEXT, self))
     }
 
-    /// Checks the size limits on addresses.
+    /// Checks the limits and forms of §5.2: how many addresses, how long,
+    /// their form, and the status text.
     pub fn check_limits(&self) -> Result<(), RecordError> {
         if self.addrs.len() > MAX_ADDRS {
             return Err(RecordError::TooManyAddrs(self.addrs.len()));
         }
-        if let Some(long) = self.addrs.iter().find(|a| a.len() > MAX_ADDR_LEN) {
-            return Err(RecordError::AddrTooLong(long.len()));
+        for addr in &self.addrs {
+            if addr.len() > MAX_ADDR_LEN {
+                return Err(RecordError::AddrTooLong(addr.len()));
+            }
+            check_addr(addr)?;
         }
-        if check_status_text(&self.status_text).is_err() {
-            return Err(RecordError::StatusTooLong(self.status_text.chars().count()));
-        }
+        check_status_text(&self.status_text)?;
         Ok(())
     }
+}
+
+/// Just the name of a record whose payload did not decode: to tell a name
+/// in the wrong form from any other damage.
+#[derive(Deserialize)]
+struct NameOnly {
+    name: String,
 }
 
 impl SignedRecord {
@@ -84,7 +133,17 @@ impl SignedRecord {
     ///
     /// Does not check expiry or sequence: those depend on the reader's state.
     pub fn open(&self) -> Result<Registration, RecordError> {
-        let claimed: Registration = self.0.decode_unverified()?;
+        let claimed: Registration = match self.0.decode_unverified() {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                if let Ok(NameOnly { name }) = self.0.decode_unverified()
+                    && let Err(bad) = ScreenName::parse_normal(&name)
+                {
+                    return Err(RecordError::Name(bad));
+                }
+                return Err(e.into());
+            }
+        };
         let key = verifying_key_of(&claimed.peer_id).ok_or(SignedError::NotEd25519)?;
         self.0.verify(REGISTRATION_CONTEXT, &key)?;
         claimed.check_limits()?;
@@ -124,6 +183,53 @@ mod tests {
             signed.open(),
             Err(RecordError::Signed(SignedError::BadSignature))
         ));
+    }
+
+    #[test]
+    fn refuses_addresses_with_a_peer_id_suffix_and_names_not_in_normal_form() {
+        let id = Identity::from_seed([9; 32]);
+        let mut rec = record(&id);
+        rec.addrs = vec![
+            format!("/ip4/127.0.0.1/tcp/4001/p2p/{}", id.peer_id())
+                .parse()
+                .unwrap(),
+        ];
+        assert!(matches!(
+            rec.sign(&id).open(),
+            Err(RecordError::BadAddr { .. })
+        ));
+        // A relayed address keeps the relay's id, before /p2p-circuit.
+        let relayed: Multiaddr = format!(
+            "/ip4/203.0.113.1/tcp/4001/p2p/{}/p2p-circuit/p2p/{}",
+            Identity::from_seed([1; 32]).peer_id(),
+            id.peer_id()
+        )
+        .parse()
+        .unwrap();
+        rec.addrs = vec![without_peer_suffix(&relayed)];
+        assert!(rec.sign(&id).open().is_ok());
+
+        #[derive(Serialize)]
+        struct Upper<'a> {
+            name: &'a str,
+            peer_id: PeerId,
+            addrs: Vec<Multiaddr>,
+            seq: u64,
+            expires_at: u64,
+            status: Status,
+            status_text: &'a str,
+        }
+        let upper = Upper {
+            name: "ALICE",
+            peer_id: id.peer_id(),
+            addrs: vec![],
+            seq: 1,
+            expires_at: 2_000_000_000_000,
+            status: Status::Online,
+            status_text: "",
+        };
+        let signed = SignedRecord(Signed::sign(&id, REGISTRATION_CONTEXT, &upper));
+        assert!(matches!(signed.open(), Err(RecordError::Name(_))));
     }
 
     #[test]

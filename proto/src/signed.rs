@@ -16,6 +16,8 @@ use crate::identity::Identity;
 pub const REGISTRATION_CONTEXT: &[u8] = b"messenger/registration/v1\0";
 /// Context of a direct message.
 pub const MESSAGE_CONTEXT: &[u8] = b"messenger/message/v1\0";
+/// Context of a node's name certificate.
+pub const CERTIFICATE_CONTEXT: &[u8] = b"messenger/name-certificate/v1\0";
 
 /// Payload bytes and the ed25519 signature over `context || payload`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,11 +6,13 @@
 //! then they talk to each other directly.
 //!
 //! - [`store`]: durable claims (name → owner key) in redb.
+//! - [`certify`]: the name certificates handed out with registrations.
 //! - [`limits`]: what one peer, one address and everyone may use.
 //! - [`registry`]: the rules and live presence, plain synchronous state.
 //! - [`server`]: the libp2p node: an event loop owning the swarm, and one
 //!   task per directory session.
 
+pub mod certify;
 pub mod limits;
 pub mod registry;
 pub mod server;

@@ -107,6 +107,13 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     ping_timeout: f64,
 
+    /// Seconds the name certificates handed out with registrations are
+    /// valid (at most 86400). Peers accept a sender's name from its
+    /// certificate without asking the node, also while the node is down;
+    /// a released name stays certified to its old key until then.
+    #[arg(long, value_name = "SECS", default_value_t = messenger_proto::certificate::DEFAULT_VALIDITY_MS as f64 / 1000.0)]
+    certificate_validity: f64,
+
     /// Relay: reservations held at once (one per client behind NAT).
     #[arg(long, value_name = "N", default_value_t = RelayLimits::default().max_reservations)]
     relay_max_reservations: usize,
@@ -187,6 +194,12 @@ async fn run(args: Args) -> Result<()> {
     config.ping_interval = seconds("--ping-interval", args.ping_interval)?;
     config.ping_timeout = seconds("--ping-timeout", args.ping_timeout)?;
     config.name_lease = seconds("--name-lease-days", args.name_lease_days * 86_400.0)?;
+    config.certificate_validity = seconds("--certificate-validity", args.certificate_validity)?;
+    anyhow::ensure!(
+        config.certificate_validity.as_millis()
+            <= u128::from(messenger_proto::certificate::MAX_VALIDITY_MS),
+        "--certificate-validity must be at most 86400 seconds (one day): peers refuse longer ones"
+    );
     config.relay = RelayLimits {
         max_reservations: args.relay_max_reservations,
         max_reservations_per_peer: args.relay_max_reservations_per_peer,

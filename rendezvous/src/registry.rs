@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use libp2p::{Multiaddr, PeerId};
+use messenger_proto::CLOCK_SKEW_MS;
 use messenger_proto::directory::{
     ErrorCode, MAX_RECORD_TTL_MS, MAX_VISIBLE_TO, MAX_WATCH_PER_REQUEST, MAX_WATCHED, Reply,
     Resolution,
@@ -24,9 +25,6 @@ use crate::store::{Claim, ClaimOutcome, ClaimStore, StoreError};
 
 /// Identifies one directory session (one stream) for the node's lifetime.
 pub type SessionId = u64;
-
-/// Tolerated clock skew between a client and the node, in ms.
-const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// A live registration: where the owner is now, and how it wants to be shown.
 #[derive(Debug, Clone)]
@@ -236,8 +234,17 @@ impl<S: ClaimStore> Registry<S> {
     ) -> Reply {
         let record = match signed.open() {
             Ok(record) => record,
+            Err(RecordError::Name(e)) => {
+                return Reply::error(ErrorCode::InvalidName, format!("the record's name: {e}"));
+            }
+            // `malformed` is kept for frames that do not decode at all
+            // (which end the session); a bad payload inside a good frame
+            // is an invalid record.
             Err(RecordError::Signed(SignedError::Malformed(e))) => {
-                return Reply::error(ErrorCode::Malformed, format!("record payload: {e}"));
+                return Reply::error(
+                    ErrorCode::InvalidRecord,
+                    format!("the record's payload is not a registration: {e}"),
+                );
             }
             Err(RecordError::Signed(e)) => {
                 return Reply::error(
@@ -352,6 +359,7 @@ impl<S: ClaimStore> Registry<S> {
             name,
             new_claim,
             expires_at,
+            certificate: None,
         }
     }
 

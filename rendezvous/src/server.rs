@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, instrument, warn};
 
+use crate::certify::Certifier;
 use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
 use crate::registry::{Registry, SessionId};
 use crate::store::{RedbStore, StoreError};
@@ -62,6 +63,8 @@ pub struct Config {
     /// Addresses at which others reach the node, if its listen addresses
     /// are not (port forwarding, a wildcard listen address).
     pub external: Vec<Multiaddr>,
+    /// How long the name certificates the node hands out are valid.
+    pub certificate_validity: Duration,
 }
 
 /// What the node's circuit relay v2 server allows. The defaults carry
@@ -130,6 +133,9 @@ impl Config {
             name_lease: Duration::from_secs(180 * 24 * 60 * 60),
             relay: RelayLimits::default(),
             external: Vec::new(),
+            certificate_validity: Duration::from_millis(
+                messenger_proto::certificate::DEFAULT_VALIDITY_MS,
+            ),
         }
     }
 
@@ -239,6 +245,7 @@ impl Server {
             registry: registry.clone(),
             requests: RequestLimiter::new(config.limits.requests),
             max_frame: config.limits.max_frame,
+            certifier: Certifier::new(identity.clone(), config.certificate_validity),
         });
         let event_loop = EventLoop {
             swarm,
@@ -471,6 +478,7 @@ struct SessionEnv {
     registry: Arc<Registry<RedbStore>>,
     requests: Arc<RequestLimiter>,
     max_frame: usize,
+    certifier: Certifier,
 }
 
 /// How often names past their lease are looked for.
@@ -649,7 +657,7 @@ async fn serve_session(peer: PeerId, stream: Stream, env: Arc<SessionEnv>, sessi
             }
         };
         let reply = match budget.spend() {
-            Ok(()) => handle(peer, session, request.op, registry).await,
+            Ok(()) => handle(peer, session, request.op, &env).await,
             Err(wait) => rate_limited(&budget, wait),
         };
         if answers
@@ -724,22 +732,32 @@ fn rate_limited(budget: &PeerBudget, wait: Duration) -> Reply {
     )
 }
 
-async fn handle(
-    peer: PeerId,
-    session: SessionId,
-    op: Op,
-    registry: &Arc<Registry<RedbStore>>,
-) -> Reply {
+async fn handle(peer: PeerId, session: SessionId, op: Op, env: &SessionEnv) -> Reply {
+    let registry = &env.registry;
     match op {
         // Registration and release may write to disk: keep them off the
         // async workers.
         Op::Register { record, visible_to } => {
             let registry = registry.clone();
-            tokio::task::spawn_blocking(move || {
+            let reply = tokio::task::spawn_blocking(move || {
                 registry.register(peer, session, record, visible_to, now_ms())
             })
             .await
-            .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "registration failed"))
+            .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "registration failed"));
+            match reply {
+                Reply::Registered {
+                    name,
+                    new_claim,
+                    expires_at,
+                    certificate: _,
+                } => Reply::Registered {
+                    certificate: Some(env.certifier.issue(&name, peer, now_ms())),
+                    name,
+                    new_claim,
+                    expires_at,
+                },
+                other => other,
+            }
         }
         Op::Release { name } => {
             let registry = registry.clone();

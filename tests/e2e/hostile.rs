@@ -9,6 +9,7 @@ use messenger::client::Client;
 use messenger::directory::DirectorySession;
 use messenger::network::{Network, NetworkConfig};
 use messenger::proto::Identity;
+use messenger::proto::certificate::NameCertificate;
 use messenger::proto::chat::{self, Message, MessageId, RejectCode};
 use messenger::proto::directory;
 use messenger::proto::name::ScreenName;
@@ -121,7 +122,19 @@ fn forged_sender_names_and_signatures_are_rejected() {
             .dial(bob_info.peer_id, bob_info.addrs.clone())
             .await
             .unwrap();
-        let link = ChatLink::open(mallory.network(), bob_info.peer_id)
+        // A certificate naming the node as issuer, "for alice", but signed
+        // by mallory herself: bob must ignore it and ask the node.
+        let node_id: PeerId = node.peer_id().parse().unwrap();
+        let forged = NameCertificate {
+            name: ScreenName::parse("alice").unwrap(),
+            owner: mallory_id.peer_id(),
+            node: node_id,
+            issued_at: now_ms(),
+            expires_at: now_ms() + 60_000,
+        }
+        .sign(&mallory_id);
+        let (_keep, forged_watch) = tokio::sync::watch::channel(Some(forged));
+        let link = ChatLink::open(mallory.network(), bob_info.peer_id, forged_watch)
             .await
             .unwrap();
         let message = |from: &str, text: &str| Message {
@@ -163,6 +176,45 @@ fn forged_sender_names_and_signatures_are_rejected() {
         let err = link.deliver(m.id, signed).await.unwrap_err();
         assert!(
             matches!(err, DeliveryError::Rejected(RejectCode::BadSignature)),
+            "{err}"
+        );
+
+        // Names on the wire are in normal form: "BOB" is refused, not
+        // lowered (a signed message names exactly one recipient).
+        #[derive(serde::Serialize)]
+        struct Loose<'a> {
+            id: MessageId,
+            from: &'a str,
+            to: &'a str,
+            sent_at: u64,
+            text: &'a str,
+        }
+        let id = MessageId::random();
+        let upper = Loose {
+            id,
+            from: "mallory",
+            to: "BOB",
+            sent_at: now_ms(),
+            text: "shouting",
+        };
+        let err = link
+            .deliver(id, Signed::sign(&mallory_id, MESSAGE_CONTEXT, &upper))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DeliveryError::Rejected(RejectCode::Malformed)),
+            "{err}"
+        );
+
+        // Dated two days ahead.
+        let mut m = message("mallory", "from the future");
+        m.sent_at = now_ms() + 2 * 24 * 3600 * 1000;
+        let err = link
+            .deliver(m.id, Signed::sign(&mallory_id, MESSAGE_CONTEXT, &m))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DeliveryError::Rejected(RejectCode::BadTime)),
             "{err}"
         );
 
