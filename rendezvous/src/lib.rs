@@ -8,12 +8,15 @@
 //! - [`store`]: durable claims (name → owner key) in redb.
 //! - [`certify`]: the name certificates handed out with registrations.
 //! - [`limits`]: what one peer, one address and everyone may use.
+//! - [`gate`]: what connections cost before they are authenticated.
 //! - [`registry`]: the rules and live presence, plain synchronous state.
 //! - [`server`]: the libp2p node: an event loop owning the swarm, and one
 //!   task per directory session.
 
 pub mod certify;
+pub mod gate;
 pub mod limits;
+pub mod quic;
 pub mod registry;
 pub mod server;
 pub mod store;

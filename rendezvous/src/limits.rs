@@ -6,13 +6,11 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use libp2p::core::{Endpoint, transport::PortUse};
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{
     ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
@@ -20,13 +18,19 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId};
 use messenger_proto::rate::{Rate, TokenBucket};
 
+use crate::gate::Source;
+
 /// Every limit, with the defaults `rendezvous --help` shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Connections established at once, from everyone.
     pub max_connections: u32,
-    /// Connections still in their handshake at once.
+    /// Connections still in their handshake at once, from everyone; over
+    /// it the oldest handshake of the busiest address is shed.
     pub max_pending_connections: u32,
+    /// Connections still in their handshake at once from one IP address
+    /// (an IPv6 /64); over it that address's oldest handshake is shed.
+    pub max_pending_per_ip: u32,
     /// Connections from one IP address.
     pub max_connections_per_ip: u32,
     /// Connections from one peer id.
@@ -53,7 +57,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 20_000,
-            max_pending_connections: 256,
+            max_pending_connections: 512,
+            max_pending_per_ip: 8,
             max_connections_per_ip: 64,
             max_connections_per_peer: 4,
             max_streams_per_connection: 64,
@@ -67,29 +72,20 @@ impl Default for Limits {
     }
 }
 
-/// The IP address a connection comes from, if it has one.
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    })
-}
-
-/// Refuses an inbound connection from an IP address that already has
-/// `limit` connections established. libp2p's own connection limits count
-/// per peer id, which costs an attacker nothing to vary.
+/// Refuses an inbound connection from an IP address (an IPv6 /64) that
+/// already has `limit` connections established. libp2p's own connection
+/// limits count per peer id, which costs an attacker nothing to vary.
 #[derive(Debug)]
 pub struct PerIpLimit {
     limit: u32,
-    established: HashMap<IpAddr, u32>,
+    established: HashMap<Source, u32>,
 }
 
 /// The error a refused connection carries.
 #[derive(Debug, thiserror::Error)]
 #[error("too many connections from {ip} (at most {limit} per address)")]
 pub struct TooManyFromIp {
-    ip: IpAddr,
+    ip: Source,
     limit: u32,
 }
 
@@ -103,7 +99,7 @@ impl PerIpLimit {
     }
 
     fn check(&self, remote: &Multiaddr) -> Result<(), ConnectionDenied> {
-        let Some(ip) = ip_of(remote) else {
+        let Some(ip) = Source::of(remote) else {
             return Ok(());
         };
         if self.established.get(&ip).copied().unwrap_or(0) >= self.limit {
@@ -138,7 +134,7 @@ impl NetworkBehaviour for PerIpLimit {
     ) -> Result<THandler<Self>, ConnectionDenied> {
         // Checked again: several may have been pending at once.
         self.check(remote)?;
-        if let Some(ip) = ip_of(remote) {
+        if let Some(ip) = Source::of(remote) {
             *self.established.entry(ip).or_default() += 1;
         }
         Ok(dummy::ConnectionHandler)
@@ -160,7 +156,7 @@ impl NetworkBehaviour for PerIpLimit {
             if !endpoint.is_listener() {
                 return;
             }
-            if let Some(ip) = ip_of(endpoint.get_remote_address())
+            if let Some(ip) = Source::of(endpoint.get_remote_address())
                 && let Entry::Occupied(mut count) = self.established.entry(ip)
             {
                 *count.get_mut() -= 1;

@@ -43,9 +43,16 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
     max_connections: u32,
 
-    /// Connections still in their handshake at once.
+    /// Connections still in their handshake at once, from everyone (TCP
+    /// and QUIC). When full, a new connection sheds the oldest handshake of
+    /// the address that has the most, rather than being refused.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_pending_connections)]
     max_pending_connections: u32,
+
+    /// Connections still in their handshake at once from one IP address
+    /// (IPv6: one /64). A new one over it sheds that address's oldest.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_pending_per_ip)]
+    max_pending_per_ip: u32,
 
     /// Connections from one IP address.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections_per_ip)]
@@ -180,6 +187,7 @@ async fn run(args: Args) -> Result<()> {
     config.limits = Limits {
         max_connections: args.max_connections,
         max_pending_connections: args.max_pending_connections,
+        max_pending_per_ip: args.max_pending_per_ip,
         max_connections_per_ip: args.max_connections_per_ip,
         max_connections_per_peer: args.max_connections_per_peer,
         max_streams_per_connection: args.max_streams_per_connection,

@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
 use libp2p::connection_limits::{self, ConnectionLimits};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::ListenerId;
 use libp2p::core::transport::timeout::TransportTimeout;
-use libp2p::core::transport::{ListenerId, Transport as _};
 use libp2p::core::upgrade;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ListenError;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Stream, Swarm, autonat, identify, memory_connection_limits, noise, ping,
-    relay, tcp, yamux,
+    Multiaddr, PeerId, Stream, Swarm, Transport as _, autonat, identify, memory_connection_limits,
+    noise, ping, relay, tcp, yamux,
 };
 use messenger_proto::Identity;
 use messenger_proto::accept;
@@ -30,7 +31,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, instrument, warn};
 
 use crate::certify::Certifier;
+use crate::gate::{GateLimits, Gated, HandshakeGate};
 use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
+use crate::quic::{QuicConfig, QuicTransport};
 use crate::registry::{Registry, SessionId};
 use crate::store::{RedbStore, StoreError};
 
@@ -39,6 +42,10 @@ const SESSION_BACKLOG: usize = 1024;
 
 /// How long the node tries to dial a client back for an AutoNAT probe.
 const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// A QUIC connection that hears nothing for this long is gone (keep-alive
+/// packets go every half of it); the node's pings notice sooner.
+const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the node needs to start.
 #[derive(Debug, Clone)]
@@ -224,7 +231,11 @@ impl Server {
         info!(claims = store.len()?, "claim store opened");
         let registry = Arc::new(Registry::new(store));
 
-        let (mut swarm, incoming) = build_swarm(&identity, &config)?;
+        let gate = HandshakeGate::new(GateLimits {
+            per_source: config.limits.max_pending_per_ip as usize,
+            total: config.limits.max_pending_connections as usize,
+        });
+        let (mut swarm, incoming) = build_swarm(&identity, &config, &gate)?;
         let listen_addrs = listen(&mut swarm, &config.listen).await?;
         // The relay tells clients where it can be reached: its specific
         // listen addresses and whatever the operator declared.
@@ -249,6 +260,8 @@ impl Server {
         });
         let event_loop = EventLoop {
             swarm,
+            gate,
+            shed_reported: [0; 4],
             registry: registry.clone(),
             incoming: Some(incoming),
             sessions,
@@ -308,6 +321,7 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
 fn build_swarm(
     identity: &Identity,
     config: &Config,
+    gate: &Arc<HandshakeGate>,
 ) -> Result<
     (
         Swarm<Behaviour>,
@@ -324,36 +338,50 @@ fn build_swarm(
     let ping = ping::Config::new()
         .with_interval(config.ping_interval)
         .with_timeout(config.ping_timeout);
+    let gate = gate.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
         .with_tokio()
-        .with_quic_config(|mut quic| {
-            // As for TCP below: a dial-back into a silent NAT fails fast.
-            quic.handshake_timeout = DIAL_BACK_TIMEOUT;
-            quic.max_concurrent_stream_limit = limits.max_streams_per_connection;
-            quic
-        })
-        // TCP with an outgoing timeout: the node dials only to answer
-        // AutoNAT probes, and a dial-back into a NAT that silently drops it
-        // must fail in seconds, not after the kernel's minutes of retries.
-        // Inbound handshakes are bounded too, so a peer that connects and
-        // stalls holds a pending slot for seconds only.
+        // Both transports pass the handshake gate, which bounds what
+        // unauthenticated connections cost per address and in all.
         .with_other_transport(|key| {
+            // TCP with an outgoing timeout: the node dials only to answer
+            // AutoNAT probes, and a dial-back into a NAT that silently
+            // drops it must fail in seconds, not after the kernel's minutes
+            // of retries. Inbound handshakes are bounded too, so a peer
+            // that connects and stalls holds its place for seconds only.
             let mut muxer = yamux::Config::default();
             muxer.set_max_num_streams(limits.max_streams_per_connection as usize);
-            let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                 .upgrade(upgrade::Version::V1)
                 .authenticate(noise::Config::new(key)?)
                 .multiplex(muxer);
-            let transport = TransportTimeout::with_outgoing_timeout(transport, DIAL_BACK_TIMEOUT);
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                TransportTimeout::with_ingoing_timeout(transport, limits.handshake_timeout),
-            )
+            let tcp = TransportTimeout::with_outgoing_timeout(tcp, DIAL_BACK_TIMEOUT);
+            let tcp = TransportTimeout::with_ingoing_timeout(tcp, limits.handshake_timeout);
+            let tcp = Gated::new(tcp, gate.clone())
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+            let quic = QuicTransport::new(
+                key,
+                QuicConfig {
+                    // As for TCP: a dial-back into a silent NAT fails fast.
+                    handshake_timeout: DIAL_BACK_TIMEOUT,
+                    idle_timeout: QUIC_IDLE_TIMEOUT,
+                    max_streams: limits.max_streams_per_connection,
+                },
+                gate,
+            )?
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tcp.or_transport(quic).map(
+                |either, _| match either {
+                    futures::future::Either::Left(out) | futures::future::Either::Right(out) => out,
+                },
+            ))
         })
         .map_err(|e| BindError::Transport(e.to_string()))?
         .with_behaviour(|key| Behaviour {
+            // Pending connections are bounded by the handshake gate, which
+            // sheds instead of refusing newcomers.
             connection_limits: connection_limits::Behaviour::new(
                 ConnectionLimits::default()
-                    .with_max_pending_incoming(Some(limits.max_pending_connections))
                     .with_max_established_incoming(Some(limits.max_connections))
                     .with_max_established_per_peer(Some(limits.max_connections_per_peer)),
             ),
@@ -466,6 +494,9 @@ async fn listen(
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
+    gate: Arc<HandshakeGate>,
+    /// Gate counts at the last report.
+    shed_reported: [u64; 4],
     registry: Arc<Registry<RedbStore>>,
     incoming: Option<futures::channel::mpsc::Receiver<accept::Incoming>>,
     sessions: Arc<SessionEnv>,
@@ -534,6 +565,7 @@ impl EventLoop {
                     if expired > 0 {
                         info!(expired, "dropped expired registrations");
                     }
+                    self.report_shedding();
                 }
                 _ = lease_sweep.tick() => {
                     let registry = self.registry.clone();
@@ -550,6 +582,35 @@ impl EventLoop {
         }
         let registry = self.registry.clone();
         let _ = tokio::task::spawn_blocking(move || registry.all_offline(now_ms())).await;
+    }
+
+    /// Says, at most every few seconds, how many handshakes the gate shed:
+    /// a flood is worth a line, not a line per connection.
+    fn report_shedding(&mut self) {
+        let counts = self.gate.shed_counts();
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let now = [
+            read(&counts.per_source),
+            read(&counts.total),
+            read(&counts.retried),
+            read(&counts.refused),
+        ];
+        let delta: Vec<u64> = now
+            .iter()
+            .zip(self.shed_reported)
+            .map(|(n, before)| n - before)
+            .collect();
+        if delta.iter().any(|d| *d > 0) {
+            warn!(
+                shed_per_address = delta[0],
+                shed_all_full = delta[1],
+                quic_retried = delta[2],
+                quic_dropped = delta[3],
+                pending = self.gate.pending(),
+                "turned away connections that had not finished their handshake (a flood?)"
+            );
+        }
+        self.shed_reported = now;
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {

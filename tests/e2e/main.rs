@@ -9,6 +9,7 @@ mod adversarial;
 mod bad_input;
 mod buddy;
 mod directory;
+mod flood;
 mod hostile;
 // The bench's bare directory client, which the attackers are made of.
 #[path = "../../benches/suite/load.rs"]

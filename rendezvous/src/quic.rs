@@ -1,0 +1,615 @@
+//! The node's QUIC transport: libp2p over quinn, with a say over every
+//! new connection before it costs anything.
+//!
+//! libp2p-quic accepts every Initial packet it receives, so a burst of
+//! Initials from fresh source ports makes the node run a TLS handshake and
+//! keep connection state for each. This transport looks at quinn's
+//! [`quinn::Incoming`] first, with the same [`HandshakeGate`] as TCP:
+//!
+//! - below the gate's bounds, the connection is accepted;
+//! - at a bound, a sender whose address is not validated yet gets a
+//!   stateless Retry (it must echo a token from its real address, which a
+//!   spoofed or fire-and-forget flood cannot do, and the node keeps nothing
+//!   meanwhile);
+//! - from a validated address at its own per-address bound, the newcomer
+//!   is dropped without an answer (shedding an older handshake, as TCP
+//!   does, would leave a closing connection behind for seconds);
+//! - at the total bound, a validated newcomer from an address below its
+//!   bound takes the place of the oldest handshake of the busiest address.
+//!
+//! The node never hole-punches, so dialling is plain (for AutoNAT
+//! dial-backs, from the listening port when there is one).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{AsyncRead, AsyncWrite, FutureExt};
+use libp2p::core::muxing::{StreamMuxer, StreamMuxerEvent};
+use libp2p::core::transport::{DialOpts, ListenerId, Transport, TransportError, TransportEvent};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tracing::debug;
+
+use crate::gate::{Admission, HandshakeGate, Source, Ticket};
+
+/// What the transport needs to know.
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    /// A handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// Streams a peer may have open at once on one connection.
+    pub max_streams: u32,
+}
+
+/// Why a QUIC connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// The socket or endpoint failed.
+    #[error("QUIC I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The handshake or connection failed.
+    #[error("QUIC connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Dialling could not start.
+    #[error("QUIC dial failed: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake took too long.
+    #[error("the QUIC handshake did not finish in time")]
+    HandshakeTimedOut,
+    /// The peer's certificate is not a libp2p one.
+    #[error("the peer's TLS certificate is not a valid libp2p certificate")]
+    BadCertificate,
+    /// The gate shed this handshake to make room.
+    #[error("shed while still in its handshake: too many handshakes in all")]
+    Shed,
+    /// The TLS configuration could not be made.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+/// The transport: one quinn endpoint per listen address.
+pub struct QuicTransport {
+    config: QuicConfig,
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+    gate: Arc<HandshakeGate>,
+    listeners: Vec<Listener>,
+    /// An endpoint for dialling when no listener fits.
+    dialer: Option<quinn::Endpoint>,
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("listeners", &self.listeners.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicTransport {
+    /// A transport authenticating as `keypair`, admitting through `gate`.
+    pub fn new(
+        keypair: &libp2p::identity::Keypair,
+        config: QuicConfig,
+        gate: Arc<HandshakeGate>,
+    ) -> Result<Self, QuicError> {
+        let tls_err = |e: &dyn std::fmt::Display| QuicError::Tls(e.to_string());
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_uni_streams(0u32.into())
+            .max_concurrent_bidi_streams(config.max_streams.into())
+            .datagram_receive_buffer_size(None)
+            .keep_alive_interval(Some(config.idle_timeout / 2))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| tls_err(&e))?,
+            ))
+            .allow_spin(false);
+        let transport = Arc::new(transport);
+
+        let server_tls = libp2p_tls::make_server_config(keypair).map_err(|e| tls_err(&e))?;
+        let server_tls = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|e| tls_err(&e))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+        server.transport = transport.clone();
+        // A client that moves reconnects; the node does not follow it.
+        server.migration(false);
+
+        let client_tls = libp2p_tls::make_client_config(keypair, None).map_err(|e| tls_err(&e))?;
+        let client_tls = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+            .map_err(|e| tls_err(&e))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+        client.transport_config(transport);
+        Ok(Self {
+            config,
+            server,
+            client,
+            gate,
+            listeners: Vec::new(),
+            dialer: None,
+            waker: None,
+        })
+    }
+
+    fn endpoint(&self, socket: UdpSocket, server: bool) -> Result<quinn::Endpoint, QuicError> {
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.supported_versions(vec![1]);
+        Ok(quinn::Endpoint::new(
+            endpoint_config,
+            server.then(|| self.server.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?)
+    }
+
+    fn handshake(&self, connecting: quinn::Connecting, ticket: Option<Ticket>) -> QuicUpgrade {
+        let timeout = self.config.handshake_timeout;
+        QuicUpgrade {
+            handshake: async move {
+                match tokio::time::timeout(timeout, connecting).await {
+                    Ok(connection) => establish(connection?),
+                    Err(_) => Err(QuicError::HandshakeTimedOut),
+                }
+            }
+            .boxed(),
+            ticket,
+        }
+    }
+}
+
+/// `/ip4|ip6/<ip>/udp/<port>/quic-v1[/p2p/<id>]` as a socket address.
+fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
+    let mut iter = addr.iter();
+    let ip = match iter.next()? {
+        Protocol::Ip4(ip) => IpAddr::V4(ip),
+        Protocol::Ip6(ip) => IpAddr::V6(ip),
+        _ => return None,
+    };
+    let Protocol::Udp(port) = iter.next()? else {
+        return None;
+    };
+    let Protocol::QuicV1 = iter.next()? else {
+        return None;
+    };
+    match iter.next() {
+        None | Some(Protocol::P2p(_)) => {}
+        Some(_) => return None,
+    }
+    Some(SocketAddr::new(ip, port))
+}
+
+fn multiaddr(addr: SocketAddr) -> Multiaddr {
+    Multiaddr::empty()
+        .with(addr.ip().into())
+        .with(Protocol::Udp(addr.port()))
+        .with(Protocol::QuicV1)
+}
+
+/// The peer id in a finished handshake's certificate.
+fn establish(connection: quinn::Connection) -> Result<(PeerId, QuicMuxer), QuicError> {
+    let certificates: Box<Vec<rustls::pki_types::CertificateDer<'static>>> = connection
+        .peer_identity()
+        .ok_or(QuicError::BadCertificate)?
+        .downcast()
+        .map_err(|_| QuicError::BadCertificate)?;
+    let end_entity = certificates.first().ok_or(QuicError::BadCertificate)?;
+    let certificate =
+        libp2p_tls::certificate::parse(end_entity).map_err(|_| QuicError::BadCertificate)?;
+    Ok((certificate.peer_id(), QuicMuxer::new(connection)))
+}
+
+struct Listener {
+    id: ListenerId,
+    endpoint: quinn::Endpoint,
+    local: SocketAddr,
+    accept: BoxFuture<'static, Option<quinn::Incoming>>,
+    /// Events to hand out before accepting more.
+    queued: VecDeque<TransportEvent<QuicUpgrade, QuicError>>,
+    /// Interfaces, for a listener on an unspecified address.
+    interfaces: Option<if_watch::tokio::IfWatcher>,
+    closed: bool,
+}
+
+fn accept_next(endpoint: &quinn::Endpoint) -> BoxFuture<'static, Option<quinn::Incoming>> {
+    let endpoint = endpoint.clone();
+    async move { endpoint.accept().await }.boxed()
+}
+
+impl Transport for QuicTransport {
+    type Output = (PeerId, QuicMuxer);
+    type Error = QuicError;
+    type ListenerUpgrade = QuicUpgrade;
+    type Dial = BoxFuture<'static, Result<Self::Output, Self::Error>>;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<Self::Error>> {
+        let Some(bind) = socket_addr(&addr) else {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        };
+        let socket = UdpSocket::bind(bind).map_err(|e| TransportError::Other(e.into()))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| TransportError::Other(e.into()))?;
+        let endpoint = self.endpoint(socket, true).map_err(TransportError::Other)?;
+        let mut queued = VecDeque::new();
+        let interfaces = if local.ip().is_unspecified() {
+            Some(
+                if_watch::tokio::IfWatcher::new()
+                    .map_err(|e| TransportError::Other(QuicError::Io(e)))?,
+            )
+        } else {
+            queued.push_back(TransportEvent::NewAddress {
+                listener_id: id,
+                listen_addr: multiaddr(local),
+            });
+            None
+        };
+        self.listeners.push(Listener {
+            id,
+            accept: accept_next(&endpoint),
+            endpoint,
+            local,
+            queued,
+            interfaces,
+            closed: false,
+        });
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        let Some(listener) = self.listeners.iter_mut().find(|l| l.id == id) else {
+            return false;
+        };
+        listener.endpoint.set_server_config(None);
+        listener.closed = true;
+        listener.queued.push_back(TransportEvent::ListenerClosed {
+            listener_id: id,
+            reason: Ok(()),
+        });
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+        true
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        _opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        let Some(remote) = socket_addr(&addr) else {
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        };
+        // From a listening port of the same family, so that the dialled
+        // peer sees the node's usual address.
+        let endpoint = match self
+            .listeners
+            .iter()
+            .find(|l| !l.closed && l.local.is_ipv4() == remote.is_ipv4())
+        {
+            Some(listener) => listener.endpoint.clone(),
+            None => match &self.dialer {
+                Some(dialer) if remote.is_ipv4() => dialer.clone(),
+                _ => {
+                    let any: SocketAddr = if remote.is_ipv4() {
+                        ([0, 0, 0, 0], 0).into()
+                    } else {
+                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                    };
+                    let socket =
+                        UdpSocket::bind(any).map_err(|e| TransportError::Other(e.into()))?;
+                    let endpoint = self
+                        .endpoint(socket, false)
+                        .map_err(TransportError::Other)?;
+                    if remote.is_ipv4() {
+                        self.dialer = Some(endpoint.clone());
+                    }
+                    endpoint
+                }
+            },
+        };
+        let connecting = endpoint
+            .connect_with(self.client.clone(), remote, "l")
+            .map_err(|e| TransportError::Other(e.into()))?;
+        let upgrade = self.handshake(connecting, None);
+        Ok(upgrade.boxed())
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        let this = &mut *self;
+        let mut index = 0;
+        while index < this.listeners.len() {
+            if let Some(event) = this.poll_listener(index, cx) {
+                if matches!(event, TransportEvent::ListenerClosed { .. }) {
+                    this.listeners.remove(index);
+                }
+                return Poll::Ready(event);
+            }
+            index += 1;
+        }
+        this.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl QuicTransport {
+    fn poll_listener(
+        &mut self,
+        index: usize,
+        cx: &mut Context<'_>,
+    ) -> Option<TransportEvent<QuicUpgrade, QuicError>> {
+        let listener = &mut self.listeners[index];
+        if let Some(event) = listener.queued.pop_front() {
+            return Some(event);
+        }
+        if listener.closed {
+            return None;
+        }
+        if let Some(interfaces) = &mut listener.interfaces
+            && let Poll::Ready(Some(event)) = futures::StreamExt::poll_next_unpin(interfaces, cx)
+        {
+            let port = listener.local.port();
+            let id = listener.id;
+            return match event {
+                Ok(if_watch::IfEvent::Up(net))
+                    if net.addr().is_ipv4() == listener.local.is_ipv4() =>
+                {
+                    Some(TransportEvent::NewAddress {
+                        listener_id: id,
+                        listen_addr: multiaddr(SocketAddr::new(net.addr(), port)),
+                    })
+                }
+                Ok(if_watch::IfEvent::Down(net))
+                    if net.addr().is_ipv4() == listener.local.is_ipv4() =>
+                {
+                    Some(TransportEvent::AddressExpired {
+                        listener_id: id,
+                        listen_addr: multiaddr(SocketAddr::new(net.addr(), port)),
+                    })
+                }
+                Ok(_) => {
+                    cx.waker().wake_by_ref();
+                    None
+                }
+                Err(error) => Some(TransportEvent::ListenerError {
+                    listener_id: id,
+                    error: error.into(),
+                }),
+            };
+        }
+        loop {
+            let listener = &mut self.listeners[index];
+            let incoming = match listener.accept.poll_unpin(cx) {
+                Poll::Pending => return None,
+                Poll::Ready(None) => {
+                    listener.closed = true;
+                    return Some(TransportEvent::ListenerClosed {
+                        listener_id: listener.id,
+                        reason: Ok(()),
+                    });
+                }
+                Poll::Ready(Some(incoming)) => incoming,
+            };
+            listener.accept = accept_next(&listener.endpoint);
+            let (id, local) = (listener.id, listener.local);
+            let remote = incoming.remote_address();
+            let Some(source) = Source::of(&multiaddr(remote)) else {
+                incoming.ignore();
+                continue;
+            };
+            let validated = incoming.remote_address_validated();
+            let ticket = match self.gate.try_admit(source, validated) {
+                Admission::Admitted(ticket) => ticket,
+                Admission::ProveAddress if incoming.may_retry() => {
+                    // Stateless: nothing is kept until the token comes back.
+                    let _ = incoming.retry();
+                    continue;
+                }
+                Admission::ProveAddress | Admission::Refused => {
+                    debug!(%remote, "QUIC handshake not admitted: its address is at its limit");
+                    incoming.ignore();
+                    continue;
+                }
+            };
+            let connecting = match incoming.accept() {
+                Ok(connecting) => connecting,
+                Err(e) => {
+                    debug!(%remote, "QUIC connection failed at once: {e}");
+                    continue;
+                }
+            };
+            let upgrade = self.handshake(connecting, Some(ticket));
+            return Some(TransportEvent::Incoming {
+                listener_id: id,
+                upgrade,
+                local_addr: multiaddr(local),
+                send_back_addr: multiaddr(remote),
+            });
+        }
+    }
+}
+
+/// An inbound (or outbound) handshake.
+pub struct QuicUpgrade {
+    handshake: BoxFuture<'static, Result<(PeerId, QuicMuxer), QuicError>>,
+    ticket: Option<Ticket>,
+}
+
+impl std::fmt::Debug for QuicUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicUpgrade")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for QuicUpgrade {
+    type Output = Result<(PeerId, QuicMuxer), QuicError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.ticket.as_ref().is_some_and(|t| t.poll_shed(cx)) {
+            self.ticket = None;
+            return Poll::Ready(Err(QuicError::Shed));
+        }
+        let done = self.handshake.poll_unpin(cx);
+        if done.is_ready() {
+            self.ticket = None;
+        }
+        done
+    }
+}
+
+type StreamPair = Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>;
+
+/// A QUIC connection as a libp2p stream muxer.
+pub struct QuicMuxer {
+    connection: quinn::Connection,
+    inbound: Option<BoxFuture<'static, StreamPair>>,
+    outbound: Option<BoxFuture<'static, StreamPair>>,
+    closing: Option<BoxFuture<'static, quinn::ConnectionError>>,
+}
+
+impl std::fmt::Debug for QuicMuxer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicMuxer")
+            .field("remote", &self.connection.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicMuxer {
+    fn new(connection: quinn::Connection) -> Self {
+        Self {
+            connection,
+            inbound: None,
+            outbound: None,
+            closing: None,
+        }
+    }
+}
+
+impl StreamMuxer for QuicMuxer {
+    type Substream = QuicStream;
+    type Error = QuicError;
+
+    fn poll_inbound(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::Substream, Self::Error>> {
+        let this = self.get_mut();
+        let connection = this.connection.clone();
+        let accepting = this
+            .inbound
+            .get_or_insert_with(|| async move { connection.accept_bi().await }.boxed());
+        let (send, recv) = futures::ready!(accepting.poll_unpin(cx))?;
+        this.inbound = None;
+        Poll::Ready(Ok(QuicStream { send, recv }))
+    }
+
+    fn poll_outbound(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Self::Substream, Self::Error>> {
+        let this = self.get_mut();
+        let connection = this.connection.clone();
+        let opening = this
+            .outbound
+            .get_or_insert_with(|| async move { connection.open_bi().await }.boxed());
+        let (send, recv) = futures::ready!(opening.poll_unpin(cx))?;
+        this.outbound = None;
+        Poll::Ready(Ok(QuicStream { send, recv }))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        let connection = this.connection.clone();
+        let closing = this.closing.get_or_insert_with(|| {
+            connection.close(0u32.into(), b"");
+            async move { connection.closed().await }.boxed()
+        });
+        match futures::ready!(closing.poll_unpin(cx)) {
+            quinn::ConnectionError::LocallyClosed => Poll::Ready(Ok(())),
+            e => Poll::Ready(Err(e.into())),
+        }
+    }
+
+    fn poll(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Result<StreamMuxerEvent, Self::Error>> {
+        Poll::Pending
+    }
+}
+
+/// One bidirectional QUIC stream.
+#[derive(Debug)]
+pub struct QuicStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_close(Pin::new(&mut self.send), cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quic_multiaddrs_map_to_socket_addresses_and_back() {
+        let addr: Multiaddr = "/ip4/127.0.0.1/udp/4001/quic-v1".parse().unwrap();
+        let socket = socket_addr(&addr).unwrap();
+        assert_eq!(socket, "127.0.0.1:4001".parse().unwrap());
+        assert_eq!(multiaddr(socket), addr);
+        let with_peer: Multiaddr = format!("{addr}/p2p/{}", PeerId::random()).parse().unwrap();
+        assert_eq!(socket_addr(&with_peer), Some(socket));
+        for other in [
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip4/127.0.0.1/udp/4001/quic",
+            "/ip4/127.0.0.1/udp/4001/quic-v1/webtransport",
+        ] {
+            assert_eq!(socket_addr(&other.parse().unwrap()), None, "{other}");
+        }
+    }
+}
