@@ -58,15 +58,18 @@ pub enum DeliveryError {
     Frame(String),
 }
 
-type Waiters = Arc<Mutex<HashMap<MessageId, oneshot::Sender<Result<(), DeliveryError>>>>>;
+type AckSender = oneshot::Sender<Result<(), DeliveryError>>;
 
 struct Outgoing {
     id: MessageId,
     frame: Vec<u8>,
-    ack: oneshot::Sender<Result<(), DeliveryError>>,
+    ack: AckSender,
 }
 
 /// The sending half of a chat stream to one peer. Cheap to clone.
+///
+/// One task owns the stream: it writes what is submitted and reads the
+/// acknowledgements, so nothing is written after the stream failed.
 #[derive(Clone)]
 pub struct ChatLink {
     peer: PeerId,
@@ -100,21 +103,18 @@ impl ChatLink {
             .open_stream(peer, chat::PROTOCOL)
             .await
             .map_err(|e| DeliveryError::Stream(e.to_string()))?;
-        let (reader, writer) = stream.split();
-        let waiters: Waiters = Arc::default();
         let (outgoing, rx) = mpsc::channel(256);
         let (closed_tx, closed) = watch::channel(false);
-        let closed_tx = Arc::new(closed_tx);
-        tokio::spawn(write_messages(
-            writer,
-            rx,
-            waiters.clone(),
-            closed_tx.clone(),
-            certificate,
-        ));
         let abort = Arc::new(tokio::sync::Notify::new());
         let gone = crate::directory::disconnected(network, peer);
-        tokio::spawn(read_acks(reader, waiters, closed_tx, abort.clone(), gone));
+        tokio::spawn(
+            LinkTask {
+                certificate,
+                certificate_sent: false,
+                waiting: HashMap::new(),
+            }
+            .run(stream, rx, abort.clone(), gone, closed_tx),
+        );
         Ok(Self {
             peer,
             outgoing,
@@ -169,19 +169,93 @@ impl ChatLink {
     }
 }
 
-async fn write_messages(
-    mut writer: futures::io::WriteHalf<Stream>,
-    mut rx: mpsc::Receiver<Outgoing>,
-    waiters: Waiters,
-    closed: Arc<watch::Sender<bool>>,
-    mut certificate: CertificateWatch,
-) {
-    let mut certificate_sent = false;
-    while let Some(first) = rx.recv().await {
-        // Write everything already queued before flushing once.
+/// The task behind a [`ChatLink`]: the stream and who waits on it.
+struct LinkTask {
+    certificate: CertificateWatch,
+    certificate_sent: bool,
+    /// Messages written and not acknowledged yet, by id.
+    waiting: HashMap<MessageId, AckSender>,
+}
+
+impl LinkTask {
+    async fn run(
+        mut self,
+        stream: Stream,
+        mut submitted: mpsc::Receiver<Outgoing>,
+        abort: Arc<tokio::sync::Notify>,
+        gone: impl std::future::Future<Output = ()>,
+        closed: watch::Sender<bool>,
+    ) {
+        let (reader, mut writer) = stream.split();
+        let answers = codec::frames::<_, ChatFrame>(reader, chat::MAX_FRAME);
+        tokio::pin!(answers, gone);
+        loop {
+            tokio::select! {
+                frame = answers.next() => match frame {
+                    Some(Ok(frame)) => {
+                        if !self.on_answer(frame) {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        debug!("chat stream ended: {e}");
+                        break;
+                    }
+                    None => break,
+                },
+                first = submitted.recv() => {
+                    let Some(first) = first else { break };
+                    if let Err(e) = self.write_batch(&mut writer, first, &mut submitted).await {
+                        debug!("chat stream write failed: {e}");
+                        break;
+                    }
+                }
+                _ = abort.notified() => break,
+                () = &mut gone => break,
+            }
+        }
+        // Nothing written can be acknowledged now: fail it at once.
+        for (_, waiter) in self.waiting.drain() {
+            let _ = waiter.send(Err(DeliveryError::ConnectionLost));
+        }
+        let _ = closed.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.close()).await;
+    }
+
+    /// Handles a frame from the recipient; false if the stream must end.
+    fn on_answer(&mut self, frame: ChatFrame) -> bool {
+        match frame {
+            ChatFrame::Ack { id } => {
+                if let Some(w) = self.waiting.remove(&id) {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            // The id may come from a payload the recipient could not
+            // trust (a bad signature): it only ever matches our own.
+            ChatFrame::Reject { id, code } => {
+                if let Some(w) = self.waiting.remove(&id) {
+                    let _ = w.send(Err(DeliveryError::Rejected(code)));
+                }
+            }
+            ChatFrame::Message(_) | ChatFrame::Certificate(_) => {
+                warn!("peer sent a message on our outbound chat stream; closing it");
+                return false;
+            }
+            ChatFrame::Unknown => {}
+        }
+        true
+    }
+
+    /// Writes `first` and everything queued behind it, flushing once.
+    async fn write_batch(
+        &mut self,
+        writer: &mut futures::io::WriteHalf<Stream>,
+        first: Outgoing,
+        queue: &mut mpsc::Receiver<Outgoing>,
+    ) -> std::io::Result<()> {
         let mut batch = vec![first];
         while batch.len() < 64 {
-            match rx.try_recv() {
+            match queue.try_recv() {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
@@ -189,9 +263,9 @@ async fn write_messages(
         let mut bytes = Vec::with_capacity(batch.iter().map(|o| o.frame.len()).sum());
         // The certificate goes first on the stream, and again after a
         // renewal, so the recipient need not ask the node who we are.
-        if !certificate_sent || certificate.has_changed().unwrap_or(false) {
-            certificate_sent = true;
-            let current = certificate.borrow_and_update().clone();
+        if !self.certificate_sent || self.certificate.has_changed().unwrap_or(false) {
+            self.certificate_sent = true;
+            let current = self.certificate.borrow_and_update().clone();
             if let Some(cert) = current {
                 match codec::encode_frame(&ChatFrame::Certificate(cert), chat::MAX_FRAME) {
                     Ok(frame) => bytes.extend_from_slice(&frame),
@@ -199,12 +273,9 @@ async fn write_messages(
                 }
             }
         }
-        {
-            let mut waiting = lock(&waiters);
-            for out in batch {
-                bytes.extend_from_slice(&out.frame);
-                waiting.insert(out.id, out.ack);
-            }
+        for out in batch {
+            bytes.extend_from_slice(&out.frame);
+            self.waiting.insert(out.id, out.ack);
         }
         let written = async {
             writer.write_all(&bytes).await?;
@@ -212,69 +283,14 @@ async fn write_messages(
         };
         // A peer that keeps its connection but stops reading must not hold
         // the link (and the messages queued on it) forever.
-        let written = match tokio::time::timeout(ACK_TIMEOUT, written).await {
+        match tokio::time::timeout(ACK_TIMEOUT, written).await {
             Ok(result) => result,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the recipient stopped reading",
             )),
-        };
-        if let Err(e) = written {
-            debug!("chat stream write failed: {e}");
-            // Nothing written can be acknowledged now: fail it at once.
-            fail_all(&waiters);
-            let _ = closed.send(true);
-            break;
         }
     }
-    let _ = writer.close().await;
-}
-
-fn fail_all(waiters: &Waiters) {
-    for (_, w) in lock(waiters).drain() {
-        let _ = w.send(Err(DeliveryError::ConnectionLost));
-    }
-}
-
-async fn read_acks(
-    mut reader: futures::io::ReadHalf<Stream>,
-    waiters: Waiters,
-    closed: Arc<watch::Sender<bool>>,
-    abort: Arc<tokio::sync::Notify>,
-    gone: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(gone);
-    loop {
-        let frame = tokio::select! {
-            frame = codec::read_frame::<_, ChatFrame>(&mut reader, chat::MAX_FRAME) => frame,
-            _ = abort.notified() => break,
-            () = &mut gone => break,
-        };
-        match frame {
-            Ok(Some(ChatFrame::Ack { id })) => {
-                if let Some(w) = lock(&waiters).remove(&id) {
-                    let _ = w.send(Ok(()));
-                }
-            }
-            Ok(Some(ChatFrame::Reject { id, code })) => {
-                if let Some(w) = lock(&waiters).remove(&id) {
-                    let _ = w.send(Err(DeliveryError::Rejected(code)));
-                }
-            }
-            Ok(Some(ChatFrame::Message(_) | ChatFrame::Certificate(_))) => {
-                warn!("peer sent a message on our outbound chat stream; closing it");
-                break;
-            }
-            Ok(Some(ChatFrame::Unknown)) => {}
-            Ok(None) => break,
-            Err(e) => {
-                debug!("chat stream ended: {e}");
-                break;
-            }
-        }
-    }
-    fail_all(&waiters);
-    let _ = closed.send(true);
 }
 
 /// A message accepted by the [`Inbox`].
@@ -450,16 +466,28 @@ impl Inbox {
 
     /// Accepts chat streams until the network stops.
     pub async fn serve(self: Arc<Self>, mut incoming: ChatStreams) {
-        while let Some(accept::Incoming { peer, stream, slot }) = incoming.next().await {
+        while let Some(accept::Incoming {
+            peer,
+            stream,
+            slot,
+            gone,
+            ..
+        }) = incoming.next().await
+        {
             let inbox = self.clone();
             tokio::spawn(async move {
-                inbox.serve_stream(peer, stream).await;
+                inbox.serve_stream(peer, stream, gone).await;
                 drop(slot);
             });
         }
     }
 
-    async fn serve_stream(self: Arc<Self>, peer: PeerId, stream: Stream) {
+    async fn serve_stream(
+        self: Arc<Self>,
+        peer: PeerId,
+        stream: Stream,
+        gone: accept::ConnectionGone,
+    ) {
         let Some(key) = verifying_key_of(&peer) else {
             debug!(%peer, "chat stream from a non-ed25519 peer; closing");
             return;
@@ -468,7 +496,11 @@ impl Inbox {
             warn!(%peer, limit = MAX_STREAMS_PER_PEER, "too many chat streams from one peer; refusing another");
             return;
         }
-        self.serve_messages(peer, &key, stream).await;
+        // A stream on a connection closed locally is never woken again.
+        tokio::select! {
+            () = self.serve_messages(peer, &key, stream) => {}
+            () = gone => debug!(%peer, "chat stream's connection closed"),
+        }
         self.stream_closed(peer);
     }
 

@@ -5,10 +5,9 @@
 //! session is open, whatever it registered stays online.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::AsyncReadExt;
+use futures::{AsyncReadExt, StreamExt};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use messenger_proto::certificate::SignedCertificate;
@@ -83,8 +82,6 @@ pub struct Registered {
     pub certificate: Option<SignedCertificate>,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
-
 /// How often a rate-limited request is tried again, and the first pause.
 const RATE_LIMIT_RETRIES: u32 = 4;
 const RATE_LIMIT_PAUSE: Duration = Duration::from_millis(250);
@@ -151,12 +148,16 @@ impl DirectorySession {
         pushes: Option<mpsc::Sender<Resolution>>,
         gone: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Self {
-        let (reader, writer) = stream.split();
-        let pending: Pending = Arc::default();
         let (requests, request_rx) = mpsc::channel(64);
         let (closed_tx, closed) = watch::channel(false);
-        tokio::spawn(write_requests(writer, request_rx, pending.clone()));
-        tokio::spawn(read_responses(reader, pending, closed_tx, pushes, gone));
+        tokio::spawn(
+            SessionTask {
+                pending: HashMap::new(),
+                next_id: 1,
+                pushes,
+            }
+            .run(stream, request_rx, gone, closed_tx),
+        );
         Self {
             node,
             requests,
@@ -302,71 +303,97 @@ impl DirectorySession {
     }
 }
 
-async fn write_requests(
-    mut writer: futures::io::WriteHalf<libp2p::Stream>,
-    mut requests: mpsc::Receiver<Call>,
-    pending: Pending,
-) {
-    let mut next_id: u64 = 1;
-    while let Some(Call::Request(op, reply)) = requests.recv().await {
-        let id = next_id;
-        next_id += 1;
-        lock(&pending).insert(id, reply);
-        let request = Request { id, op };
-        if let Err(e) = codec::write_frame(&mut writer, &request, directory::MAX_FRAME).await {
-            debug!("directory session write failed: {e}");
-            lock(&pending).remove(&id);
-            break;
-        }
-    }
-    // Closing our side tells the node the session is over.
-    let _ = futures::AsyncWriteExt::close(&mut writer).await;
+/// The task behind a [`DirectorySession`]: one owner for the stream, so
+/// that nothing is written after a failed read, and for the requests
+/// waiting for their answers.
+struct SessionTask {
+    pending: HashMap<u64, oneshot::Sender<Reply>>,
+    next_id: u64,
+    pushes: Option<mpsc::Sender<Resolution>>,
 }
 
-async fn read_responses(
-    mut reader: futures::io::ReadHalf<libp2p::Stream>,
-    pending: Pending,
-    closed: watch::Sender<bool>,
-    pushes: Option<mpsc::Sender<Resolution>>,
-    gone: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(gone);
-    loop {
-        let frame = tokio::select! {
-            frame = codec::read_frame::<_, Response>(&mut reader, directory::MAX_FRAME) => frame,
-            () = &mut gone => {
-                debug!("the connection to the rendezvous node closed");
-                break;
+impl SessionTask {
+    async fn run(
+        mut self,
+        stream: libp2p::Stream,
+        mut calls: mpsc::Receiver<Call>,
+        gone: impl std::future::Future<Output = ()>,
+        closed: watch::Sender<bool>,
+    ) {
+        let (reader, mut writer) = stream.split();
+        let frames = codec::frames::<_, Response>(reader, directory::MAX_FRAME);
+        tokio::pin!(frames, gone);
+        // Once we closed our side, answers and pushes still in flight are
+        // read until the node closes its side too.
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                frame = frames.next() => match frame {
+                    Some(Ok(response)) => self.on_response(response).await,
+                    Some(Err(e)) => {
+                        debug!("directory session ended: {e}");
+                        break;
+                    }
+                    None => break,
+                },
+                call = calls.recv(), if !closing => match call {
+                    Some(Call::Request(op, reply)) => {
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        self.pending.insert(id, reply);
+                        let request = Request { id, op };
+                        let written = tokio::time::timeout(
+                            REQUEST_TIMEOUT,
+                            codec::write_frame(&mut writer, &request, directory::MAX_FRAME),
+                        )
+                        .await;
+                        if !matches!(written, Ok(Ok(()))) {
+                            debug!("directory session write failed or stalled");
+                            break;
+                        }
+                    }
+                    // Closing our side tells the node the session is over.
+                    Some(Call::Close) | None => {
+                        closing = true;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            futures::AsyncWriteExt::close(&mut writer),
+                        )
+                        .await;
+                    }
+                },
+                () = &mut gone => {
+                    debug!("the connection to the rendezvous node closed");
+                    break;
+                }
             }
-        };
-        match frame {
-            Ok(Some(Response {
+        }
+        // Dropping the senders fails every request still waiting.
+        self.pending.clear();
+        let _ = closed.send(true);
+    }
+
+    async fn on_response(&mut self, response: Response) {
+        match response {
+            Response {
                 id: directory::PUSH_ID,
                 reply: Reply::Presence(resolution),
-            })) => {
-                if let Some(pushes) = &pushes
+            } => {
+                if let Some(pushes) = &self.pushes
                     && pushes.send(resolution).await.is_err()
                 {
                     debug!("presence push dropped: nobody listens");
                 }
             }
-            Ok(Some(response)) => {
-                if let Some(reply) = lock(&pending).remove(&response.id) {
+            response => {
+                if let Some(reply) = self.pending.remove(&response.id) {
                     let _ = reply.send(response.reply);
                 } else if let Reply::Error { message, .. } = response.reply {
                     debug!("rendezvous node closed the session: {message}");
                 }
             }
-            Ok(None) => break,
-            Err(e) => {
-                debug!("directory session ended: {e}");
-                break;
-            }
         }
     }
-    // Dropping the senders fails every request still waiting.
-    lock(&pending).clear();
-    let _ = closed.send(true);
 }
 
 /// Resolves when the last connection to `peer` closes.
@@ -384,8 +411,4 @@ pub(crate) fn disconnected(
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

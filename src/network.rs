@@ -18,6 +18,7 @@ use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
 use messenger_proto::Identity;
 use messenger_proto::accept;
+use messenger_proto::liveness::Liveness;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -323,6 +324,7 @@ impl Network {
             paths: paths.clone(),
             rendezvous: rendezvous.map(|(peer, _)| peer),
             own_commands: commands.clone(),
+            liveness: Liveness::new(config.ping_interval, config.ping_timeout),
         };
         tokio::spawn(event_loop.run());
         Ok(Self {
@@ -425,6 +427,9 @@ struct EventLoop {
     paths: Paths,
     rendezvous: Option<PeerId>,
     own_commands: mpsc::Sender<Command>,
+    /// Connections that stopped answering pings are closed by this, not by
+    /// libp2p-ping's report (which needs two failures in a row).
+    liveness: Liveness,
 }
 
 impl EventLoop {
@@ -446,6 +451,8 @@ impl EventLoop {
     }
 
     async fn run(mut self) {
+        let mut liveness_check = tokio::time::interval(self.liveness.check_every());
+        liveness_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -454,6 +461,12 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
+                _ = liveness_check.tick(), if !self.liveness.is_empty() => {
+                    for connection in self.liveness.overdue(std::time::Instant::now()) {
+                        info!(?connection, "no ping answered within the ping interval + timeout; closing the connection");
+                        self.swarm.close_connection(connection);
+                    }
+                }
             }
         }
         debug!("network event loop stopped");
@@ -503,12 +516,19 @@ impl EventLoop {
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                connection,
+                result: Ok(_),
+                ..
+            })) => self.liveness.alive(connection, std::time::Instant::now()),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
                 endpoint,
                 ..
             } => {
+                self.liveness
+                    .alive(connection_id, std::time::Instant::now());
                 let relayed = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => is_relayed(address),
                     ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
@@ -609,6 +629,7 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
+                self.liveness.closed(connection_id);
                 debug!(%peer_id, ?cause, "connection closed");
                 if num_established == 0 {
                     let _ = self

@@ -6,13 +6,19 @@
 //! behaviour hands every negotiated stream to a bounded queue instead, and
 //! bounds how many streams of the protocol one connection may hold open:
 //! a peer cannot tie up its counterpart with thousands of idle streams.
+//!
+//! Each stream also comes with [`ConnectionGone`], which resolves when its
+//! connection closes: a yamux stream whose connection was closed locally
+//! (a dead peer's, say) is never woken again, so whoever reads it must
+//! watch for that too.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use futures::channel::mpsc;
+use futures::FutureExt;
+use futures::channel::{mpsc, oneshot};
 use libp2p::core::upgrade::{DeniedUpgrade, ReadyUpgrade};
 use libp2p::core::{Endpoint, transport::PortUse};
 use libp2p::swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
@@ -28,10 +34,28 @@ use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub struct Incoming {
     /// Who opened it.
     pub peer: PeerId,
+    /// The connection it came on.
+    pub connection: ConnectionId,
     /// The stream.
     pub stream: Stream,
     /// The slot of this stream on its connection.
     pub slot: Slot,
+    /// Resolves when the connection closes.
+    pub gone: ConnectionGone,
+}
+
+/// Resolves when the connection a stream came on has closed (its handler
+/// was dropped).
+#[derive(Debug)]
+pub struct ConnectionGone(oneshot::Receiver<std::convert::Infallible>);
+
+impl Future for ConnectionGone {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // The sender never sends: only its drop, with the connection, ends this.
+        self.0.poll_unpin(cx).map(|_| ())
+    }
 }
 
 /// One open stream of a connection, freed on drop.
@@ -72,13 +96,15 @@ impl Behaviour {
         )
     }
 
-    fn handler(&self, peer: PeerId) -> Handler {
+    fn handler(&self, peer: PeerId, connection: ConnectionId) -> Handler {
         Handler {
             peer,
+            connection,
             protocol: self.protocol.clone(),
             queue: self.queue.clone(),
             open: Arc::default(),
             max_open: self.max_per_connection,
+            gone: Vec::new(),
         }
     }
 }
@@ -89,23 +115,23 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _: ConnectionId,
+        connection: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer))
+        Ok(self.handler(peer, connection))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        _: ConnectionId,
+        connection: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer))
+        Ok(self.handler(peer, connection))
     }
 
     fn on_swarm_event(&mut self, _: FromSwarm) {}
@@ -128,10 +154,14 @@ impl NetworkBehaviour for Behaviour {
 #[derive(Debug)]
 pub struct Handler {
     peer: PeerId,
+    connection: ConnectionId,
     protocol: StreamProtocol,
     queue: mpsc::Sender<Incoming>,
     open: Arc<AtomicUsize>,
     max_open: usize,
+    /// One per stream handed out; dropped with the handler, which tells
+    /// each stream's [`ConnectionGone`] that the connection closed.
+    gone: Vec<oneshot::Sender<std::convert::Infallible>>,
 }
 
 impl ConnectionHandler for Handler {
@@ -174,10 +204,16 @@ impl ConnectionHandler for Handler {
             return;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
+        // Streams already served and gone need no word any more.
+        self.gone.retain(|g| !g.is_canceled());
+        let (gone_tx, gone) = oneshot::channel();
+        self.gone.push(gone_tx);
         let incoming = Incoming {
             peer: self.peer,
+            connection: self.connection,
             stream,
             slot: Slot(self.open.clone()),
+            gone: ConnectionGone(gone),
         };
         // A refused stream is dropped, which frees its slot.
         if let Err(e) = self.queue.try_send(incoming) {

@@ -6,7 +6,7 @@
 
 use std::io;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Stream};
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Why a frame could not be read or written.
@@ -105,6 +105,26 @@ where
     from_cbor(&body).map(Some)
 }
 
+/// The frames of `reader` as a stream that ends after a clean end or after
+/// yielding the first error. Unlike `read_frame` in a `select!` loop,
+/// polling it is cancel-safe: a frame half read stays in the stream. One
+/// task can then read and write a stream, so that nothing writes to it
+/// after a failed read (libp2p's lazily negotiated streams panic on that).
+pub fn frames<R, T>(reader: R, max: usize) -> impl Stream<Item = Result<T, CodecError>>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    futures::stream::unfold(Some(reader), move |reader| async move {
+        let mut reader = reader?;
+        match read_frame(&mut reader, max).await {
+            Ok(Some(frame)) => Some((Ok(frame), Some(reader))),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +160,25 @@ mod tests {
             encode_frame(&"x".repeat(40), 16),
             Err(CodecError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn the_frame_stream_ends_at_a_clean_end_or_after_its_first_error() {
+        use futures::StreamExt;
+        let mut bytes = Vec::new();
+        block_on(write_frame(&mut bytes, &"one", 16)).unwrap();
+        block_on(write_frame(&mut bytes, &"two", 16)).unwrap();
+        let read: Vec<String> = block_on(
+            frames::<_, String>(&bytes[..], 16)
+                .map(Result::unwrap)
+                .collect(),
+        );
+        assert_eq!(read, ["one", "two"]);
+        bytes.extend_from_slice(&[0, 0, 0, 1, 0xff]);
+        block_on(write_frame(&mut bytes, &"never", 16)).unwrap();
+        let read: Vec<Result<String, CodecError>> = block_on(frames(&bytes[..], 16).collect());
+        assert_eq!(read.len(), 3);
+        assert!(matches!(read[2], Err(CodecError::Malformed(_))));
     }
 
     proptest! {

@@ -16,6 +16,7 @@
 //! - [`chat`]: the direct message protocol between two clients.
 //! - [`codec`]: length-prefixed CBOR frames with hard size limits.
 //! - [`rate`]: the token bucket behind every rate limit.
+//! - [`liveness`]: which connections went silent (on top of libp2p's ping).
 //!
 //! `docs/protocol.md` in the repository describes the bytes on the wire.
 
@@ -25,6 +26,7 @@ pub mod chat;
 pub mod codec;
 pub mod directory;
 pub mod identity;
+pub mod liveness;
 pub mod name;
 pub mod presence;
 pub mod rate;

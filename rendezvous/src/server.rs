@@ -25,6 +25,7 @@ use messenger_proto::accept;
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
 use messenger_proto::identity::{IdentityError, create_private_dir};
+use messenger_proto::liveness::Liveness;
 use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -36,6 +37,9 @@ use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
 use crate::quic::{QuicConfig, QuicTransport};
 use crate::registry::{Registry, SessionId};
 use crate::store::{RedbStore, StoreError};
+
+/// How long a finished session may take to flush its last frames.
+const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepted directory streams waiting for their session task to start.
 const SESSION_BACKLOG: usize = 1024;
@@ -260,6 +264,7 @@ impl Server {
         });
         let event_loop = EventLoop {
             swarm,
+            liveness: Liveness::new(config.ping_interval, config.ping_timeout),
             gate,
             shed_reported: [0; 4],
             registry: registry.clone(),
@@ -494,6 +499,9 @@ async fn listen(
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
+    /// Connections that stopped answering pings are closed by this, not by
+    /// libp2p-ping's report (which needs two failures in a row).
+    liveness: Liveness,
     gate: Arc<HandshakeGate>,
     /// Gate counts at the last report.
     shed_reported: [u64; 4],
@@ -527,11 +535,11 @@ async fn accept_sessions(
     loop {
         tokio::select! {
             accepted = incoming.next() => match accepted {
-                Some(accept::Incoming { peer, stream, slot }) => {
+                Some(accept::Incoming { peer, stream, slot, gone, .. }) => {
                     next_session += 1;
                     let env = env.clone();
                     sessions.spawn(async move {
-                        serve_session(peer, stream, env, next_session).await;
+                        serve_session(peer, stream, gone, env, next_session).await;
                         drop(slot);
                     });
                 }
@@ -556,10 +564,18 @@ impl EventLoop {
             .incoming
             .take()
             .map(|incoming| tokio::spawn(accept_sessions(incoming, self.sessions.clone())));
+        let mut liveness_check = tokio::time::interval(self.liveness.check_every());
+        liveness_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = liveness_check.tick() => {
+                    for connection in self.liveness.overdue(std::time::Instant::now()) {
+                        info!(?connection, "no ping answered within the ping interval + timeout; closing the connection");
+                        self.swarm.close_connection(connection);
+                    }
+                }
                 _ = sweep.tick() => {
                     let expired = self.registry.sweep(now_ms());
                     if expired > 0 {
@@ -623,10 +639,28 @@ impl EventLoop {
                 info!(%peer, "ping failed ({e}); closing the connection");
                 self.swarm.close_connection(connection);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                connection,
+                result: Ok(_),
+                ..
+            })) => self.liveness.alive(connection, std::time::Instant::now()),
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
-            } => debug!(%peer_id, addr = %endpoint.get_remote_address(), "connection established"),
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
+            } => {
+                self.liveness
+                    .alive(connection_id, std::time::Instant::now());
+                debug!(%peer_id, addr = %endpoint.get_remote_address(), "connection established")
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                connection_id,
+                ..
+            } => {
+                self.liveness.closed(connection_id);
                 debug!(%peer_id, ?cause, "connection closed")
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -680,8 +714,14 @@ impl EventLoop {
 ///
 /// Requests are handled one after another; answers and presence pushes
 /// share the stream, written by one writer task.
-#[instrument(skip(stream, env), fields(%peer))]
-async fn serve_session(peer: PeerId, stream: Stream, env: Arc<SessionEnv>, session: SessionId) {
+#[instrument(skip(stream, gone, env), fields(%peer))]
+async fn serve_session(
+    peer: PeerId,
+    stream: Stream,
+    gone: accept::ConnectionGone,
+    env: Arc<SessionEnv>,
+    session: SessionId,
+) {
     debug!("directory session opened");
     let registry = &env.registry;
     let budget = env.requests.session(peer);
@@ -697,8 +737,18 @@ async fn serve_session(peer: PeerId, stream: Stream, env: Arc<SessionEnv>, sessi
         registry.clone(),
         peer,
     ));
+    tokio::pin!(gone);
     loop {
-        let request: Request = match codec::read_frame(&mut reader, env.max_frame).await {
+        // A stream whose connection the node closed (a silent peer's) is
+        // never woken again: its connection's end ends the session.
+        let frame = tokio::select! {
+            frame = codec::read_frame(&mut reader, env.max_frame) => frame,
+            () = &mut gone => {
+                debug!("the session's connection closed");
+                break;
+            }
+        };
+        let request: Request = match frame {
             Ok(Some(request)) => request,
             Ok(None) => break,
             Err(CodecError::Io(e)) => {
@@ -733,10 +783,22 @@ async fn serve_session(peer: PeerId, stream: Stream, env: Arc<SessionEnv>, sessi
         }
     }
     drop(answers);
-    let _ = writing.await;
-    let registry = registry.clone();
+    // What it registered goes offline now, not after our last frames are
+    // flushed: on a dead connection that could take long.
+    let ended = {
+        let registry = registry.clone();
+        tokio::task::spawn_blocking(move || registry.session_ended(session, now_ms()))
+    };
     drop(budget);
-    let _ = tokio::task::spawn_blocking(move || registry.session_ended(session, now_ms())).await;
+    let _ = ended.await;
+    let mut writing = writing;
+    if tokio::time::timeout(SESSION_CLOSE_TIMEOUT, &mut writing)
+        .await
+        .is_err()
+    {
+        debug!("the session's last frames could not be written in time");
+        writing.abort();
+    }
     debug!("directory session closed");
 }
 

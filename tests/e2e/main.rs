@@ -11,6 +11,7 @@ mod buddy;
 mod directory;
 mod flood;
 mod hostile;
+mod liveness;
 // The bench's bare directory client, which the attackers are made of.
 #[path = "../../benches/suite/load.rs"]
 #[allow(dead_code)]

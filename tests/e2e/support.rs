@@ -192,7 +192,13 @@ impl Node {
         Self::spawn(None, data_dir, "127.0.0.1", 0, flags)
     }
 
-    fn spawn(netns: Option<&str>, data_dir: &Path, ip: &str, port: u16, flags: &[&str]) -> Self {
+    pub fn spawn(
+        netns: Option<&str>,
+        data_dir: &Path,
+        ip: &str,
+        port: u16,
+        flags: &[&str],
+    ) -> Self {
         let mut cmd = in_netns(netns, rendezvous_bin());
         cmd.args(flags);
         cmd.args(["--listen", &format!("/ip4/{ip}/tcp/{port}")]);
