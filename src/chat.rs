@@ -16,12 +16,12 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 use messenger_proto::accept;
 use messenger_proto::certificate::{NameCertificate, SignedCertificate};
-use messenger_proto::chat::{self, ChatFrame, IdOnly, Message, MessageId, RejectCode};
+use messenger_proto::chat::{self, ChatFrame, Message, MessageId, RejectCode};
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::identity::verifying_key_of;
 use messenger_proto::name::ScreenName;
 use messenger_proto::rate::{Rate, TokenBucket};
-use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
+use messenger_proto::signed::Signed;
 use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
@@ -31,6 +31,11 @@ use crate::network::{ChatStreams, Network};
 
 /// How long a sender waits for an acknowledgement.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a recipient waits for the node to say who owns a sender's name
+/// before it resets the stream: less than the sender's [`ACK_TIMEOUT`].
+pub const OWNER_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+const _: () = assert!(OWNER_CHECK_TIMEOUT.as_secs() < ACK_TIMEOUT.as_secs());
 
 /// How long a receiver trusts a name → peer lookup.
 const NAME_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -572,36 +577,29 @@ impl Inbox {
         signed: &Signed,
         certified: Option<&NameCertificate>,
     ) -> Result<MessageId, Refusal> {
-        // A refusal needs an id, read from a payload nobody vouches for.
-        let refuse = |code: RejectCode, what: &str| match signed.decode_unverified::<IdOnly>() {
-            Ok(IdOnly { id }) => Refusal::Reject(id, code),
-            Err(_) => Refusal::Close(format!("{what}, and no message id in it")),
-        };
-        if signed.verify(MESSAGE_CONTEXT, key).is_err() {
-            return Err(refuse(RejectCode::BadSignature, "a bad signature"));
-        }
-        let message: Message = match signed.decode_unverified() {
-            Ok(m) => m,
-            Err(e) => {
-                debug!(%peer, "message payload not in the protocol's form: {e}");
-                return Err(refuse(RejectCode::Malformed, "a malformed message"));
-            }
-        };
-        let id = message.id;
-        if message.to != self.me {
-            return Err(Refusal::Reject(id, RejectCode::WrongRecipient));
-        }
-        if chat::check_text(&message.text).is_err() {
-            return Err(Refusal::Reject(id, RejectCode::BadText));
-        }
         let now = now_ms();
-        if !chat::sent_at_acceptable(message.sent_at, now) {
-            return Err(Refusal::Reject(id, RejectCode::BadTime));
-        }
+        let message =
+            chat::open_message(signed, key, &self.me, now).map_err(|refused| match refused.id {
+                Some(id) => Refusal::Reject(id, refused.code),
+                None => Refusal::Close(format!("{}, and no message id in it", refused.code)),
+            })?;
+        let id = message.id;
         let vouched = certified
             .is_some_and(|cert| cert.vouches_for(&message.from, &peer) && cert.expires_at > now);
         if !vouched {
-            self.check_owner(&message.from, peer, id).await?;
+            // Bounded, so that the sender, which waits ACK_TIMEOUT for an
+            // answer, sees our reset before it gives up on its own.
+            tokio::time::timeout(
+                OWNER_CHECK_TIMEOUT,
+                self.check_owner(&message.from, peer, id),
+            )
+            .await
+            .map_err(|_| {
+                Refusal::Close(format!(
+                    "the rendezvous node did not say within {OWNER_CHECK_TIMEOUT:?} who owns {}",
+                    message.from
+                ))
+            })??;
         }
         self.keep(message, peer).await
     }

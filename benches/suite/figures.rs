@@ -313,17 +313,28 @@ pub async fn cold_send(sizes: &Sizes) -> Vec<Figure> {
         .await
         .expect("register");
     let mut ours = Vec::with_capacity(sizes.cold_peers);
+    let mut parts = Vec::with_capacity(sizes.cold_peers);
     for i in 0..sizes.cold_peers {
         let peer_name = format!("peer{i}");
         let peer = online_user(&addr, &peer_name).await;
         let started = Instant::now();
-        alice.send(&peer_name, TEXT).await.expect("cold send");
+        let report = alice.send(&peer_name, TEXT).await.expect("cold send");
         ours.push(started.elapsed());
+        parts.push((report.resolve, report.dial, report.deliver));
         peer.shutdown().await;
     }
     alice.shutdown().await;
     node.shutdown().await;
     let baseline = bare_dials(sizes.cold_peers).await;
+    let part = |f: fn(&(Duration, Duration, Duration)) -> Duration| {
+        percentiles(parts.iter().map(f).collect()).0
+    };
+    eprintln!(
+        "cold send, median of each part: resolve {:?}, dial + open the chat stream {:?}, first message and its ack {:?}",
+        part(|p| p.0),
+        part(|p| p.1),
+        part(|p| p.2)
+    );
     let (om, _) = percentiles(ours);
     let (bm, _) = percentiles(baseline);
     vec![time_figure(

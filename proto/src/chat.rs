@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::certificate::SignedCertificate;
 use crate::name::ScreenName;
-use crate::signed::Signed;
+use crate::signed::{MESSAGE_CONTEXT, Signed};
 
 /// Protocol id of a chat stream.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/messenger/chat/1");
@@ -126,9 +126,54 @@ pub fn sent_at_acceptable(sent_at: u64, now_ms: u64) -> bool {
 /// Just the id of a message whose payload is not a valid [`Message`], so
 /// that it can be refused by id.
 #[derive(Debug, Deserialize)]
-pub struct IdOnly {
-    /// The message id.
-    pub id: MessageId,
+struct IdOnly {
+    id: MessageId,
+}
+
+/// A message refused by [`open_message`]: the code to answer with, and the
+/// id to answer it for, read from a payload nobody vouches for; without
+/// one, the recipient resets the stream instead of answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// The message's id, as far as it could be read.
+    pub id: Option<MessageId>,
+    /// Why.
+    pub code: RejectCode,
+}
+
+/// The recipient's checks that need nothing but the frame, in the order of
+/// docs/protocol.md §6.3 (1 to 5): the signature under the sender's key
+/// (the connection's), the payload's form, the recipient, the text, the
+/// date. Who owns `from`, repeats, blocks and pins come after.
+pub fn open_message(
+    signed: &Signed,
+    sender: &ed25519_dalek::VerifyingKey,
+    me: &ScreenName,
+    now_ms: u64,
+) -> Result<Message, Refused> {
+    let refuse = |code| Refused {
+        id: signed.decode_unverified::<IdOnly>().ok().map(|m| m.id),
+        code,
+    };
+    if signed.verify(MESSAGE_CONTEXT, sender).is_err() {
+        return Err(refuse(RejectCode::BadSignature));
+    }
+    let message: Message = signed
+        .decode_unverified()
+        .map_err(|_| refuse(RejectCode::Malformed))?;
+    let code = if &message.to != me {
+        RejectCode::WrongRecipient
+    } else if check_text(&message.text).is_err() {
+        RejectCode::BadText
+    } else if !sent_at_acceptable(message.sent_at, now_ms) {
+        RejectCode::BadTime
+    } else {
+        return Ok(message);
+    };
+    Err(Refused {
+        id: Some(message.id),
+        code,
+    })
 }
 
 /// One frame on a chat stream.

@@ -17,7 +17,6 @@ use messenger_proto::directory::{
 use messenger_proto::name::ScreenName;
 use messenger_proto::presence::{Presence, Status};
 use messenger_proto::record::{RecordError, SignedRecord};
-use messenger_proto::signed::SignedError;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -234,25 +233,20 @@ impl<S: ClaimStore> Registry<S> {
     ) -> Reply {
         let record = match signed.open() {
             Ok(record) => record,
-            Err(RecordError::Name(e)) => {
-                return Reply::error(ErrorCode::InvalidName, format!("the record's name: {e}"));
+            Err(e) => {
+                let message = match e.code() {
+                    ErrorCode::BadSignature => {
+                        format!("{e}: a record must be signed by the key of the peer id it names")
+                    }
+                    // `malformed` is kept for frames that do not decode at
+                    // all (which end the session).
+                    ErrorCode::InvalidRecord if matches!(e, RecordError::Signed(_)) => {
+                        format!("the record's payload is not a registration: {e}")
+                    }
+                    _ => e.to_string(),
+                };
+                return Reply::error(e.code(), message);
             }
-            // `malformed` is kept for frames that do not decode at all
-            // (which end the session); a bad payload inside a good frame
-            // is an invalid record.
-            Err(RecordError::Signed(SignedError::Malformed(e))) => {
-                return Reply::error(
-                    ErrorCode::InvalidRecord,
-                    format!("the record's payload is not a registration: {e}"),
-                );
-            }
-            Err(RecordError::Signed(e)) => {
-                return Reply::error(
-                    ErrorCode::BadSignature,
-                    format!("{e}: a record must be signed by the key of the peer id it names"),
-                );
-            }
-            Err(e) => return Reply::error(ErrorCode::InvalidRecord, e.to_string()),
         };
         if visible_to.len() > MAX_VISIBLE_TO {
             return Reply::error(

@@ -8,6 +8,7 @@
 mod adversarial;
 mod bad_input;
 mod buddy;
+mod certificates;
 mod directory;
 mod flood;
 mod hostile;
