@@ -1,160 +1,46 @@
-//! The control socket: while `messenger online` (or `chat`) runs, other
-//! commands on the same home go through it, so there is one identity
-//! online, one writer of the store, and one presence.
+//! The control socket: while the home's client runs (`messenger online`,
+//! `chat` or `ui`), other commands on the same home go through it, so that
+//! one process owns the home's identity, presence and store.
 //!
-//! `<home>/control.sock` is a Unix socket, owner-only. A client connects,
-//! writes one [`ControlRequest`] as a JSON line, and reads one
-//! [`ControlReply`] as a JSON line.
+//! `<home>/control.sock` is a Unix socket, owner-only. A command connects,
+//! writes one [`Request`] as a JSON line, and reads one [`Response`] as a
+//! JSON line (docs/protocol.md §7).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use libp2p::PeerId;
-use messenger_proto::name::ScreenName;
-use messenger_proto::presence::{Presence, Status};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::store::StoredMessage;
+use crate::agent::Agent;
+use crate::api::{Failure, FailureKind, Request, Response};
 
 /// The largest request or reply line accepted (a message is at most 64 KiB;
 /// history replies are bounded by their limit).
 const MAX_LINE: usize = 16 * 1024 * 1024;
 
-/// What a command asks of the client that owns the home.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ControlRequest {
-    /// Send (or queue) a message.
-    Send {
-        /// Recipient.
-        to: String,
-        /// Text.
-        text: String,
-    },
-    /// Change my status.
-    Status {
-        /// The status.
-        status: Status,
-        /// Its text.
-        text: String,
-    },
-    /// Add a contact, pinning its current key.
-    ContactsAdd {
-        /// The name.
-        name: String,
-    },
-    /// Remove a contact.
-    ContactsRemove {
-        /// The name.
-        name: String,
-    },
-    /// Accept a contact's new key.
-    ContactsTrust {
-        /// The name.
-        name: String,
-    },
-    /// List contacts with presence.
-    ContactsList,
-    /// Refuse messages from a name.
-    Block {
-        /// The name.
-        name: String,
-    },
-    /// Accept messages from a name again.
-    Unblock {
-        /// The name.
-        name: String,
-    },
-    /// A conversation.
-    History {
-        /// The other party.
-        name: String,
-        /// How many of the latest messages.
-        limit: usize,
-    },
-    /// What is waiting to be delivered.
-    Outbox,
-}
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 64;
 
-/// How a send ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum SendOutcome {
-    /// The recipient acknowledged it.
-    Delivered {
-        /// The message as stored.
-        message: StoredMessage,
-        /// The recipient's peer id.
-        peer_id: PeerId,
-        /// Whether the connection that carried it was direct or relayed.
-        path: Option<crate::network::Path>,
-        /// Resolving the name, in ms (0 when a link was open).
-        resolve_ms: f64,
-        /// Dialling and opening the stream, in ms (0 when reused).
-        dial_ms: f64,
-        /// Writing until the acknowledgement, in ms.
-        deliver_ms: f64,
-    },
-    /// Stored in the outbox; delivered when the recipient is reachable.
-    Queued {
-        /// The message as stored.
-        message: StoredMessage,
-        /// Why it was not delivered now.
-        reason: String,
-    },
-}
-
-/// A contact as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContactView {
-    /// The name.
-    pub name: ScreenName,
-    /// The pinned key.
-    pub pinned: PeerId,
-    /// A different key the node reported, until trusted.
-    pub key_changed_to: Option<PeerId>,
-    /// Presence, if known (the node was reachable).
-    pub presence: Option<Presence>,
-    /// Status text while online.
-    pub status_text: String,
-    /// Last seen (ms since epoch).
-    pub last_seen: Option<u64>,
-    /// Whether the name is also blocked.
-    pub blocked: bool,
-}
-
-/// The answer to a [`ControlRequest`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "snake_case")]
-pub enum ControlReply {
-    /// A send's outcome.
-    Sent(Box<SendOutcome>),
-    /// Done; a sentence saying what.
-    Done {
-        /// What was done.
-        message: String,
-    },
-    /// Contacts.
-    Contacts {
-        /// Every contact.
-        contacts: Vec<ContactView>,
-    },
-    /// Messages (history or outbox), oldest first.
-    Messages {
-        /// The messages.
-        messages: Vec<StoredMessage>,
-    },
-    /// It failed.
-    Error {
-        /// The exit status the command should end with.
-        exit_code: u8,
-        /// What went wrong.
-        message: String,
-    },
+/// Why asking the running client failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The client accepted the request and then closed the socket without
+    /// an answer: it died (or was killed) meanwhile. What the request did
+    /// is unknown to the caller until it looks.
+    #[error("the running client closed the control socket without answering (did it stop?)")]
+    NoAnswer,
+    /// The socket failed otherwise.
+    #[error("cannot reach the running client: {0}")]
+    Io(#[from] io::Error),
+    /// The answer is not a response.
+    #[error("the running client answered something unreadable: {0}")]
+    Unreadable(String),
 }
 
 /// The socket path in a home.
@@ -164,7 +50,7 @@ pub fn socket_path(home: &Path) -> PathBuf {
 
 /// Asks the running client of `home`, if there is one. `Ok(None)` when no
 /// client runs (no socket, or a stale one left by a crash).
-pub async fn call(home: &Path, request: &ControlRequest) -> io::Result<Option<ControlReply>> {
+pub async fn call(home: &Path, request: &Request) -> Result<Option<Response>, CallError> {
     let path = socket_path(home);
     let stream = match UnixStream::connect(&path).await {
         Ok(stream) => stream,
@@ -176,7 +62,7 @@ pub async fn call(home: &Path, request: &ControlRequest) -> io::Result<Option<Co
         {
             return Ok(None);
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
@@ -184,19 +70,19 @@ pub async fn call(home: &Path, request: &ControlRequest) -> io::Result<Option<Co
     write.write_all(&line).await?;
     write.shutdown().await?;
     let mut reply = String::new();
-    BufReader::new(read)
+    let read = BufReader::new(read)
         .take(MAX_LINE as u64)
         .read_line(&mut reply)
-        .await?;
-    if reply.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the running client closed the control socket without answering",
-        ));
+        .await;
+    match read {
+        Ok(_) if reply.is_empty() => return Err(CallError::NoAnswer),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(CallError::NoAnswer),
+        Err(e) => return Err(e.into()),
     }
     serde_json::from_str(&reply)
         .map(Some)
-        .map_err(io::Error::other)
+        .map_err(|e| CallError::Unreadable(e.to_string()))
 }
 
 /// Binds the control socket, replacing a stale one. Fails if another
@@ -225,45 +111,52 @@ pub async fn bind(home: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves requests with `handle` until the listener fails.
-pub async fn serve<F, Fut>(listener: UnixListener, handle: F)
-where
-    F: Fn(ControlRequest) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ControlReply> + Send,
-{
+/// Serves requests through `agent` until `cancel` fires (or the listener
+/// fails); every connection's task ends with it.
+pub async fn serve(listener: UnixListener, agent: Agent, cancel: CancellationToken) {
+    let mut connections = JoinSet::new();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                warn!("control socket failed: {e}");
-                return;
+        tokio::select! {
+            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!("control socket failed: {e}");
+                        break;
+                    }
+                };
+                let agent = agent.clone();
+                connections.spawn(answer(stream, agent));
             }
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let reply = match BufReader::new(read)
-                .take(MAX_LINE as u64)
-                .read_line(&mut line)
-                .await
-            {
-                Ok(_) => match serde_json::from_str::<ControlRequest>(&line) {
-                    Ok(request) => handle(request).await,
-                    Err(e) => ControlReply::Error {
-                        exit_code: 2,
-                        message: format!("bad control request: {e}"),
-                    },
-                },
-                Err(e) => ControlReply::Error {
-                    exit_code: 1,
-                    message: format!("cannot read the control request: {e}"),
-                },
-            };
-            if let Ok(mut bytes) = serde_json::to_vec(&reply) {
-                bytes.push(b'\n');
-                let _ = write.write_all(&bytes).await;
-            }
-        });
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+    connections.shutdown().await;
+}
+
+async fn answer(stream: UnixStream, agent: Agent) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let reply = match BufReader::new(read)
+        .take(MAX_LINE as u64)
+        .read_line(&mut line)
+        .await
+    {
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => agent.call(request).await,
+            Err(e) => Response::Failed(Failure::new(
+                FailureKind::Invalid,
+                format!("bad control request: {e}"),
+            )),
+        },
+        Err(e) => Response::Failed(Failure::new(
+            FailureKind::Other,
+            format!("cannot read the control request: {e}"),
+        )),
+    };
+    if let Ok(mut bytes) = serde_json::to_vec(&reply) {
+        bytes.push(b'\n');
+        let _ = write.write_all(&bytes).await;
     }
 }

@@ -104,6 +104,17 @@ impl Home {
         self.dir.join("config.json")
     }
 
+    /// Whether settings were ever saved here: the home is in use (so an
+    /// empty store file in it is damage, not a new store).
+    pub fn config_exists(&self) -> bool {
+        self.config_path().exists()
+    }
+
+    /// The store's file.
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.join("messenger.redb")
+    }
+
     /// Our identity, created on first use.
     pub fn identity(&self) -> Result<Identity, HomeError> {
         Ok(Identity::load_or_create(&self.key_path())?)

@@ -2,35 +2,60 @@
 //!
 //! A client registers a screen name with a rendezvous node, resolves other
 //! names through it, and then talks to peers directly over libp2p streams;
-//! the node never carries message content.
+//! the node never carries message content. The `messenger` binary
+//! (`src/bin/messenger/`) is one front end on top of this library; the
+//! library knows nothing of command lines.
 //!
-//! - [`network`]: the libp2p node, an event loop owning the swarm, and its
-//!   cloneable handle.
-//! - [`directory`]: a directory session with the rendezvous node.
-//! - [`chat`]: sending ([`chat::ChatLink`]) and receiving ([`chat::Inbox`])
-//!   direct messages.
-//! - [`client`]: the [`Client`] that ties them together (no local state).
-//! - [`store`]: the home's contacts, blocks, history and outbox.
-//! - [`agent`]: a client plus its store: outbox delivery, pinned contacts,
-//!   presence; what every command runs on.
-//! - [`control`]: the socket through which commands reach a running client.
-//! - [`home`]: the user's home directory: key file and config.
-//! - [`cli`] and [`demo`]: the `messenger` command line.
+//! # Who owns what
+//!
+//! - [`agent`]: the home's client. Its core task owns all of the client's
+//!   state (registration and certificate, the directory session, the
+//!   presence cache, pins and blocks, delivery workers); front ends reach
+//!   it through the cloneable [`agent::Agent`] handle.
+//! - [`api`]: the command set ([`api::Request`], [`api::Response`]) and the
+//!   one event stream ([`api::Event`]) every front end uses.
+//! - [`network`]: the libp2p node. One event loop owns the swarm; the
+//!   [`network::Network`] handle sends it commands.
+//! - [`directory`]: a session with the rendezvous node, one task per
+//!   session owning its stream.
+//! - [`chat`]: sending ([`chat::ChatLink`], one task per stream) and
+//!   receiving ([`chat::Inbox`], one task per peer) direct messages.
+//! - [`store`]: the home's contacts, blocks, history and outbox in redb,
+//!   owned by a thread of its own ([`store::StoreHandle`]).
+//! - [`control`]: the control socket through which other commands reach
+//!   the home's running client.
+//! - [`home`]: the user's home directory: key file and settings.
+//! - [`peer`]: what we know of another user, verified.
+//!
+//! # How a message flows
+//!
+//! Sending: a front end asks the agent ([`api::Request::Send`], with an id
+//! it chose). The core checks the text and the recipient (resolving it
+//! once, if nothing is known of it), stores the message in the outbox,
+//! and hands its id to the recipient's delivery worker. The worker opens
+//! (or reuses) a chat link, which sends our name certificate and then the
+//! signed message; when the recipient's acknowledgement comes back, the
+//! worker marks the message delivered in the store, answers the request,
+//! and emits [`api::Event::Delivered`].
+//!
+//! Receiving: the inbox's task for the sending peer reads the frame,
+//! checks it (signature, form, recipient, date, and that the sender's name
+//! belongs to the connection's key, by its certificate or by asking the
+//! node), checks blocks and pins, has the store keep it durably, answers
+//! with an acknowledgement, and emits [`api::Event::Message`].
 //!
 //! Wire types, identities and codecs shared with the node live in the
 //! `messenger-proto` crate, re-exported as [`proto`].
 
 pub mod agent;
+pub mod api;
 pub mod chat;
-pub mod cli;
-pub mod client;
 pub mod control;
-pub mod demo;
 pub mod directory;
 pub mod home;
 pub mod network;
+pub mod peer;
 pub mod store;
 pub mod time;
 
-pub use client::{Client, ClientError, ClientEvent, PeerInfo, SendError, SendReport};
 pub use messenger_proto as proto;

@@ -1,15 +1,17 @@
-//! The client's libp2p node: one event loop owns the [`Swarm`]; the
-//! cloneable [`Network`] handle sends it commands.
+//! The client's libp2p node: one event loop owns the [`Swarm`] and all its
+//! state; the cloneable [`Network`] handle sends it commands, and the loop
+//! ends when the last handle is dropped.
 //!
-//! Streams (directory sessions, chat) are opened and accepted through
-//! `libp2p-stream` controls, outside the event loop, so message traffic
-//! never waits on swarm events.
+//! Streams (directory sessions, chat) are opened through `libp2p-stream`
+//! controls and accepted through [`accept`], outside the event loop, so
+//! message traffic never waits on swarm events.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
@@ -64,6 +66,9 @@ pub struct NetworkConfig {
     /// The rendezvous node: our AutoNAT server, and the connection to drop
     /// when one of our addresses goes away.
     pub rendezvous: Option<(PeerId, Multiaddr)>,
+    /// Only the in-process memory transport (`/memory/<port>`), for tests:
+    /// no sockets at all.
+    pub memory_only: bool,
 }
 
 impl Default for NetworkConfig {
@@ -73,6 +78,7 @@ impl Default for NetworkConfig {
             ping_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             rendezvous: None,
+            memory_only: false,
         }
     }
 }
@@ -137,8 +143,6 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
-type Paths = Arc<Mutex<HashMap<PeerId, HashMap<ConnectionId, bool>>>>;
-
 /// What a client accepts from the peers that connect to it, strangers
 /// included: enough for every contact at once, not for a flood.
 const MAX_INBOUND_CONNECTIONS: u32 = 512;
@@ -191,10 +195,13 @@ enum Command {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), NetworkError>>,
     },
-    /// Close the relayed connections to a peer we now reach directly.
-    CloseRelayed { peer: PeerId },
     /// Close every connection to a peer (it moved).
     Disconnect { peer: PeerId },
+    /// How we are connected to a peer.
+    Path {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<Path>>,
+    },
 }
 
 /// After hole punching, how long the relayed connection stays open for
@@ -206,13 +213,29 @@ const RELAYED_GRACE: Duration = Duration::from_secs(1);
 pub struct Network {
     commands: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
-    /// Inbound chat streams, until whoever serves them takes the queue.
-    chat_streams: Arc<Mutex<Option<ChatStreams>>>,
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     reachability: watch::Receiver<Reachability>,
     events: broadcast::Sender<NetworkEvent>,
-    paths: Paths,
     local_peer_id: PeerId,
+}
+
+/// The event loop's task: its owner waits for it to end (once every
+/// [`Network`] handle is gone) or aborts it.
+#[derive(Debug)]
+pub struct NetworkTask(tokio::task::JoinHandle<()>);
+
+impl NetworkTask {
+    /// Waits up to `limit` for the loop to end, then aborts it. True if it
+    /// ended by itself.
+    pub async fn finish(mut self, limit: Duration) -> bool {
+        match tokio::time::timeout(limit, &mut self.0).await {
+            Ok(_) => true,
+            Err(_) => {
+                self.0.abort();
+                false
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Network {
@@ -227,78 +250,64 @@ impl std::fmt::Debug for Network {
 pub const RELAYED_GRACE_PERIOD: Duration = RELAYED_GRACE;
 
 impl Network {
-    /// Builds the swarm for `identity` and spawns its event loop.
-    pub fn start(identity: &Identity, config: NetworkConfig) -> Result<Self, NetworkError> {
+    /// Builds the swarm for `identity` and spawns its event loop. Returns
+    /// the handle, the loop's task, and the queue of inbound chat streams
+    /// (for whoever serves them).
+    pub fn start(
+        identity: &Identity,
+        config: NetworkConfig,
+    ) -> Result<(Self, NetworkTask, ChatStreams), NetworkError> {
         let (chat, chat_streams) = accept::Behaviour::new(
             messenger_proto::chat::PROTOCOL,
             MAX_CHAT_STREAMS_PER_CONNECTION,
             CHAT_BACKLOG,
         );
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                muxer,
-            )
-            .map_err(|e| NetworkError::Transport(e.to_string()))?
-            .with_quic_config(|mut quic| {
-                quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
-                quic
-            })
-            .with_relay_client(noise::Config::new, muxer)
-            .map_err(|e| NetworkError::Transport(e.to_string()))?
-            .with_behaviour(|key, relay_client| Behaviour {
-                limits: connection_limits::Behaviour::new(
-                    ConnectionLimits::default()
-                        .with_max_pending_incoming(Some(MAX_PENDING_INBOUND))
-                        .with_max_established_incoming(Some(MAX_INBOUND_CONNECTIONS))
-                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
-                ),
-                identify: identify::Behaviour::new(
-                    identify::Config::new(
-                        messenger_proto::IDENTIFY_PROTOCOL.to_owned(),
-                        key.public(),
+        let transport_err = |e: &dyn std::fmt::Display| NetworkError::Transport(e.to_string());
+        let builder = libp2p::SwarmBuilder::with_existing_identity(identity.keypair()).with_tokio();
+        let swarm_config = |c: libp2p::swarm::Config| {
+            c.with_idle_connection_timeout(config.idle_timeout)
+                // Start writing on a new stream without waiting for the
+                // protocol to be confirmed: saves a round trip per stream
+                // (our peers speak our protocols, or say no).
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        };
+        let mut swarm = if config.memory_only {
+            builder
+                .with_other_transport(|key| {
+                    use libp2p::Transport as _;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                        libp2p::core::transport::MemoryTransport::default()
+                            .upgrade(libp2p::core::upgrade::Version::V1)
+                            .authenticate(noise::Config::new(key)?)
+                            .multiplex(muxer()),
                     )
-                    .with_agent_version(format!("messenger/{}", env!("CARGO_PKG_VERSION"))),
-                ),
-                ping: ping::Behaviour::new(
-                    ping::Config::new()
-                        .with_interval(config.ping_interval)
-                        .with_timeout(config.ping_timeout),
-                ),
-                stream: libp2p_stream::Behaviour::new(),
-                chat,
-                relay_client,
-                dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
-                autonat: autonat::Behaviour::new(
-                    key.public().to_peer_id(),
-                    autonat::Config {
-                        // Ask only the rendezvous node, soon and often
-                        // enough to follow address changes.
-                        use_connected: false,
-                        boot_delay: Duration::from_millis(100),
-                        retry_interval: Duration::from_secs(1),
-                        refresh_interval: Duration::from_secs(60),
-                        throttle_server_period: Duration::ZERO,
-                        timeout: Duration::from_secs(10),
-                        confidence_max: 1,
-                        only_global_ips: false,
-                        ..autonat::Config::default()
-                    },
-                ),
-            })
-            .map_err(|e| NetworkError::Transport(e.to_string()))?
-            .with_swarm_config(|c| {
-                c.with_idle_connection_timeout(config.idle_timeout)
-                    // Start writing on a new stream without waiting for
-                    // the protocol to be confirmed: saves a round trip per
-                    // stream (our peers speak our protocols, or say no).
-                    .with_substream_upgrade_protocol_override(
-                        libp2p::core::upgrade::Version::V1Lazy,
-                    )
-            })
-            .build();
+                })
+                .map_err(|e| transport_err(&e))?
+                .with_relay_client(noise::Config::new, muxer)
+                .map_err(|e| transport_err(&e))?
+                .with_behaviour(|key, relay| behaviour(key, relay, chat, &config))
+                .map_err(|e| transport_err(&e))?
+                .with_swarm_config(swarm_config)
+                .build()
+        } else {
+            builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    muxer,
+                )
+                .map_err(|e| transport_err(&e))?
+                .with_quic_config(|mut quic| {
+                    quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
+                    quic
+                })
+                .with_relay_client(noise::Config::new, muxer)
+                .map_err(|e| transport_err(&e))?
+                .with_behaviour(|key, relay| behaviour(key, relay, chat, &config))
+                .map_err(|e| transport_err(&e))?
+                .with_swarm_config(swarm_config)
+                .build()
+        };
         let rendezvous = config.rendezvous.clone();
         if let Some((peer, addr)) = &rendezvous {
             swarm
@@ -312,7 +321,6 @@ impl Network {
         let (addrs_tx, listen_addrs) = watch::channel(Vec::new());
         let (reach_tx, reachability) = watch::channel(Reachability::Unknown);
         let (events, _) = broadcast::channel(64);
-        let paths = Paths::default();
         let event_loop = EventLoop {
             swarm,
             commands: command_rx,
@@ -321,22 +329,24 @@ impl Network {
             listen_addrs: addrs_tx,
             reachability: reach_tx,
             events: events.clone(),
-            paths: paths.clone(),
+            paths: HashMap::new(),
             rendezvous: rendezvous.map(|(peer, _)| peer),
-            own_commands: commands.clone(),
+            relayed_to_close: FuturesUnordered::new(),
             liveness: Liveness::new(config.ping_interval, config.ping_timeout),
         };
-        tokio::spawn(event_loop.run());
-        Ok(Self {
-            commands,
-            control,
-            chat_streams: Arc::new(Mutex::new(Some(chat_streams))),
-            listen_addrs,
-            reachability,
-            events,
-            paths,
-            local_peer_id,
-        })
+        let task = NetworkTask(tokio::spawn(event_loop.run()));
+        Ok((
+            Self {
+                commands,
+                control,
+                listen_addrs,
+                reachability,
+                events,
+                local_peer_id,
+            },
+            task,
+            chat_streams,
+        ))
     }
 
     /// Our peer id.
@@ -347,14 +357,6 @@ impl Network {
     /// A control for opening and accepting streams.
     pub fn control(&self) -> libp2p_stream::Control {
         self.control.clone()
-    }
-
-    /// The inbound chat streams; only the first caller gets them.
-    pub fn take_chat_streams(&self) -> Option<ChatStreams> {
-        self.chat_streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
     }
 
     /// Starts listening and waits for the first bound address.
@@ -400,16 +402,70 @@ impl Network {
     }
 
     /// How we are connected to `peer` now, if at all.
-    pub fn path(&self, peer: &PeerId) -> Option<Path> {
-        let paths = self.paths.lock().unwrap_or_else(|p| p.into_inner());
-        let connections = paths.get(peer)?;
-        if connections.is_empty() {
-            None
-        } else if connections.values().any(|relayed| !relayed) {
-            Some(Path::Direct)
-        } else {
-            Some(Path::Relayed)
-        }
+    pub async fn path(&self, peer: PeerId) -> Option<Path> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Path { peer, reply })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+/// The behaviours of a client, whatever its transports.
+fn behaviour(
+    key: &libp2p::identity::Keypair,
+    relay_client: relay::client::Behaviour,
+    chat: accept::Behaviour,
+    config: &NetworkConfig,
+) -> Behaviour {
+    Behaviour {
+        limits: connection_limits::Behaviour::new(
+            ConnectionLimits::default()
+                .with_max_pending_incoming(Some(MAX_PENDING_INBOUND))
+                .with_max_established_incoming(Some(MAX_INBOUND_CONNECTIONS))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+        ),
+        identify: identify::Behaviour::new(
+            identify::Config::new(messenger_proto::IDENTIFY_PROTOCOL.to_owned(), key.public())
+                .with_agent_version(format!("messenger/{}", env!("CARGO_PKG_VERSION"))),
+        ),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(config.ping_interval)
+                .with_timeout(config.ping_timeout),
+        ),
+        stream: libp2p_stream::Behaviour::new(),
+        chat,
+        relay_client,
+        dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+        autonat: autonat::Behaviour::new(
+            key.public().to_peer_id(),
+            autonat::Config {
+                // Ask only the rendezvous node, soon and often enough to
+                // follow address changes.
+                use_connected: false,
+                boot_delay: Duration::from_millis(100),
+                retry_interval: Duration::from_secs(1),
+                refresh_interval: Duration::from_secs(60),
+                throttle_server_period: Duration::ZERO,
+                timeout: Duration::from_secs(10),
+                confidence_max: 1,
+                only_global_ips: false,
+                ..autonat::Config::default()
+            },
+        ),
+    }
+}
+
+/// How a peer is reached, from its connections (true: relayed).
+fn path_of(connections: &HashMap<ConnectionId, bool>) -> Option<Path> {
+    if connections.is_empty() {
+        None
+    } else if connections.values().any(|relayed| !relayed) {
+        Some(Path::Direct)
+    } else {
+        Some(Path::Relayed)
     }
 }
 
@@ -424,24 +480,22 @@ struct EventLoop {
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
     reachability: watch::Sender<Reachability>,
     events: broadcast::Sender<NetworkEvent>,
-    paths: Paths,
+    /// Open connections per peer, and whether each is relayed.
+    paths: HashMap<PeerId, HashMap<ConnectionId, bool>>,
     rendezvous: Option<PeerId>,
-    own_commands: mpsc::Sender<Command>,
+    /// Relayed connections to close once hole punching's grace is over.
+    relayed_to_close: FuturesUnordered<Pin<Box<dyn Future<Output = PeerId> + Send>>>,
     /// Connections that stopped answering pings are closed by this, not by
     /// libp2p-ping's report (which needs two failures in a row).
     liveness: Liveness,
 }
 
 impl EventLoop {
-    fn paths(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, HashMap<ConnectionId, bool>>> {
-        self.paths.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// After hole punching, streams should use the direct connection:
     /// close the relayed ones (a message in flight on them is resent).
     fn drop_relayed(&mut self, peer: PeerId) {
         let relayed: Vec<ConnectionId> = self
-            .paths()
+            .paths
             .get(&peer)
             .map(|c| c.iter().filter(|(_, r)| **r).map(|(id, _)| *id).collect())
             .unwrap_or_default();
@@ -461,6 +515,9 @@ impl EventLoop {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
+                Some(peer) = self.relayed_to_close.next(), if !self.relayed_to_close.is_empty() => {
+                    self.drop_relayed(peer);
+                }
                 _ = liveness_check.tick(), if !self.liveness.is_empty() => {
                     for connection in self.liveness.overdue(std::time::Instant::now()) {
                         info!(?connection, "no ping answered within the ping interval + timeout; closing the connection");
@@ -496,9 +553,11 @@ impl EventLoop {
                     }
                 }
             }
-            Command::CloseRelayed { peer } => self.drop_relayed(peer),
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Path { peer, reply } => {
+                let _ = reply.send(self.paths.get(&peer).and_then(path_of));
             }
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
@@ -534,7 +593,7 @@ impl EventLoop {
                     ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
                 };
                 debug!(%peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
-                self.paths()
+                self.paths
                     .entry(peer_id)
                     .or_default()
                     .insert(connection_id, relayed);
@@ -636,11 +695,10 @@ impl EventLoop {
                         .events
                         .send(NetworkEvent::Disconnected { peer: peer_id });
                 }
-                let mut paths = self.paths();
-                if let Some(connections) = paths.get_mut(&peer_id) {
+                if let Some(connections) = self.paths.get_mut(&peer_id) {
                     connections.remove(&connection_id);
                     if connections.is_empty() {
-                        paths.remove(&peer_id);
+                        self.paths.remove(&peer_id);
                     }
                 }
             }
@@ -667,15 +725,10 @@ impl EventLoop {
             })) => match result {
                 Ok(_) => {
                     info!(peer = %remote_peer_id, "hole punching succeeded: direct connection");
-                    let commands = self.own_commands.clone();
-                    tokio::spawn(async move {
+                    self.relayed_to_close.push(Box::pin(async move {
                         tokio::time::sleep(RELAYED_GRACE).await;
-                        let _ = commands
-                            .send(Command::CloseRelayed {
-                                peer: remote_peer_id,
-                            })
-                            .await;
-                    });
+                        remote_peer_id
+                    }));
                     let _ = self.events.send(NetworkEvent::HolePunched {
                         peer: remote_peer_id,
                     });

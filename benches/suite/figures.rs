@@ -10,15 +10,26 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, noise, rendezvous as lrdv, tcp, yamux};
-use messenger::chat::MemorySink;
-use messenger::client::Client;
+use messenger::agent::{Agent, AgentConfig};
+use messenger::api::SendOutcome;
+use messenger::chat::{ChatLink, Inbox, MessageSink};
+use messenger::directory::{DirectorySession, Registered};
+use messenger::network::{ChatStreams, Network, NetworkConfig, NetworkTask};
+use messenger::peer::PeerInfo;
 use messenger::proto::Identity;
-use messenger::proto::chat::{Message, MessageId};
+use messenger::proto::certificate::SignedCertificate;
+use messenger::proto::chat::{Message, MessageId, RejectCode};
+use messenger::proto::directory::Resolution;
 use messenger::proto::name::ScreenName;
+use messenger::proto::presence::Status;
 use messenger::proto::rate::Rate;
+use messenger::proto::record::Registration;
 use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
+use messenger::proto::time::now_ms;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 #[path = "load.rs"]
 pub mod load;
@@ -157,12 +168,19 @@ fn loopback() -> Multiaddr {
     "/ip4/127.0.0.1/tcp/0".parse().expect("valid")
 }
 
-/// A node and two users, alice (sender) and bob (online receiver).
+/// A node and two bare clients of the library (a network and a directory
+/// session each, no agent and no store): alice sends on a chat link, bob
+/// receives with an inbox that keeps nothing. What the round trip and
+/// throughput figures measure is the protocol's machinery, not a disk.
 struct Pair {
     node: rendezvous::Server,
     _dir: tempfile::TempDir,
-    alice: Client,
-    bob: Client,
+    alice: Bare,
+    bob: Bare,
+    link: ChatLink,
+    inbox: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    received: mpsc::Receiver<()>,
 }
 
 async fn start_node() -> (rendezvous::Server, tempfile::TempDir) {
@@ -177,67 +195,189 @@ async fn start_node() -> (rendezvous::Server, tempfile::TempDir) {
     config.limits.max_names_per_key = usize::MAX;
     // All of them come from 127.0.0.1.
     config.limits.max_connections_per_ip = u32::MAX;
+    config.limits.max_pending_per_ip = u32::MAX;
     let node = rendezvous::Server::bind(config).await.expect("node starts");
     (node, dir)
 }
 
-/// A registered client that is online and drains what it receives.
-async fn online_user(node: &Multiaddr, user: &str) -> Client {
-    let client = Client::connect(Identity::generate().expect("key"), node.clone(), None)
-        .await
-        .expect("connect");
-    client
-        .register(&name(user), vec![])
-        .await
-        .expect("register");
-    // The throughput figure measures the machinery, not the per-peer
-    // message rate limit (a policy, documented with its default).
-    client.set_message_rate(Rate::new(1e9, u32::MAX));
-    let mut events = client
-        .go_online(
-            name(user),
-            vec![loopback()],
-            std::sync::Arc::new(MemorySink::default()),
-        )
-        .await
-        .expect("online");
-    tokio::spawn(async move { while events.recv().await.is_some() {} });
-    client
+/// A client of the library without an agent: a network and a session.
+struct Bare {
+    identity: Identity,
+    network: Network,
+    _task: NetworkTask,
+    streams: Option<ChatStreams>,
+    session: DirectorySession,
+    certificate: watch::Sender<Option<SignedCertificate>>,
+}
+
+impl Bare {
+    async fn connect(node: &Multiaddr, pushes: Option<mpsc::Sender<Resolution>>) -> Self {
+        let identity = Identity::generate().expect("key");
+        let (network, task, streams) =
+            Network::start(&identity, NetworkConfig::default()).expect("network");
+        let session = DirectorySession::open(&network, node, pushes)
+            .await
+            .expect("session");
+        Self {
+            identity,
+            network,
+            _task: task,
+            streams: Some(streams),
+            session,
+            certificate: watch::channel(None).0,
+        }
+    }
+
+    /// Registers `user` with the addresses we listen on.
+    async fn register(&self, user: &str, status: Status) -> Registered {
+        let addrs = self.network.listen_addrs().borrow().clone();
+        let record = Registration {
+            name: name(user),
+            peer_id: self.identity.peer_id(),
+            addrs,
+            seq: next_seq(),
+            expires_at: now_ms() + 600_000,
+            status,
+            status_text: String::new(),
+        }
+        .sign(&self.identity);
+        let registered = self
+            .session
+            .register(record, vec![])
+            .await
+            .expect("register");
+        self.certificate
+            .send_replace(registered.certificate.clone());
+        registered
+    }
+
+    async fn whois(&self, user: &str) -> Option<PeerInfo> {
+        let resolution = self.session.resolve(user).await.ok()?;
+        PeerInfo::from_resolution(&resolution).ok()
+    }
+
+    fn sign(&self, message: &Message) -> Signed {
+        Signed::sign(&self.identity, MESSAGE_CONTEXT, message)
+    }
+}
+
+/// Sequence numbers that grow across the whole run.
+fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = now_ms() * 1000;
+    let prev = SEQ.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    now.max(prev) + SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000
+}
+
+/// An inbox's sink that keeps nothing and counts what it is given.
+struct Counting(mpsc::Sender<()>);
+
+impl MessageSink for Counting {
+    fn refuse(&self, _: &ScreenName, _: &libp2p::PeerId) -> Option<RejectCode> {
+        None
+    }
+
+    async fn seen(&self, _: MessageId, _: libp2p::PeerId) -> bool {
+        false
+    }
+
+    async fn keep(&self, _: Message, _: libp2p::PeerId) -> Result<bool, String> {
+        let _ = self.0.try_send(());
+        Ok(true)
+    }
 }
 
 async fn pair() -> Pair {
     let (node, dir) = start_node().await;
     let addr = node.listen_addrs()[0].clone();
-    let bob = online_user(&addr, "bob").await;
-    let alice = Client::connect(Identity::generate().expect("key"), addr, None)
-        .await
-        .expect("connect");
+    let mut bob = Bare::connect(&addr, None).await;
+    bob.network.listen(loopback()).await.expect("listen");
+    bob.register("bob", Status::Online).await;
+    let alice = Bare::connect(&addr, None).await;
+    alice.register("alice", Status::Online).await;
+    let (tx, received) = mpsc::channel(1 << 16);
+    // The throughput figure measures the machinery, not the per-peer
+    // message rate limit (a policy, documented with its default).
+    let inbox = Inbox::new(
+        name("bob"),
+        node.peer_id(),
+        watch::channel(Some(bob.session.clone())).1,
+        Counting(tx),
+        Rate::new(1e9, u32::MAX),
+    );
+    let stop = CancellationToken::new();
+    let streams = bob.streams.take().expect("chat streams");
+    let inbox = tokio::spawn(inbox.serve(streams, stop.clone()));
+    let info = alice.whois("bob").await.expect("bob resolves");
     alice
-        .register(&name("alice"), vec![])
+        .network
+        .dial(info.peer_id, info.addrs)
         .await
-        .expect("register");
-    alice.send("bob", "warm-up").await.expect("warm-up send");
-    Pair {
+        .expect("dial");
+    let link = ChatLink::open(&alice.network, info.peer_id, alice.certificate.subscribe())
+        .await
+        .expect("link");
+    let mut p = Pair {
         node,
         _dir: dir,
         alice,
         bob,
+        link,
+        inbox,
+        stop,
+        received,
+    };
+    let warm = compose("alice", "bob", "warm-up");
+    p.link
+        .deliver(warm.id, p.alice.sign(&warm))
+        .await
+        .expect("warm-up");
+    p.received.recv().await;
+    p
+}
+
+fn compose(from: &str, to: &str, text: &str) -> Message {
+    Message {
+        id: MessageId::random(),
+        from: name(from),
+        to: name(to),
+        sent_at: now_ms(),
+        text: text.into(),
     }
+}
+
+/// An agent (in-memory store) registered as `user` and online, whose
+/// events are drained by a task that ends with it.
+async fn online_user(node: &Multiaddr, user: &str) -> (Agent, tokio::task::JoinHandle<()>) {
+    let mut config =
+        AgentConfig::ephemeral(Identity::generate().expect("key"), node.clone()).expect("agent");
+    config.message_rate = Rate::new(1e9, u32::MAX);
+    let (agent, mut events) = Agent::start(config).await.expect("start");
+    agent.register(user).await.expect("register");
+    agent.go_online(vec![loopback()]).await.expect("online");
+    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+    (agent, drain)
 }
 
 const TEXT: &str = "Hello Bob, lunch at noon? This is a typical chat line.";
 
 /// Message round trip over an established link vs raw TCP request/reply.
 pub async fn round_trip(sizes: &Sizes) -> Vec<Figure> {
-    let p = pair().await;
+    let mut p = pair().await;
     let mut ours = Vec::with_capacity(sizes.round_trips);
     for _ in 0..sizes.round_trips {
         let started = Instant::now();
-        p.alice.send("bob", TEXT).await.expect("send");
+        // What a send over an open link does: compose, sign, deliver.
+        let message = compose("alice", "bob", TEXT);
+        p.link
+            .deliver(message.id, p.alice.sign(&message))
+            .await
+            .expect("send");
         ours.push(started.elapsed());
+        p.received.recv().await;
     }
     // The same bytes as one of our message frames, and an ack-sized reply.
-    let message = p.alice.compose(&name("bob"), TEXT).expect("compose");
+    let message = compose("alice", "bob", TEXT);
     let frame = messenger::proto::codec::encode_frame(
         &messenger::proto::chat::ChatFrame::Message(p.alice.sign(&message)),
         messenger::proto::chat::MAX_FRAME,
@@ -305,25 +445,35 @@ async fn raw_tcp_round_trips(request: Vec<u8>, reply: Vec<u8>, n: usize) -> Vec<
 pub async fn cold_send(sizes: &Sizes) -> Vec<Figure> {
     let (node, _dir) = start_node().await;
     let addr = node.listen_addrs()[0].clone();
-    let alice = Client::connect(Identity::generate().expect("key"), addr.clone(), None)
-        .await
-        .expect("connect");
-    alice
-        .register(&name("alice"), vec![])
-        .await
-        .expect("register");
+    let config =
+        AgentConfig::ephemeral(Identity::generate().expect("key"), addr.clone()).expect("agent");
+    let (alice, mut alice_events) = Agent::start(config).await.expect("start");
+    let drain = tokio::spawn(async move { while alice_events.recv().await.is_some() {} });
+    alice.register("alice").await.expect("register");
     let mut ours = Vec::with_capacity(sizes.cold_peers);
     let mut parts = Vec::with_capacity(sizes.cold_peers);
+    let from_ms = |ms: f64| Duration::from_secs_f64(ms / 1000.0);
     for i in 0..sizes.cold_peers {
         let peer_name = format!("peer{i}");
-        let peer = online_user(&addr, &peer_name).await;
+        let (peer, peer_drain) = online_user(&addr, &peer_name).await;
         let started = Instant::now();
-        let report = alice.send(&peer_name, TEXT).await.expect("cold send");
+        let outcome = alice.send(&peer_name, TEXT).await.expect("cold send");
         ours.push(started.elapsed());
-        parts.push((report.resolve, report.dial, report.deliver));
+        let SendOutcome::Delivered {
+            resolve_ms,
+            dial_ms,
+            deliver_ms,
+            ..
+        } = outcome
+        else {
+            panic!("not delivered: {outcome:?}");
+        };
+        parts.push((from_ms(resolve_ms), from_ms(dial_ms), from_ms(deliver_ms)));
         peer.shutdown().await;
+        peer_drain.abort();
     }
     alice.shutdown().await;
+    drain.abort();
     node.shutdown().await;
     let baseline = bare_dials(sizes.cold_peers).await;
     let part = |f: fn(&(Duration, Duration, Duration)) -> Duration| {
@@ -412,14 +562,13 @@ async fn bare_dials(n: usize) -> Vec<Duration> {
 /// core's ed25519 sign+verify rate.
 pub async fn throughput(sizes: &Sizes) -> Vec<Figure> {
     let p = pair().await;
-    let link = p.alice.open_link(&name("bob")).await.expect("link open");
     let messages: Vec<Message> = (0..sizes.throughput_messages)
-        .map(|_| p.alice.compose(&name("bob"), TEXT).expect("compose"))
+        .map(|_| compose("alice", "bob", TEXT))
         .collect();
     let started = Instant::now();
     let mut acks = Vec::with_capacity(messages.len());
     for m in &messages {
-        acks.push(link.submit(m.id, p.alice.sign(m)).await.expect("submit"));
+        acks.push(p.link.submit(m.id, p.alice.sign(m)).await.expect("submit"));
     }
     for ack in acks {
         ack.await.expect("ack channel").expect("acknowledged");
@@ -487,38 +636,29 @@ async fn our_directory(sizes: &Sizes) -> (f64, f64) {
     let addr = node.listen_addrs()[0].clone();
     let mut clients = Vec::new();
     for _ in 0..sizes.directory_clients {
-        clients.push(
-            Client::connect(Identity::generate().expect("key"), addr.clone(), None)
-                .await
-                .expect("connect"),
-        );
+        clients.push(std::sync::Arc::new(Bare::connect(&addr, None).await));
     }
     let ops = sizes.directory_ops_per_client;
     // Registrations: each client claims its own names.
     let reg = ops_per_second(&clients, ops, |client, c, i| async move {
-        client
-            .register(&name(&format!("c{c}n{i}")), vec![])
-            .await
-            .expect("register");
+        client.register(&format!("c{c}n{i}"), Status::Online).await;
     })
     .await;
     // Resolves of those names.
     let res = ops_per_second(&clients, ops, |client, c, i| async move {
-        client.whois(&format!("c{}n{i}", (c + 1) % 2)).await.ok();
+        client.whois(&format!("c{}n{i}", (c + 1) % 2)).await;
     })
     .await;
-    for c in clients {
-        c.shutdown().await;
-    }
+    drop(clients);
     node.shutdown().await;
     (reg, res)
 }
 
 /// Every client does `op(client, its index, i)` for i in 0..ops, one after
 /// another, all clients at once: operations per second overall.
-async fn ops_per_second<F, Fut>(clients: &[Client], ops: usize, op: F) -> f64
+async fn ops_per_second<F, Fut>(clients: &[std::sync::Arc<Bare>], ops: usize, op: F) -> f64
 where
-    F: Fn(Client, usize, usize) -> Fut + Clone + Send + 'static,
+    F: Fn(std::sync::Arc<Bare>, usize, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let started = Instant::now();
@@ -720,13 +860,7 @@ async fn resolve_latency(held: usize, resolves: usize) -> Vec<Duration> {
     .await
     .expect("preload");
     assert_eq!(node.registry().online_count(), held);
-    let client = Client::connect(
-        Identity::generate().expect("key"),
-        node.listen_addrs()[0].clone(),
-        None,
-    )
-    .await
-    .expect("connect");
+    let client = Bare::connect(&node.listen_addrs()[0], None).await;
     let mut samples = Vec::with_capacity(resolves);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for _ in 0..resolves {
@@ -740,7 +874,7 @@ async fn resolve_latency(held: usize, resolves: usize) -> Vec<Duration> {
         samples.push(started.elapsed());
         assert!(info.online());
     }
-    client.shutdown().await;
+    drop(client);
     node.shutdown().await;
     samples
 }
@@ -787,8 +921,7 @@ pub async fn held_connections(
     rendezvous_bin: &std::path::Path,
     worker: Option<&std::path::Path>,
 ) -> Vec<Figure> {
-    use messenger::client::ClientEvent;
-    use messenger::proto::presence::{Presence, Status};
+    use messenger::proto::presence::Presence;
     use std::io::BufRead;
     let transport = std::env::var("BENCH_HELD_TRANSPORT")
         .ok()
@@ -916,23 +1049,15 @@ pub async fn held_connections(
     );
 
     // Presence latency at this load: a watcher and a watched user online.
-    let watched = online_user(&addr, "watched").await;
-    let watcher = Client::connect(Identity::generate().expect("key"), addr.clone(), None)
-        .await
-        .expect("connect");
+    let watched = Bare::connect(&addr, None).await;
+    watched.register("watched", Status::Online).await;
+    let (push_tx, mut pushes) = mpsc::channel(64);
+    let watcher = Bare::connect(&addr, Some(push_tx)).await;
     watcher
-        .register(&name("watcher"), vec![])
+        .session
+        .watch(vec!["watched".into()])
         .await
-        .expect("register");
-    let mut events = watcher
-        .go_online(
-            name("watcher"),
-            vec![loopback()],
-            std::sync::Arc::new(MemorySink::default()),
-        )
-        .await
-        .expect("online");
-    watcher.watch(&[name("watched")]).await.expect("watch");
+        .expect("watch");
     let mut samples = Vec::new();
     for round in 0..20 {
         let (status, shown) = if round % 2 == 0 {
@@ -941,15 +1066,10 @@ pub async fn held_connections(
             (Status::Online, Presence::Online)
         };
         let started = Instant::now();
-        watched
-            .set_status(status, String::new(), vec![])
-            .await
-            .expect("status");
+        watched.register("watched", status).await;
         loop {
-            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
-                Ok(Some(ClientEvent::Presence(info)))
-                    if info.name.as_str() == "watched" && info.presence == shown =>
-                {
+            match tokio::time::timeout(Duration::from_secs(10), pushes.recv()).await {
+                Ok(Some(push)) if push.name.as_str() == "watched" && push.presence == shown => {
                     break;
                 }
                 Ok(Some(_)) => {}
@@ -965,7 +1085,7 @@ pub async fn held_connections(
     let sample: Vec<usize> = (0..n).step_by((n / 500).max(1)).collect();
     let mut still_online = 0;
     for i in &sample {
-        if let Ok(info) = watcher.whois(&format!("held{i}")).await {
+        if let Some(info) = watcher.whois(&format!("held{i}")).await {
             still_online += usize::from(info.online());
         }
     }
@@ -1070,8 +1190,11 @@ pub async fn send_process(sizes: &Sizes, messenger_bin: &std::path::Path) -> Vec
 }
 
 async fn shutdown(p: Pair) {
-    p.alice.shutdown().await;
-    p.bob.shutdown().await;
+    p.stop.cancel();
+    let _ = p.inbox.await;
+    drop(p.link);
+    drop(p.alice);
+    drop(p.bob);
     p.node.shutdown().await;
 }
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use messenger::store::{Contact, StoredMessage, decode};
+use messenger::store::{Contact, StoredMessage, decode_record as decode};
 
 fuzz_target!(|data: &[u8]| {
     let Some((which, bytes)) = data.split_first() else {

@@ -64,14 +64,37 @@ impl fmt::Debug for MessageId {
     }
 }
 
+impl std::str::FromStr for MessageId {
+    type Err = String;
+
+    /// 32 hex digits, as [`MessageId`] displays.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = hex::decode(s).map_err(|e| format!("a message id is 32 hex digits: {e}"))?;
+        let array: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| "a message id is 32 hex digits (16 bytes)".to_owned())?;
+        Ok(Self(array))
+    }
+}
+
+/// 16 bytes on the wire (CBOR); 32 hex digits in human-readable formats
+/// (the control socket's JSON).
 impl Serialize for MessageId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for MessageId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            return text.parse().map_err(serde::de::Error::custom);
+        }
         let bytes = serde_bytes::ByteBuf::deserialize(d)?;
         let array: [u8; 16] = bytes
             .as_slice()
@@ -378,6 +401,15 @@ mod tests {
     #[derive(Serialize)]
     struct AckOut {
         id: MessageId,
+    }
+
+    #[test]
+    fn message_ids_are_hex_in_json() {
+        let id = MessageId([0xab; 16]);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", "ab".repeat(16)));
+        assert_eq!(serde_json::from_str::<MessageId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<MessageId>("\"abc\"").is_err());
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures::AsyncReadExt;
 use libp2p::{Multiaddr, PeerId};
-use messenger::client::Client;
+use messenger::agent::{Agent, AgentConfig};
+use messenger::api;
 use messenger::directory::DirectoryError;
 use messenger::proto::Identity;
 use messenger::proto::codec;
@@ -203,18 +204,23 @@ fn percentile(mut samples: Vec<Duration>, p: f64) -> Duration {
 }
 
 /// An honest client's register + resolve, `rounds` times: the latencies.
-async fn honest_round_trips(client: &Client, rounds: usize) -> Vec<Duration> {
+async fn honest_round_trips(client: &Agent, rounds: usize) -> Vec<Duration> {
     let mut samples = Vec::new();
     for _ in 0..rounds {
         let started = Instant::now();
         client
-            .register(&ScreenName::parse("honest").unwrap(), vec![])
+            .register("honest")
             .await
             .expect("honest register under flood");
-        client
-            .whois("alice")
-            .await
-            .expect("honest resolve under flood");
+        let whois = client
+            .call(api::Request::Whois {
+                name: "alice".into(),
+            })
+            .await;
+        assert!(
+            matches!(whois, api::Response::Peer { .. }),
+            "honest resolve under flood: {whois:?}"
+        );
         samples.push(started.elapsed());
     }
     samples
@@ -231,9 +237,10 @@ fn a_flood_is_bounded_and_honest_clients_are_still_served() {
     let idle_rss = node.rss_kib();
 
     let report = runtime().block_on(async {
-        let honest = Client::connect(Identity::generate().unwrap(), node_addr.clone(), None)
-            .await
-            .unwrap();
+        let config =
+            AgentConfig::ephemeral(Identity::generate().unwrap(), node_addr.clone()).unwrap();
+        let (honest, mut events) = Agent::start(config).await.unwrap();
+        let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
         let idle = honest_round_trips(&honest, 20).await;
 
         // The flood comes from its own address, as one attacking machine.
@@ -297,6 +304,7 @@ fn a_flood_is_bounded_and_honest_clients_are_still_served() {
         }
         let flood_secs = flood_started.elapsed().as_secs_f64();
         honest.shutdown().await;
+        drain.abort();
         (
             idle,
             flooded,

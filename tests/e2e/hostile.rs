@@ -5,14 +5,16 @@
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{Multiaddr, PeerId};
 use messenger::chat::{ChatLink, DeliveryError};
-use messenger::client::Client;
 use messenger::directory::DirectorySession;
 use messenger::network::{Network, NetworkConfig};
+use messenger::peer::PeerInfo;
 use messenger::proto::Identity;
 use messenger::proto::certificate::NameCertificate;
 use messenger::proto::chat::{self, Message, MessageId, RejectCode};
 use messenger::proto::directory;
 use messenger::proto::name::ScreenName;
+use messenger::proto::presence::Status;
+use messenger::proto::record::Registration;
 use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger::proto::time::now_ms;
 
@@ -64,7 +66,7 @@ fn malformed_frames_close_one_stream_not_the_process() {
         .collect();
 
     runtime().block_on(async {
-        let network =
+        let (network, _task, _streams) =
             Network::start(&Identity::generate().unwrap(), NetworkConfig::default()).unwrap();
         // To the node: an absurd length prefix, then CBOR garbage.
         for junk in [
@@ -111,14 +113,25 @@ fn forged_sender_names_and_signatures_are_rejected() {
 
     runtime().block_on(async {
         let mallory_id = Identity::generate().unwrap();
-        let mallory = Client::connect(mallory_id.clone(), node_addr.clone(), None)
+        let (network, _task, _streams) =
+            Network::start(&mallory_id, NetworkConfig::default()).unwrap();
+        let session = DirectorySession::open(&network, &node_addr, None)
             .await
             .unwrap();
         let mallory_name = ScreenName::parse("mallory").unwrap();
-        mallory.register(&mallory_name, vec![]).await.unwrap();
-        let bob_info = mallory.whois("bob").await.unwrap();
-        mallory
-            .network()
+        let record = Registration {
+            name: mallory_name.clone(),
+            peer_id: mallory_id.peer_id(),
+            addrs: vec![],
+            seq: now_ms() * 1000,
+            expires_at: now_ms() + 60_000,
+            status: Status::Online,
+            status_text: String::new(),
+        }
+        .sign(&mallory_id);
+        session.register(record, vec![]).await.unwrap();
+        let bob_info = PeerInfo::from_resolution(&session.resolve("bob").await.unwrap()).unwrap();
+        network
             .dial(bob_info.peer_id, bob_info.addrs.clone())
             .await
             .unwrap();
@@ -134,7 +147,7 @@ fn forged_sender_names_and_signatures_are_rejected() {
         }
         .sign(&mallory_id);
         let (_keep, forged_watch) = tokio::sync::watch::channel(Some(forged));
-        let link = ChatLink::open(mallory.network(), bob_info.peer_id, forged_watch)
+        let link = ChatLink::open(&network, bob_info.peer_id, forged_watch)
             .await
             .unwrap();
         let message = |from: &str, text: &str| Message {
@@ -223,7 +236,7 @@ fn forged_sender_names_and_signatures_are_rejected() {
         let signed = Signed::sign(&mallory_id, MESSAGE_CONTEXT, &m);
         link.deliver(m.id, signed.clone()).await.unwrap();
         link.deliver(m.id, signed).await.unwrap();
-        mallory.shutdown().await;
+        session.close().await;
     });
 
     let msg = bob_online.stdout.expect_event("message");
@@ -243,5 +256,4 @@ fn forged_sender_names_and_signatures_are_rejected() {
         .filter(|l| l.contains("\"event\":\"message\""))
         .count();
     assert_eq!(shown, 2, "{:?}", bob_online.stdout.seen);
-    let _ = DirectorySession::open; // the session type is part of the public API used above
 }

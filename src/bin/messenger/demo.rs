@@ -1,8 +1,9 @@
 //! `messenger demo`: the whole path on loopback, in one process.
 //!
 //! A rendezvous node and two users with temporary homes, going through the
-//! same [`Agent`] calls as the real commands: register, go online, resolve,
-//! dial, store, deliver, acknowledge, both ways.
+//! same [`Agent`] requests as the real commands: register, go online,
+//! resolve, dial, store, deliver, acknowledge, both ways. (Only this front
+//! end depends on the node's crate, to embed a node.)
 
 use std::time::{Duration, Instant};
 
@@ -12,20 +13,21 @@ use messenger_proto::name::ScreenName;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::agent::{Agent, AgentEvent};
-use crate::cli::Output;
-use crate::control::SendOutcome;
-use crate::home::Home;
-use crate::store::StoredMessage;
+use messenger::agent::{Agent, AgentConfig};
+use messenger::api::{Event, SendOutcome};
+use messenger::home::Home;
+use messenger::store::StoredMessage;
+
+use crate::output::Output;
 
 struct User {
     name: ScreenName,
     agent: Agent,
-    events: mpsc::Receiver<AgentEvent>,
+    events: mpsc::Receiver<Event>,
 }
 
 /// Runs the demo, printing a transcript with measured times.
-pub async fn run(out: &Output) -> Result<()> {
+pub(crate) async fn run(out: &Output) -> Result<()> {
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
     out.emit(
         "messenger demo: a rendezvous node and two users on 127.0.0.1, in one process\n",
@@ -94,7 +96,7 @@ pub async fn run(out: &Output) -> Result<()> {
         out.emit(
             format!(
                 "[{}] {} -> {}: {text}\n           resolve {resolve_ms:.2} ms + dial {dial_ms:.2} ms + deliver and acknowledge {deliver_ms:.2} ms = {total:.2} ms\n           {} verified the signature and that {} owns the sending key, stored it, then acknowledged",
-                crate::time::clock(message.message.sent_at),
+                messenger::time::clock(message.message.sent_at),
                 from.name,
                 to.name,
                 to.name,
@@ -124,33 +126,35 @@ async fn start_user(
 ) -> Result<User> {
     let home = Home::open(&tmp.path().join(name))?;
     let name = ScreenName::parse(name)?;
-    let agent = Agent::open(home, Some(node.clone())).map_err(|e| anyhow!(e.message))?;
+    let config = AgentConfig::for_home(home, Some(node.clone()))?;
+    let (agent, mut events) = Agent::start(config).await?;
     let started = Instant::now();
-    let client = agent.client().await.map_err(|e| anyhow!(e.message))?;
-    let connected = started.elapsed();
-    client.register(&name, Vec::new()).await?;
+    agent.register(name.as_str()).await?;
+    let registered = started.elapsed();
     agent
-        .remember_registration(&name, node)
-        .await
-        .map_err(|e| anyhow!(e.message))?;
-    let mut events = agent
         .go_online(vec!["/ip4/127.0.0.1/tcp/0".parse()?])
+        .await?;
+    let online = async {
+        while let Some(event) = events.recv().await {
+            if let Event::Online { .. } = event {
+                return Ok(());
+            }
+        }
+        bail!("{name} did not come online")
+    };
+    tokio::time::timeout(Duration::from_secs(10), online)
         .await
-        .map_err(|e| anyhow!(e.message))?;
-    match events.recv().await {
-        Some(AgentEvent::Online { .. }) => {}
-        other => bail!("{name} did not come online: {other:?}"),
-    }
+        .context("not online within 10 s")??;
     out.emit(
         format!(
-            "{:<6} {}  connected to the node in {}, registered and online in {}",
+            "{:<6} {}  connected to the node and registered in {}, online in {}",
             name.as_str(),
             agent.peer_id(),
-            ms(connected),
-            ms(started.elapsed() - connected)
+            ms(registered),
+            ms(started.elapsed() - registered)
         ),
         json!({"event": "user_online", "name": name.to_string(), "peer_id": agent.peer_id().to_string(),
-               "connect_ms": millis(connected), "register_ms": millis(started.elapsed() - connected)}),
+               "register_ms": millis(registered), "online_ms": millis(started.elapsed() - registered)}),
     );
     Ok(User {
         name,
@@ -159,11 +163,11 @@ async fn start_user(
     })
 }
 
-async fn next_message(events: &mut mpsc::Receiver<AgentEvent>) -> Result<StoredMessage> {
+async fn next_message(events: &mut mpsc::Receiver<Event>) -> Result<StoredMessage> {
     let wait = async {
         while let Some(event) = events.recv().await {
-            if let AgentEvent::Message(m, _) = event {
-                return Some(m);
+            if let Event::Message { message, .. } = event {
+                return Some(message);
             }
         }
         None

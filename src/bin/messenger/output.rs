@@ -6,23 +6,23 @@ use serde_json::{Value, json};
 
 /// Where command output goes: stdout, as text or JSON lines.
 #[derive(Debug, Clone, Copy)]
-pub struct Output {
+pub(crate) struct Output {
     json: bool,
 }
 
 impl Output {
     /// Text output, or JSON lines when `json`.
-    pub fn new(json: bool) -> Self {
+    pub(crate) fn new(json: bool) -> Self {
         Self { json }
     }
 
     /// Whether output is JSON.
-    pub fn is_json(&self) -> bool {
+    pub(crate) fn is_json(&self) -> bool {
         self.json
     }
 
     /// Prints `human` as text, or `event` as one JSON line.
-    pub fn emit(&self, human: impl std::fmt::Display, event: Value) {
+    pub(crate) fn emit(&self, human: impl std::fmt::Display, event: Value) {
         let mut stdout = std::io::stdout().lock();
         // A closed stdout (e.g. `| head`) is not worth failing over.
         let _ = if self.json {
@@ -34,7 +34,7 @@ impl Output {
     }
 
     /// Reports a failure: always on stderr, and as a JSON line with `--json`.
-    pub fn error(&self, code: u8, error: &anyhow::Error) {
+    pub(crate) fn error(&self, code: u8, error: &anyhow::Error) {
         eprintln!("error: {error:#}");
         if self.json {
             let mut stdout = std::io::stdout().lock();

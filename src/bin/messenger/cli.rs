@@ -1,40 +1,11 @@
-//! The `messenger` command line: argument parsing, then one function per
-//! command in [`commands`], printing through [`output`].
-
-mod commands;
-mod output;
+//! The command line: what `messenger` accepts, with its help texts.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
-use tracing_subscriber::EnvFilter;
 
-pub use output::Output;
-
-/// Exit status of every command: what scripts can rely on.
-pub mod exit {
-    /// Success (for `send`: the recipient acknowledged).
-    pub const OK: u8 = 0;
-    /// Any other failure, e.g. the rendezvous node is unreachable.
-    pub const FAILURE: u8 = 1;
-    /// Invalid input: bad name, empty or oversized text, bad flags.
-    pub const INVALID: u8 = 2;
-    /// The name is not registered by anyone.
-    pub const NO_SUCH_NAME: u8 = 3;
-    /// The name is owned by another key.
-    pub const NAME_TAKEN: u8 = 4;
-    /// The recipient refused the message; it will not be retried.
-    pub const NOT_DELIVERED: u8 = 6;
-    /// Not delivered now but kept in the outbox: delivered when the
-    /// recipient is reachable while `messenger online` runs on this home.
-    pub const QUEUED: u8 = 7;
-    /// The recipient is a contact whose key changed: nothing was sent.
-    pub const KEY_CHANGED: u8 = 8;
-}
-
-const EXIT_CODES: &str = "\
+pub(crate) const EXIT_CODES: &str = "\
 Exit status:
   0  success (send: the recipient acknowledged the message)
   1  failure, e.g. the rendezvous node is unreachable
@@ -44,7 +15,9 @@ Exit status:
   6  not delivered: the recipient refused the message (it will not be retried)
   7  queued: kept in the outbox, delivered once the recipient is reachable
      while `messenger online` runs on this home
-  8  the recipient's key changed since you added them: nothing was sent";
+  8  the recipient's key changed since you added them: nothing was sent
+  9  no space left on the device holding the home: nothing new was stored
+ 10  the home's store is damaged: nothing in it was changed";
 
 /// A peer-to-peer messenger: register a screen name with a rendezvous node,
 /// then message people by name. Messages go directly between peers over
@@ -55,11 +28,11 @@ Exit status:
 /// (send, status, contacts, block, unblock, history, outbox) go through it.
 #[derive(Debug, Parser)]
 #[command(version, after_help = EXIT_CODES)]
-pub struct Args {
+pub(crate) struct Args {
     /// Directory holding your key, config and local data.
     /// [default: the per-user data directory, e.g. ~/.local/share/messenger]
     #[arg(long, global = true, env = "MESSENGER_HOME", value_name = "DIR")]
-    home: Option<PathBuf>,
+    pub(crate) home: Option<PathBuf>,
 
     /// The rendezvous node, as printed by `rendezvous` (ends in /p2p/<id>).
     /// Remembered in the home after the first successful register.
@@ -69,18 +42,18 @@ pub struct Args {
         env = "MESSENGER_RENDEZVOUS",
         value_name = "MULTIADDR"
     )]
-    rendezvous: Option<Multiaddr>,
+    pub(crate) rendezvous: Option<Multiaddr>,
 
     /// Machine-readable output: one JSON object per line.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Show my peer id, and my screen name if registered.
     Id,
     /// Claim a screen name (succeeds if I already own it).
@@ -176,7 +149,7 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-enum ContactsCommand {
+pub(crate) enum ContactsCommand {
     /// Add a contact, pinning the key its name has now (trust on first use).
     Add {
         /// The name.
@@ -194,66 +167,4 @@ enum ContactsCommand {
         /// The name.
         name: String,
     },
-}
-
-/// Runs the command line and returns the process exit status.
-pub fn main() -> ExitCode {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let out = Output::new(args.json);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            out.error(
-                exit::FAILURE,
-                &anyhow::anyhow!("cannot start the runtime: {e}"),
-            );
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    let code = match runtime.block_on(commands::run(args, &out)) {
-        Ok(()) => exit::OK,
-        Err(failure) => {
-            if !failure.shown {
-                out.error(failure.code, &failure.error);
-            }
-            failure.code
-        }
-    };
-    // Background tasks (network loops) must not keep the process alive.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    ExitCode::from(code)
-}
-
-/// A failed command: the error to show and the exit status to return.
-#[derive(Debug)]
-pub struct Failure {
-    /// Exit status, one of [`exit`].
-    pub code: u8,
-    /// What went wrong.
-    pub error: anyhow::Error,
-    /// Whether the command already told the user (no second error line).
-    pub shown: bool,
-}
-
-impl Failure {
-    fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code,
-            error: error.into(),
-            shown: false,
-        }
-    }
-}
-
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(error: E) -> Self {
-        Self::new(exit::FAILURE, error)
-    }
 }

@@ -1,0 +1,325 @@
+//! The command set, written once: what a front end asks the home's client
+//! ([`Request`]) and what it answers ([`Response`]), whether in process
+//! ([`crate::agent::Agent::call`]) or over the control socket
+//! ([`crate::control`]), where they travel as JSON (docs/protocol.md §7);
+//! and what the client tells its front end as things happen ([`Event`]).
+
+use libp2p::{Multiaddr, PeerId};
+use messenger_proto::chat::MessageId;
+use messenger_proto::name::ScreenName;
+use messenger_proto::presence::{Presence, Status};
+use serde::{Deserialize, Serialize};
+
+use crate::network::{Path, Reachability};
+use crate::peer::PeerInfo;
+use crate::store::StoredMessage;
+
+/// What a front end asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// Store a message and deliver it (or queue it). The id is chosen by
+    /// the caller: a request repeated with the same id (after its client
+    /// died, say) stores the message once and reports its state.
+    Send {
+        /// The message's id.
+        id: MessageId,
+        /// The recipient, any case.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Store a message and hand it to delivery, answering as soon as it is
+    /// stored (its outcome follows as an event): what `chat` does for each
+    /// line. Like `send`, the id decides whether it is stored again.
+    Enqueue {
+        /// The message's id.
+        id: MessageId,
+        /// The recipient, any case.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Change my status (remembered for the next time I go online).
+    Status {
+        /// The status.
+        status: Status,
+        /// Its text.
+        text: String,
+    },
+    /// Add a contact, pinning the key its name has now.
+    ContactsAdd {
+        /// The name.
+        name: String,
+    },
+    /// Remove a contact.
+    ContactsRemove {
+        /// The name.
+        name: String,
+    },
+    /// Pin the key a contact's name has now.
+    ContactsTrust {
+        /// The name.
+        name: String,
+    },
+    /// Every contact with its presence.
+    ContactsList,
+    /// Refuse messages from a name.
+    Block {
+        /// The name.
+        name: String,
+    },
+    /// Accept messages from a name again.
+    Unblock {
+        /// The name.
+        name: String,
+    },
+    /// The last messages with a name, oldest first.
+    History {
+        /// The other party.
+        name: String,
+        /// How many of the latest.
+        limit: usize,
+    },
+    /// What waits to be delivered, oldest first.
+    Outbox,
+    /// A stored message by id.
+    Message {
+        /// Its id.
+        id: MessageId,
+    },
+    /// Look a name up (verified).
+    Whois {
+        /// The name.
+        name: String,
+    },
+    /// Claim a name (or confirm I own it) and remember it.
+    Register {
+        /// The name.
+        name: String,
+    },
+    /// Give a name up.
+    Release {
+        /// The name.
+        name: String,
+    },
+}
+
+/// What the client answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Response {
+    /// A send's outcome.
+    Sent(SendOutcome),
+    /// Done; a sentence saying what.
+    Done {
+        /// What was done.
+        message: String,
+    },
+    /// Contacts.
+    Contacts {
+        /// Every contact.
+        contacts: Vec<ContactView>,
+    },
+    /// Messages, oldest first.
+    Messages {
+        /// The messages.
+        messages: Vec<StoredMessage>,
+    },
+    /// One stored message, if it is stored.
+    Message {
+        /// The message.
+        message: Option<StoredMessage>,
+    },
+    /// What the node says of a name (verified).
+    Peer {
+        /// The answer.
+        peer: PeerInfo,
+    },
+    /// A name is mine.
+    Registered {
+        /// The name.
+        name: ScreenName,
+        /// Whether this request claimed it (false: it was mine already).
+        new_claim: bool,
+        /// My key.
+        peer_id: PeerId,
+        /// The node, remembered in the home.
+        rendezvous: Multiaddr,
+    },
+    /// A name is given up.
+    Released {
+        /// The name.
+        name: ScreenName,
+    },
+    /// It failed.
+    Failed(Failure),
+}
+
+/// How a send ended, for now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SendOutcome {
+    /// The recipient acknowledged it.
+    Delivered {
+        /// The message as stored.
+        message: StoredMessage,
+        /// The recipient's key.
+        peer_id: PeerId,
+        /// Whether the connection that carried it was direct or relayed.
+        path: Option<Path>,
+        /// Resolving the name, in ms (0 when it was known).
+        resolve_ms: f64,
+        /// Dialling and opening the stream, in ms (0 when one was open).
+        dial_ms: f64,
+        /// Writing until the acknowledgement, in ms.
+        deliver_ms: f64,
+    },
+    /// Stored in the outbox; delivered when the recipient is reachable.
+    Queued {
+        /// The message as stored.
+        message: StoredMessage,
+        /// Why it was not delivered now.
+        reason: String,
+    },
+}
+
+/// A contact as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactView {
+    /// The name.
+    pub name: ScreenName,
+    /// The pinned key.
+    pub pinned: PeerId,
+    /// A different key the node reported, until trusted.
+    pub key_changed_to: Option<PeerId>,
+    /// Presence, if known (the node was reachable).
+    pub presence: Option<Presence>,
+    /// Status text while online.
+    pub status_text: String,
+    /// Last seen (ms since epoch).
+    pub last_seen: Option<u64>,
+    /// Whether the name is also blocked.
+    pub blocked: bool,
+}
+
+/// A request that failed: what kind of failure (stable, for programs and
+/// exit statuses) and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// What kind.
+    pub kind: FailureKind,
+    /// What went wrong and what is allowed.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of `kind`.
+    pub fn new(kind: FailureKind, message: impl std::fmt::Display) -> Self {
+        Self {
+            kind,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Kinds of failure, stable on the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// Bad input: a name, a text, a status.
+    Invalid,
+    /// Nobody owns the name.
+    NoSuchName,
+    /// Another key owns the name.
+    NameTaken,
+    /// The recipient refused the message, for good.
+    NotDelivered,
+    /// A contact's key is not the pinned one.
+    KeyChanged,
+    /// There is no screen name to act as yet.
+    NoName,
+    /// The rendezvous node cannot be reached or refused us.
+    Unreachable,
+    /// The disk holding the home is full.
+    DiskFull,
+    /// The home's store is damaged.
+    StoreDamaged,
+    /// Another process holds the home's store.
+    StoreInUse,
+    /// Anything else.
+    Other,
+}
+
+/// Something the user should see, as it happens. Every front end (the
+/// command line's output, the terminal UI) gets these from one stream.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// Registered and reachable (again, after a reconnect).
+    Online {
+        /// My name.
+        name: ScreenName,
+        /// My registered addresses.
+        addrs: Vec<Multiaddr>,
+        /// False after a reconnect.
+        first: bool,
+        /// Directly, or through the node's relay.
+        reachability: Reachability,
+    },
+    /// My registered addresses changed (moved, NAT mapping, relay).
+    Addresses {
+        /// The addresses now registered.
+        addrs: Vec<Multiaddr>,
+        /// Directly, or through the node's relay.
+        reachability: Reachability,
+    },
+    /// How a peer is reached changed (hole punching).
+    Path {
+        /// The peer's name, if known.
+        name: Option<ScreenName>,
+        /// The peer.
+        peer: PeerId,
+        /// The path now.
+        path: Path,
+        /// Why hole punching failed, if it did.
+        detail: Option<String>,
+    },
+    /// Lost the node; reconnecting.
+    Reconnecting {
+        /// Why.
+        reason: String,
+    },
+    /// The node refused my registration; I stay offline.
+    RegistrationRefused {
+        /// Why.
+        reason: String,
+    },
+    /// A message arrived (stored), over this path.
+    Message {
+        /// The message as stored.
+        message: StoredMessage,
+        /// How its sender is connected.
+        path: Option<Path>,
+    },
+    /// A watched name's presence changed.
+    Presence(PeerInfo),
+    /// A message of mine was acknowledged.
+    Delivered(StoredMessage),
+    /// A message of mine was refused for good.
+    Failed(StoredMessage),
+    /// A contact's key is not the pinned one.
+    KeyChanged {
+        /// The contact.
+        name: ScreenName,
+        /// The pinned key.
+        pinned: PeerId,
+        /// The key seen now.
+        current: PeerId,
+    },
+}

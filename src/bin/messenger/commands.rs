@@ -1,0 +1,359 @@
+//! One function per command. Commands that need the home's client go
+//! through the running one's control socket when there is one, and run
+//! their own client for the one request otherwise; both paths run the same
+//! [`Request`] through the same core.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use libp2p::Multiaddr;
+use messenger::agent::{Agent, AgentConfig};
+use messenger::api::{Event, FailureKind, Request, Response};
+use messenger::control::{self, CallError};
+use messenger::home::Home;
+use messenger::proto::chat::{MessageId, check_text};
+use messenger::proto::name::ScreenName;
+use messenger::proto::presence::Status;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Args, Command, ContactsCommand};
+use crate::output::Output;
+use crate::render::{show_event, show_reply};
+use crate::{Failure, exit};
+
+/// Default addresses a client accepts peers on.
+fn default_listen() -> Vec<Multiaddr> {
+    ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
+    if let Command::Demo = args.command {
+        return crate::demo::run(out).await.map_err(Failure::from);
+    }
+    let dir = args
+        .home
+        .clone()
+        .or_else(Home::default_dir)
+        .context("cannot find a per-user data directory; pass --home DIR")?;
+    let home = Home::open(&dir)?;
+    let ctx = Ctx {
+        home,
+        rendezvous: args.rendezvous.clone(),
+        out: *out,
+    };
+    match args.command {
+        Command::Id => ctx.id(),
+        Command::Register { name } => {
+            parse_name(&name)?;
+            ctx.needs_node()?;
+            ctx.request(Request::Register { name }).await
+        }
+        Command::Release { name } => {
+            parse_name(&name)?;
+            ctx.request(Request::Release { name }).await
+        }
+        Command::Whois { name } => {
+            parse_name(&name)?;
+            ctx.request(Request::Whois { name }).await
+        }
+        Command::Send { name, text } => {
+            let to = parse_name(&name)?;
+            let text = read_text(text).await?;
+            check_text(&text).map_err(|e| Failure::new(exit::INVALID, e))?;
+            ctx.my_name()?;
+            // The id is fixed here, before anything is submitted: if the
+            // running client dies without answering, the store says what
+            // became of this very message.
+            let request = Request::Send {
+                id: MessageId::random(),
+                to: to.to_string(),
+                text,
+            };
+            ctx.request(request).await
+        }
+        Command::Status { status, text } => {
+            let status: Status = status.parse().map_err(|e| Failure::new(exit::INVALID, e))?;
+            ctx.request(Request::Status { status, text }).await
+        }
+        Command::Contacts(c) => {
+            let request = match c {
+                ContactsCommand::Add { name } => Request::ContactsAdd { name },
+                ContactsCommand::List => Request::ContactsList,
+                ContactsCommand::Remove { name } => Request::ContactsRemove { name },
+                ContactsCommand::Trust { name } => Request::ContactsTrust { name },
+            };
+            ctx.request(request).await
+        }
+        Command::Block { name } => ctx.request(Request::Block { name }).await,
+        Command::Unblock { name } => ctx.request(Request::Unblock { name }).await,
+        Command::History { name, limit } => {
+            parse_name(&name)?;
+            ctx.request(Request::History { name, limit }).await
+        }
+        Command::Outbox => ctx.request(Request::Outbox).await,
+        Command::Online { listen } => ctx.online(listen, None).await,
+        Command::Chat { name, listen } => {
+            let peer = parse_name(&name)?;
+            ctx.online(listen, Some(peer)).await
+        }
+        Command::Demo => Ok(()),
+    }
+}
+
+/// What every command needs: the home and the node given on the command
+/// line (if any).
+struct Ctx {
+    home: Home,
+    rendezvous: Option<Multiaddr>,
+    out: Output,
+}
+
+fn parse_name(name: &str) -> Result<ScreenName, Failure> {
+    ScreenName::parse(name).map_err(|e| Failure::new(exit::INVALID, e))
+}
+
+async fn read_text(text: String) -> Result<String, Failure> {
+    if text != "-" {
+        return Ok(text);
+    }
+    let mut buf = String::new();
+    tokio::io::stdin()
+        .read_to_string(&mut buf)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                exit::INVALID,
+                anyhow!("cannot read the text from stdin: {e}"),
+            )
+        })?;
+    if buf.ends_with('\n') {
+        buf.pop();
+    }
+    Ok(buf)
+}
+
+/// How often, and how long apart, a command retries opening the home's
+/// store while a client that just died still holds it.
+const STORE_RETRIES: u32 = 50;
+const STORE_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+impl Ctx {
+    fn my_name(&self) -> Result<ScreenName, Failure> {
+        self.home.config()?.name.ok_or_else(|| {
+            anyhow!("you have no screen name yet: run `messenger register NAME` first").into()
+        })
+    }
+
+    fn needs_node(&self) -> Result<(), Failure> {
+        if self.rendezvous.is_some() || self.home.config()?.rendezvous.is_some() {
+            return Ok(());
+        }
+        Err(Failure::new(
+            exit::INVALID,
+            anyhow!(
+                "no rendezvous node known: pass --rendezvous MULTIADDR (a line printed by `rendezvous`) or set MESSENGER_RENDEZVOUS"
+            ),
+        ))
+    }
+
+    /// Runs `request` through the home's running client, or a client of
+    /// our own.
+    async fn request(self, request: Request) -> Result<(), Failure> {
+        let reply = match control::call(self.home.dir(), &request).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => self.on_our_own(&request, 0).await?,
+            // The running client died between taking the request and
+            // answering it. A send's message may or may not be stored: the
+            // same request, on our own, stores it once and says where it is.
+            Err(CallError::NoAnswer) if matches!(request, Request::Send { .. }) => {
+                eprintln!(
+                    "the running client stopped before answering; finding out from the store what became of the message"
+                );
+                self.on_our_own(&request, STORE_RETRIES).await?
+            }
+            Err(e) => return Err(anyhow!(e).into()),
+        };
+        show_reply(&self.out, &request, reply)
+    }
+
+    /// Runs one request on a client of our own, retrying `retries` times
+    /// while another process still holds the store.
+    async fn on_our_own(&self, request: &Request, retries: u32) -> Result<Response, Failure> {
+        let mut attempt = 0;
+        let config = loop {
+            match AgentConfig::for_home(self.home.clone(), self.rendezvous.clone()) {
+                Ok(config) => break config,
+                Err(e) => {
+                    let failure = messenger::api::Failure::from(&e);
+                    if failure.kind == FailureKind::StoreInUse && attempt < retries {
+                        attempt += 1;
+                        tokio::time::sleep(STORE_RETRY_PAUSE).await;
+                        continue;
+                    }
+                    return Err(Failure::of(failure));
+                }
+            }
+        };
+        let (agent, mut events) = Agent::start(config)
+            .await
+            .map_err(|e| Failure::of(messenger::api::Failure::from(&e)))?;
+        let reply = {
+            let call = agent.call(request.clone());
+            tokio::pin!(call);
+            // Nobody shows events of a one-off command: they are let go.
+            loop {
+                tokio::select! {
+                    reply = &mut call => break reply,
+                    Some(_) = events.recv() => {}
+                }
+            }
+        };
+        agent.shutdown().await;
+        Ok(reply)
+    }
+
+    fn id(&self) -> Result<(), Failure> {
+        let identity = self.home.identity()?;
+        let config = self.home.config()?;
+        let peer_id = identity.peer_id();
+        let name = config.name.as_ref().map(|n| n.to_string());
+        let human = match &name {
+            Some(n) => format!("peer id: {peer_id}\nname:    {n}"),
+            None => {
+                format!("peer id: {peer_id}\nname:    (none yet: run `messenger register NAME`)")
+            }
+        };
+        self.out.emit(
+            human,
+            json!({"event": "id", "peer_id": peer_id.to_string(), "name": name}),
+        );
+        Ok(())
+    }
+
+    /// `online`, and `chat` when `peer` is given.
+    async fn online(self, listen: Vec<Multiaddr>, peer: Option<ScreenName>) -> Result<(), Failure> {
+        let name = self.my_name()?;
+        let listen = if listen.is_empty() {
+            default_listen()
+        } else {
+            listen
+        };
+        // Watch for signals before announcing that we are online.
+        let mut signals = Signals::new()?;
+        let listener = control::bind(self.home.dir())
+            .await
+            .map_err(|e| Failure::new(exit::FAILURE, anyhow!("control socket: {e}")))?;
+        let config = AgentConfig::for_home(self.home.clone(), self.rendezvous.clone())
+            .map_err(|e| Failure::of(messenger::api::Failure::from(&e)))?;
+        let rendezvous = config
+            .rendezvous
+            .clone()
+            .or(config.config.rendezvous.clone())
+            .ok_or_else(|| Failure::new(exit::INVALID, anyhow!("no rendezvous node known")))?;
+        let me = config.identity.peer_id();
+        let (agent, mut events) = Agent::start(config)
+            .await
+            .map_err(|e| Failure::of(messenger::api::Failure::from(&e)))?;
+        if let Err(e) = agent.go_online(listen).await {
+            agent.shutdown().await;
+            let _ = std::fs::remove_file(control::socket_path(self.home.dir()));
+            return Err(Failure::of(messenger::api::Failure::from(&e)));
+        }
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(control::serve(
+            listener,
+            agent.clone(),
+            cancel.child_token(),
+        ));
+        let (lines_tx, mut lines) = mpsc::channel::<String>(64);
+        if peer.is_some() {
+            tasks.spawn(read_lines(lines_tx));
+        } else {
+            drop(lines_tx);
+        }
+        let result = loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => {
+                        let refused = matches!(event, Event::RegistrationRefused { .. });
+                        if let Some(failure) = show_event(&self.out, me, event, &rendezvous) {
+                            break Err(failure);
+                        }
+                        if refused {
+                            break Ok(());
+                        }
+                    }
+                    None => break Ok(()),
+                },
+                line = lines.recv(), if peer.is_some() => match line {
+                    Some(line) if line.trim().is_empty() => {}
+                    Some(line) => {
+                        let Some(to) = &peer else { continue };
+                        let request = Request::Enqueue {
+                            id: MessageId::random(),
+                            to: to.to_string(),
+                            text: line,
+                        };
+                        if let Response::Failed(failure) = agent.call(request).await {
+                            let failure = Failure::of(failure);
+                            self.out.error(failure.code, &failure.error);
+                        }
+                    }
+                    // End of input ends a chat.
+                    None => break Ok(()),
+                },
+                _ = signals.recv() => break Ok(()),
+            }
+        };
+        cancel.cancel();
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_file(control::socket_path(self.home.dir()));
+        agent.shutdown().await;
+        self.out.emit(
+            format!("offline: {name}"),
+            json!({"event": "offline", "name": name.to_string()}),
+        );
+        result
+    }
+}
+
+async fn read_lines(tx: mpsc::Sender<String>) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if tx.send(line).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, both meaning "go offline and exit".
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}

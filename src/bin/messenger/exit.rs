@@ -1,0 +1,40 @@
+//! Exit statuses: what scripts can rely on, mapped from the library's
+//! failure kinds in this one place.
+
+use messenger::api::FailureKind;
+
+/// Success (for `send`: the recipient acknowledged).
+pub(crate) const OK: u8 = 0;
+/// Any other failure, e.g. the rendezvous node is unreachable.
+pub(crate) const FAILURE: u8 = 1;
+/// Invalid input: bad name, empty or oversized text, bad flags.
+pub(crate) const INVALID: u8 = 2;
+/// The name is not registered by anyone.
+pub(crate) const NO_SUCH_NAME: u8 = 3;
+/// The name is owned by another key.
+pub(crate) const NAME_TAKEN: u8 = 4;
+/// The recipient refused the message; it will not be retried.
+pub(crate) const NOT_DELIVERED: u8 = 6;
+/// Not delivered now but kept in the outbox: delivered when the recipient
+/// is reachable while `messenger online` runs on this home.
+pub(crate) const QUEUED: u8 = 7;
+/// The recipient is a contact whose key changed: nothing was sent.
+pub(crate) const KEY_CHANGED: u8 = 8;
+/// The disk holding the home is full: nothing new was stored.
+pub(crate) const DISK_FULL: u8 = 9;
+/// The home's store is damaged: nothing in it was changed.
+pub(crate) const STORE_DAMAGED: u8 = 10;
+
+/// The exit status of a failure of `kind`.
+pub(crate) fn of(kind: FailureKind) -> u8 {
+    match kind {
+        FailureKind::Invalid => INVALID,
+        FailureKind::NoSuchName => NO_SUCH_NAME,
+        FailureKind::NameTaken => NAME_TAKEN,
+        FailureKind::NotDelivered => NOT_DELIVERED,
+        FailureKind::KeyChanged => KEY_CHANGED,
+        FailureKind::DiskFull => DISK_FULL,
+        FailureKind::StoreDamaged => STORE_DAMAGED,
+        _ => FAILURE,
+    }
+}

@@ -1,0 +1,451 @@
+//! How replies and events read: a line for people, or one JSON object
+//! per line for programs (`--json`). The JSON shapes are stable: scripts
+//! and the end-to-end tests read them.
+
+use anyhow::anyhow;
+use libp2p::{Multiaddr, PeerId};
+use messenger::api::{ContactView, Event, Request, Response, SendOutcome};
+use messenger::network::{Path, Reachability, is_relayed};
+use messenger::peer::PeerInfo;
+use messenger::proto::presence::Presence;
+use messenger::store::{Direction, StoredMessage};
+use messenger::time;
+use serde_json::json;
+
+use crate::output::Output;
+use crate::{Failure, exit};
+
+/// Prints an event; returns a failure if the client cannot go on.
+pub(crate) fn show_event(
+    out: &Output,
+    me: PeerId,
+    event: Event,
+    rendezvous: &Multiaddr,
+) -> Option<Failure> {
+    match event {
+        Event::Online {
+            name,
+            addrs,
+            first,
+            reachability,
+        } => {
+            let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            let human = if first {
+                format!(
+                    "online as {name} ({}) via {rendezvous}\n{}",
+                    me,
+                    describe_reach(reachability, &list)
+                )
+            } else {
+                format!(
+                    "back online as {name}\n{}",
+                    describe_reach(reachability, &list)
+                )
+            };
+            out.emit(
+                human,
+                json!({"event": "online", "name": name.to_string(), "peer_id": me.to_string(),
+                       "addrs": list, "reconnected": !first, "reachability": reach_word(reachability, &addrs)}),
+            );
+            None
+        }
+        Event::Addresses {
+            addrs,
+            reachability,
+        } => {
+            let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            out.emit(
+                format!("addresses changed: {}", describe_reach(reachability, &list)),
+                json!({"event": "addresses", "addrs": list, "reachability": reach_word(reachability, &addrs)}),
+            );
+            None
+        }
+        Event::Path {
+            name,
+            peer,
+            path,
+            detail,
+        } => {
+            let who = name
+                .as_ref()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| peer.to_string());
+            let human = match (&path, &detail) {
+                (Path::Direct, _) => {
+                    format!("* {who}: direct connection (hole punching succeeded)")
+                }
+                (Path::Relayed, Some(why)) => {
+                    format!(
+                        "* {who}: staying on the rendezvous relay (hole punching failed: {why})"
+                    )
+                }
+                (Path::Relayed, None) => format!("* {who}: relayed"),
+            };
+            out.emit(
+                human,
+                json!({"event": "path", "name": name.map(|n| n.to_string()), "peer_id": peer.to_string(),
+                       "path": path.to_string(), "detail": detail}),
+            );
+            None
+        }
+        Event::Reconnecting { reason } => {
+            out.emit(
+                format!("{reason}; reconnecting..."),
+                json!({"event": "reconnecting", "reason": reason}),
+            );
+            None
+        }
+        Event::RegistrationRefused { reason } => Some(Failure::new(
+            exit::FAILURE,
+            anyhow!("registration refused: {reason}"),
+        )),
+        Event::Message { message: m, path } => {
+            let msg = &m.message;
+            let via = match path {
+                Some(Path::Relayed) => "  (via relay)",
+                _ => "",
+            };
+            let mut event = message_json("message", &m);
+            event["path"] = json!(path.map(|p| p.to_string()));
+            out.emit(
+                format!(
+                    "[{}] {}: {}{via}",
+                    time::clock(msg.sent_at),
+                    msg.from,
+                    msg.text
+                ),
+                event,
+            );
+            None
+        }
+        Event::Presence(info) => {
+            let human = match (info.presence, info.status_text.is_empty()) {
+                (Presence::Offline, _) => format!("* {} is offline", info.name),
+                (p, true) => format!("* {} is {p}", info.name),
+                (p, false) => format!("* {} is {p}: {}", info.name, info.status_text),
+            };
+            out.emit(
+                human,
+                json!({"event": "presence", "name": info.name.to_string(), "status": info.presence.to_string(),
+                       "text": info.status_text, "peer_id": info.peer_id.to_string()}),
+            );
+            None
+        }
+        Event::Delivered(m) => {
+            out.emit(
+                format!(
+                    "  delivered to {}: {}",
+                    m.message.to,
+                    preview(&m.message.text)
+                ),
+                message_json("delivered", &m),
+            );
+            None
+        }
+        Event::Failed(m) => {
+            out.emit(
+                format!(
+                    "  NOT delivered to {}: {} ({})",
+                    m.message.to,
+                    preview(&m.message.text),
+                    m.error.as_deref().unwrap_or("refused")
+                ),
+                message_json("failed", &m),
+            );
+            None
+        }
+        Event::KeyChanged {
+            name,
+            pinned,
+            current,
+        } => {
+            let warning = format!(
+                "!!! KEY CHANGED: {name} was pinned to {pinned} but now has key {current}.\n\
+                 !!! Messages to and from {name} are refused until you run `messenger contacts trust {name}`."
+            );
+            eprintln!("{warning}");
+            out.emit(
+                warning,
+                json!({"event": "key_changed", "name": name.to_string(), "pinned": pinned.to_string(),
+                       "current": current.to_string()}),
+            );
+            None
+        }
+        // Later kinds of events this front end does not show.
+        _ => None,
+    }
+}
+
+pub(crate) fn show_outcome(out: &Output, outcome: SendOutcome) -> Result<(), Failure> {
+    match outcome {
+        SendOutcome::Delivered {
+            message,
+            peer_id,
+            path,
+            resolve_ms,
+            dial_ms,
+            deliver_ms,
+        } => {
+            let path = path.map(|p| p.to_string());
+            out.emit(
+                format!(
+                    "delivered to {} (id {}, {}): resolve {resolve_ms:.1} ms, dial {dial_ms:.1} ms, deliver {deliver_ms:.1} ms",
+                    message.message.to,
+                    message.message.id,
+                    path.as_deref().unwrap_or("direct")
+                ),
+                json!({"event": "delivered", "to": message.message.to.to_string(), "id": message.message.id.to_string(),
+                       "peer_id": peer_id.to_string(), "sent_at": time::rfc3339(message.message.sent_at),
+                       "path": path, "resolve_ms": resolve_ms, "dial_ms": dial_ms, "deliver_ms": deliver_ms}),
+            );
+            Ok(())
+        }
+        SendOutcome::Queued { message, reason } => {
+            let to = &message.message.to;
+            out.emit(
+                format!(
+                    "queued: {reason}\nthe message (id {}) stays in the outbox and is delivered once {to} is reachable while `messenger online` runs",
+                    message.message.id
+                ),
+                json!({"event": "queued", "to": to.to_string(), "id": message.message.id.to_string(), "reason": reason}),
+            );
+            Err(Failure {
+                code: exit::QUEUED,
+                error: anyhow!("queued: not delivered yet"),
+                shown: true,
+            })
+        }
+        other => Err(Failure::new(
+            exit::FAILURE,
+            anyhow!("an outcome this version does not know: {other:?}"),
+        )),
+    }
+}
+
+/// Prints a reply the same way whichever path produced it.
+pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Result<(), Failure> {
+    match reply {
+        Response::Sent(outcome) => show_outcome(out, outcome),
+        Response::Done { message } => {
+            out.emit(&message, json!({"event": "done", "message": message}));
+            Ok(())
+        }
+        Response::Contacts { contacts } => {
+            if contacts.is_empty() && !out.is_json() {
+                out.emit("no contacts yet: `messenger contacts add NAME`", json!({}));
+            }
+            for c in contacts {
+                out.emit(describe_contact(&c), contact_json(&c));
+            }
+            Ok(())
+        }
+        Response::Messages { messages } => {
+            let event = match request {
+                Request::Outbox => "outbox",
+                _ => "history",
+            };
+            if messages.is_empty() && !out.is_json() {
+                out.emit("(nothing)", json!({}));
+            }
+            for m in messages {
+                let human = match event {
+                    "outbox" => format!(
+                        "to {} since {} ({}): {}",
+                        m.message.to,
+                        time::describe(m.message.sent_at),
+                        m.state,
+                        preview(&m.message.text)
+                    ),
+                    _ => format!(
+                        "[{}] {}: {}{}",
+                        time::date_clock(m.message.sent_at),
+                        m.message.from,
+                        m.message.text,
+                        match m.direction {
+                            Direction::Out => format!("  ({})", m.state),
+                            Direction::In => String::new(),
+                        }
+                    ),
+                };
+                out.emit(human, message_json(event, &m));
+            }
+            Ok(())
+        }
+        Response::Peer { peer } => {
+            out.emit(describe_peer(&peer), peer_json(&peer));
+            Ok(())
+        }
+        Response::Registered {
+            name,
+            new_claim,
+            peer_id,
+            rendezvous,
+        } => {
+            let human = if new_claim {
+                format!("registered {name} for {peer_id}")
+            } else {
+                format!("{name} is already yours")
+            };
+            out.emit(
+                human,
+                json!({"event": "registered", "name": name.to_string(), "peer_id": peer_id.to_string(),
+                       "new_claim": new_claim, "rendezvous": rendezvous.to_string()}),
+            );
+            Ok(())
+        }
+        Response::Released { name } => {
+            out.emit(
+                format!("released {name}"),
+                json!({"event": "released", "name": name.to_string()}),
+            );
+            Ok(())
+        }
+        Response::Message { message } => {
+            match message {
+                Some(m) => out.emit(
+                    format!("{} ({})", preview(&m.message.text), m.state),
+                    message_json("message", &m),
+                ),
+                None => out.emit(
+                    "(no such message)",
+                    json!({"event": "message", "found": false}),
+                ),
+            }
+            Ok(())
+        }
+        Response::Failed(failure) => Err(Failure::of(failure)),
+        other => Err(Failure::new(
+            exit::FAILURE,
+            anyhow!("the client answered something unexpected: {other:?}"),
+        )),
+    }
+}
+
+pub(crate) fn preview(text: &str) -> String {
+    let first: String = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(60)
+        .collect();
+    if first.len() < text.len() {
+        format!("{first}…")
+    } else {
+        first
+    }
+}
+
+pub(crate) fn message_json(event: &str, m: &StoredMessage) -> serde_json::Value {
+    let msg = &m.message;
+    json!({"event": event, "id": msg.id.to_string(), "from": msg.from.to_string(), "to": msg.to.to_string(),
+           "sent_at": time::rfc3339(msg.sent_at), "text": msg.text, "state": m.state.to_string(),
+           "direction": match m.direction { Direction::Out => "out", Direction::In => "in" },
+           "peer_id": m.peer_id.map(|p| p.to_string()), "error": m.error})
+}
+
+pub(crate) fn describe_contact(c: &ContactView) -> String {
+    let presence = match c.presence {
+        Some(p) if p.is_online() && !c.status_text.is_empty() => format!("{p}: {}", c.status_text),
+        Some(p) if p.is_online() => p.to_string(),
+        Some(_) => match c.last_seen {
+            Some(ms) => format!("offline, last seen {}", time::describe(ms)),
+            None => "offline".to_owned(),
+        },
+        None => "presence unknown (node unreachable)".to_owned(),
+    };
+    let mut line = format!("{:<20} {presence}", c.name.as_str());
+    if c.blocked {
+        line.push_str("  [blocked]");
+    }
+    if let Some(new) = c.key_changed_to {
+        line.push_str(&format!(
+            "\n  !!! KEY CHANGED: pinned {} but the node now says {new}; run `messenger contacts trust {}` if you trust it",
+            c.pinned, c.name
+        ));
+    }
+    line
+}
+
+pub(crate) fn contact_json(c: &ContactView) -> serde_json::Value {
+    json!({"event": "contact", "name": c.name.to_string(), "pinned": c.pinned.to_string(),
+           "key_changed_to": c.key_changed_to.map(|k| k.to_string()),
+           "status": c.presence.map(|p| p.to_string()), "text": c.status_text,
+           "last_seen": c.last_seen.map(time::rfc3339), "blocked": c.blocked})
+}
+
+/// "direct" or "relayed", for JSON.
+pub(crate) fn reach_word(reachability: Reachability, addrs: &[Multiaddr]) -> &'static str {
+    match reachability {
+        Reachability::Private => "relayed",
+        Reachability::Public => "direct",
+        Reachability::Unknown if !addrs.is_empty() && addrs.iter().all(is_relayed) => "relayed",
+        Reachability::Unknown => "unknown",
+    }
+}
+
+pub(crate) fn describe_reach(reachability: Reachability, addrs: &[String]) -> String {
+    let list = if addrs.is_empty() {
+        "(no address yet)".to_owned()
+    } else {
+        addrs.join(", ")
+    };
+    match reachability {
+        Reachability::Public => format!("reachable directly at {list}"),
+        Reachability::Private => {
+            format!("behind NAT: reachable through the rendezvous relay at {list}")
+        }
+        Reachability::Unknown => format!("reachability not confirmed yet; registered {list}"),
+    }
+}
+
+/// How a peer is reached, judged from the addresses it registered.
+pub(crate) fn peer_reach(info: &PeerInfo) -> &'static str {
+    if info.addrs.is_empty() {
+        "none"
+    } else if info.addrs.iter().all(is_relayed) {
+        "relayed"
+    } else {
+        "direct"
+    }
+}
+
+pub(crate) fn describe_peer(info: &PeerInfo) -> String {
+    let status = match (info.presence, info.status_text.is_empty()) {
+        (p, false) if p.is_online() => format!("{p}: {}", info.status_text),
+        (p, _) => p.to_string(),
+    };
+    let last_seen = match (info.online(), info.last_seen) {
+        (true, _) => "now".to_owned(),
+        (false, Some(ms)) => time::describe(ms),
+        (false, None) => "never".to_owned(),
+    };
+    let addrs = if info.addrs.is_empty() {
+        "(none)".to_owned()
+    } else {
+        info.addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join("\n             ")
+    };
+    let reach = match peer_reach(info) {
+        "relayed" => {
+            "relayed: behind NAT, reachable through the rendezvous relay (then hole punching)"
+        }
+        "direct" => "direct",
+        _ => "not reachable now",
+    };
+    format!(
+        "{}\n  peer id:   {}\n  status:    {status}\n  last seen: {last_seen}\n  reached:   {reach}\n  addresses: {addrs}",
+        info.name, info.peer_id
+    )
+}
+
+pub(crate) fn peer_json(info: &PeerInfo) -> serde_json::Value {
+    json!({"event": "whois", "name": info.name.to_string(), "peer_id": info.peer_id.to_string(),
+           "online": info.online(), "status": info.presence.to_string(), "text": info.status_text,
+           "reach": peer_reach(info),
+           "addrs": info.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+           "last_seen": info.last_seen.map(time::rfc3339)})
+}

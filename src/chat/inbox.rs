@@ -1,0 +1,460 @@
+//! The receiving side: accepts chat streams and checks every message.
+//!
+//! One task per peer serves all of that peer's streams (at most
+//! [`MAX_STREAMS_PER_PEER`]), so what is kept per peer (its message budget,
+//! the names its certificates vouch for, what the node said it owns) has
+//! one owner. The acceptor routes each new stream to its peer's task and
+//! owns those tasks; everything ends when the inbox is cancelled.
+//!
+//! A message is answered only after the checks of docs/protocol.md §6.3 and
+//! after the [`MessageSink`] kept it (durably, for the client's store).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use futures::stream::{BoxStream, SelectAll};
+use futures::{AsyncReadExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use messenger_proto::accept::{self, ConnectionGone, Slot};
+use messenger_proto::certificate::NameCertificate;
+use messenger_proto::chat::{self, ChatFrame, Message, MessageId, RejectCode};
+use messenger_proto::codec::{self, CodecError};
+use messenger_proto::directory::ErrorCode;
+use messenger_proto::identity::verifying_key_of;
+use messenger_proto::name::ScreenName;
+use messenger_proto::rate::{Rate, TokenBucket};
+use messenger_proto::signed::Signed;
+use messenger_proto::time::now_ms;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::OWNER_CHECK_TIMEOUT;
+use crate::directory::{DirectoryError, DirectorySession};
+use crate::network::ChatStreams;
+
+/// Chat streams one peer may have open to us at once.
+pub const MAX_STREAMS_PER_PEER: usize = 4;
+
+/// How long a receiver trusts the node's word on who owns a name.
+const NAME_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// Names whose owner one peer's task remembers at most.
+const OWNERS_PER_PEER: usize = 64;
+
+/// Who can resolve a sender's name: the current directory session, which
+/// changes when the client reconnects.
+pub type DirectoryWatch = watch::Receiver<Option<DirectorySession>>;
+
+/// Where the inbox keeps what it accepts, and whom it refuses.
+pub trait MessageSink: Send + Sync + 'static {
+    /// Whether to refuse a message from `from` (owned by `peer`), e.g.
+    /// because the sender is blocked or its key is not the pinned one.
+    fn refuse(&self, from: &ScreenName, peer: &PeerId) -> Option<RejectCode>;
+
+    /// Whether a message with this id from `peer` was kept before: a repeat
+    /// is acknowledged again whatever changed since (a block, a key
+    /// change), since the message was already accepted.
+    fn seen(&self, id: MessageId, peer: PeerId) -> impl Future<Output = bool> + Send;
+
+    /// Keeps an accepted message (durably, if it must survive a crash)
+    /// before it is acknowledged, and hands it on. `Ok(false)` for a
+    /// message kept before.
+    fn keep(
+        &self,
+        message: Message,
+        peer: PeerId,
+    ) -> impl Future<Output = Result<bool, String>> + Send;
+}
+
+/// What every peer's task shares (read-only).
+struct Shared<S> {
+    me: ScreenName,
+    /// The rendezvous node whose certificates we accept.
+    trusted: PeerId,
+    directory: DirectoryWatch,
+    sink: S,
+    rate: Rate,
+}
+
+/// The receiving side of the chat protocol.
+pub struct Inbox<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> std::fmt::Debug for Inbox<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("me", &self.shared.me)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a message is refused, or its stream given up.
+enum Refusal {
+    /// Tell the sender, permanently.
+    Reject(MessageId, RejectCode),
+    /// Reset the stream without an answer: the sender will retry.
+    Close(String),
+}
+
+/// A new stream for a peer's task.
+type NewStream = (Stream, ConnectionGone, Slot);
+
+impl<S: MessageSink> Inbox<S> {
+    /// An inbox for messages to `me`, kept by `sink`. Senders' names are
+    /// taken from certificates issued by `trusted`, or else looked up
+    /// through `directory`; each peer may send `rate` messages.
+    pub fn new(
+        me: ScreenName,
+        trusted: PeerId,
+        directory: DirectoryWatch,
+        sink: S,
+        rate: Rate,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                me,
+                trusted,
+                directory,
+                sink,
+                rate,
+            }),
+        }
+    }
+
+    /// Accepts chat streams until `incoming` ends or `cancel` fires; then
+    /// every peer's task ends too.
+    pub async fn serve(self, mut incoming: ChatStreams, cancel: CancellationToken) {
+        let mut peers: HashMap<PeerId, mpsc::Sender<NewStream>> = HashMap::new();
+        let mut tasks: JoinSet<PeerId> = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = incoming.next() => {
+                    let Some(accept::Incoming { peer, stream, slot, gone, .. }) = accepted else {
+                        break;
+                    };
+                    let mut new = (stream, gone, slot);
+                    // The peer's task may be ending: then it gets a new one.
+                    if let Some(tx) = peers.get(&peer) {
+                        match tx.try_send(new) {
+                            Ok(()) => continue,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                warn!(%peer, "too many chat streams from one peer at once; refusing one");
+                                continue;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(back)) => new = back,
+                        }
+                    }
+                    let Some(key) = verifying_key_of(&peer) else {
+                        debug!(%peer, "chat stream from a non-ed25519 peer; closing");
+                        continue;
+                    };
+                    let (tx, rx) = mpsc::channel(MAX_STREAMS_PER_PEER);
+                    let _ = tx.try_send(new);
+                    peers.insert(peer, tx);
+                    let task = PeerTask::new(self.shared.clone(), peer, key);
+                    let cancel = cancel.child_token();
+                    tasks.spawn(async move {
+                        task.run(rx, cancel).await;
+                        peer
+                    });
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(peer) = done
+                        && peers.get(&peer).is_some_and(mpsc::Sender::is_closed)
+                    {
+                        peers.remove(&peer);
+                    }
+                }
+                () = cancel.cancelled() => break,
+            }
+        }
+        cancel.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One stream of a peer: its frames, tagged with the stream's index.
+type Frames = BoxStream<'static, (usize, Result<ChatFrame, CodecError>)>;
+
+/// What a peer's task keeps about one of its streams.
+struct StreamState {
+    writer: futures::io::WriteHalf<Stream>,
+    /// The sender's name, as its certificate on this stream vouches.
+    certified: Option<NameCertificate>,
+    _slot: Slot,
+}
+
+/// Serves every chat stream of one peer.
+struct PeerTask<S> {
+    shared: Arc<Shared<S>>,
+    peer: PeerId,
+    key: ed25519_dalek::VerifyingKey,
+    bucket: TokenBucket,
+    epoch: Instant,
+    /// What the node said owns a name, and when it said so.
+    owners: HashMap<ScreenName, (PeerId, Instant)>,
+    streams: HashMap<usize, StreamState>,
+}
+
+impl<S: MessageSink> PeerTask<S> {
+    fn new(shared: Arc<Shared<S>>, peer: PeerId, key: ed25519_dalek::VerifyingKey) -> Self {
+        let rate = shared.rate;
+        Self {
+            shared,
+            peer,
+            key,
+            bucket: TokenBucket::new(rate, 0),
+            epoch: Instant::now(),
+            owners: HashMap::new(),
+            streams: HashMap::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Sets a token aside for the next frame; if there is none, when to
+    /// try again.
+    fn reserve_token(&mut self) -> Option<tokio::time::Instant> {
+        let wait = self.bucket.take(self.now_ms()).err()?;
+        debug!(peer = %self.peer, ?wait, "peer over its message rate; slowing it down");
+        Some(tokio::time::Instant::now() + wait.min(Duration::from_secs(1)))
+    }
+
+    async fn run(mut self, mut new_streams: mpsc::Receiver<NewStream>, cancel: CancellationToken) {
+        let mut frames: SelectAll<Frames> = SelectAll::new();
+        let mut next_index = 0usize;
+        // Over its rate, a peer's next frame waits unread: the stream's
+        // flow control slows the sender down, and nothing is lost. While
+        // `wait_until` is none, a token is set aside for the next frame.
+        let mut wait_until = self.reserve_token();
+        loop {
+            let pacing = async {
+                match wait_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                new = new_streams.recv() => {
+                    let Some((stream, gone, slot)) = new else {
+                        if frames.is_empty() { break } else { continue }
+                    };
+                    if self.streams.len() >= MAX_STREAMS_PER_PEER {
+                        warn!(peer = %self.peer, limit = MAX_STREAMS_PER_PEER, "too many chat streams from one peer; refusing another");
+                        continue;
+                    }
+                    let index = next_index;
+                    next_index += 1;
+                    let (reader, writer) = stream.split();
+                    // A stream on a connection closed locally is never woken
+                    // again: its connection's end ends it.
+                    let stream_frames = codec::frames::<_, ChatFrame>(reader, chat::MAX_FRAME)
+                        .take_until(gone)
+                        .map(move |frame| (index, frame));
+                    frames.push(stream_frames.boxed());
+                    self.streams.insert(index, StreamState { writer, certified: None, _slot: slot });
+                }
+                () = pacing => wait_until = self.reserve_token(),
+                next = frames.next(), if wait_until.is_none() && !frames.is_empty() => {
+                    let Some((index, frame)) = next else { continue };
+                    if !self.on_frame(index, frame).await {
+                        // Dropping its writer and reader resets the stream.
+                        self.streams.remove(&index);
+                    }
+                    wait_until = self.reserve_token();
+                    if frames.is_empty() && self.streams.is_empty() {
+                        // No stream left: end, unless one is on its way.
+                        new_streams.close();
+                        if new_streams.is_empty() {
+                            break;
+                        }
+                    }
+                }
+                () = cancel.cancelled() => break,
+            }
+        }
+    }
+
+    /// Handles one frame of stream `index`; false if the stream must end.
+    async fn on_frame(&mut self, index: usize, frame: Result<ChatFrame, CodecError>) -> bool {
+        let peer = self.peer;
+        let signed = match frame {
+            Ok(ChatFrame::Message(signed)) => signed,
+            Ok(ChatFrame::Certificate(cert)) => {
+                match cert.verify(&self.shared.trusted, now_ms()) {
+                    Ok(cert) if cert.owner == peer => {
+                        if let Some(stream) = self.streams.get_mut(&index) {
+                            stream.certified = Some(cert);
+                        }
+                    }
+                    Ok(cert) => {
+                        warn!(%peer, owner = %cert.owner, "ignoring a name certificate issued to another key")
+                    }
+                    Err(e) => debug!(%peer, "ignoring a name certificate: {e}"),
+                }
+                return true;
+            }
+            Ok(ChatFrame::Unknown) => return true,
+            Ok(ChatFrame::Ack { .. } | ChatFrame::Reject { .. }) => {
+                warn!(%peer, "peer sent an acknowledgement on an inbound chat stream; closing it");
+                return false;
+            }
+            Err(CodecError::Io(e)) => {
+                debug!(%peer, "chat stream ended: {e}");
+                return false;
+            }
+            Err(e) => {
+                warn!(%peer, "closing chat stream: {e}");
+                return false;
+            }
+        };
+        let certified = self.streams.get(&index).and_then(|s| s.certified.clone());
+        let answer = match self.accept(&signed, certified.as_ref()).await {
+            Ok(id) => ChatFrame::Ack { id },
+            Err(Refusal::Reject(id, code)) => {
+                warn!(%peer, %id, "message refused: {code}");
+                ChatFrame::Reject { id, code }
+            }
+            Err(Refusal::Close(why)) => {
+                warn!(%peer, "closing chat stream: {why}");
+                return false;
+            }
+        };
+        let Some(stream) = self.streams.get_mut(&index) else {
+            return false;
+        };
+        if let Err(e) = codec::write_frame(&mut stream.writer, &answer, chat::MAX_FRAME).await {
+            debug!(%peer, "cannot answer on chat stream: {e}");
+            return false;
+        }
+        true
+    }
+
+    /// Checks one message and hands it on; returns its id to acknowledge.
+    /// The checks and their order are those of docs/protocol.md §6.3.
+    async fn accept(
+        &mut self,
+        signed: &Signed,
+        certified: Option<&NameCertificate>,
+    ) -> Result<MessageId, Refusal> {
+        let now = now_ms();
+        let message =
+            chat::open_message(signed, &self.key, &self.shared.me, now).map_err(|refused| {
+                match refused.id {
+                    Some(id) => Refusal::Reject(id, refused.code),
+                    None => Refusal::Close(format!("{}, and no message id in it", refused.code)),
+                }
+            })?;
+        let id = message.id;
+        let vouched = certified.is_some_and(|cert| {
+            cert.vouches_for(&message.from, &self.peer) && cert.expires_at > now
+        });
+        if !vouched {
+            // Bounded, so that the sender, which waits ACK_TIMEOUT for an
+            // answer, sees our reset before it gives up on its own.
+            tokio::time::timeout(OWNER_CHECK_TIMEOUT, self.check_owner(&message.from, id))
+                .await
+                .map_err(|_| {
+                    Refusal::Close(format!(
+                        "the rendezvous node did not say within {OWNER_CHECK_TIMEOUT:?} who owns {}",
+                        message.from
+                    ))
+                })??;
+        }
+        self.keep(message).await
+    }
+
+    /// Asks the node (or its recent answer) whether `from` belongs to the peer.
+    async fn check_owner(&mut self, from: &ScreenName, id: MessageId) -> Result<(), Refusal> {
+        let mut owner = self.owner_of(from).await;
+        if matches!(&owner, Ok(o) if *o != self.peer) {
+            // The remembered owner may be stale (the name changed hands):
+            // ask the node once more before refusing for good.
+            self.owners.remove(from);
+            owner = self.owner_of(from).await;
+        }
+        match owner {
+            Ok(owner) if owner == self.peer => Ok(()),
+            Ok(_) | Err(OwnerError::NoSuchName) => {
+                Err(Refusal::Reject(id, RejectCode::SenderMismatch))
+            }
+            Err(OwnerError::Unavailable(e)) => Err(Refusal::Close(format!(
+                "cannot check that {from} is the sender's name: no valid certificate, and {e}"
+            ))),
+        }
+    }
+
+    /// The key owning `name`, as the node says (or recently said).
+    async fn owner_of(&mut self, name: &ScreenName) -> Result<PeerId, OwnerError> {
+        if let Some((peer, at)) = self.owners.get(name)
+            && at.elapsed() < NAME_CACHE_TTL
+        {
+            return Ok(*peer);
+        }
+        let session = self
+            .shared
+            .directory
+            .borrow()
+            .clone()
+            .filter(|s| !s.is_closed())
+            .ok_or_else(|| {
+                OwnerError::Unavailable("not connected to the rendezvous node".into())
+            })?;
+        match session.resolve(name.as_str()).await {
+            Ok(resolution) => {
+                if self.owners.len() >= OWNERS_PER_PEER {
+                    self.owners
+                        .retain(|_, (_, at)| at.elapsed() < NAME_CACHE_TTL);
+                    if self.owners.len() >= OWNERS_PER_PEER {
+                        self.owners.clear();
+                    }
+                }
+                self.owners
+                    .insert(name.clone(), (resolution.owner, Instant::now()));
+                Ok(resolution.owner)
+            }
+            Err(DirectoryError::Refused {
+                code: ErrorCode::NoSuchName,
+                ..
+            }) => Err(OwnerError::NoSuchName),
+            Err(e) => Err(OwnerError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The last checks (repeats, blocks, pins), then keeps the message.
+    async fn keep(&self, message: Message) -> Result<MessageId, Refusal> {
+        let (id, peer) = (message.id, self.peer);
+        let sink = &self.shared.sink;
+        if let Some(code) = sink.refuse(&message.from, &peer) {
+            // A repeat of a message accepted before the block or key
+            // change is still acknowledged.
+            if sink.seen(id, peer).await {
+                debug!(%id, "already accepted; acknowledged again");
+                return Ok(id);
+            }
+            return Err(Refusal::Reject(id, code));
+        }
+        match sink.keep(message, peer).await {
+            Ok(true) => Ok(id),
+            Ok(false) => {
+                debug!(%id, "repeat of a message kept before; acknowledged again");
+                Ok(id)
+            }
+            Err(e) => Err(Refusal::Close(format!("cannot keep the message: {e}"))),
+        }
+    }
+}
+
+enum OwnerError {
+    NoSuchName,
+    Unavailable(String),
+}

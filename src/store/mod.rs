@@ -1,0 +1,807 @@
+//! The home's store: contacts with pinned keys, blocked names, and every
+//! message sent or received with its state. One redb file, written only by
+//! the one process that owns the home; every change is committed durably
+//! before it is acted on (a message is stored before it is sent, and before
+//! it is acknowledged).
+//!
+//! [`Store`] is plain synchronous code; [`StoreHandle`] runs it on a thread
+//! of its own, the one owner of the database, which the rest of the client
+//! reaches through a channel. That thread also gets the database back after
+//! a failed write (a full disk, say): redb refuses every later operation
+//! after one I/O error, so the thread reopens the file.
+//!
+//! A damaged file is reported as such and never replaced: opening refuses
+//! an empty file in a home that is in use, and a file redb cannot read,
+//! whether redb answers with an error or panics.
+
+mod handle;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use libp2p::PeerId;
+use messenger_proto::chat::{Message, MessageId};
+use messenger_proto::codec::{self, CodecError};
+use messenger_proto::name::ScreenName;
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+pub use handle::{StoreHandle, StoreThread};
+
+const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
+const BLOCKED: TableDefinition<&str, u64> = TableDefinition::new("blocked");
+/// (peer name, sequence) → message: one conversation is one key range.
+const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
+/// message id → (peer name, sequence): finds a message, and drops repeats.
+const BY_ID: TableDefinition<&[u8], (&str, u64)> = TableDefinition::new("by_id");
+/// (recipient, sequence) → (): what is still to be delivered, in order.
+const OUTBOX: TableDefinition<(&str, u64), ()> = TableDefinition::new("outbox");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_SEQ: &str = "next_seq";
+
+/// Why the store failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process has the home's store open.
+    #[error(
+        "the store {} is in use by another messenger process (is `messenger online` running on this home?)",
+        .0.display()
+    )]
+    InUse(PathBuf),
+    /// The file cannot be read as a store. Nothing was changed.
+    #[error(
+        "the store {} is damaged ({detail}); nothing in it was changed. Move it aside \
+         (e.g. `mv {} {}.damaged`) to start again with an empty history, or put back a backup",
+        .path.display(), .path.display(), .path.display()
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The disk holding the store is full. What was stored before is kept.
+    #[error(
+        "no space left on the device holding {}: nothing new could be stored \
+         (what was stored before is kept); free some space and try again",
+        .dir.display()
+    )]
+    DiskFull {
+        /// The directory of the store (the home).
+        dir: PathBuf,
+    },
+    /// Another failure of the disk or the file.
+    #[error("the store {} cannot be used: {detail}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// The store's thread has stopped (the client is shutting down).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether the database must be reopened before it is used again:
+    /// redb refuses everything after a failed write.
+    pub fn poisons(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. } | StoreError::Io { .. })
+    }
+}
+
+/// A failure inside the store, before it is told where (the path).
+#[derive(Debug)]
+enum Raw {
+    Db(redb::Error),
+    Decode(String),
+}
+
+macro_rules! raw_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Raw {
+            fn from(e: $t) -> Self {
+                Raw::Db(e.into())
+            }
+        }
+    )*};
+}
+raw_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<CodecError> for Raw {
+    fn from(e: CodecError) -> Self {
+        Raw::Decode(e.to_string())
+    }
+}
+
+/// An I/O error on the store's file: a full disk says so.
+fn io_error(path: &Path, e: &io::Error) -> StoreError {
+    if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+        return StoreError::DiskFull {
+            dir: path.parent().unwrap_or(path).to_owned(),
+        };
+    }
+    StoreError::Io {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+impl Raw {
+    fn at(self, path: &Path) -> StoreError {
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.to_owned(),
+            detail,
+        };
+        match self {
+            Raw::Decode(detail) => damaged(format!("a stored record is unreadable: {detail}")),
+            Raw::Db(redb::Error::Io(io)) => io_error(path, &io),
+            Raw::Db(redb::Error::DatabaseAlreadyOpen) => StoreError::InUse(path.to_owned()),
+            Raw::Db(redb::Error::Corrupted(detail)) => damaged(detail),
+            Raw::Db(redb::Error::UpgradeRequired(v)) => {
+                damaged(format!("written in another redb file format ({v})"))
+            }
+            Raw::Db(other) => StoreError::Io {
+                path: path.to_owned(),
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Raw> {
+    Ok(codec::from_cbor(bytes)?)
+}
+
+/// Decodes a stored record (for the fuzz targets: every decoder of disk
+/// input is fuzzed).
+pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    codec::from_cbor(bytes)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into());
+    format!("the database library failed reading it: {what}")
+}
+
+/// A contact: a name whose key we pinned when we added it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The contact's name.
+    pub name: ScreenName,
+    /// The key the name had when added (or last trusted).
+    pub pinned: PeerId,
+    /// When added (ms since epoch).
+    pub added_at: u64,
+    /// Another key the node reported for the name, until the user trusts it.
+    pub key_changed_to: Option<PeerId>,
+}
+
+/// Where a stored message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// I sent it.
+    Out,
+    /// I received it.
+    In,
+}
+
+/// The state of a message in history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageState {
+    /// Stored, waiting for the recipient to be reachable.
+    Queued,
+    /// Written to the recipient, not acknowledged yet.
+    Sent,
+    /// Acknowledged by the recipient.
+    Delivered,
+    /// Refused by the recipient; will not be retried.
+    Failed,
+    /// Received from the sender (and acknowledged).
+    Received,
+}
+
+impl std::fmt::Display for MessageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MessageState::Queued => "queued",
+            MessageState::Sent => "sent",
+            MessageState::Delivered => "delivered",
+            MessageState::Failed => "failed",
+            MessageState::Received => "received",
+        })
+    }
+}
+
+/// A message in history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Position in this home's history (grows in the order written/received).
+    pub seq: u64,
+    /// The message itself, as signed by its sender.
+    pub message: Message,
+    /// Mine or theirs.
+    pub direction: Direction,
+    /// Its state.
+    pub state: MessageState,
+    /// When the state last changed (ms since epoch).
+    pub updated_at: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// The key at the other end: the verified sender of a received
+    /// message, the recipient that acknowledged a delivered one.
+    #[serde(default)]
+    pub peer_id: Option<PeerId>,
+}
+
+impl StoredMessage {
+    /// The other party of the conversation.
+    pub fn peer(&self) -> &ScreenName {
+        match self.direction {
+            Direction::Out => &self.message.to,
+            Direction::In => &self.message.from,
+        }
+    }
+}
+
+/// The home's store.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+/// Whether a store file may be created anew at `path`: when it does not
+/// exist, or is empty in a home that has never been used (`in_use` false).
+/// An empty file in a home in use is a truncated store: damage.
+fn may_create(path: &Path, in_use: bool) -> Result<bool, StoreError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == 0 && in_use => Err(StoreError::Damaged {
+            path: path.to_owned(),
+            detail: "the file is empty".into(),
+        }),
+        Ok(meta) => Ok(meta.len() == 0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(io_error(path, &e)),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store file. Fails with [`StoreError::InUse`]
+    /// if another process has it open, and [`StoreError::Damaged`] if it
+    /// cannot be read; it never replaces an existing file. `in_use` says
+    /// whether the home has been used before (it has a config), in which
+    /// case an empty store file is damage rather than a new store.
+    pub fn open(path: &Path, in_use: bool) -> Result<Self, StoreError> {
+        let create = may_create(path, in_use)?;
+        // redb may panic on some damage rather than return an error.
+        let opened = std::panic::catch_unwind(|| {
+            let db = if create {
+                Database::create(path)
+            } else {
+                Database::open(path)
+            }
+            .map_err(|e| Raw::from(e).at(path))?;
+            let store = Self {
+                db,
+                path: path.to_owned(),
+            };
+            store.create_tables().map_err(|e| e.at(path))?;
+            store.check_readable().map_err(|e| e.at(path))?;
+            Ok(store)
+        });
+        match opened {
+            Ok(result) => result,
+            Err(panic) => Err(StoreError::Damaged {
+                path: path.to_owned(),
+                detail: panic_message(&*panic),
+            }),
+        }
+    }
+
+    /// An empty store in memory, kept nowhere: for benchmarks and tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let path = PathBuf::from("(in memory)");
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| Raw::from(e).at(&path))?;
+        let store = Self { db, path };
+        store.create_tables().map_err(|e| e.at(&store.path))?;
+        Ok(store)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn create_tables(&self) -> Result<(), Raw> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(CONTACTS)?;
+        txn.open_table(BLOCKED)?;
+        txn.open_table(HISTORY)?;
+        txn.open_table(BY_ID)?;
+        txn.open_table(OUTBOX)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Reads every table through once, so that damage inside shows now, as
+    /// an error, rather than later in the middle of something.
+    fn check_readable(&self) -> Result<(), Raw> {
+        let txn = self.db.begin_read()?;
+        for entry in txn.open_table(CONTACTS)?.iter()? {
+            decode::<Contact>(entry?.1.value())?;
+        }
+        for entry in txn.open_table(HISTORY)?.iter()? {
+            decode::<StoredMessage>(entry?.1.value())?;
+        }
+        for entry in txn.open_table(BY_ID)?.iter()? {
+            entry?;
+        }
+        for entry in txn.open_table(OUTBOX)?.iter()? {
+            entry?;
+        }
+        for entry in txn.open_table(BLOCKED)?.iter()? {
+            entry?;
+        }
+        Ok(())
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, Raw>) -> Result<T, StoreError> {
+        let run = || -> Result<T, Raw> { f(&self.db.begin_read()?) };
+        run().map_err(|e| e.at(&self.path))
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, Raw>,
+    ) -> Result<T, StoreError> {
+        let run = || -> Result<T, Raw> {
+            let txn = self.db.begin_write()?;
+            let out = f(&txn)?;
+            txn.commit()?;
+            Ok(out)
+        };
+        run().map_err(|e| e.at(&self.path))
+    }
+
+    // ---- contacts and blocks ----
+
+    /// Adds or replaces a contact.
+    pub fn put_contact(&self, contact: &Contact) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(CONTACTS)?;
+            t.insert(contact.name.as_str(), codec::to_cbor(contact).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// A contact by name.
+    pub fn contact(&self, name: &ScreenName) -> Result<Option<Contact>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(CONTACTS)?;
+            let v = t.get(name.as_str())?;
+            v.map(|v| decode(v.value())).transpose()
+        })
+    }
+
+    /// Removes a contact; false if it was not one.
+    pub fn remove_contact(&self, name: &ScreenName) -> Result<bool, StoreError> {
+        self.write(|txn| Ok(txn.open_table(CONTACTS)?.remove(name.as_str())?.is_some()))
+    }
+
+    /// Every contact, by name.
+    pub fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for entry in txn.open_table(CONTACTS)?.iter()? {
+                out.push(decode(entry?.1.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Blocks or unblocks a name; returns whether anything changed.
+    pub fn set_blocked(
+        &self,
+        name: &ScreenName,
+        blocked: bool,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(BLOCKED)?;
+            Ok(if blocked {
+                t.insert(name.as_str(), now)?.is_none()
+            } else {
+                t.remove(name.as_str())?.is_some()
+            })
+        })
+    }
+
+    /// Every blocked name.
+    pub fn blocked(&self) -> Result<Vec<ScreenName>, StoreError> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            for entry in txn.open_table(BLOCKED)?.iter()? {
+                let (k, _) = entry?;
+                out.push(
+                    ScreenName::parse_normal(k.value()).map_err(|e| Raw::Decode(e.to_string()))?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    // ---- messages ----
+
+    fn next_seq(txn: &WriteTransaction) -> Result<u64, Raw> {
+        let mut meta = txn.open_table(META)?;
+        let seq = meta.get(NEXT_SEQ)?.map(|v| v.value()).unwrap_or(1);
+        meta.insert(NEXT_SEQ, seq + 1)?;
+        Ok(seq)
+    }
+
+    fn put(txn: &WriteTransaction, stored: &StoredMessage) -> Result<(), Raw> {
+        txn.open_table(HISTORY)?.insert(
+            (stored.peer().as_str(), stored.seq),
+            codec::to_cbor(stored).as_slice(),
+        )?;
+        Ok(())
+    }
+
+    fn by_id(txn: &WriteTransaction, id: &MessageId) -> Result<Option<StoredMessage>, Raw> {
+        let by_id = txn.open_table(BY_ID)?;
+        let Some(key) = by_id.get(id.0.as_slice())? else {
+            return Ok(None);
+        };
+        let (name, seq) = key.value();
+        let history = txn.open_table(HISTORY)?;
+        let v = history.get((name, seq))?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Stores a message I am sending, queued for delivery. The id decides:
+    /// a message whose id is stored already is not stored again, and the
+    /// stored one is returned with `false` (a command retried after its
+    /// client died stores its message once).
+    pub fn add_outgoing(
+        &self,
+        message: Message,
+        now: u64,
+    ) -> Result<(StoredMessage, bool), StoreError> {
+        self.write(|txn| {
+            if let Some(existing) = Self::by_id(txn, &message.id)? {
+                return Ok((existing, false));
+            }
+            let seq = Self::next_seq(txn)?;
+            let stored = StoredMessage {
+                seq,
+                message,
+                direction: Direction::Out,
+                state: MessageState::Queued,
+                updated_at: now,
+                error: None,
+                peer_id: None,
+            };
+            Self::put(txn, &stored)?;
+            let to = stored.message.to.as_str();
+            txn.open_table(BY_ID)?
+                .insert(stored.message.id.0.as_slice(), (to, seq))?;
+            txn.open_table(OUTBOX)?.insert((to, seq), ())?;
+            Ok((stored, true))
+        })
+    }
+
+    /// Stores a received message unless its id was seen before. Returns
+    /// the stored message if it is new.
+    pub fn add_incoming(
+        &self,
+        message: &Message,
+        sender: PeerId,
+        now: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        self.write(|txn| {
+            let mut by_id = txn.open_table(BY_ID)?;
+            if by_id.get(message.id.0.as_slice())?.is_some() {
+                return Ok(None);
+            }
+            let seq = Self::next_seq(txn)?;
+            by_id.insert(message.id.0.as_slice(), (message.from.as_str(), seq))?;
+            let stored = StoredMessage {
+                seq,
+                message: message.clone(),
+                direction: Direction::In,
+                state: MessageState::Received,
+                updated_at: now,
+                error: None,
+                peer_id: Some(sender),
+            };
+            Self::put(txn, &stored)?;
+            Ok(Some(stored))
+        })
+    }
+
+    /// A message by id.
+    pub fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>, StoreError> {
+        self.read(|txn| {
+            let by_id = txn.open_table(BY_ID)?;
+            let Some(key) = by_id.get(id.0.as_slice())? else {
+                return Ok(None);
+            };
+            let (name, seq) = key.value();
+            let history = txn.open_table(HISTORY)?;
+            let v = history.get((name, seq))?;
+            v.map(|v| decode(v.value())).transpose()
+        })
+    }
+
+    /// Changes the state of my messages; delivered and failed ones leave
+    /// the outbox. `peer` records the key that acknowledged. Returns the
+    /// messages whose state changed.
+    pub fn set_state(
+        &self,
+        ids: &[MessageId],
+        state: MessageState,
+        error: Option<&str>,
+        peer: Option<PeerId>,
+        now: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.write(|txn| {
+            let by_id = txn.open_table(BY_ID)?;
+            let mut history = txn.open_table(HISTORY)?;
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut changed = Vec::new();
+            for id in ids {
+                let Some(key) = by_id.get(id.0.as_slice())? else {
+                    continue;
+                };
+                let (name, seq) = key.value();
+                let Some(bytes) = history.get((name, seq))?.map(|v| v.value().to_vec()) else {
+                    continue;
+                };
+                let mut stored: StoredMessage = decode(&bytes)?;
+                if stored.direction != Direction::Out || stored.state == state {
+                    continue;
+                }
+                // Delivered is final: a late failure report does not undo it.
+                if stored.state == MessageState::Delivered {
+                    continue;
+                }
+                stored.state = state;
+                stored.updated_at = now;
+                stored.error = error.map(str::to_owned);
+                if peer.is_some() {
+                    stored.peer_id = peer;
+                }
+                history.insert((name, seq), codec::to_cbor(&stored).as_slice())?;
+                if matches!(state, MessageState::Delivered | MessageState::Failed) {
+                    outbox.remove((name, seq))?;
+                }
+                changed.push(stored);
+            }
+            Ok(changed)
+        })
+    }
+
+    /// What is still to be delivered, in the order it was written; for
+    /// one recipient or everyone.
+    pub fn outbox(&self, to: Option<&ScreenName>) -> Result<Vec<StoredMessage>, StoreError> {
+        self.read(|txn| {
+            let outbox = txn.open_table(OUTBOX)?;
+            let history = txn.open_table(HISTORY)?;
+            let mut keys: Vec<(String, u64)> = Vec::new();
+            let range = match to {
+                Some(name) => outbox.range((name.as_str(), 0)..=(name.as_str(), u64::MAX))?,
+                None => outbox.iter()?,
+            };
+            for entry in range {
+                let (k, _) = entry?;
+                let (name, seq) = k.value();
+                keys.push((name.to_owned(), seq));
+            }
+            let mut out = Vec::with_capacity(keys.len());
+            for (name, seq) in keys {
+                if let Some(v) = history.get((name.as_str(), seq))? {
+                    out.push(decode(v.value())?);
+                }
+            }
+            out.sort_by_key(|m: &StoredMessage| m.seq);
+            Ok(out)
+        })
+    }
+
+    /// The last `limit` messages of the conversation with `peer`, oldest first.
+    pub fn history(
+        &self,
+        peer: &ScreenName,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.read(|txn| {
+            let history = txn.open_table(HISTORY)?;
+            let mut out = Vec::new();
+            for entry in history
+                .range((peer.as_str(), 0)..=(peer.as_str(), u64::MAX))?
+                .rev()
+                .take(limit)
+            {
+                out.push(decode(entry?.1.value())?);
+            }
+            out.reverse();
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> ScreenName {
+        ScreenName::parse(s).unwrap()
+    }
+
+    fn msg(from: &str, to: &str, text: &str) -> Message {
+        Message {
+            id: MessageId::random(),
+            from: name(from),
+            to: name(to),
+            sent_at: 1,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn outbox_keeps_order_and_delivered_messages_leave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), false).unwrap();
+        let (a, _) = store.add_outgoing(msg("mine", "bob", "1"), 1).unwrap();
+        let (b, _) = store.add_outgoing(msg("mine", "carol", "x"), 1).unwrap();
+        let (c, _) = store.add_outgoing(msg("mine", "bob", "2"), 1).unwrap();
+        let bob: Vec<_> = store
+            .outbox(Some(&name("bob")))
+            .unwrap()
+            .iter()
+            .map(|m| m.message.text.clone())
+            .collect();
+        assert_eq!(bob, ["1", "2"]);
+        assert_eq!(store.outbox(None).unwrap().len(), 3);
+
+        store
+            .set_state(&[a.message.id], MessageState::Sent, None, None, 2)
+            .unwrap();
+        store
+            .set_state(&[a.message.id], MessageState::Delivered, None, None, 3)
+            .unwrap();
+        store
+            .set_state(
+                &[b.message.id],
+                MessageState::Failed,
+                Some("not delivered"),
+                None,
+                3,
+            )
+            .unwrap();
+        // A late failure does not undo a delivery.
+        assert!(
+            store
+                .set_state(&[a.message.id], MessageState::Failed, None, None, 4)
+                .unwrap()
+                .is_empty()
+        );
+        let left: Vec<_> = store
+            .outbox(None)
+            .unwrap()
+            .iter()
+            .map(|m| m.message.id)
+            .collect();
+        assert_eq!(left, [c.message.id]);
+        let h = store.history(&name("bob"), 10).unwrap();
+        assert_eq!(
+            h.iter().map(|m| m.state).collect::<Vec<_>>(),
+            [MessageState::Delivered, MessageState::Queued]
+        );
+        assert_eq!(
+            store
+                .message(&b.message.id)
+                .unwrap()
+                .unwrap()
+                .error
+                .as_deref(),
+            Some("not delivered")
+        );
+    }
+
+    #[test]
+    fn incoming_duplicates_are_dropped_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let m = msg("alice", "mine", "hi");
+        {
+            let store = Store::open(&path, false).unwrap();
+            assert!(
+                store
+                    .add_incoming(&m, PeerId::random(), 1)
+                    .unwrap()
+                    .is_some()
+            );
+            assert!(
+                store
+                    .add_incoming(&m, PeerId::random(), 2)
+                    .unwrap()
+                    .is_none()
+            );
+            // Only one process may hold the store.
+            assert!(matches!(
+                Store::open(&path, true),
+                Err(StoreError::InUse(_))
+            ));
+        }
+        let store = Store::open(&path, false).unwrap();
+        assert!(
+            store
+                .add_incoming(&m, PeerId::random(), 3)
+                .unwrap()
+                .is_none()
+        );
+        let h = store.history(&name("alice"), 10).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].direction, Direction::In);
+    }
+
+    #[test]
+    fn history_limit_takes_the_latest_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), false).unwrap();
+        for i in 0..5 {
+            store
+                .add_outgoing(msg("mine", "bob", &format!("out{i}")), 1)
+                .unwrap();
+            store
+                .add_incoming(&msg("bob", "mine", &format!("in{i}")), PeerId::random(), 1)
+                .unwrap();
+        }
+        let h = store.history(&name("bob"), 3).unwrap();
+        let texts: Vec<_> = h.iter().map(|m| m.message.text.as_str()).collect();
+        assert_eq!(texts, ["in3", "out4", "in4"]);
+    }
+
+    #[test]
+    fn contacts_and_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), false).unwrap();
+        let c = Contact {
+            name: name("bob"),
+            pinned: PeerId::random(),
+            added_at: 1,
+            key_changed_to: None,
+        };
+        store.put_contact(&c).unwrap();
+        assert_eq!(store.contact(&name("bob")).unwrap(), Some(c));
+        assert!(store.remove_contact(&name("bob")).unwrap());
+        assert!(store.contacts().unwrap().is_empty());
+        assert!(store.set_blocked(&name("eve"), true, 1).unwrap());
+        assert!(store.blocked().unwrap().contains(&name("eve")));
+        assert_eq!(store.blocked().unwrap(), vec![name("eve")]);
+        assert!(store.set_blocked(&name("eve"), false, 1).unwrap());
+        assert!(store.blocked().unwrap().is_empty());
+    }
+}
