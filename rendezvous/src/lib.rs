@@ -7,6 +7,7 @@
 //!
 //! - [`store`]: durable claims (name → owner key) in redb.
 //! - [`certify`]: the name certificates handed out with registrations.
+//! - [`counters`]: what the node has served, counted.
 //! - [`limits`]: what one peer, one address and everyone may use.
 //! - [`gate`]: what connections cost before they are authenticated.
 //! - [`registry`]: the rules and live presence, plain synchronous state.
@@ -14,6 +15,7 @@
 //!   task per directory session.
 
 pub mod certify;
+pub mod counters;
 pub mod gate;
 pub mod limits;
 pub mod quic;

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, instrument, warn};
 
 use crate::certify::Certifier;
+use crate::counters::{CounterSnapshot, Counters};
 use crate::gate::{GateLimits, Gated, HandshakeGate};
 use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
 use crate::quic::{QuicConfig, QuicTransport};
@@ -215,6 +216,7 @@ struct Behaviour {
 pub struct Server {
     peer_id: PeerId,
     registry: Arc<Registry<RedbStore>>,
+    counters: Arc<Counters>,
     listen_addrs: Vec<Multiaddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -256,11 +258,13 @@ impl Server {
             .collect();
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let counters = Arc::new(Counters::default());
         let sessions = Arc::new(SessionEnv {
             registry: registry.clone(),
             requests: RequestLimiter::new(config.limits.requests),
             max_frame: config.limits.max_frame,
             certifier: Certifier::new(identity.clone(), config.certificate_validity),
+            counters: counters.clone(),
         });
         let event_loop = EventLoop {
             swarm,
@@ -276,6 +280,7 @@ impl Server {
         Ok(Self {
             peer_id,
             registry,
+            counters,
             listen_addrs,
             shutdown: Some(shutdown_tx),
             task,
@@ -290,6 +295,11 @@ impl Server {
     /// The directory itself, for in-process tools (benchmarks preload it).
     pub fn registry(&self) -> &Arc<Registry<RedbStore>> {
         &self.registry
+    }
+
+    /// What the node has served so far.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.counters.snapshot()
     }
 
     /// The addresses the node listens on, each ending in `/p2p/<peer id>`.
@@ -518,6 +528,7 @@ struct SessionEnv {
     requests: Arc<RequestLimiter>,
     max_frame: usize,
     certifier: Certifier,
+    counters: Arc<Counters>,
 }
 
 /// How often names past their lease are looked for.
@@ -768,8 +779,14 @@ async fn serve_session(
             }
         };
         let reply = match budget.spend() {
-            Ok(()) => handle(peer, session, request.op, &env).await,
-            Err(wait) => rate_limited(&budget, wait),
+            Ok(()) => {
+                env.counters.handled(&request.op);
+                handle(peer, session, request.op, &env).await
+            }
+            Err(wait) => {
+                env.counters.rate_limited();
+                rate_limited(&budget, wait)
+            }
         };
         if answers
             .send(Box::new(Response {

@@ -15,6 +15,9 @@ mod outbox;
 mod sink;
 mod trust;
 
+#[cfg(test)]
+mod tests;
+
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};

@@ -188,6 +188,9 @@ struct StreamState {
     writer: futures::io::WriteHalf<Stream>,
     /// The sender's name, as its certificate on this stream vouches.
     certified: Option<NameCertificate>,
+    /// Dropped to end the stream's reading half too (then both halves
+    /// are gone and the stream is reset).
+    _reading: futures::channel::oneshot::Sender<()>,
     _slot: Slot,
 }
 
@@ -255,13 +258,15 @@ impl<S: MessageSink> PeerTask<S> {
                     let index = next_index;
                     next_index += 1;
                     let (reader, writer) = stream.split();
+                    let (reading, stop) = futures::channel::oneshot::channel::<()>();
                     // A stream on a connection closed locally is never woken
-                    // again: its connection's end ends it.
+                    // again: its connection's end ends it, as does our
+                    // giving it up.
                     let stream_frames = codec::frames::<_, ChatFrame>(reader, chat::MAX_FRAME)
-                        .take_until(gone)
+                        .take_until(futures::future::select(gone, stop))
                         .map(move |frame| (index, frame));
                     frames.push(stream_frames.boxed());
-                    self.streams.insert(index, StreamState { writer, certified: None, _slot: slot });
+                    self.streams.insert(index, StreamState { writer, certified: None, _reading: reading, _slot: slot });
                 }
                 () = pacing => wait_until = self.reserve_token(),
                 next = frames.next(), if wait_until.is_none() && !frames.is_empty() => {

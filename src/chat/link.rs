@@ -147,6 +147,9 @@ impl LinkTask {
         let (reader, mut writer) = stream.split();
         let answers = codec::frames::<_, ChatFrame>(reader, chat::MAX_FRAME);
         tokio::pin!(answers, gone);
+        // Only a link given up cleanly closes its side: after a failed read
+        // the stream must not be written to (or flushed) again.
+        let mut clean = false;
         loop {
             tokio::select! {
                 frame = answers.next() => match frame {
@@ -162,7 +165,10 @@ impl LinkTask {
                     None => break,
                 },
                 first = submitted.recv() => {
-                    let Some(first) = first else { break };
+                    let Some(first) = first else {
+                        clean = true;
+                        break;
+                    };
                     if let Err(e) = self.write_batch(&mut writer, first, &mut submitted).await {
                         debug!("chat stream write failed: {e}");
                         break;
@@ -172,12 +178,15 @@ impl LinkTask {
                 () = &mut gone => break,
             }
         }
-        // Nothing written can be acknowledged now: fail it at once.
+        // Closed first, so that whoever learns of a failure below finds
+        // the link closed; nothing written can be acknowledged now.
+        let _ = closed.send(true);
         for (_, waiter) in self.waiting.drain() {
             let _ = waiter.send(Err(DeliveryError::ConnectionLost));
         }
-        let _ = closed.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer.close()).await;
+        if clean {
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer.close()).await;
+        }
     }
 
     /// Handles a frame from the recipient; false if the stream must end.

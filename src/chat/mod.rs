@@ -19,6 +19,9 @@ use messenger_proto::rate::Rate;
 pub use inbox::{Inbox, MessageSink};
 pub use link::{CertificateWatch, ChatLink};
 
+#[cfg(test)]
+mod tests;
+
 /// How long a sender waits for an acknowledgement.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -1,0 +1,225 @@
+//! Links and the inbox over libp2p's in-memory transport: no sockets, no
+//! node (names are vouched for by certificates of a test node's key).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use messenger_proto::Identity;
+use messenger_proto::certificate::{NameCertificate, SignedCertificate};
+use messenger_proto::chat::{Message, MessageId, RejectCode};
+use messenger_proto::name::ScreenName;
+use messenger_proto::rate::Rate;
+use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
+use messenger_proto::time::now_ms;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{ChatLink, DeliveryError, Inbox, MessageSink};
+use crate::network::{Network, NetworkConfig, NetworkTask};
+
+/// Keeps messages in memory, refusing the names in `refused`.
+#[derive(Default, Clone)]
+struct TestSink {
+    kept: Arc<Mutex<Vec<Message>>>,
+    refused: Vec<ScreenName>,
+}
+
+impl MessageSink for TestSink {
+    fn refuse(&self, from: &ScreenName, _: &PeerId) -> Option<RejectCode> {
+        self.refused
+            .contains(from)
+            .then_some(RejectCode::NotDelivered)
+    }
+
+    async fn seen(&self, id: MessageId, _: PeerId) -> bool {
+        self.kept.lock().unwrap().iter().any(|m| m.id == id)
+    }
+
+    async fn keep(&self, message: Message, _: PeerId) -> Result<bool, String> {
+        let mut kept = self.kept.lock().unwrap();
+        if kept.iter().any(|m| m.id == message.id) {
+            return Ok(false);
+        }
+        kept.push(message);
+        Ok(true)
+    }
+}
+
+fn name(s: &str) -> ScreenName {
+    ScreenName::parse(s).unwrap()
+}
+
+fn memory() -> NetworkConfig {
+    NetworkConfig {
+        memory_only: true,
+        ..NetworkConfig::default()
+    }
+}
+
+struct Pair {
+    alice: Identity,
+    alice_net: Network,
+    _bob_net: Network,
+    link: ChatLink,
+    sink: TestSink,
+    stop: CancellationToken,
+    _tasks: (NetworkTask, NetworkTask),
+    _cert: watch::Sender<Option<SignedCertificate>>,
+    _inbox: tokio::task::JoinHandle<()>,
+}
+
+/// Bob's inbox with `sink` and `rate`, and a link from alice carrying a
+/// certificate for `certified` (none: no certificate).
+async fn pair(sink: TestSink, rate: Rate, certified: Option<&str>) -> Pair {
+    let node = Identity::from_seed([9; 32]);
+    let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (bob_net, bob_task, streams) = Network::start(&bob, memory()).unwrap();
+    let port = rand_port();
+    let addr: Multiaddr = format!("/memory/{port}").parse().unwrap();
+    bob_net.listen(addr.clone()).await.unwrap();
+    let stop = CancellationToken::new();
+    // No directory session: a sender without a valid certificate cannot be
+    // checked, and its stream is reset.
+    let inbox = Inbox::new(
+        name("bob"),
+        node.peer_id(),
+        watch::channel(None).1,
+        sink.clone(),
+        rate,
+    );
+    let inbox = tokio::spawn(inbox.serve(streams, stop.clone()));
+    let (alice_net, alice_task, _) = Network::start(&alice, memory()).unwrap();
+    alice_net.dial(bob.peer_id(), vec![addr]).await.unwrap();
+    let cert = certified.map(|n| {
+        NameCertificate {
+            name: name(n),
+            owner: alice.peer_id(),
+            node: node.peer_id(),
+            issued_at: now_ms(),
+            expires_at: now_ms() + 60_000,
+        }
+        .sign(&node)
+    });
+    let (cert_tx, cert_rx) = watch::channel(cert);
+    let link = ChatLink::open(&alice_net, bob.peer_id(), cert_rx)
+        .await
+        .unwrap();
+    Pair {
+        alice,
+        alice_net,
+        _bob_net: bob_net,
+        link,
+        sink,
+        stop,
+        _tasks: (bob_task, alice_task),
+        _cert: cert_tx,
+        _inbox: inbox,
+    }
+}
+
+fn rand_port() -> u64 {
+    u64::from_le_bytes(MessageId::random().0[..8].try_into().unwrap()) | 1
+}
+
+fn message(from: &str, to: &str, text: &str) -> Message {
+    Message {
+        id: MessageId::random(),
+        from: name(from),
+        to: name(to),
+        sent_at: now_ms(),
+        text: text.into(),
+    }
+}
+
+impl Pair {
+    async fn deliver(&self, m: &Message) -> Result<(), DeliveryError> {
+        let signed = Signed::sign(&self.alice, MESSAGE_CONTEXT, m);
+        self.link.deliver(m.id, signed).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certified_sender_is_acknowledged_once_per_message_and_repeats_are_acked_again() {
+    let p = pair(
+        TestSink::default(),
+        super::DEFAULT_MESSAGE_RATE,
+        Some("alice"),
+    )
+    .await;
+    let m = message("alice", "bob", "hello");
+    p.deliver(&m).await.unwrap();
+    p.deliver(&m).await.unwrap();
+    assert_eq!(p.sink.kept.lock().unwrap().len(), 1, "kept once");
+    assert_eq!(
+        p.alice_net.path(p.link.peer()).await,
+        Some(crate::network::Path::Direct)
+    );
+    p.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_their_code_and_the_link_goes_on() {
+    let sink = TestSink {
+        refused: vec![name("alice")],
+        ..TestSink::default()
+    };
+    let p = pair(sink, super::DEFAULT_MESSAGE_RATE, Some("alice")).await;
+    let blocked = message("alice", "bob", "let me in");
+    assert_eq!(
+        p.deliver(&blocked).await,
+        Err(DeliveryError::Rejected(RejectCode::NotDelivered))
+    );
+    let elsewhere = message("alice", "carol", "not for bob");
+    assert_eq!(
+        p.deliver(&elsewhere).await,
+        Err(DeliveryError::Rejected(RejectCode::WrongRecipient))
+    );
+    let empty = Message {
+        text: String::new(),
+        ..message("alice", "bob", "")
+    };
+    assert_eq!(
+        p.deliver(&empty).await,
+        Err(DeliveryError::Rejected(RejectCode::BadText))
+    );
+    assert!(!p.link.is_closed(), "refusals do not end the stream");
+    assert!(p.sink.kept.lock().unwrap().is_empty());
+    p.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_nobody_vouches_for_gets_its_stream_reset_not_an_answer() {
+    // The certificate is for another name than the messages say.
+    let p = pair(
+        TestSink::default(),
+        super::DEFAULT_MESSAGE_RATE,
+        Some("carol"),
+    )
+    .await;
+    let m = message("alice", "bob", "who am I?");
+    assert_eq!(p.deliver(&m).await, Err(DeliveryError::ConnectionLost));
+    assert!(p.link.is_closed());
+    assert!(p.sink.kept.lock().unwrap().is_empty());
+    p.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_rate_is_slowed_down_and_loses_nothing() {
+    // 10 per second after a burst of 2: 12 messages need about a second.
+    let p = pair(TestSink::default(), Rate::new(10.0, 2), Some("alice")).await;
+    let started = Instant::now();
+    let mut acks = Vec::new();
+    for i in 0..12 {
+        let m = message("alice", "bob", &format!("m{i}"));
+        let signed = Signed::sign(&p.alice, MESSAGE_CONTEXT, &m);
+        acks.push(p.link.submit(m.id, signed).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap().unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "paced: {took:?}");
+    assert_eq!(p.sink.kept.lock().unwrap().len(), 12, "nothing lost");
+    p.stop.cancel();
+}
