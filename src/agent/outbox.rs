@@ -273,6 +273,7 @@ impl Worker {
             .call(move |s| s.outbox(Some(&to)))
             .await
             .map_err(|e| Pause::Retry(e.to_string()))?;
+        self.answer_settled(&pending).await;
         if pending.is_empty() {
             return Ok(());
         }
@@ -505,20 +506,79 @@ impl Worker {
             }
         };
         if let Some(waiter) = self.waiters.remove(&id) {
-            let path = self.env.network.path(peer).await;
-            answer(
-                waiter.reply,
-                Ok(SendOutcome::Delivered {
-                    message: stored.clone(),
-                    peer_id: peer,
-                    path,
-                    resolve_ms: ms(timing.resolve + waiter.resolved),
-                    dial_ms: ms(timing.dial),
-                    deliver_ms: ms(deliver),
-                }),
-            );
+            self.answer_delivered(waiter, stored.clone(), peer, timing, deliver)
+                .await;
         }
         let _ = self.env.events.send(Event::Delivered(stored)).await;
+    }
+
+    async fn answer_delivered(
+        &self,
+        waiter: Waiter,
+        stored: StoredMessage,
+        peer: libp2p::PeerId,
+        timing: Timing,
+        deliver: Duration,
+    ) {
+        let path = self.env.network.path(peer).await;
+        answer(
+            waiter.reply,
+            Ok(SendOutcome::Delivered {
+                message: stored,
+                peer_id: peer,
+                path,
+                resolve_ms: ms(timing.resolve + waiter.resolved),
+                dial_ms: ms(timing.dial),
+                deliver_ms: ms(deliver),
+            }),
+        );
+    }
+
+    /// Answers the senders whose message is no longer in the outbox: an
+    /// earlier round read the outbox after the message was stored but
+    /// before its sender's `Deliver` came, and settled it then. What the
+    /// store says is their answer.
+    async fn answer_settled(&mut self, pending: &[StoredMessage]) {
+        let settled: Vec<MessageId> = self
+            .waiters
+            .keys()
+            .filter(|id| !pending.iter().any(|m| m.message.id == **id))
+            .copied()
+            .collect();
+        for id in settled {
+            let stored = match self.env.store.call(move |s| s.message(&id)).await {
+                Ok(Some(stored)) => stored,
+                // Not stored at all, or unreadable: the deadline answers.
+                _ => continue,
+            };
+            match (stored.state, stored.peer_id) {
+                (MessageState::Delivered, Some(peer)) => {
+                    if let Some(waiter) = self.waiters.remove(&id) {
+                        self.answer_delivered(
+                            waiter,
+                            stored,
+                            peer,
+                            Timing::default(),
+                            Duration::ZERO,
+                        )
+                        .await;
+                    }
+                }
+                (MessageState::Failed, _) => {
+                    if let Some(waiter) = self.waiters.remove(&id) {
+                        let reason = stored.error.as_deref().unwrap_or("not delivered");
+                        answer(
+                            waiter.reply,
+                            Err(SendError::NotDelivered(format!(
+                                "{reason} to {}",
+                                stored.message.to
+                            ))),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     async fn failed(&mut self, ids: &[MessageId], reason: &str) {

@@ -89,6 +89,45 @@ async fn a_thousand_sends_to_a_contact_resolve_it_once_and_are_never_rate_limite
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_to_one_recipient_each_learn_they_were_delivered() {
+    let (node, _dir) = node().await;
+    let (bob, bob_events) = online(&node, "bob").await;
+    let bob_messages = drain(bob_events);
+    let (alice, alice_events) = online(&node, "alice").await;
+    let alice_drain = drain(alice_events);
+    // Many senders at once: a delivery round that reads the outbox while
+    // another sender's message is stored but not yet handed over delivers
+    // that one too, and its sender must still hear so (not "queued" at
+    // the end of its wait).
+    let started = tokio::time::Instant::now();
+    let sends = (0..40).map(|i| {
+        let alice = alice.clone();
+        tokio::spawn(async move { alice.send("bob", &format!("at once {i}")).await })
+    });
+    for (i, send) in futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let outcome = send.unwrap().unwrap();
+        assert!(
+            matches!(outcome, SendOutcome::Delivered { .. }),
+            "send {i}: {outcome:?}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < super::outbox::SEND_WAIT,
+        "every answer came from its delivery, not from the end of a wait: {took:?}"
+    );
+    assert!(alice.shutdown().await.clean);
+    assert!(bob.shutdown().await.clean);
+    assert_eq!(bob_messages.await.unwrap(), 40);
+    alice_drain.await.unwrap();
+    node.shutdown().await;
+}
+
 #[test]
 fn shutting_down_an_online_client_ends_every_task_in_bounded_time() {
     // The node runs on a runtime of its own, so that what is counted on

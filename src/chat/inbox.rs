@@ -180,8 +180,9 @@ impl<S: MessageSink> Inbox<S> {
     }
 }
 
-/// One stream of a peer: its frames, tagged with the stream's index.
-type Frames = BoxStream<'static, (usize, Result<ChatFrame, CodecError>)>;
+/// One stream of a peer: its frames, tagged with the stream's index, and
+/// a last `None` when it ends (so that its state is dropped too).
+type Frames = BoxStream<'static, (usize, Option<Result<ChatFrame, CodecError>>)>;
 
 /// What a peer's task keeps about one of its streams.
 struct StreamState {
@@ -264,15 +265,21 @@ impl<S: MessageSink> PeerTask<S> {
                     // giving it up.
                     let stream_frames = codec::frames::<_, ChatFrame>(reader, chat::MAX_FRAME)
                         .take_until(futures::future::select(gone, stop))
-                        .map(move |frame| (index, frame));
+                        .map(move |frame| (index, Some(frame)))
+                        .chain(futures::stream::once(async move { (index, None) }));
                     frames.push(stream_frames.boxed());
                     self.streams.insert(index, StreamState { writer, certified: None, _reading: reading, _slot: slot });
                 }
                 () = pacing => wait_until = self.reserve_token(),
                 next = frames.next(), if wait_until.is_none() && !frames.is_empty() => {
                     let Some((index, frame)) = next else { continue };
-                    if !self.on_frame(index, frame).await {
-                        // Dropping its writer and reader resets the stream.
+                    let keep = match frame {
+                        Some(frame) => self.on_frame(index, frame).await,
+                        None => false,
+                    };
+                    if !keep {
+                        // Dropping its writer and reader resets the stream
+                        // (if it has not ended already).
                         self.streams.remove(&index);
                     }
                     wait_until = self.reserve_token();

@@ -16,14 +16,7 @@ use tracing::{info, warn};
 use super::{Store, StoreError};
 
 /// A job runs on the store, or learns why there is none to run on.
-type Job = Box<dyn FnOnce(Result<&Store, &StoreError>) -> Outcome + Send>;
-
-/// What a job tells the thread about the database after it ran.
-enum Outcome {
-    Fine,
-    /// The job hit an error after which the database must be reopened.
-    Poisoned,
-}
+type Job = Box<dyn FnOnce(Result<&Store, &StoreError>) + Send>;
 
 /// How the thread gets its database back.
 enum Source {
@@ -111,13 +104,7 @@ impl StoreHandle {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |store: Result<&Store, &StoreError>| {
-            let result = store.map_err(Clone::clone).and_then(f);
-            let outcome = match &result {
-                Err(e) if e.poisons() => Outcome::Poisoned,
-                _ => Outcome::Fine,
-            };
-            let _ = tx.send(result);
-            outcome
+            let _ = tx.send(store.map_err(Clone::clone).and_then(f));
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         match rx.await {
@@ -137,9 +124,9 @@ fn run(store: Store, source: Source, mut jobs: mpsc::Receiver<Job>) {
         if store.is_err() {
             store = reopen(&source);
         }
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(store.as_ref())));
-        if !matches!(outcome, Ok(Outcome::Fine)) && store.is_ok() {
+        let ran = super::catch_quietly(|| job(store.as_ref()));
+        let broken = ran.is_err() || store.as_ref().is_ok_and(Store::poisoned);
+        if broken && store.is_ok() {
             warn!("the store failed; it is reopened before its next use");
             // Dropped before reopening: the file lock goes with it.
             store = Err(StoreError::Closed);

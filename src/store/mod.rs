@@ -87,9 +87,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the database must be reopened before it is used again:
-    /// redb refuses everything after a failed write.
-    pub fn poisons(&self) -> bool {
+    /// Whether the database must be reopened before it is used again,
+    /// after redb failed with this: it refuses everything after an I/O
+    /// error.
+    fn poisons(&self) -> bool {
         matches!(self, StoreError::DiskFull { .. } | StoreError::Io { .. })
     }
 }
@@ -125,11 +126,21 @@ impl From<CodecError> for Raw {
     }
 }
 
-/// An I/O error on the store's file: a full disk says so.
+/// An I/O error on the store's file: a full disk says so, and so does a
+/// file that is not what it should be.
 fn io_error(path: &Path, e: &io::Error) -> StoreError {
     if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
         return StoreError::DiskFull {
             dir: path.parent().unwrap_or(path).to_owned(),
+        };
+    }
+    if matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    ) {
+        return StoreError::Damaged {
+            path: path.to_owned(),
+            detail: e.to_string(),
         };
     }
     StoreError::Io {
@@ -168,6 +179,31 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Raw> {
 /// input is fuzzed).
 pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     codec::from_cbor(bytes)
+}
+
+thread_local! {
+    /// Set while redb reads a file that may be damaged: its panics are
+    /// caught and reported as damage, so they are not printed.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic in it without the panic being printed.
+/// (Installs, once, a panic hook that is silent while `QUIET` is set on
+/// the panicking thread and otherwise does what the previous hook did.)
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -261,11 +297,74 @@ impl StoredMessage {
     }
 }
 
+/// Reads every table through once, so that damage inside shows now, as
+/// an error, rather than later in the middle of something.
+fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
+    let txn = db.begin_read()?;
+    // A table an older version did not have is fine: it is created.
+    macro_rules! each {
+        ($table:expr, |$v:ident| $body:expr) => {
+            match txn.open_table($table) {
+                Ok(table) => {
+                    for entry in table.iter()? {
+                        let $v = entry?;
+                        $body;
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        };
+    }
+    each!(CONTACTS, |e| decode::<Contact>(e.1.value())?);
+    each!(HISTORY, |e| decode::<StoredMessage>(e.1.value())?);
+    each!(BY_ID, |e| drop(e));
+    each!(OUTBOX, |e| drop(e));
+    each!(BLOCKED, |e| drop(e));
+    each!(META, |e| drop(e));
+    Ok(())
+}
+
+/// Free space a write needs on the store's disk: below it, writes are
+/// refused as "disk full" before redb tries (a write that fails half-way
+/// leaves redb refusing even reads until the file is reopened, and
+/// reopening it then needs room too).
+const SPACE_RESERVE: u64 = 1 << 20;
+
 /// The home's store.
 #[derive(Debug)]
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Whether the store is a file whose disk's room is watched.
+    on_disk: bool,
+    /// Set when redb failed on an I/O error: it refuses everything after
+    /// that, so the file must be reopened.
+    poisoned: std::cell::Cell<bool>,
+    /// The lock that makes this process the file's one user, from before
+    /// it is first read (see [`lock`]).
+    _lock: Option<std::fs::File>,
+}
+
+/// Takes the home's store for this process: an exclusive lock on a file
+/// beside it, held as long as the store is open. Taken before the store
+/// is read at all, so that no other process checks or repairs the file
+/// while this one writes it (redb's own lock comes only with a writable
+/// open, after the checks). The lock file is never removed: removing a
+/// lock file races with the next process taking it.
+fn lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    let lock_path = path.with_extension("redb.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io_error(&lock_path, &e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::InUse(path.to_owned())),
+        Err(e) => Err(io_error(&lock_path, &e.into())),
+    }
 }
 
 /// Whether a store file may be created anew at `path`: when it does not
@@ -290,22 +389,25 @@ impl Store {
     /// whether the home has been used before (it has a config), in which
     /// case an empty store file is damage rather than a new store.
     pub fn open(path: &Path, in_use: bool) -> Result<Self, StoreError> {
+        let lock = lock(path)?;
         let create = may_create(path, in_use)?;
         // redb may panic on some damage rather than return an error.
-        let opened = std::panic::catch_unwind(|| {
-            let db = if create {
-                Database::create(path)
-            } else {
-                Database::open(path)
+        let opened = catch_quietly(|| {
+            if create {
+                let db = Database::create(path).map_err(|e| Raw::from(e).at(path))?;
+                return Self::ready(db, path, lock);
             }
-            .map_err(|e| Raw::from(e).at(path))?;
-            let store = Self {
-                db,
-                path: path.to_owned(),
-            };
-            store.create_tables().map_err(|e| e.at(path))?;
-            store.check_readable().map_err(|e| e.at(path))?;
-            Ok(store)
+            // Read first: a damaged file must not be written to at all.
+            // A file not closed cleanly (its client was killed) must be
+            // repaired before it can be read, and repairing writes: that
+            // is tried on a copy first.
+            match Self::readable(path) {
+                Ok(()) => {}
+                Err(Raw::Db(redb::Error::RepairAborted)) => Self::recoverable(path)?,
+                Err(e) => return Err(e.at(path)),
+            }
+            let db = Database::open(path).map_err(|e| Raw::from(e).at(path))?;
+            Self::ready(db, path, lock)
         });
         match opened {
             Ok(result) => result,
@@ -316,13 +418,50 @@ impl Store {
         }
     }
 
+    fn ready(db: Database, path: &Path, lock: std::fs::File) -> Result<Self, StoreError> {
+        let store = Self {
+            db,
+            path: path.to_owned(),
+            on_disk: true,
+            poisoned: Default::default(),
+            _lock: Some(lock),
+        };
+        store.create_tables().map_err(|e| e.at(path))?;
+        Ok(store)
+    }
+
+    /// Whether the file reads through without writing to it.
+    fn readable(path: &Path) -> Result<(), Raw> {
+        let db = Database::builder().open_read_only(path)?;
+        check_readable(&db)
+    }
+
+    /// Whether a file that needs a repair (after a crash) repairs into a
+    /// readable store: tried on a copy, so the file itself is changed only
+    /// once that is known.
+    fn recoverable(path: &Path) -> Result<(), StoreError> {
+        let copy = path.with_extension("redb.recovering");
+        let result = (|| {
+            std::fs::copy(path, &copy).map_err(|e| io_error(&copy, &e))?;
+            let db = Database::open(&copy).map_err(|e| Raw::from(e).at(path))?;
+            check_readable(&db).map_err(|e| e.at(path))
+        })();
+        let _ = std::fs::remove_file(&copy);
+        result
+    }
     /// An empty store in memory, kept nowhere: for benchmarks and tests.
     pub fn in_memory() -> Result<Self, StoreError> {
         let path = PathBuf::from("(in memory)");
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| Raw::from(e).at(&path))?;
-        let store = Self { db, path };
+        let store = Self {
+            db,
+            path,
+            on_disk: false,
+            poisoned: Default::default(),
+            _lock: None,
+        };
         store.create_tables().map_err(|e| e.at(&store.path))?;
         Ok(store)
     }
@@ -332,7 +471,26 @@ impl Store {
         &self.path
     }
 
+    /// Creates the tables a store needs, if any is missing (a new file, or
+    /// one written by an older version); writes nothing otherwise.
     fn create_tables(&self) -> Result<(), Raw> {
+        let all_there = {
+            let txn = self.db.begin_read()?;
+            let exists = |t: Result<_, redb::TableError>| match t {
+                Ok(_) => Ok(true),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+                Err(e) => Err(Raw::from(e)),
+            };
+            exists(txn.open_table(CONTACTS).map(drop))?
+                && exists(txn.open_table(BLOCKED).map(drop))?
+                && exists(txn.open_table(HISTORY).map(drop))?
+                && exists(txn.open_table(BY_ID).map(drop))?
+                && exists(txn.open_table(OUTBOX).map(drop))?
+                && exists(txn.open_table(META).map(drop))?
+        };
+        if all_there {
+            return Ok(());
+        }
         let txn = self.db.begin_write()?;
         txn.open_table(CONTACTS)?;
         txn.open_table(BLOCKED)?;
@@ -344,44 +502,53 @@ impl Store {
         Ok(())
     }
 
-    /// Reads every table through once, so that damage inside shows now, as
-    /// an error, rather than later in the middle of something.
-    fn check_readable(&self) -> Result<(), Raw> {
-        let txn = self.db.begin_read()?;
-        for entry in txn.open_table(CONTACTS)?.iter()? {
-            decode::<Contact>(entry?.1.value())?;
+    /// Whether redb failed in a way that needs the file reopened.
+    pub fn poisoned(&self) -> bool {
+        self.poisoned.get()
+    }
+
+    fn fail(&self, e: Raw) -> StoreError {
+        let e = e.at(&self.path);
+        if e.poisons() {
+            self.poisoned.set(true);
         }
-        for entry in txn.open_table(HISTORY)?.iter()? {
-            decode::<StoredMessage>(entry?.1.value())?;
-        }
-        for entry in txn.open_table(BY_ID)?.iter()? {
-            entry?;
-        }
-        for entry in txn.open_table(OUTBOX)?.iter()? {
-            entry?;
-        }
-        for entry in txn.open_table(BLOCKED)?.iter()? {
-            entry?;
-        }
-        Ok(())
+        e
     }
 
     fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, Raw>) -> Result<T, StoreError> {
         let run = || -> Result<T, Raw> { f(&self.db.begin_read()?) };
-        run().map_err(|e| e.at(&self.path))
+        run().map_err(|e| self.fail(e))
+    }
+
+    /// Refuses a write up front when the disk is (nearly) full.
+    fn check_room(&self) -> Result<(), StoreError> {
+        if !self.on_disk {
+            return Ok(());
+        }
+        let dir = self.path.parent().unwrap_or(&self.path);
+        match rustix::fs::statvfs(dir) {
+            Ok(vfs) if vfs.f_bavail.saturating_mul(vfs.f_frsize) < SPACE_RESERVE => {
+                Err(StoreError::DiskFull {
+                    dir: dir.to_owned(),
+                })
+            }
+            // Not knowing is no reason to refuse.
+            _ => Ok(()),
+        }
     }
 
     fn write<T>(
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<T, Raw>,
     ) -> Result<T, StoreError> {
+        self.check_room()?;
         let run = || -> Result<T, Raw> {
             let txn = self.db.begin_write()?;
             let out = f(&txn)?;
             txn.commit()?;
             Ok(out)
         };
-        run().map_err(|e| e.at(&self.path))
+        run().map_err(|e| self.fail(e))
     }
 
     // ---- contacts and blocks ----

@@ -10,6 +10,7 @@ mod bad_input;
 mod buddy;
 mod certificates;
 mod directory;
+mod edges;
 mod flood;
 mod hostile;
 mod liveness;

@@ -139,12 +139,51 @@ async fn read_text(text: String) -> Result<String, Failure> {
     Ok(buf)
 }
 
-/// How often, and how long apart, a command retries opening the home's
-/// store while a client that just died still holds it.
-const STORE_RETRIES: u32 = 50;
+/// How long a command waits for the home's store while another process
+/// holds it without answering on the control socket: another command
+/// finishing, a client still starting, or one that just died.
+const STORE_WAIT: Duration = Duration::from_secs(10);
 const STORE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl Ctx {
+    /// Runs `request` through the home's running client, or a client of
+    /// our own; while the store is held by a process that does not answer,
+    /// waits for one of the two (up to [`STORE_WAIT`]).
+    async fn request(self, request: Request) -> Result<(), Failure> {
+        let deadline = tokio::time::Instant::now() + STORE_WAIT;
+        let mut told = false;
+        let reply = loop {
+            let ours = match control::call(self.home.dir(), &request).await {
+                Ok(Some(reply)) => break reply,
+                Ok(None) => self.on_our_own(&request).await,
+                // The running client died between taking the request and
+                // answering it. A send's message may or may not be stored:
+                // the same request (the same id) stores it once and says
+                // what became of it.
+                Err(CallError::NoAnswer) if matches!(request, Request::Send { .. }) => {
+                    if !std::mem::replace(&mut told, true) {
+                        eprintln!(
+                            "the running client stopped before answering; finding out from the store what became of the message"
+                        );
+                    }
+                    self.on_our_own(&request).await
+                }
+                Err(e) => return Err(anyhow!(e).into()),
+            };
+            match ours {
+                Ok(reply) => break reply,
+                Err(failure)
+                    if failure.kind == FailureKind::StoreInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(STORE_RETRY_PAUSE).await;
+                }
+                Err(failure) => return Err(Failure::of(failure)),
+            }
+        };
+        show_reply(&self.out, &request, reply)
+    }
+
     fn my_name(&self) -> Result<ScreenName, Failure> {
         self.home.config()?.name.ok_or_else(|| {
             anyhow!("you have no screen name yet: run `messenger register NAME` first").into()
@@ -163,47 +202,13 @@ impl Ctx {
         ))
     }
 
-    /// Runs `request` through the home's running client, or a client of
-    /// our own.
-    async fn request(self, request: Request) -> Result<(), Failure> {
-        let reply = match control::call(self.home.dir(), &request).await {
-            Ok(Some(reply)) => reply,
-            Ok(None) => self.on_our_own(&request, 0).await?,
-            // The running client died between taking the request and
-            // answering it. A send's message may or may not be stored: the
-            // same request, on our own, stores it once and says where it is.
-            Err(CallError::NoAnswer) if matches!(request, Request::Send { .. }) => {
-                eprintln!(
-                    "the running client stopped before answering; finding out from the store what became of the message"
-                );
-                self.on_our_own(&request, STORE_RETRIES).await?
-            }
-            Err(e) => return Err(anyhow!(e).into()),
-        };
-        show_reply(&self.out, &request, reply)
-    }
-
-    /// Runs one request on a client of our own, retrying `retries` times
-    /// while another process still holds the store.
-    async fn on_our_own(&self, request: &Request, retries: u32) -> Result<Response, Failure> {
-        let mut attempt = 0;
-        let config = loop {
-            match AgentConfig::for_home(self.home.clone(), self.rendezvous.clone()) {
-                Ok(config) => break config,
-                Err(e) => {
-                    let failure = messenger::api::Failure::from(&e);
-                    if failure.kind == FailureKind::StoreInUse && attempt < retries {
-                        attempt += 1;
-                        tokio::time::sleep(STORE_RETRY_PAUSE).await;
-                        continue;
-                    }
-                    return Err(Failure::of(failure));
-                }
-            }
-        };
+    /// Runs one request on a client of our own.
+    async fn on_our_own(&self, request: &Request) -> Result<Response, messenger::api::Failure> {
+        let config = AgentConfig::for_home(self.home.clone(), self.rendezvous.clone())
+            .map_err(|e| messenger::api::Failure::from(&e))?;
         let (agent, mut events) = Agent::start(config)
             .await
-            .map_err(|e| Failure::of(messenger::api::Failure::from(&e)))?;
+            .map_err(|e| messenger::api::Failure::from(&e))?;
         let reply = {
             let call = agent.call(request.clone());
             tokio::pin!(call);
