@@ -271,7 +271,7 @@ impl Network {
                 // (our peers speak our protocols, or say no).
                 .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
         };
-        let mut swarm = if config.memory_only {
+        let swarm = if config.memory_only {
             builder
                 .with_other_transport(|key| {
                     use libp2p::Transport as _;
@@ -308,13 +308,9 @@ impl Network {
                 .with_swarm_config(swarm_config)
                 .build()
         };
+        // The node becomes our AutoNAT server once we are connected to it
+        // (see `EventLoop::follow_node`).
         let rendezvous = config.rendezvous.clone();
-        if let Some((peer, addr)) = &rendezvous {
-            swarm
-                .behaviour_mut()
-                .autonat
-                .add_server(*peer, Some(addr.clone()));
-        }
         let control = swarm.behaviour().stream.new_control();
         let local_peer_id = *swarm.local_peer_id();
         let (commands, command_rx) = mpsc::channel(64);
@@ -330,7 +326,7 @@ impl Network {
             reachability: reach_tx,
             events: events.clone(),
             paths: HashMap::new(),
-            rendezvous: rendezvous.map(|(peer, _)| peer),
+            rendezvous,
             relayed_to_close: FuturesUnordered::new(),
             liveness: Liveness::new(config.ping_interval, config.ping_timeout),
         };
@@ -448,7 +444,10 @@ fn behaviour(
                 boot_delay: Duration::from_millis(100),
                 retry_interval: Duration::from_secs(1),
                 refresh_interval: Duration::from_secs(60),
-                throttle_server_period: Duration::ZERO,
+                // At most one probe a second, whatever fails: AutoNAT v1
+                // retries a failed request at once, and would spin on a
+                // server it cannot reach.
+                throttle_server_period: Duration::from_secs(1),
                 timeout: Duration::from_secs(10),
                 confidence_max: 1,
                 only_global_ips: false,
@@ -482,7 +481,8 @@ struct EventLoop {
     events: broadcast::Sender<NetworkEvent>,
     /// Open connections per peer, and whether each is relayed.
     paths: HashMap<PeerId, HashMap<ConnectionId, bool>>,
-    rendezvous: Option<PeerId>,
+    /// The rendezvous node, and the address we were given for it.
+    rendezvous: Option<(PeerId, Multiaddr)>,
     /// Relayed connections to close once hole punching's grace is over.
     relayed_to_close: FuturesUnordered<Pin<Box<dyn Future<Output = PeerId> + Send>>>,
     /// Connections that stopped answering pings are closed by this, not by
@@ -573,6 +573,24 @@ impl EventLoop {
         }
     }
 
+    /// The node is our AutoNAT server only while we are connected to it:
+    /// AutoNAT v1 retries a probe at once when it cannot reach its server,
+    /// which without a network (the dial fails at once) is a busy loop.
+    fn follow_node(&mut self, peer: PeerId, connected: bool) {
+        let Some((node, addr)) = &self.rendezvous else {
+            return;
+        };
+        if peer != *node {
+            return;
+        }
+        let autonat = &mut self.swarm.behaviour_mut().autonat;
+        if connected {
+            autonat.add_server(peer, Some(addr.clone()));
+        } else {
+            autonat.remove_server(&peer);
+        }
+    }
+
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
@@ -593,10 +611,11 @@ impl EventLoop {
                     ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
                 };
                 debug!(%peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
-                self.paths
-                    .entry(peer_id)
-                    .or_default()
-                    .insert(connection_id, relayed);
+                let connections = self.paths.entry(peer_id).or_default();
+                connections.insert(connection_id, relayed);
+                if connections.len() == 1 {
+                    self.follow_node(peer_id, true);
+                }
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(()));
                 }
@@ -644,7 +663,7 @@ impl EventLoop {
                 // An address of ours went away: the connection to the node
                 // may have used it. Reconnect rather than wait for pings.
                 if !is_relayed(&address)
-                    && let Some(node) = self.rendezvous
+                    && let Some((node, _)) = self.rendezvous
                     && self.swarm.disconnect_peer_id(node).is_ok()
                 {
                     info!("an address went away: reconnecting to the rendezvous node");
@@ -691,6 +710,7 @@ impl EventLoop {
                 self.liveness.closed(connection_id);
                 debug!(%peer_id, ?cause, "connection closed");
                 if num_established == 0 {
+                    self.follow_node(peer_id, false);
                     let _ = self
                         .events
                         .send(NetworkEvent::Disconnected { peer: peer_id });

@@ -198,6 +198,8 @@ pub(super) struct Core {
     chat_streams: Option<ChatStreams>,
     network_events: Option<broadcast::Receiver<NetworkEvent>>,
     listen_addrs: Option<watch::Receiver<Vec<Multiaddr>>>,
+    /// Our listen addresses when last looked at (to see new ones).
+    seen_addrs: Vec<Multiaddr>,
     reachability: Option<watch::Receiver<Reachability>>,
 
     session: watch::Sender<Option<DirectorySession>>,
@@ -249,6 +251,7 @@ impl Core {
             chat_streams: None,
             network_events: None,
             listen_addrs: None,
+            seen_addrs: Vec::new(),
             reachability: None,
             session: watch::channel(None).0,
             session_generation: 0,
@@ -304,7 +307,10 @@ impl Core {
                 Some(push) = self.push_rx.recv() => self.on_push(push),
                 Some(note) = self.note_rx.recv() => self.on_note(note).await,
                 () = timer => self.on_timer(),
-                () = addrs_changed => self.follow_addresses(),
+                () = addrs_changed => {
+                    self.reconnect_on_new_address();
+                    self.follow_addresses();
+                }
                 () = reach_changed => {
                     self.ensure_relay_later();
                     self.follow_addresses();
@@ -944,6 +950,24 @@ impl Core {
                 announce,
             }
         });
+    }
+
+    /// A new address of ours (an interface came back, a network joined) is
+    /// a reason to try the node again now, rather than at the end of a
+    /// backoff that grew while there was no network.
+    fn reconnect_on_new_address(&mut self) {
+        let now: Vec<Multiaddr> = self
+            .listen_addrs
+            .as_ref()
+            .map(|rx| rx.borrow().clone())
+            .unwrap_or_default();
+        let appeared = now.iter().any(|a| !self.seen_addrs.contains(a));
+        self.seen_addrs = now;
+        if appeared && self.reconnect_at.is_some() {
+            info!("a new address of ours; reconnecting to the rendezvous node now");
+            self.backoff = RECONNECT_FIRST;
+            self.reconnect_at = Some(Instant::now());
+        }
     }
 
     /// Registers our current addresses if they changed.

@@ -8,7 +8,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{User, alice_and_bob};
+use crate::netlab::{Lab, PUBLIC_NET};
+use crate::support::{Node, User, alice_and_bob};
 
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
@@ -378,4 +379,113 @@ fn a_client_killed_mid_send_leaves_no_outcome_unknown_and_nothing_twice() {
         "KILL RESULT: {total} sends, alice's client killed twice (with 5 waiting, then mid-burst): {} said delivered, {queued} said queued, none unknown; all {total} delivered after restart, each exactly once in both histories",
         total - queued
     );
+}
+
+/// CPU time (user + system, all threads) `pid` has used so far.
+fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second: u64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    std::time::Duration::from_millis(ticks * 1000 / per_second)
+}
+
+fn presence(line: &str, name: &str, status: &str) -> bool {
+    serde_json::from_str::<Value>(line)
+        .is_ok_and(|v| v["event"] == "presence" && v["name"] == name && v["status"] == status)
+}
+
+#[test]
+fn a_client_whose_network_vanishes_waits_quietly_and_comes_back_by_itself() {
+    let test = "a_client_whose_network_vanishes_waits_quietly";
+    let Some(mut lab) = Lab::new(test) else {
+        return;
+    };
+    let rdv = lab.public_host("rdv", 1);
+    let c_ns = lab.public_host("c", 20);
+    let w_ns = lab.public_host("w", 30);
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::spawn(
+        Some(&rdv),
+        data.path(),
+        &format!("{PUBLIC_NET}.1"),
+        4001,
+        &[],
+    );
+    let user = |ns: String, name: &str| {
+        let user = User {
+            home: tempfile::tempdir().unwrap(),
+            rendezvous: node.addr.clone(),
+            netns: Some(ns),
+        };
+        user.ok(&["register", name]);
+        user
+    };
+    let carol = user(c_ns, "carol");
+    let walter = user(w_ns, "walter");
+    walter.ok(&["contacts", "add", "carol"]);
+    let listen = ["--json", "online", "--listen", "/ip4/0.0.0.0/tcp/0"];
+    let mut carol_online = carol.spawn(&listen);
+    carol_online.stdout.expect_event("online");
+    let mut walter_online = walter.spawn(&listen);
+    walter_online.stdout.expect_event("online");
+    walter_online
+        .stdout
+        .expect("carol online", |l| presence(l, "carol", "online"));
+
+    // carol's only interface goes away. She notices (her pings to the node
+    // go unanswered) and starts reconnecting; the node pushes her offline.
+    lab.unplug("c");
+    carol_online.stdout.expect_event("reconnecting");
+    walter_online
+        .stdout
+        .expect("carol offline", |l| presence(l, "carol", "offline"));
+
+    // Offline: how much CPU she uses while she waits, over 10 s (a
+    // measurement window, not a synchronisation).
+    let pid = carol_online.child.id();
+    let window = std::time::Duration::from_secs(10);
+    let before = cpu_time(pid);
+    std::thread::sleep(window);
+    let used = cpu_time(pid) - before;
+    let share = used.as_secs_f64() / window.as_secs_f64();
+    assert!(
+        carol_online.child.try_wait().unwrap().is_none(),
+        "carol still runs"
+    );
+
+    // The interface returns: she is back online by herself, reachable.
+    let back = std::time::Instant::now();
+    lab.replug("c", 20);
+    let online = carol_online.stdout.expect_event("online");
+    walter_online
+        .stdout
+        .expect("carol online again", |l| presence(l, "carol", "online"));
+    let took = back.elapsed();
+    walter.ok(&["send", "carol", "welcome back"]);
+    let got = carol_online.stdout.expect_event("message");
+    assert_eq!(got["text"], "welcome back");
+    eprintln!(
+        "OFFLINE RESULT: while her network was gone carol used {used:?} of CPU in {window:?} ({:.2}% of a core); back online {took:?} after the interface returned ({online})",
+        share * 100.0
+    );
+    assert!(
+        share < 0.01,
+        "CPU while offline: {:.2}% of a core",
+        share * 100.0
+    );
+    drop(carol_online);
+    drop(walter_online);
+    drop(node);
 }

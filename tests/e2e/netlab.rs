@@ -185,6 +185,17 @@ impl Lab {
         hns
     }
 
+    /// Takes a public host's only interface away, as when a laptop loses
+    /// its network: the veth pair is deleted, with its routes.
+    pub fn unplug(&self, host: &str) {
+        run(&["ip", "-n", &self.ns(host), "link", "del", "eth0"]);
+    }
+
+    /// Gives a public host its interface back, with address `.last`.
+    pub fn replug(&mut self, host: &str, last: u8) {
+        self.plug(host, "eth0", last);
+    }
+
     /// Moves a public host from `.old` to `.new` on its interface.
     pub fn renumber(&self, host: &str, old: u8, new: u8) {
         let ns = self.ns(host);
