@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use messenger_proto::Identity;
 use messenger_proto::chat::{MessageId, RejectCode};
@@ -20,6 +20,7 @@ use messenger_proto::name::ScreenName;
 use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 

@@ -181,3 +181,161 @@ async fn clients_end_with_their_shutdown(node: &rendezvous::Server) {
         "no task of the clients outlives them"
     );
 }
+
+/// A delivery worker on tokio's paused clock, over the in-memory transport:
+/// a recipient that is not there yet keeps its message queued (its sender
+/// hears so at the end of `SEND_WAIT`, not before and not never: the
+/// worker's deadlines are on tokio's clock), and the presence push that
+/// says it is back delivers the message by itself.
+#[tokio::test(start_paused = true)]
+async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_pushed_back() {
+    use std::sync::Arc;
+
+    use messenger_proto::certificate::NameCertificate;
+    use messenger_proto::chat::{Message, MessageId};
+    use messenger_proto::name::ScreenName;
+    use messenger_proto::presence::Presence;
+    use messenger_proto::time::now_ms;
+    use tokio::sync::{mpsc, oneshot, watch};
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::outbox::{Mode, SEND_WAIT, Worker, WorkerEnv, WorkerMsg};
+    use super::sink::StoreSink;
+    use super::trust::Trust;
+    use crate::chat::Inbox;
+    use crate::network::{Network, NetworkConfig};
+    use crate::peer::PeerInfo;
+    use crate::store::{MessageState, StoreHandle};
+
+    let memory = || NetworkConfig {
+        memory_only: true,
+        ..NetworkConfig::default()
+    };
+    let name = |s: &str| ScreenName::parse(s).unwrap();
+    let node = Identity::from_seed([7; 32]);
+    let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (alice_net, _alice_task, _) = Network::start(&alice, memory()).unwrap();
+    let (store, _store_thread) = StoreHandle::in_memory().unwrap();
+    let message = Message {
+        id: MessageId::random(),
+        from: name("alice"),
+        to: name("bob"),
+        sent_at: now_ms(),
+        text: "there when you are back".into(),
+    };
+    let id = message.id;
+    store
+        .call(move |s| s.add_outgoing(message, now_ms()))
+        .await
+        .unwrap();
+    let certificate = NameCertificate {
+        name: name("alice"),
+        owner: alice.peer_id(),
+        node: node.peer_id(),
+        issued_at: now_ms(),
+        expires_at: now_ms() + 3_600_000,
+    }
+    .sign(&node);
+    let (_cert_tx, cert_rx) = watch::channel(Some(certificate));
+    let (_trust_tx, trust_rx) = watch::channel(Arc::new(Trust::default()));
+    let (events_tx, mut events) = mpsc::channel(16);
+    let (notes_tx, _notes) = mpsc::channel(16);
+    let env = Arc::new(WorkerEnv {
+        identity: alice.clone(),
+        store: store.clone(),
+        network: alice_net.clone(),
+        session: watch::channel(None).1,
+        certificate: cert_rx,
+        trust: trust_rx,
+        events: events_tx,
+        notes: notes_tx,
+        mode: Mode::Online,
+    });
+    let addr: libp2p::Multiaddr = "/memory/4242".parse().unwrap();
+    let bob_info = PeerInfo {
+        name: name("bob"),
+        peer_id: bob.peer_id(),
+        presence: Presence::Online,
+        status_text: String::new(),
+        reachable: true,
+        addrs: vec![addr.clone()],
+        last_seen: None,
+        valid_until: now_ms() + 3_600_000,
+    };
+    let (to_worker, worker_rx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let worker = Worker::new(name("bob"), env, Some(bob_info.clone()));
+    let worker = tokio::spawn(worker.run(worker_rx, cancel.clone()));
+
+    // Nobody listens at bob's address: the sender waits SEND_WAIT and is
+    // told the message stays queued.
+    let started = Instant::now();
+    let (reply, answer) = oneshot::channel();
+    to_worker
+        .send(WorkerMsg::Deliver {
+            id,
+            reply,
+            resolved: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    let answer = answer.await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        matches!(answer, Response::Sent(SendOutcome::Queued { .. })),
+        "{answer:?}"
+    );
+    // A loose upper bound: while the store's thread works, the paused
+    // clock may leap to the next timer (a retry). A deadline kept on
+    // another clock than tokio's would spin it on for days.
+    assert!(
+        (SEND_WAIT..SEND_WAIT * 2).contains(&waited),
+        "told after {waited:?}"
+    );
+    let stored = store.call(move |s| s.message(&id)).await.unwrap().unwrap();
+    assert_eq!(stored.state, MessageState::Queued, "still queued");
+
+    // bob comes up, and the node's push says so: delivered, unasked.
+    let (bob_net, _bob_task, streams) = Network::start(&bob, memory()).unwrap();
+    bob_net.listen(addr).await.unwrap();
+    let (bob_store, _bob_store_thread) = StoreHandle::in_memory().unwrap();
+    let (bob_events_tx, mut bob_events) = mpsc::channel(16);
+    let sink = StoreSink::new(
+        bob_store,
+        watch::channel(Arc::new(Trust::default())).1,
+        bob_events_tx,
+        bob_net.clone(),
+        mpsc::channel(16).0,
+    );
+    let inbox = Inbox::new(
+        name("bob"),
+        node.peer_id(),
+        watch::channel(None).1,
+        sink,
+        crate::chat::DEFAULT_MESSAGE_RATE,
+    );
+    let stop = CancellationToken::new();
+    let inbox = tokio::spawn(inbox.serve(streams, stop.clone()));
+    // Its failed dials made the worker forget bob's address, and with no
+    // node to ask it cannot find him again: only the push can deliver.
+    to_worker.send(WorkerMsg::Peer(bob_info)).await.unwrap();
+    let delivered = loop {
+        match events.recv().await.unwrap() {
+            Event::Delivered(m) => break m,
+            _ => continue,
+        }
+    };
+    assert_eq!(delivered.message.id, id);
+    let received = loop {
+        match bob_events.recv().await.unwrap() {
+            Event::Message { message, .. } => break message,
+            _ => continue,
+        }
+    };
+    assert_eq!(received.message.text, "there when you are back");
+    cancel.cancel();
+    worker.await.unwrap();
+    stop.cancel();
+    inbox.await.unwrap();
+}

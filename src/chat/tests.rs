@@ -2,7 +2,7 @@
 //! node (names are vouched for by certificates of a test node's key).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use messenger_proto::Identity;
@@ -13,16 +13,19 @@ use messenger_proto::rate::Rate;
 use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger_proto::time::now_ms;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ChatLink, DeliveryError, Inbox, MessageSink};
+use super::{ACK_TIMEOUT, ChatLink, DeliveryError, Inbox, MessageSink};
 use crate::network::{Network, NetworkConfig, NetworkTask};
 
-/// Keeps messages in memory, refusing the names in `refused`.
+/// Keeps messages in memory, refusing the names in `refused`; with
+/// `stall`, never finishes keeping one (a recipient whose disk hangs).
 #[derive(Default, Clone)]
 struct TestSink {
     kept: Arc<Mutex<Vec<Message>>>,
     refused: Vec<ScreenName>,
+    stall: bool,
 }
 
 impl MessageSink for TestSink {
@@ -37,6 +40,9 @@ impl MessageSink for TestSink {
     }
 
     async fn keep(&self, message: Message, _: PeerId) -> Result<bool, String> {
+        if self.stall {
+            std::future::pending::<()>().await;
+        }
         let mut kept = self.kept.lock().unwrap();
         if kept.iter().any(|m| m.id == message.id) {
             return Ok(false);
@@ -204,9 +210,13 @@ async fn a_sender_nobody_vouches_for_gets_its_stream_reset_not_an_answer() {
     p.stop.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Time-outs and pacing run on tokio's paused clock: the test does not wait
+// for them, and they are exact.
+
+#[tokio::test(start_paused = true)]
 async fn a_peer_over_its_rate_is_slowed_down_and_loses_nothing() {
-    // 10 per second after a burst of 2: 12 messages need about a second.
+    // 10 per second after a burst of 2: 12 messages and the certificate
+    // frame before them (every frame counts) need 1.1 s.
     let p = pair(TestSink::default(), Rate::new(10.0, 2), Some("alice")).await;
     let started = Instant::now();
     let mut acks = Vec::new();
@@ -219,7 +229,32 @@ async fn a_peer_over_its_rate_is_slowed_down_and_loses_nothing() {
         ack.await.unwrap().unwrap();
     }
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(900), "paced: {took:?}");
+    assert!(
+        (Duration::from_millis(1100)..Duration::from_millis(1150)).contains(&took),
+        "paced to the rate: {took:?}"
+    );
     assert_eq!(p.sink.kept.lock().unwrap().len(), 12, "nothing lost");
+    p.stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recipient_that_never_answers_is_given_up_on_after_the_ack_timeout() {
+    let sink = TestSink {
+        stall: true,
+        ..TestSink::default()
+    };
+    let p = pair(sink, super::DEFAULT_MESSAGE_RATE, Some("alice")).await;
+    let started = Instant::now();
+    let m = message("alice", "bob", "are you there?");
+    assert_eq!(
+        p.deliver(&m).await,
+        Err(DeliveryError::Timeout(ACK_TIMEOUT))
+    );
+    let took = started.elapsed();
+    assert!(
+        (ACK_TIMEOUT..ACK_TIMEOUT + Duration::from_millis(100)).contains(&took),
+        "given up after {took:?}"
+    );
+    assert!(p.sink.kept.lock().unwrap().is_empty());
     p.stop.cancel();
 }
