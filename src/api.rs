@@ -323,3 +323,70 @@ pub enum Event {
         current: PeerId,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The examples of docs/protocol.md §7, as the code writes them; the
+    /// document must hold each line as it is here.
+    #[test]
+    fn the_control_socket_speaks_as_documented() {
+        let id = MessageId([0xab; 16]);
+        let requests = [
+            (
+                Request::Send {
+                    id,
+                    to: "Bob".into(),
+                    text: "hi".into(),
+                },
+                r#"{"op":"send","id":"abababababababababababababababab","to":"Bob","text":"hi"}"#,
+            ),
+            (
+                Request::Status {
+                    status: Status::Away,
+                    text: "lunch".into(),
+                },
+                r#"{"op":"status","status":"away","text":"lunch"}"#,
+            ),
+            (Request::ContactsList, r#"{"op":"contacts_list"}"#),
+            (
+                Request::History {
+                    name: "bob".into(),
+                    limit: 20,
+                },
+                r#"{"op":"history","name":"bob","limit":20}"#,
+            ),
+        ];
+        let responses = [
+            (
+                Response::Done {
+                    message: "added bob".into(),
+                },
+                r#"{"reply":"done","message":"added bob"}"#,
+            ),
+            (
+                Response::Message { message: None },
+                r#"{"reply":"message","message":null}"#,
+            ),
+            (
+                Response::Failed(Failure::new(
+                    FailureKind::DiskFull,
+                    "no space left on the device holding /home/me/.messenger",
+                )),
+                r#"{"reply":"failed","kind":"disk_full","message":"no space left on the device holding /home/me/.messenger"}"#,
+            ),
+        ];
+        let doc = include_str!("../docs/protocol.md");
+        for (request, json) in requests {
+            assert_eq!(serde_json::to_string(&request).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Request>(json).unwrap(), request);
+            assert!(doc.contains(json), "docs/protocol.md §7 shows {json}");
+        }
+        for (response, json) in responses {
+            assert_eq!(serde_json::to_string(&response).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Response>(json).unwrap(), response);
+            assert!(doc.contains(json), "docs/protocol.md §7 shows {json}");
+        }
+    }
+}

@@ -39,10 +39,17 @@
 //! and emits [`api::Event::Delivered`].
 //!
 //! Receiving: the inbox's task for the sending peer reads the frame,
-//! checks it (signature, form, recipient, date, and that the sender's name
+//! checks it (form, recipient, text, date, and that the sender's name
 //! belongs to the connection's key, by its certificate or by asking the
-//! node), checks blocks and pins, has the store keep it durably, answers
-//! with an acknowledgement, and emits [`api::Event::Message`].
+//! node), checks blocks and pins, has the store keep it durably (as not
+//! yet verified, with its signed bytes), and answers with an
+//! acknowledgement. Then it checks the signature: a good one makes the
+//! stored message received and emits [`api::Event::Message`]; a bad one
+//! removes it and resets the peer's streams. (Why the signature may wait
+//! until after the acknowledgement: docs/security.md.)
+//!
+//! The library builds without the `messenger` binary's dependencies:
+//! `default-features = false` leaves out the `cli` feature.
 //!
 //! Wire types, identities and codecs shared with the node live in the
 //! `messenger-proto` crate, re-exported as [`proto`].

@@ -246,7 +246,8 @@ impl std::fmt::Debug for Network {
     }
 }
 
-/// See [`RELAYED_GRACE`].
+/// After hole punching, how long the relayed connection stays open for
+/// acknowledgements already on their way.
 pub const RELAYED_GRACE_PERIOD: Duration = RELAYED_GRACE;
 
 impl Network {

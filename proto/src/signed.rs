@@ -23,11 +23,33 @@ pub const CERTIFICATE_CONTEXT: &[u8] = b"messenger/name-certificate/v1\0";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signed {
     /// CBOR encoding of the signed value.
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "bytes_or_hex")]
     pub payload: Vec<u8>,
     /// 64-byte ed25519 signature.
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "bytes_or_hex")]
     pub signature: Vec<u8>,
+}
+
+/// Byte strings on the wire (CBOR); hex in human-readable formats (the
+/// control socket's JSON).
+mod bytes_or_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&hex::encode(bytes))
+        } else {
+            s.serialize_bytes(bytes)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            return hex::decode(text).map_err(serde::de::Error::custom);
+        }
+        Ok(serde_bytes::ByteBuf::deserialize(d)?.into_vec())
+    }
 }
 
 /// Why a signed value was refused.

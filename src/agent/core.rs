@@ -16,10 +16,12 @@ use messenger_proto::Identity;
 use messenger_proto::certificate::SignedCertificate;
 use messenger_proto::chat::{self, Message, MessageId};
 use messenger_proto::directory::{ErrorCode, MAX_VISIBLE_TO, MAX_WATCH_PER_REQUEST, Resolution};
+use messenger_proto::identity::verifying_key_of;
 use messenger_proto::name::ScreenName;
 use messenger_proto::presence::{Status, check_status_text};
 use messenger_proto::rate::Rate;
 use messenger_proto::record::{MAX_ADDRS, Registration, without_peer_suffix};
+use messenger_proto::signed::MESSAGE_CONTEXT;
 use messenger_proto::time::now_ms;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -279,6 +281,7 @@ impl Core {
 
     /// Serves commands until shut down (or every handle is gone).
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        self.settle_unverified().await;
         let shutdown_reply = loop {
             let renew_at = self.online.as_ref().map(|o| o.renew_at);
             let reconnect_at = self.reconnect_at;
@@ -379,10 +382,13 @@ impl Core {
                 let _ = reply.send(response);
             }
             Request::Message { id } => {
-                let response =
-                    store_response(self.store.call(move |s| s.message(&id)).await, |message| {
-                        Response::Message { message }
-                    });
+                // Not shown before its signature is checked.
+                let shown = self
+                    .store
+                    .call(move |s| s.message(&id))
+                    .await
+                    .map(|m| m.filter(|m| m.state != crate::store::MessageState::Unverified));
+                let response = store_response(shown, |message| Response::Message { message });
                 let _ = reply.send(response);
             }
             Request::Register { name } => match ScreenName::parse(&name) {
@@ -1704,6 +1710,44 @@ impl Core {
     /// Hands a status event to the front end if there is room: the core
     /// never waits on its front end (messages and delivery marks, which
     /// must not be dropped, are handed on by the inbox and the workers).
+    /// Checks the signatures of messages kept and acknowledged, but not yet
+    /// checked, when the client last stopped; shows the good ones and
+    /// removes the rest.
+    async fn settle_unverified(&mut self) {
+        let waiting = match self.store.call(|s| s.unverified()).await {
+            Ok(waiting) => waiting,
+            Err(e) => return warn!("cannot read the messages still to be checked: {e}"),
+        };
+        for stored in waiting {
+            let id = stored.message.id;
+            let key = stored.peer_id.as_ref().and_then(verifying_key_of);
+            let good = match (&stored.signed, key) {
+                (Some(signed), Some(key)) => signed.verify(MESSAGE_CONTEXT, &key).is_ok(),
+                _ => false,
+            };
+            if !good {
+                warn!(%id, from = %stored.message.from, "a kept message's signature does not verify; removing it");
+            }
+            match self
+                .store
+                .call(move |s| s.settle_incoming(&id, good, now_ms()))
+                .await
+            {
+                Ok(Some(message)) => {
+                    let _ = self
+                        .events
+                        .send(Event::Message {
+                            message,
+                            path: None,
+                        })
+                        .await;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(%id, "cannot record a message's checked signature: {e}"),
+            }
+        }
+    }
+
     fn emit(&self, event: Event) {
         if self.events.try_send(event).is_err() {
             debug!("event dropped: the front end is not keeping up");

@@ -1,7 +1,7 @@
-//! The agent: the home's client. One task ([`core`]) owns its state: the
+//! The agent: the home's client. One task (its `core`) owns its state: the
 //! store (through the store's thread), the contacts' pins and the blocked
 //! names, the directory session and our registration, what the node told
-//! us of others, the delivery workers ([`outbox`]) and the inbox. Front
+//! us of others, the delivery workers (`outbox`) and the inbox. Front
 //! ends reach it through the cloneable [`Agent`] handle, which sends
 //! [`Request`]s and gets [`Response`]s back, and read what happens from
 //! one stream of [`Event`]s.

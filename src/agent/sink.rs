@@ -1,12 +1,14 @@
 //! The inbox's side of the store: whom to refuse (the core's published
-//! pins and blocks), what was kept before, and keeping a message durably
-//! before it is acknowledged, then telling the front end.
+//! pins and blocks), what was kept before, keeping a message durably
+//! before it is acknowledged, and, once its signature checked out,
+//! telling the front end.
 
 use std::sync::Arc;
 
 use libp2p::PeerId;
 use messenger_proto::chat::{Message, MessageId, RejectCode};
 use messenger_proto::name::ScreenName;
+use messenger_proto::signed::Signed;
 use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, watch};
 
@@ -14,7 +16,7 @@ use super::Note;
 use super::trust::{Distrust, Trust};
 use crate::api::Event;
 use crate::chat::MessageSink;
-use crate::network::Network;
+use crate::network::{Network, Path};
 use crate::store::{Direction, StoreHandle};
 
 /// Keeps accepted messages in the home's store.
@@ -66,16 +68,60 @@ impl MessageSink for StoreSink {
         )
     }
 
-    async fn keep(&self, message: Message, peer: PeerId) -> Result<bool, String> {
+    type Kept = Kept;
+
+    async fn keep(
+        &self,
+        message: Message,
+        signed: Signed,
+        peer: PeerId,
+    ) -> Result<Option<Kept>, String> {
+        let id = message.id;
         let kept = self
             .store
-            .call(move |s| s.add_incoming(&message, peer, now_ms()))
+            .call(move |s| s.add_incoming(&message, signed, peer, now_ms()))
             .await
             .map_err(|e| e.to_string())?;
-        let Some(stored) = kept else {
-            return Ok(false);
-        };
+        if kept.is_none() {
+            return Ok(None);
+        }
+        // How it came, while its connection is surely still there.
         let path = self.network.path(peer).await;
+        Ok(Some(Kept { id, path }))
+    }
+
+    async fn verified(&self, kept: Kept) {
+        self.settle(kept, true).await;
+    }
+
+    async fn forged(&self, kept: Kept) {
+        self.settle(kept, false).await;
+    }
+}
+
+/// A kept message waiting for the verdict on its signature.
+pub(super) struct Kept {
+    id: MessageId,
+    path: Option<Path>,
+}
+
+impl StoreSink {
+    /// Records the verdict on a kept message's signature; shows it if good.
+    async fn settle(&self, Kept { id, path }: Kept, good: bool) {
+        let settled = self
+            .store
+            .call(move |s| s.settle_incoming(&id, good, now_ms()))
+            .await;
+        let stored = match settled {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return,
+            Err(e) => {
+                // Left unverified in the store: checked again at the next
+                // start (see `Core::settle_unverified`).
+                tracing::warn!(%id, "cannot record a message's checked signature: {e}");
+                return;
+            }
+        };
         // Waits for room: a message must not be dropped on its way to the
         // user (it is stored already either way).
         let _ = self
@@ -85,6 +131,5 @@ impl MessageSink for StoreSink {
                 path,
             })
             .await;
-        Ok(true)
     }
 }

@@ -339,3 +339,74 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
     stop.cancel();
     inbox.await.unwrap();
 }
+
+/// Messages kept and acknowledged but not yet checked when the client
+/// stopped (it was killed between the two) are checked when it starts:
+/// the good one is shown, the forged one removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_left_unchecked_by_a_crash_are_checked_at_the_next_start() {
+    use messenger_proto::chat::{Message, MessageId};
+    use messenger_proto::name::ScreenName;
+    use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
+    use messenger_proto::time::now_ms;
+
+    use crate::store::{MessageState, StoreHandle};
+
+    let (store, store_thread) = StoreHandle::in_memory().unwrap();
+    let alice = Identity::generate().unwrap();
+    let message = |text: &str| Message {
+        id: MessageId::random(),
+        from: ScreenName::parse("alice").unwrap(),
+        to: ScreenName::parse("bob").unwrap(),
+        sent_at: now_ms(),
+        text: text.into(),
+    };
+    let (good, forged) = (message("kept before the crash"), message("forged"));
+    let signed_good = Signed::sign(&alice, MESSAGE_CONTEXT, &good);
+    let signed_forged = Signed::sign(&Identity::generate().unwrap(), MESSAGE_CONTEXT, &forged);
+    for (m, signed) in [(good.clone(), signed_good), (forged.clone(), signed_forged)] {
+        let from = alice.peer_id();
+        store
+            .call(move |s| s.add_incoming(&m, signed, from, now_ms()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let mut config = AgentConfig::ephemeral(
+        Identity::generate().unwrap(),
+        "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+    )
+    .unwrap();
+    config.store = (store.clone(), store_thread);
+    let (agent, mut events) = Agent::start(config).await.unwrap();
+    match events.recv().await.unwrap() {
+        Event::Message { message, .. } => {
+            assert_eq!(message.message.id, good.id);
+            assert_eq!(message.state, MessageState::Received);
+        }
+        other => panic!("the good message is shown first: {other:?}"),
+    }
+    let history = agent
+        .call(Request::History {
+            name: "alice".into(),
+            limit: 10,
+        })
+        .await;
+    let Response::Messages { messages } = history else {
+        panic!("{history:?}");
+    };
+    let texts: Vec<&str> = messages.iter().map(|m| m.message.text.as_str()).collect();
+    assert_eq!(texts, ["kept before the crash"]);
+    let forged_id = forged.id;
+    assert!(
+        store
+            .call(move |s| s.message(&forged_id))
+            .await
+            .unwrap()
+            .is_none(),
+        "the forgery is gone"
+    );
+    // (The store's thread ends with its last handle.)
+    drop(store);
+    assert!(agent.shutdown().await.clean);
+}

@@ -7,7 +7,12 @@
 //! owns those tasks; everything ends when the inbox is cancelled.
 //!
 //! A message is answered only after the checks of docs/protocol.md §6.3 and
-//! after the [`MessageSink`] kept it (durably, for the client's store).
+//! after the [`MessageSink`] kept it (durably, for the client's store). Its
+//! signature is checked right after the acknowledgement, off its critical
+//! path (the connection is authenticated by the same key, see
+//! docs/security.md), and before the message is shown: the sink hears
+//! [`MessageSink::verified`] or [`MessageSink::forged`], and a forgery
+//! closes every stream of its peer.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,7 +32,7 @@ use messenger_proto::directory::ErrorCode;
 use messenger_proto::identity::verifying_key_of;
 use messenger_proto::name::ScreenName;
 use messenger_proto::rate::{Rate, TokenBucket};
-use messenger_proto::signed::Signed;
+use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -62,14 +67,28 @@ pub trait MessageSink: Send + Sync + 'static {
     /// change), since the message was already accepted.
     fn seen(&self, id: MessageId, peer: PeerId) -> impl Future<Output = bool> + Send;
 
+    /// What [`MessageSink::keep`] hands back for the verdict on the
+    /// message's signature.
+    type Kept: Send;
+
     /// Keeps an accepted message (durably, if it must survive a crash)
-    /// before it is acknowledged, and hands it on. `Ok(false)` for a
-    /// message kept before.
+    /// before it is acknowledged, with the bytes its signature covers: the
+    /// signature is not checked yet, and nothing may show the message
+    /// before [`MessageSink::verified`]. `Ok(None)` for a message kept
+    /// before.
     fn keep(
         &self,
         message: Message,
+        signed: Signed,
         peer: PeerId,
-    ) -> impl Future<Output = Result<bool, String>> + Send;
+    ) -> impl Future<Output = Result<Option<Self::Kept>, String>> + Send;
+
+    /// The signature of a kept message checked out: it may be shown now.
+    fn verified(&self, kept: Self::Kept) -> impl Future<Output = ()> + Send;
+
+    /// The signature of a kept message did not verify: it must never be
+    /// shown (the peer's streams are closed).
+    fn forged(&self, kept: Self::Kept) -> impl Future<Output = ()> + Send;
 }
 
 /// What every peer's task shares (read-only).
@@ -93,6 +112,25 @@ impl<S> std::fmt::Debug for Inbox<S> {
             .field("me", &self.shared.me)
             .finish_non_exhaustive()
     }
+}
+
+/// A message taken: its id to acknowledge, and, if it is new, what the
+/// sink wants back with the verdict on its signature (checked once the
+/// acknowledgement is on its way).
+struct Accepted<K> {
+    id: MessageId,
+    fresh: Option<K>,
+}
+
+/// What becomes of a stream after one of its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Read on.
+    Continue,
+    /// Reset this stream.
+    Close,
+    /// Reset every stream of the peer: it sent a forgery.
+    CloseAll,
 }
 
 /// Why a message is refused, or its stream given up.
@@ -273,14 +311,16 @@ impl<S: MessageSink> PeerTask<S> {
                 () = pacing => wait_until = self.reserve_token(),
                 next = frames.next(), if wait_until.is_none() && !frames.is_empty() => {
                     let Some((index, frame)) = next else { continue };
-                    let keep = match frame {
+                    let after = match frame {
                         Some(frame) => self.on_frame(index, frame).await,
-                        None => false,
+                        None => After::Close,
                     };
-                    if !keep {
-                        // Dropping its writer and reader resets the stream
-                        // (if it has not ended already).
-                        self.streams.remove(&index);
+                    // Dropping a stream's writer and reader resets it (if it
+                    // has not ended already).
+                    match after {
+                        After::Continue => {}
+                        After::Close => drop(self.streams.remove(&index)),
+                        After::CloseAll => self.streams.clear(),
                     }
                     wait_until = self.reserve_token();
                     if frames.is_empty() && self.streams.is_empty() {
@@ -296,8 +336,8 @@ impl<S: MessageSink> PeerTask<S> {
         }
     }
 
-    /// Handles one frame of stream `index`; false if the stream must end.
-    async fn on_frame(&mut self, index: usize, frame: Result<ChatFrame, CodecError>) -> bool {
+    /// Handles one frame of stream `index`.
+    async fn on_frame(&mut self, index: usize, frame: Result<ChatFrame, CodecError>) -> After {
         let peer = self.peer;
         let signed = match frame {
             Ok(ChatFrame::Message(signed)) => signed,
@@ -313,42 +353,57 @@ impl<S: MessageSink> PeerTask<S> {
                     }
                     Err(e) => debug!(%peer, "ignoring a name certificate: {e}"),
                 }
-                return true;
+                return After::Continue;
             }
-            Ok(ChatFrame::Unknown) => return true,
+            Ok(ChatFrame::Unknown) => return After::Continue,
             Ok(ChatFrame::Ack { .. } | ChatFrame::Reject { .. }) => {
                 warn!(%peer, "peer sent an acknowledgement on an inbound chat stream; closing it");
-                return false;
+                return After::Close;
             }
             Err(CodecError::Io(e)) => {
                 debug!(%peer, "chat stream ended: {e}");
-                return false;
+                return After::Close;
             }
             Err(e) => {
                 warn!(%peer, "closing chat stream: {e}");
-                return false;
+                return After::Close;
             }
         };
         let certified = self.streams.get(&index).and_then(|s| s.certified.clone());
-        let answer = match self.accept(&signed, certified.as_ref()).await {
-            Ok(id) => ChatFrame::Ack { id },
+        let (answer, fresh) = match self.accept(&signed, certified.as_ref()).await {
+            Ok(Accepted { id, fresh }) => (ChatFrame::Ack { id }, fresh.map(|kept| (id, kept))),
             Err(Refusal::Reject(id, code)) => {
                 warn!(%peer, %id, "message refused: {code}");
-                ChatFrame::Reject { id, code }
+                (ChatFrame::Reject { id, code }, None)
             }
             Err(Refusal::Close(why)) => {
                 warn!(%peer, "closing chat stream: {why}");
-                return false;
+                return After::Close;
             }
         };
         let Some(stream) = self.streams.get_mut(&index) else {
-            return false;
+            return After::Close;
         };
-        if let Err(e) = codec::write_frame(&mut stream.writer, &answer, chat::MAX_FRAME).await {
+        let written = codec::write_frame(&mut stream.writer, &answer, chat::MAX_FRAME).await;
+        if let Err(e) = &written {
             debug!(%peer, "cannot answer on chat stream: {e}");
-            return false;
         }
-        true
+        if let Some((id, kept)) = fresh {
+            // Kept, and acknowledged: its signature is checked now, after
+            // the connection's task has had a turn to send the ack.
+            tokio::task::yield_now().await;
+            if signed.verify(MESSAGE_CONTEXT, &self.key).is_ok() {
+                self.shared.sink.verified(kept).await;
+            } else {
+                warn!(%peer, %id, "a message's signature does not verify under its sender's key; dropping it and closing the peer's streams");
+                self.shared.sink.forged(kept).await;
+                return After::CloseAll;
+            }
+        }
+        if written.is_err() {
+            return After::Close;
+        }
+        After::Continue
     }
 
     /// Checks one message and hands it on; returns its id to acknowledge.
@@ -357,15 +412,16 @@ impl<S: MessageSink> PeerTask<S> {
         &mut self,
         signed: &Signed,
         certified: Option<&NameCertificate>,
-    ) -> Result<MessageId, Refusal> {
+    ) -> Result<Accepted<S::Kept>, Refusal> {
         let now = now_ms();
-        let message =
-            chat::open_message(signed, &self.key, &self.shared.me, now).map_err(|refused| {
-                match refused.id {
-                    Some(id) => Refusal::Reject(id, refused.code),
-                    None => Refusal::Close(format!("{}, and no message id in it", refused.code)),
-                }
-            })?;
+        // The signature is checked after the acknowledgement (see
+        // `on_frame`): the connection is authenticated by the same key.
+        let message = chat::check_message(signed, &self.shared.me, now).map_err(|refused| {
+            match refused.id {
+                Some(id) => Refusal::Reject(id, refused.code),
+                None => Refusal::Close(format!("{}, and no message id in it", refused.code)),
+            }
+        })?;
         let id = message.id;
         let vouched = certified.is_some_and(|cert| {
             cert.vouches_for(&message.from, &self.peer) && cert.expires_at > now
@@ -382,7 +438,7 @@ impl<S: MessageSink> PeerTask<S> {
                     ))
                 })??;
         }
-        self.keep(message).await
+        self.keep(message, signed).await
     }
 
     /// Asks the node (or its recent answer) whether `from` belongs to the peer.
@@ -443,7 +499,7 @@ impl<S: MessageSink> PeerTask<S> {
     }
 
     /// The last checks (repeats, blocks, pins), then keeps the message.
-    async fn keep(&self, message: Message) -> Result<MessageId, Refusal> {
+    async fn keep(&self, message: Message, signed: &Signed) -> Result<Accepted<S::Kept>, Refusal> {
         let (id, peer) = (message.id, self.peer);
         let sink = &self.shared.sink;
         if let Some(code) = sink.refuse(&message.from, &peer) {
@@ -451,15 +507,18 @@ impl<S: MessageSink> PeerTask<S> {
             // change is still acknowledged.
             if sink.seen(id, peer).await {
                 debug!(%id, "already accepted; acknowledged again");
-                return Ok(id);
+                return Ok(Accepted { id, fresh: None });
             }
             return Err(Refusal::Reject(id, code));
         }
-        match sink.keep(message, peer).await {
-            Ok(true) => Ok(id),
-            Ok(false) => {
+        match sink.keep(message, signed.clone(), peer).await {
+            Ok(Some(kept)) => Ok(Accepted {
+                id,
+                fresh: Some(kept),
+            }),
+            Ok(None) => {
                 debug!(%id, "repeat of a message kept before; acknowledged again");
-                Ok(id)
+                Ok(Accepted { id, fresh: None })
             }
             Err(e) => Err(Refusal::Close(format!("cannot keep the message: {e}"))),
         }

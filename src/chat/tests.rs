@@ -21,11 +21,28 @@ use crate::network::{Network, NetworkConfig, NetworkTask};
 
 /// Keeps messages in memory, refusing the names in `refused`; with
 /// `stall`, never finishes keeping one (a recipient whose disk hangs).
+/// Each kept message's verdict (its signature checked after the ack) is
+/// recorded in `verdicts`, and `judged` is notified.
 #[derive(Default, Clone)]
 struct TestSink {
     kept: Arc<Mutex<Vec<Message>>>,
+    verdicts: Arc<Mutex<Vec<(MessageId, bool)>>>,
+    judged: Arc<tokio::sync::Notify>,
     refused: Vec<ScreenName>,
     stall: bool,
+}
+
+impl TestSink {
+    /// Waits for the verdict on `id`.
+    async fn verdict(&self, id: MessageId) -> bool {
+        loop {
+            let judged = self.judged.notified();
+            if let Some((_, ok)) = self.verdicts.lock().unwrap().iter().find(|(i, _)| *i == id) {
+                return *ok;
+            }
+            judged.await;
+        }
+    }
 }
 
 impl MessageSink for TestSink {
@@ -39,16 +56,34 @@ impl MessageSink for TestSink {
         self.kept.lock().unwrap().iter().any(|m| m.id == id)
     }
 
-    async fn keep(&self, message: Message, _: PeerId) -> Result<bool, String> {
+    type Kept = MessageId;
+
+    async fn verified(&self, id: MessageId) {
+        self.verdicts.lock().unwrap().push((id, true));
+        self.judged.notify_waiters();
+    }
+
+    async fn forged(&self, id: MessageId) {
+        self.verdicts.lock().unwrap().push((id, false));
+        self.judged.notify_waiters();
+    }
+
+    async fn keep(
+        &self,
+        message: Message,
+        _: Signed,
+        _: PeerId,
+    ) -> Result<Option<MessageId>, String> {
         if self.stall {
             std::future::pending::<()>().await;
         }
         let mut kept = self.kept.lock().unwrap();
         if kept.iter().any(|m| m.id == message.id) {
-            return Ok(false);
+            return Ok(None);
         }
+        let id = message.id;
         kept.push(message);
-        Ok(true)
+        Ok(Some(id))
     }
 }
 
@@ -157,6 +192,8 @@ async fn a_certified_sender_is_acknowledged_once_per_message_and_repeats_are_ack
     p.deliver(&m).await.unwrap();
     p.deliver(&m).await.unwrap();
     assert_eq!(p.sink.kept.lock().unwrap().len(), 1, "kept once");
+    assert!(p.sink.verdict(m.id).await, "its signature checked out");
+    assert_eq!(p.sink.verdicts.lock().unwrap().len(), 1, "checked once");
     assert_eq!(
         p.alice_net.path(p.link.peer()).await,
         Some(crate::network::Path::Direct)
@@ -207,6 +244,35 @@ async fn a_sender_nobody_vouches_for_gets_its_stream_reset_not_an_answer() {
     assert_eq!(p.deliver(&m).await, Err(DeliveryError::ConnectionLost));
     assert!(p.link.is_closed());
     assert!(p.sink.kept.lock().unwrap().is_empty());
+    p.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_signature_is_never_shown_and_closes_the_link() {
+    let p = pair(
+        TestSink::default(),
+        super::DEFAULT_MESSAGE_RATE,
+        Some("alice"),
+    )
+    .await;
+    // Right name, right connection, but signed by another key: only a
+    // broken or hostile client of alice's own sends this.
+    let m = message("alice", "bob", "not really signed");
+    let forged = Signed::sign(&Identity::generate().unwrap(), MESSAGE_CONTEXT, &m);
+    // The signature is checked after the ack (the connection vouches for
+    // the key), so the ack may come; what matters is what follows.
+    let _ = p.link.deliver(m.id, forged).await;
+    assert!(!p.sink.verdict(m.id).await, "found forged");
+    let after = message("alice", "bob", "and now a real one");
+    assert_eq!(
+        p.deliver(&after).await,
+        Err(DeliveryError::ConnectionLost),
+        "the link is closed"
+    );
+    assert!(
+        p.sink.verdicts.lock().unwrap().iter().all(|(_, ok)| !ok),
+        "nothing shown"
+    );
     p.stop.cancel();
 }
 

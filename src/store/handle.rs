@@ -25,8 +25,7 @@ enum Source {
 }
 
 /// A handle to the store's thread. Cheap to clone; the thread ends once
-/// every handle is gone (or [`StoreHandle::close`] is called and the
-/// others drop theirs).
+/// every handle is gone.
 #[derive(Clone)]
 pub struct StoreHandle {
     jobs: mpsc::Sender<Job>,

@@ -23,6 +23,7 @@ use libp2p::PeerId;
 use messenger_proto::chat::{Message, MessageId};
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::name::ScreenName;
+use messenger_proto::signed::Signed;
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
@@ -38,6 +39,9 @@ const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("histo
 const BY_ID: TableDefinition<&[u8], (&str, u64)> = TableDefinition::new("by_id");
 /// (recipient, sequence) → (): what is still to be delivered, in order.
 const OUTBOX: TableDefinition<(&str, u64), ()> = TableDefinition::new("outbox");
+/// (sender, sequence) → (): received messages whose signature is not
+/// checked yet (kept and acknowledged first; shown only once checked).
+const UNVERIFIED: TableDefinition<(&str, u64), ()> = TableDefinition::new("unverified");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
 
@@ -252,6 +256,9 @@ pub enum MessageState {
     Failed,
     /// Received from the sender (and acknowledged).
     Received,
+    /// Received and acknowledged, its signature not checked yet: never
+    /// shown in this state (see [`Store::settle_incoming`]).
+    Unverified,
 }
 
 impl std::fmt::Display for MessageState {
@@ -262,6 +269,7 @@ impl std::fmt::Display for MessageState {
             MessageState::Delivered => "delivered",
             MessageState::Failed => "failed",
             MessageState::Received => "received",
+            MessageState::Unverified => "unverified",
         })
     }
 }
@@ -285,6 +293,10 @@ pub struct StoredMessage {
     /// message, the recipient that acknowledged a delivered one.
     #[serde(default)]
     pub peer_id: Option<PeerId>,
+    /// A received message as its sender signed it (the payload bytes and
+    /// the signature): what proves, later, who wrote it.
+    #[serde(default)]
+    pub signed: Option<Signed>,
 }
 
 impl StoredMessage {
@@ -320,6 +332,7 @@ fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
     each!(HISTORY, |e| decode::<StoredMessage>(e.1.value())?);
     each!(BY_ID, |e| drop(e));
     each!(OUTBOX, |e| drop(e));
+    each!(UNVERIFIED, |e| drop(e));
     each!(BLOCKED, |e| drop(e));
     each!(META, |e| drop(e));
     Ok(())
@@ -486,6 +499,7 @@ impl Store {
                 && exists(txn.open_table(HISTORY).map(drop))?
                 && exists(txn.open_table(BY_ID).map(drop))?
                 && exists(txn.open_table(OUTBOX).map(drop))?
+                && exists(txn.open_table(UNVERIFIED).map(drop))?
                 && exists(txn.open_table(META).map(drop))?
         };
         if all_there {
@@ -497,6 +511,7 @@ impl Store {
         txn.open_table(HISTORY)?;
         txn.open_table(BY_ID)?;
         txn.open_table(OUTBOX)?;
+        txn.open_table(UNVERIFIED)?;
         txn.open_table(META)?;
         txn.commit()?;
         Ok(())
@@ -537,13 +552,33 @@ impl Store {
         }
     }
 
+    /// A write committed durably (on disk when this returns).
     fn write<T>(
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<T, Raw>,
     ) -> Result<T, StoreError> {
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// A write committed without waiting for the disk: lost in a crash
+    /// until the next durable write, so only for what a crash may undo.
+    fn write_lazily<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, Raw>,
+    ) -> Result<T, StoreError> {
+        self.write_with(redb::Durability::None, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, Raw>,
+    ) -> Result<T, StoreError> {
         self.check_room()?;
         let run = || -> Result<T, Raw> {
-            let txn = self.db.begin_write()?;
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(durability)
+                .map_err(|e| Raw::Db(e.into()))?;
             let out = f(&txn)?;
             txn.commit()?;
             Ok(out)
@@ -668,6 +703,7 @@ impl Store {
                 updated_at: now,
                 error: None,
                 peer_id: None,
+                signed: None,
             };
             Self::put(txn, &stored)?;
             let to = stored.message.to.as_str();
@@ -678,11 +714,13 @@ impl Store {
         })
     }
 
-    /// Stores a received message unless its id was seen before. Returns
-    /// the stored message if it is new.
+    /// Stores a received message, signature not yet checked, unless its
+    /// id was seen before. Returns the stored message if it is new; it is
+    /// not shown (history leaves it out) until [`Store::settle_incoming`].
     pub fn add_incoming(
         &self,
         message: &Message,
+        signed: Signed,
         sender: PeerId,
         now: u64,
     ) -> Result<Option<StoredMessage>, StoreError> {
@@ -692,18 +730,83 @@ impl Store {
                 return Ok(None);
             }
             let seq = Self::next_seq(txn)?;
-            by_id.insert(message.id.0.as_slice(), (message.from.as_str(), seq))?;
+            let from = message.from.as_str();
+            by_id.insert(message.id.0.as_slice(), (from, seq))?;
             let stored = StoredMessage {
                 seq,
                 message: message.clone(),
                 direction: Direction::In,
-                state: MessageState::Received,
+                state: MessageState::Unverified,
                 updated_at: now,
                 error: None,
                 peer_id: Some(sender),
+                signed: Some(signed),
             };
             Self::put(txn, &stored)?;
+            txn.open_table(UNVERIFIED)?.insert((from, seq), ())?;
             Ok(Some(stored))
+        })
+    }
+
+    /// The verdict on a received message's signature: a good one makes it
+    /// received (and returns it, to be shown); a bad one removes it, as if
+    /// it had never come. `None` when there is nothing (left) to settle.
+    ///
+    /// Not waited for on disk (the message's own write was): a crash that
+    /// undoes a verdict leaves the message to be checked again.
+    pub fn settle_incoming(
+        &self,
+        id: &MessageId,
+        good: bool,
+        now: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        self.write_lazily(|txn| {
+            let mut by_id = txn.open_table(BY_ID)?;
+            let Some((name, seq)) = by_id.get(id.0.as_slice())?.map(|k| {
+                let (name, seq) = k.value();
+                (name.to_owned(), seq)
+            }) else {
+                return Ok(None);
+            };
+            let mut unverified = txn.open_table(UNVERIFIED)?;
+            if unverified.remove((name.as_str(), seq))?.is_none() {
+                return Ok(None);
+            }
+            let mut history = txn.open_table(HISTORY)?;
+            if !good {
+                history.remove((name.as_str(), seq))?;
+                by_id.remove(id.0.as_slice())?;
+                return Ok(None);
+            }
+            let Some(bytes) = history
+                .get((name.as_str(), seq))?
+                .map(|v| v.value().to_vec())
+            else {
+                return Ok(None);
+            };
+            let mut stored: StoredMessage = decode(&bytes)?;
+            stored.state = MessageState::Received;
+            stored.updated_at = now;
+            history.insert((name.as_str(), seq), codec::to_cbor(&stored).as_slice())?;
+            Ok(Some(stored))
+        })
+    }
+
+    /// Received messages whose signature is still to be checked (the
+    /// client stopped between keeping one and checking it).
+    pub fn unverified(&self) -> Result<Vec<StoredMessage>, StoreError> {
+        self.read(|txn| {
+            let unverified = txn.open_table(UNVERIFIED)?;
+            let history = txn.open_table(HISTORY)?;
+            let mut out = Vec::new();
+            for entry in unverified.iter()? {
+                let (k, _) = entry?;
+                let (name, seq) = k.value();
+                if let Some(v) = history.get((name, seq))? {
+                    out.push(decode(v.value())?);
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -808,9 +911,15 @@ impl Store {
             for entry in history
                 .range((peer.as_str(), 0)..=(peer.as_str(), u64::MAX))?
                 .rev()
-                .take(limit)
             {
-                out.push(decode(entry?.1.value())?);
+                if out.len() == limit {
+                    break;
+                }
+                let stored: StoredMessage = decode(entry?.1.value())?;
+                // Not shown before its signature is checked.
+                if stored.state != MessageState::Unverified {
+                    out.push(stored);
+                }
             }
             out.reverse();
             Ok(out)
@@ -897,6 +1006,26 @@ mod tests {
         );
     }
 
+    fn signed(m: &Message) -> Signed {
+        use messenger_proto::signed::MESSAGE_CONTEXT;
+        Signed::sign(
+            &messenger_proto::Identity::from_seed([3; 32]),
+            MESSAGE_CONTEXT,
+            m,
+        )
+    }
+
+    /// Keeps a received message and settles it as checked.
+    fn receive(store: &Store, m: &Message, now: u64) -> bool {
+        let kept = store
+            .add_incoming(m, signed(m), PeerId::random(), now)
+            .unwrap();
+        if kept.is_some() {
+            assert!(store.settle_incoming(&m.id, true, now).unwrap().is_some());
+        }
+        kept.is_some()
+    }
+
     #[test]
     fn incoming_duplicates_are_dropped_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -904,18 +1033,8 @@ mod tests {
         let m = msg("alice", "mine", "hi");
         {
             let store = Store::open(&path, false).unwrap();
-            assert!(
-                store
-                    .add_incoming(&m, PeerId::random(), 1)
-                    .unwrap()
-                    .is_some()
-            );
-            assert!(
-                store
-                    .add_incoming(&m, PeerId::random(), 2)
-                    .unwrap()
-                    .is_none()
-            );
+            assert!(receive(&store, &m, 1));
+            assert!(!receive(&store, &m, 2));
             // Only one process may hold the store.
             assert!(matches!(
                 Store::open(&path, true),
@@ -923,15 +1042,52 @@ mod tests {
             ));
         }
         let store = Store::open(&path, false).unwrap();
-        assert!(
-            store
-                .add_incoming(&m, PeerId::random(), 3)
-                .unwrap()
-                .is_none()
-        );
+        assert!(!receive(&store, &m, 3));
         let h = store.history(&name("alice"), 10).unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].direction, Direction::In);
+        assert_eq!(h[0].signed, Some(signed(&m)), "kept as signed");
+    }
+
+    #[test]
+    fn a_received_message_is_shown_only_once_its_signature_is_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (good, bad) = (msg("alice", "mine", "good"), msg("alice", "mine", "bad"));
+        {
+            let store = Store::open(&path, false).unwrap();
+            for m in [&good, &bad] {
+                store
+                    .add_incoming(m, signed(m), PeerId::random(), 1)
+                    .unwrap()
+                    .unwrap();
+            }
+            assert!(store.history(&name("alice"), 10).unwrap().is_empty());
+        }
+        // Kept across a restart, still waiting for its check.
+        let store = Store::open(&path, true).unwrap();
+        let waiting: Vec<MessageId> = store
+            .unverified()
+            .unwrap()
+            .iter()
+            .map(|m| m.message.id)
+            .collect();
+        assert_eq!(waiting, [good.id, bad.id]);
+        let shown = store.settle_incoming(&good.id, true, 2).unwrap().unwrap();
+        assert_eq!(shown.state, MessageState::Received);
+        assert!(store.settle_incoming(&bad.id, false, 2).unwrap().is_none());
+        assert!(
+            store.settle_incoming(&good.id, true, 3).unwrap().is_none(),
+            "once"
+        );
+        let h = store.history(&name("alice"), 10).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].message.text, "good");
+        assert!(store.unverified().unwrap().is_empty());
+        assert!(
+            store.message(&bad.id).unwrap().is_none(),
+            "a forgery leaves no trace"
+        );
     }
 
     #[test]
@@ -942,9 +1098,7 @@ mod tests {
             store
                 .add_outgoing(msg("mine", "bob", &format!("out{i}")), 1)
                 .unwrap();
-            store
-                .add_incoming(&msg("bob", "mine", &format!("in{i}")), PeerId::random(), 1)
-                .unwrap();
+            receive(&store, &msg("bob", "mine", &format!("in{i}")), 1);
         }
         let h = store.history(&name("bob"), 3).unwrap();
         let texts: Vec<_> = h.iter().map(|m| m.message.text.as_str()).collect();
