@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::certificate::SignedCertificate;
 use crate::name::ScreenName;
 use crate::presence::Presence;
-use crate::record::{Registration, SignedRecord};
+use crate::record::{RecordError, Registration, SignedRecord};
+use crate::signed::SignedError;
 
 /// Protocol id of a directory session.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/messenger/directory/1");
@@ -250,6 +251,22 @@ impl Reply {
         Reply::Error {
             code,
             message: message.into(),
+        }
+    }
+}
+
+/// The error code a node answers for a refused record (docs/protocol.md
+/// §5.3).
+impl From<&RecordError> for ErrorCode {
+    fn from(e: &RecordError) -> Self {
+        match e {
+            RecordError::Name(_) => ErrorCode::InvalidName,
+            RecordError::Signed(SignedError::Malformed(_)) => ErrorCode::InvalidRecord,
+            RecordError::Signed(_) => ErrorCode::BadSignature,
+            RecordError::TooManyAddrs(_)
+            | RecordError::AddrTooLong(_)
+            | RecordError::BadAddr { .. }
+            | RecordError::Status(_) => ErrorCode::InvalidRecord,
         }
     }
 }

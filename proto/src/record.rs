@@ -8,7 +8,6 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
-use crate::directory::ErrorCode;
 use crate::identity::{Identity, verifying_key_of};
 use crate::name::{NameError, ScreenName};
 use crate::presence::{Status, StatusError, check_status_text};
@@ -70,22 +69,6 @@ pub enum RecordError {
     /// The record's name is not a screen name in normal form.
     #[error("the record's name: {0}")]
     Name(NameError),
-}
-
-impl RecordError {
-    /// The directory error code a node answers for this refusal
-    /// (docs/protocol.md §5.3).
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            RecordError::Name(_) => ErrorCode::InvalidName,
-            RecordError::Signed(SignedError::Malformed(_)) => ErrorCode::InvalidRecord,
-            RecordError::Signed(_) => ErrorCode::BadSignature,
-            RecordError::TooManyAddrs(_)
-            | RecordError::AddrTooLong(_)
-            | RecordError::BadAddr { .. }
-            | RecordError::Status(_) => ErrorCode::InvalidRecord,
-        }
-    }
 }
 
 /// Checks the form of a registered address: not empty, and not ending in

@@ -234,7 +234,8 @@ impl<S: ClaimStore> Registry<S> {
         let record = match signed.open() {
             Ok(record) => record,
             Err(e) => {
-                let message = match e.code() {
+                let code = ErrorCode::from(&e);
+                let message = match code {
                     ErrorCode::BadSignature => {
                         format!("{e}: a record must be signed by the key of the peer id it names")
                     }
@@ -245,7 +246,7 @@ impl<S: ClaimStore> Registry<S> {
                     }
                     _ => e.to_string(),
                 };
-                return Reply::error(e.code(), message);
+                return Reply::error(code, message);
             }
         };
         if visible_to.len() > MAX_VISIBLE_TO {
