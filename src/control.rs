@@ -30,9 +30,10 @@ const MAX_CONNECTIONS: usize = 64;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {
-    /// The client accepted the request and then closed the socket without
-    /// an answer: it died (or was killed) meanwhile. What the request did
-    /// is unknown to the caller until it looks.
+    /// The client accepted the connection and then closed it without an
+    /// answer (at any point: while the request was written, or after): it
+    /// died (or was killed) meanwhile. What the request did is unknown to
+    /// the caller until it looks.
     #[error("the running client closed the control socket without answering (did it stop?)")]
     NoAnswer,
     /// The socket failed otherwise.
@@ -67,18 +68,24 @@ pub async fn call(home: &Path, request: &Request) -> Result<Option<Response>, Ca
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
     line.push(b'\n');
-    write.write_all(&line).await?;
-    write.shutdown().await?;
+    // From here on, a failure means no answer: the client may have taken
+    // the request (whole or not) before it went.
     let mut reply = String::new();
-    let read = BufReader::new(read)
-        .take(MAX_LINE as u64)
-        .read_line(&mut reply)
-        .await;
-    match read {
+    let exchanged = async {
+        write.write_all(&line).await?;
+        write.shutdown().await?;
+        BufReader::new(read)
+            .take(MAX_LINE as u64)
+            .read_line(&mut reply)
+            .await
+    };
+    match exchanged.await {
         Ok(_) if reply.is_empty() => return Err(CallError::NoAnswer),
         Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(CallError::NoAnswer),
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            debug!("the control socket failed before an answer: {e}");
+            return Err(CallError::NoAnswer);
+        }
     }
     serde_json::from_str(&reply)
         .map(Some)

@@ -560,8 +560,11 @@ impl Store {
         self.write_with(redb::Durability::Immediate, f)
     }
 
-    /// A write committed without waiting for the disk: lost in a crash
-    /// until the next durable write, so only for what a crash may undo.
+    /// A small write that follows a durable one and may be undone by a
+    /// crash: committed without waiting for the disk, and allowed into the
+    /// space kept free (that space is there for such writes: the message it
+    /// settles is stored already, and must not stay hidden because the disk
+    /// filled since).
     fn write_lazily<T>(
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<T, Raw>,
@@ -574,7 +577,9 @@ impl Store {
         durability: redb::Durability,
         f: impl FnOnce(&WriteTransaction) -> Result<T, Raw>,
     ) -> Result<T, StoreError> {
-        self.check_room()?;
+        if matches!(durability, redb::Durability::Immediate) {
+            self.check_room()?;
+        }
         let run = || -> Result<T, Raw> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(durability)
