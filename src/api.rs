@@ -104,6 +104,19 @@ pub enum Request {
         /// The name.
         name: String,
     },
+    /// Tell a contact I am typing (or stopped): ephemeral, dropped if the
+    /// contact cannot be reached now. Sent only while the setting allows.
+    Typing {
+        /// The name.
+        to: String,
+        /// Typing, or stopped.
+        active: bool,
+    },
+    /// Nudge someone: their window shakes or rings. Ephemeral.
+    Nudge {
+        /// The name.
+        to: String,
+    },
 }
 
 /// What the client answers.
@@ -133,10 +146,13 @@ pub enum Response {
         /// The message.
         message: Option<StoredMessage>,
     },
-    /// What the node says of a name (verified).
+    /// What the node says of a name (verified), and how we are connected
+    /// to it now.
     Peer {
         /// The answer.
         peer: PeerInfo,
+        /// The path of our open connection to it: `None` when there is none.
+        path: Option<Path>,
     },
     /// A name is mine.
     Registered {
@@ -309,6 +325,21 @@ pub enum Event {
     },
     /// A watched name's presence changed.
     Presence(PeerInfo),
+    /// Someone is typing to me (or stopped).
+    Typing {
+        /// Who.
+        name: ScreenName,
+        /// Typing, or stopped.
+        active: bool,
+    },
+    /// Someone nudged me.
+    Nudge {
+        /// Who.
+        name: ScreenName,
+    },
+    /// A message of mine was written to its recipient (not acknowledged
+    /// yet).
+    Sent(StoredMessage),
     /// A message of mine was acknowledged.
     Delivered(StoredMessage),
     /// A message of mine was refused for good.

@@ -58,9 +58,26 @@ pub struct Config {
     /// Its text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_text: Option<String>,
+    /// Whether others are told while I type (unset: yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_typing: Option<bool>,
+    /// Whether the window rings the terminal bell for a message or a nudge
+    /// in a conversation not in front (unset: yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bell: Option<bool>,
 }
 
 impl Config {
+    /// Whether others are told while I type.
+    pub fn sends_typing(&self) -> bool {
+        self.send_typing.unwrap_or(true)
+    }
+
+    /// Whether the window rings the bell.
+    pub fn rings_bell(&self) -> bool {
+        self.bell.unwrap_or(true)
+    }
+
     /// Reads `config.json`'s bytes; unknown fields are refused.
     pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
@@ -171,6 +188,8 @@ mod tests {
             name: Some(ScreenName::parse("alice").unwrap()),
             status: Some(Status::Away),
             status_text: Some("back at 3".into()),
+            send_typing: Some(false),
+            bell: None,
         };
         home.save_config(&config).unwrap();
         assert_eq!(home.config().unwrap(), config);

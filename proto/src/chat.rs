@@ -230,10 +230,26 @@ pub enum ChatFrame {
         /// Why, as a stable code.
         code: RejectCode,
     },
+    /// Sender to receiver, ephemeral: the sender is typing (`active`),
+    /// or stopped before sending (its input is empty again). Neither
+    /// stored nor acknowledged; repeated every few seconds while typing
+    /// goes on (docs/protocol.md §6.5).
+    Typing {
+        /// Typing now, or stopped.
+        active: bool,
+    },
+    /// Sender to receiver, ephemeral: a nudge, which makes the
+    /// recipient's window shake or ring. Neither stored nor acknowledged.
+    Nudge {},
     /// A kind of frame this version does not know (read, never written):
     /// skipped.
     #[serde(skip_serializing)]
     Unknown,
+}
+
+#[derive(Deserialize)]
+struct TypingBody {
+    active: bool,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +295,15 @@ impl<'de> Deserialize<'de> for ChatFrame {
                     "reject" => {
                         let RejectBody { id, code } = map.next_value()?;
                         ChatFrame::Reject { id, code }
+                    }
+                    "typing" => {
+                        let TypingBody { active } = map.next_value()?;
+                        ChatFrame::Typing { active }
+                    }
+                    "nudge" => {
+                        // Its body is a map; what is in it is for later.
+                        map.next_value::<IgnoredAny>()?;
+                        ChatFrame::Nudge {}
                     }
                     _ => {
                         map.next_value::<IgnoredAny>()?;
@@ -365,15 +390,15 @@ mod tests {
         #[derive(Serialize)]
         #[serde(rename_all = "snake_case")]
         enum Later {
-            Typing { active: bool, extra: Vec<u32> },
+            Wink { eye: bool, extra: Vec<u32> },
             Reject { id: MessageId, code: &'static str },
         }
-        let typing = codec::to_cbor(&Later::Typing {
-            active: true,
+        let wink = codec::to_cbor(&Later::Wink {
+            eye: true,
             extra: vec![1, 2, 3],
         });
         assert_eq!(
-            codec::from_cbor::<ChatFrame>(&typing).unwrap(),
+            codec::from_cbor::<ChatFrame>(&wink).unwrap(),
             ChatFrame::Unknown
         );
         let id = MessageId([7; 16]);
@@ -394,6 +419,9 @@ mod tests {
                 id,
                 code: RejectCode::BadTime,
             },
+            ChatFrame::Typing { active: true },
+            ChatFrame::Typing { active: false },
+            ChatFrame::Nudge {},
         ] {
             assert_eq!(
                 codec::from_cbor::<ChatFrame>(&codec::to_cbor(&frame)).unwrap(),
@@ -405,6 +433,24 @@ mod tests {
         two.insert("ack", AckOut { id });
         two.insert("zzz", AckOut { id });
         assert!(codec::from_cbor::<ChatFrame>(&codec::to_cbor(&two)).is_err());
+    }
+
+    #[test]
+    fn ephemeral_frames_are_encoded_as_documented() {
+        // docs/protocol.md §6.5.
+        let typing = codec::to_cbor(&ChatFrame::Typing { active: true });
+        assert_eq!(hex::encode(&typing), "a166747970696e67a166616374697665f5");
+        assert_eq!(hex::encode(codec::to_cbor(&ChatFrame::Nudge {})), "a1656e75646765a0");
+        // A nudge with something in its body is still a nudge.
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Later {
+            Nudge { strength: u8 },
+        }
+        assert_eq!(
+            codec::from_cbor::<ChatFrame>(&codec::to_cbor(&Later::Nudge { strength: 3 })).unwrap(),
+            ChatFrame::Nudge {}
+        );
     }
 
     #[derive(Serialize)]

@@ -35,7 +35,7 @@ use super::sink::StoreSink;
 use super::trust::Trust;
 use super::{Command, Note, ShutdownReport};
 use crate::api::{ContactView, Event, Failure, FailureKind, Request, Response, SendOutcome};
-use crate::chat::Inbox;
+use crate::chat::{Inbox, Signal};
 use crate::directory::{DirectoryError, DirectorySession, Registered, node_peer_id};
 use crate::home::{Config, Home};
 use crate::network::{
@@ -341,6 +341,20 @@ impl Core {
                 self.resolve_then(&name, reply, AfterResolve::ContactsTrust)
             }
             Request::Whois { name } => self.resolve_then(&name, reply, AfterResolve::Whois),
+            Request::Typing { to, active } => {
+                let response = if self.config.sends_typing() {
+                    self.signal(&to, Signal::Typing(active))
+                } else {
+                    Response::Done {
+                        message: "typing indicators are turned off".into(),
+                    }
+                };
+                let _ = reply.send(response);
+            }
+            Request::Nudge { to } => {
+                let response = self.signal(&to, Signal::Nudge);
+                let _ = reply.send(response);
+            }
             Request::ContactsRemove { name } => {
                 let response = match ScreenName::parse(&name) {
                     Ok(name) => self.remove_contact(name).await,
@@ -1380,7 +1394,13 @@ impl Core {
         match then {
             AfterResolve::Whois(reply) => {
                 let response = match info {
-                    Ok(peer) => Response::Peer { peer },
+                    Ok(peer) => {
+                        let path = match &self.network {
+                            Some(network) => network.path(peer.peer_id).await,
+                            None => None,
+                        };
+                        Response::Peer { peer, path }
+                    }
                     Err(e) => Response::Failed(Failure::from(&e)),
                 };
                 let _ = reply.send(response);
@@ -1493,6 +1513,30 @@ impl Core {
                 self.register_again(None, false);
             }
             self.worker_if_any(name, WorkerMsg::Wake);
+        }
+    }
+
+    /// Hands an ephemeral signal to the recipient's worker; dropped when
+    /// the worker is busy (a signal is worth nothing late).
+    fn signal(&mut self, to: &str, signal: Signal) -> Response {
+        let to = match ScreenName::parse(to) {
+            Ok(to) => to,
+            Err(e) => return failed(FailureKind::Invalid, e),
+        };
+        if self.online.is_none() {
+            return failed(
+                FailureKind::Unreachable,
+                "not online: signals go only from the running client",
+            );
+        }
+        match self.workers.get(&to).filter(|w| !w.is_closed()) {
+            Some(worker) => {
+                let _ = worker.try_send(WorkerMsg::Signal(signal));
+            }
+            None => self.worker(&to, WorkerMsg::Signal(signal)),
+        }
+        Response::Done {
+            message: format!("sent to {to}"),
         }
     }
 

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use super::trust::Trust;
 use super::{Note, SendError};
 use crate::api::{Event, Failure, Response, SendOutcome};
-use crate::chat::{ACK_TIMEOUT, CertificateWatch, ChatLink, DeliveryError};
+use crate::chat::{ACK_TIMEOUT, CertificateWatch, ChatLink, DeliveryError, Signal};
 use crate::directory::{DirectoryError, DirectorySession};
 use crate::network::Network;
 use crate::peer::PeerInfo;
@@ -68,6 +68,9 @@ pub(super) enum WorkerMsg {
     Wake,
     /// What the node now says of the recipient.
     Peer(PeerInfo),
+    /// An ephemeral signal for the recipient: sent on the link if one is
+    /// open or can be opened now, else dropped.
+    Signal(Signal),
 }
 
 /// Whether a worker keeps trying, or gives each message one round.
@@ -228,6 +231,10 @@ impl Worker {
                 }
                 WorkerMsg::Wake => Some(true),
                 WorkerMsg::Peer(info) => Some(self.learn(info).await),
+                WorkerMsg::Signal(signal) => {
+                    self.signal(signal).await;
+                    Some(false)
+                }
             },
             () = timer => {
                 let now = Instant::now();
@@ -257,6 +264,25 @@ impl Worker {
         let reachable = info.reachable;
         self.peer = Some(info);
         reachable
+    }
+
+    /// Sends an ephemeral signal, opening the link if the recipient is
+    /// known to be reachable (what a typing signal opens, the message that
+    /// follows it uses). Never waits on a recipient that is not there.
+    async fn signal(&mut self, signal: Signal) {
+        let open = self.link.as_ref().is_some_and(|l| !l.is_closed());
+        let reachable = self.peer.as_ref().is_some_and(|p| p.dialable(now_ms()));
+        if !open && !reachable {
+            return;
+        }
+        match self.link().await {
+            Ok((link, _)) => {
+                if let Err(e) = link.signal(signal) {
+                    debug!(to = %self.to, "signal dropped: {e}");
+                }
+            }
+            Err(pause) => debug!(to = %self.to, "signal dropped: {}", pause.reason()),
+        }
     }
 
     fn drop_link(&mut self) {
@@ -439,13 +465,18 @@ impl Worker {
         }
         let ids: Vec<MessageId> = acks.iter().map(|(m, _)| m.message.id).collect();
         let now = now_ms();
-        if let Err(e) = self
+        match self
             .env
             .store
             .call(move |s| s.set_state(&ids, MessageState::Sent, None, None, now))
             .await
         {
-            warn!("cannot mark messages sent: {e}");
+            Ok(changed) => {
+                for stored in changed {
+                    let _ = self.env.events.send(Event::Sent(stored)).await;
+                }
+            }
+            Err(e) => warn!("cannot mark messages sent: {e}"),
         }
         let peer = link.peer();
         for (m, rx) in acks {

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::Note;
 use super::trust::{Distrust, Trust};
 use crate::api::Event;
-use crate::chat::MessageSink;
+use crate::chat::{MessageSink, Signal};
 use crate::network::{Network, Path};
 use crate::store::{Direction, StoreHandle};
 
@@ -96,6 +96,16 @@ impl MessageSink for StoreSink {
 
     async fn forged(&self, kept: Kept) {
         self.settle(kept, false).await;
+    }
+
+    async fn signal(&self, from: ScreenName, _: PeerId, signal: Signal) {
+        let event = match signal {
+            Signal::Typing(active) => Event::Typing { name: from, active },
+            Signal::Nudge => Event::Nudge { name: from },
+        };
+        // Ephemeral: dropped rather than waited for when the front end
+        // lags.
+        let _ = self.events.try_send(event);
     }
 }
 

@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::OWNER_CHECK_TIMEOUT;
+use super::{NUDGE_RATE, OWNER_CHECK_TIMEOUT, Signal, TYPING_RATE};
 use crate::directory::{DirectoryError, DirectorySession};
 use crate::network::ChatStreams;
 
@@ -89,6 +89,18 @@ pub trait MessageSink: Send + Sync + 'static {
     /// The signature of a kept message did not verify: it must never be
     /// shown (the peer's streams are closed).
     fn forged(&self, kept: Self::Kept) -> impl Future<Output = ()> + Send;
+
+    /// An ephemeral signal from `from` (a name the stream's certificate
+    /// vouches for, not refused), within its rate. Ignored by default.
+    fn signal(
+        &self,
+        from: ScreenName,
+        peer: PeerId,
+        signal: Signal,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (from, peer, signal);
+        async {}
+    }
 }
 
 /// What every peer's task shares (read-only).
@@ -239,6 +251,9 @@ struct PeerTask<S> {
     peer: PeerId,
     key: ed25519_dalek::VerifyingKey,
     bucket: TokenBucket,
+    /// Typing signals and nudges taken, each within its own rate.
+    typing: TokenBucket,
+    nudges: TokenBucket,
     epoch: Instant,
     /// What the node said owns a name, and when it said so.
     owners: HashMap<ScreenName, (PeerId, Instant)>,
@@ -253,6 +268,8 @@ impl<S: MessageSink> PeerTask<S> {
             peer,
             key,
             bucket: TokenBucket::new(rate, 0),
+            typing: TokenBucket::new(TYPING_RATE, 0),
+            nudges: TokenBucket::new(NUDGE_RATE, 0),
             epoch: Instant::now(),
             owners: HashMap::new(),
             streams: HashMap::new(),
@@ -356,6 +373,14 @@ impl<S: MessageSink> PeerTask<S> {
                 return After::Continue;
             }
             Ok(ChatFrame::Unknown) => return After::Continue,
+            Ok(ChatFrame::Typing { active }) => {
+                self.on_signal(index, Signal::Typing(active)).await;
+                return After::Continue;
+            }
+            Ok(ChatFrame::Nudge {}) => {
+                self.on_signal(index, Signal::Nudge).await;
+                return After::Continue;
+            }
             Ok(ChatFrame::Ack { .. } | ChatFrame::Reject { .. }) => {
                 warn!(%peer, "peer sent an acknowledgement on an inbound chat stream; closing it");
                 return After::Close;
@@ -404,6 +429,30 @@ impl<S: MessageSink> PeerTask<S> {
             return After::Close;
         }
         After::Continue
+    }
+
+    /// An ephemeral signal on stream `index`: taken only under the name its
+    /// certificate vouches for (the node is not asked for something that
+    /// is gone in seconds), from a sender not refused, within its rate.
+    async fn on_signal(&mut self, index: usize, signal: Signal) {
+        let now = now_ms();
+        let Some(cert) = self.streams.get(&index).and_then(|s| s.certified.clone()) else {
+            debug!(peer = %self.peer, "a signal on a stream without a certificate; ignored");
+            return;
+        };
+        if cert.expires_at <= now || self.shared.sink.refuse(&cert.name, &self.peer).is_some() {
+            return;
+        }
+        let bucket = match signal {
+            Signal::Typing(_) => &mut self.typing,
+            Signal::Nudge => &mut self.nudges,
+        };
+        let at = self.epoch.elapsed().as_millis() as u64;
+        if bucket.take(at).is_err() {
+            debug!(peer = %self.peer, ?signal, "over its rate; ignored");
+            return;
+        }
+        self.shared.sink.signal(cert.name, self.peer, signal).await;
     }
 
     /// Checks one message and hands it on; returns its id to acknowledge.

@@ -13,15 +13,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{ACK_TIMEOUT, DeliveryError};
+use super::{ACK_TIMEOUT, DeliveryError, Signal};
 use crate::network::Network;
 
 type AckSender = oneshot::Sender<Result<(), DeliveryError>>;
 
+/// A framed message and who waits for its acknowledgement, or an
+/// ephemeral frame nobody waits for.
 struct Outgoing {
-    id: MessageId,
     frame: Vec<u8>,
-    ack: AckSender,
+    ack: Option<(MessageId, AckSender)>,
 }
 
 /// The sending half of a chat stream to one peer. Cheap to clone.
@@ -110,10 +111,24 @@ impl ChatLink {
             .map_err(|e| DeliveryError::Frame(e.to_string()))?;
         let (ack, rx) = oneshot::channel();
         self.outgoing
-            .send(Outgoing { id, frame, ack })
+            .send(Outgoing {
+                frame,
+                ack: Some((id, ack)),
+            })
             .await
             .map_err(|_| DeliveryError::ConnectionLost)?;
         Ok(rx)
+    }
+
+    /// Sends an ephemeral frame (typing, a nudge), behind the messages
+    /// already queued. Nothing waits for it: if the link is busy or closed
+    /// it is dropped, which is what an ephemeral signal is for.
+    pub fn signal(&self, signal: Signal) -> Result<(), DeliveryError> {
+        let frame = codec::encode_frame(&signal.frame(), chat::MAX_FRAME)
+            .map_err(|e| DeliveryError::Frame(e.to_string()))?;
+        self.outgoing
+            .try_send(Outgoing { frame, ack: None })
+            .map_err(|_| DeliveryError::ConnectionLost)
     }
 
     /// Sends and waits for the acknowledgement.
@@ -204,7 +219,10 @@ impl LinkTask {
                     let _ = w.send(Err(DeliveryError::Rejected(code)));
                 }
             }
-            ChatFrame::Message(_) | ChatFrame::Certificate(_) => {
+            ChatFrame::Message(_)
+            | ChatFrame::Certificate(_)
+            | ChatFrame::Typing { .. }
+            | ChatFrame::Nudge {} => {
                 warn!("peer sent a message on our outbound chat stream; closing it");
                 return false;
             }
@@ -242,7 +260,9 @@ impl LinkTask {
         }
         for out in batch {
             bytes.extend_from_slice(&out.frame);
-            self.waiting.insert(out.id, out.ack);
+            if let Some((id, ack)) = out.ack {
+                self.waiting.insert(id, ack);
+            }
         }
         let written = async {
             writer.write_all(&bytes).await?;

@@ -7,13 +7,17 @@
 //! the signature against the connection's key and that the sender's name
 //! belongs to that key: from the sender's certificate, or else by asking
 //! the rendezvous node.
+//!
+//! Besides messages a stream carries ephemeral [`Signal`]s (typing, a
+//! nudge): neither stored nor acknowledged, rate-limited by the receiver,
+//! and accepted only under a name the stream's certificate vouches for.
 
 pub mod inbox;
 pub mod link;
 
 use std::time::Duration;
 
-use messenger_proto::chat::RejectCode;
+use messenger_proto::chat::{ChatFrame, RejectCode};
 use messenger_proto::rate::Rate;
 
 pub use inbox::{Inbox, MessageSink};
@@ -35,6 +39,37 @@ const _: () = assert!(OWNER_CHECK_TIMEOUT.as_secs() < ACK_TIMEOUT.as_secs());
 /// it is slowed down (its messages wait unread), not refused: nothing is
 /// lost.
 pub const DEFAULT_MESSAGE_RATE: Rate = Rate::new(200.0, 1_000);
+
+/// How often one peer's typing signals are taken, at most (more are
+/// ignored): a sender repeats one every [`TYPING_REPEAT`] while typing goes on.
+pub const TYPING_RATE: Rate = Rate::new(1.0, 4);
+
+/// How often one peer's nudges are taken, at most: one per 10 s.
+pub const NUDGE_RATE: Rate = Rate::new(0.1, 1);
+
+/// While typing goes on, a sender repeats its typing signal this often...
+pub const TYPING_REPEAT: Duration = Duration::from_secs(3);
+
+/// ...and a receiver shows it for this long after the last one.
+pub const TYPING_SHOWN_FOR: Duration = Duration::from_secs(6);
+
+/// An ephemeral signal on a chat stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The sender is typing (true), or stopped before sending (false).
+    Typing(bool),
+    /// A nudge.
+    Nudge,
+}
+
+impl Signal {
+    fn frame(self) -> ChatFrame {
+        match self {
+            Signal::Typing(active) => ChatFrame::Typing { active },
+            Signal::Nudge => ChatFrame::Nudge {},
+        }
+    }
+}
 
 /// Why a message was not acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

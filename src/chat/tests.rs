@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ACK_TIMEOUT, ChatLink, DeliveryError, Inbox, MessageSink};
+use super::{ACK_TIMEOUT, ChatLink, DeliveryError, Inbox, MessageSink, Signal};
 use crate::network::{Network, NetworkConfig, NetworkTask};
 
 /// Keeps messages in memory, refusing the names in `refused`; with
@@ -28,6 +28,7 @@ struct TestSink {
     kept: Arc<Mutex<Vec<Message>>>,
     verdicts: Arc<Mutex<Vec<(MessageId, bool)>>>,
     judged: Arc<tokio::sync::Notify>,
+    signals: Arc<Mutex<Vec<(ScreenName, Signal)>>>,
     refused: Vec<ScreenName>,
     stall: bool,
 }
@@ -61,6 +62,10 @@ impl MessageSink for TestSink {
     async fn verified(&self, id: MessageId) {
         self.verdicts.lock().unwrap().push((id, true));
         self.judged.notify_waiters();
+    }
+
+    async fn signal(&self, from: ScreenName, _: PeerId, signal: Signal) {
+        self.signals.lock().unwrap().push((from, signal));
     }
 
     async fn forged(&self, id: MessageId) {
@@ -322,5 +327,57 @@ async fn a_recipient_that_never_answers_is_given_up_on_after_the_ack_timeout() {
         "given up after {took:?}"
     );
     assert!(p.sink.kept.lock().unwrap().is_empty());
+    p.stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn typing_and_nudges_are_taken_within_their_rates_under_a_certified_name() {
+    let p = pair(
+        TestSink::default(),
+        super::DEFAULT_MESSAGE_RATE,
+        Some("alice"),
+    )
+    .await;
+    // A message first, so that the certificate is on the stream.
+    p.deliver(&message("alice", "bob", "hi")).await.unwrap();
+    for _ in 0..10 {
+        p.link.signal(Signal::Typing(true)).unwrap();
+    }
+    p.link.signal(Signal::Nudge).unwrap();
+    p.link.signal(Signal::Nudge).unwrap();
+    // Frames are read in order: once this is acknowledged, the signals
+    // before it were handled.
+    p.deliver(&message("alice", "bob", "and")).await.unwrap();
+    let taken = |signal: Signal| {
+        p.sink
+            .signals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(from, s)| *s == signal && from.as_str() == "alice")
+            .count()
+    };
+    assert_eq!(
+        taken(Signal::Typing(true)),
+        4,
+        "a burst of 4 typing signals"
+    );
+    assert_eq!(taken(Signal::Nudge), 1, "one nudge per 10 s");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    p.link.signal(Signal::Nudge).unwrap();
+    p.deliver(&message("alice", "bob", "again")).await.unwrap();
+    assert_eq!(taken(Signal::Nudge), 2, "another after 10 s");
+    p.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_without_a_certificate_are_ignored() {
+    let p = pair(TestSink::default(), super::DEFAULT_MESSAGE_RATE, None).await;
+    p.link.signal(Signal::Typing(true)).unwrap();
+    p.link.signal(Signal::Nudge).unwrap();
+    // No node to vouch for a message either: the stream is reset after it,
+    // so both signals before it were read.
+    let _ = p.deliver(&message("alice", "bob", "hi")).await;
+    assert!(p.sink.signals.lock().unwrap().is_empty());
     p.stop.cancel();
 }

@@ -171,6 +171,30 @@ pub(crate) fn show_event(
             );
             None
         }
+        Event::Nudge { name } => {
+            // The bell, as the classic nudge: on the terminal, not in JSON.
+            out.emit(
+                format!("\x07* {name} nudged you"),
+                json!({"event": "nudge", "name": name.to_string()}),
+            );
+            None
+        }
+        Event::Typing { name, active } => {
+            // Only for programs: a line per signal would drown people.
+            if out.is_json() {
+                out.emit(
+                    "",
+                    json!({"event": "typing", "name": name.to_string(), "active": active}),
+                );
+            }
+            None
+        }
+        Event::Sent(m) => {
+            if out.is_json() {
+                out.emit("", message_json("sent", &m));
+            }
+            None
+        }
         // Later kinds of events this front end does not show.
         _ => None,
     }
@@ -271,8 +295,14 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
             }
             Ok(())
         }
-        Response::Peer { peer } => {
-            out.emit(describe_peer(&peer), peer_json(&peer));
+        Response::Peer { peer, path } => {
+            let mut human = describe_peer(&peer);
+            let mut json = peer_json(&peer);
+            if let Some(path) = path {
+                human.push_str(&format!("\nconnected:   {path}"));
+            }
+            json["connected"] = json!(path.map(|p| p.to_string()));
+            out.emit(human, json);
             Ok(())
         }
         Response::Registered {
