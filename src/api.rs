@@ -117,6 +117,13 @@ pub enum Request {
         /// The name.
         to: String,
     },
+    /// Change settings (each one given), remembered in the home.
+    Settings {
+        /// Whether others are told while I type.
+        send_typing: Option<bool>,
+        /// Whether the window rings the bell.
+        bell: Option<bool>,
+    },
 }
 
 /// What the client answers.

@@ -26,6 +26,8 @@
 //!   the home's running client.
 //! - [`home`]: the user's home directory: key file and settings.
 //! - [`peer`]: what we know of another user, verified.
+//! - `ui` (feature `ui`): the buddy-list window's state and drawing, which
+//!   the binary runs in a terminal.
 //!
 //! # How a message flows
 //!
@@ -64,5 +66,7 @@ pub mod network;
 pub mod peer;
 pub mod store;
 pub mod time;
+#[cfg(feature = "ui")]
+pub mod ui;
 
 pub use messenger_proto as proto;

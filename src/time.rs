@@ -50,3 +50,14 @@ pub fn describe(ms: u64) -> String {
     };
     format!("{local} ({ago})")
 }
+
+/// "5 min ago", "3 h ago", "2 days ago": how long before now.
+pub fn ago(ms: u64) -> String {
+    let ago = messenger_proto::time::now_ms().saturating_sub(ms) / 1000;
+    match ago {
+        0..=59 => "just now".into(),
+        60..=3599 => format!("{} min ago", ago / 60),
+        3600..=86_399 => format!("{} h ago", ago / 3600),
+        _ => format!("{} days ago", ago / 86_400),
+    }
+}

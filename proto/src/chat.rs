@@ -440,7 +440,10 @@ mod tests {
         // docs/protocol.md §6.5.
         let typing = codec::to_cbor(&ChatFrame::Typing { active: true });
         assert_eq!(hex::encode(&typing), "a166747970696e67a166616374697665f5");
-        assert_eq!(hex::encode(codec::to_cbor(&ChatFrame::Nudge {})), "a1656e75646765a0");
+        assert_eq!(
+            hex::encode(codec::to_cbor(&ChatFrame::Nudge {})),
+            "a1656e75646765a0"
+        );
         // A nudge with something in its body is still a nudge.
         #[derive(Serialize)]
         #[serde(rename_all = "snake_case")]

@@ -355,6 +355,32 @@ impl Core {
                 let response = self.signal(&to, Signal::Nudge);
                 let _ = reply.send(response);
             }
+            Request::Settings { send_typing, bell } => {
+                let mut said = Vec::new();
+                if let Some(on) = send_typing {
+                    self.config.send_typing = Some(on);
+                    said.push(if on {
+                        "others see when you type"
+                    } else {
+                        "others no longer see when you type"
+                    });
+                }
+                if let Some(on) = bell {
+                    self.config.bell = Some(on);
+                    said.push(if on {
+                        "the bell rings"
+                    } else {
+                        "the bell is off"
+                    });
+                }
+                let response = match self.save_config() {
+                    Ok(()) => Response::Done {
+                        message: said.join("; "),
+                    },
+                    Err(e) => failed(FailureKind::Other, e),
+                };
+                let _ = reply.send(response);
+            }
             Request::ContactsRemove { name } => {
                 let response = match ScreenName::parse(&name) {
                     Ok(name) => self.remove_contact(name).await,

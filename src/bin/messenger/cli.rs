@@ -48,8 +48,9 @@ pub(crate) struct Args {
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
+    /// What to do; with none, in a terminal, the window (`ui`).
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,9 +144,29 @@ pub(crate) enum Command {
         #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<Multiaddr>,
     },
+    /// The buddy-list window in this terminal: contacts by presence,
+    /// conversations, typing indicators, delivery marks. Also what plain
+    /// `messenger` opens in a terminal. While it runs it is this home's
+    /// client, like `online`. Signs in (asks for the node and a name) on
+    /// first run. F1 in the window lists the keys.
+    Ui {
+        /// Address to accept peers on (repeatable).
+        /// [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1]
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<Multiaddr>,
+    },
     /// Try it out: a rendezvous node and two users on 127.0.0.1 in one
     /// process, exchanging messages both ways, with measured times.
     Demo,
+    /// Print a shell completion script, e.g.
+    /// `messenger completions bash > ~/.local/share/bash-completion/completions/messenger`.
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g.
+    /// `messenger man > ~/.local/share/man/man1/messenger.1`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]

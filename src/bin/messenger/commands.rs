@@ -18,24 +18,46 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Args, Command, ContactsCommand};
 use crate::output::Output;
 use crate::render::{show_event, show_reply};
+use crate::running::{Running, Signals};
 use crate::{Failure, exit};
 
-/// Default addresses a client accepts peers on.
-fn default_listen() -> Vec<Multiaddr> {
-    ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect()
-}
-
 pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
-    if let Command::Demo = args.command {
-        return crate::demo::run(out).await.map_err(Failure::from);
+    let command = match args.command {
+        Some(command) => command,
+        // Plain `messenger` in a terminal is the window.
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin())
+            && std::io::IsTerminal::is_terminal(&std::io::stdout()) =>
+        {
+            Command::Ui { listen: Vec::new() }
+        }
+        None => {
+            return Err(Failure::new(
+                exit::INVALID,
+                anyhow!(
+                    "no command given: see `messenger --help` (in a terminal, plain `messenger` opens the window)"
+                ),
+            ));
+        }
+    };
+    match command {
+        Command::Demo => return crate::demo::run(out).await.map_err(Failure::from),
+        Command::Completions { shell } => {
+            let mut cli = <Args as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "messenger", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            let cli = <Args as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cli)
+                .render(&mut std::io::stdout())
+                .context("cannot write the manual page")?;
+            return Ok(());
+        }
+        _ => {}
     }
     let dir = args
         .home
@@ -48,7 +70,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
         rendezvous: args.rendezvous.clone(),
         out: *out,
     };
-    match args.command {
+    match command {
         Command::Id => ctx.id(),
         Command::Register { name } => {
             parse_name(&name)?;
@@ -103,7 +125,8 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             let peer = parse_name(&name)?;
             ctx.online(listen, Some(peer)).await
         }
-        Command::Demo => Ok(()),
+        Command::Ui { listen } => crate::window::run(ctx.home, ctx.rendezvous, listen).await,
+        Command::Demo | Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 
@@ -245,48 +268,27 @@ impl Ctx {
     /// `online`, and `chat` when `peer` is given.
     async fn online(self, listen: Vec<Multiaddr>, peer: Option<ScreenName>) -> Result<(), Failure> {
         let name = self.my_name()?;
-        let listen = if listen.is_empty() {
-            default_listen()
-        } else {
-            listen
-        };
         // Watch for signals before announcing that we are online.
         let mut signals = Signals::new()?;
-        let listener = control::bind(self.home.dir())
-            .await
-            .map_err(|e| Failure::new(exit::FAILURE, anyhow!("control socket: {e}")))?;
-        let config = AgentConfig::for_home(self.home.clone(), self.rendezvous.clone())
-            .map_err(|e| Failure::of(messenger::api::Failure::from(&e)))?;
-        let rendezvous = config
-            .rendezvous
-            .clone()
-            .or(config.config.rendezvous.clone())
-            .ok_or_else(|| Failure::new(exit::INVALID, anyhow!("no rendezvous node known")))?;
-        let me = config.identity.peer_id();
-        let (agent, mut events) = Agent::start(config)
-            .await
-            .map_err(|e| Failure::of(messenger::api::Failure::from(&e)))?;
-        if let Err(e) = agent.go_online(listen).await {
-            agent.shutdown().await;
-            let _ = std::fs::remove_file(control::socket_path(self.home.dir()));
-            return Err(Failure::of(messenger::api::Failure::from(&e)));
-        }
-        let cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(control::serve(
-            listener,
-            agent.clone(),
-            cancel.child_token(),
-        ));
+        let mut running = Running::start(&self.home, self.rendezvous.clone(), listen).await?;
+        let me = running.agent.peer_id();
+        let Some(rendezvous) = self.rendezvous.clone().or(running.rendezvous.clone()) else {
+            running.stop().await;
+            return Err(Failure::new(
+                exit::INVALID,
+                anyhow!("no rendezvous node known"),
+            ));
+        };
+        let mut lines_task = JoinSet::new();
         let (lines_tx, mut lines) = mpsc::channel::<String>(64);
         if peer.is_some() {
-            tasks.spawn(read_lines(lines_tx));
+            lines_task.spawn(read_lines(lines_tx));
         } else {
             drop(lines_tx);
         }
         let result = loop {
             tokio::select! {
-                event = events.recv() => match event {
+                event = running.events.recv() => match event {
                     Some(event) => {
                         let refused = matches!(event, Event::RegistrationRefused { .. });
                         if let Some(failure) = show_event(&self.out, me, event, &rendezvous) {
@@ -307,7 +309,7 @@ impl Ctx {
                             to: to.to_string(),
                             text: line,
                         };
-                        if let Response::Failed(failure) = agent.call(request).await {
+                        if let Response::Failed(failure) = running.agent.call(request).await {
                             let failure = Failure::of(failure);
                             self.out.error(failure.code, &failure.error);
                         }
@@ -318,11 +320,9 @@ impl Ctx {
                 _ = signals.recv() => break Ok(()),
             }
         };
-        cancel.cancel();
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-        let _ = std::fs::remove_file(control::socket_path(self.home.dir()));
-        agent.shutdown().await;
+        lines_task.abort_all();
+        while lines_task.join_next().await.is_some() {}
+        running.stop().await;
         self.out.emit(
             format!("offline: {name}"),
             json!({"event": "offline", "name": name.to_string()}),
@@ -336,29 +336,6 @@ async fn read_lines(tx: mpsc::Sender<String>) {
     while let Ok(Some(line)) = lines.next_line().await {
         if tx.send(line).await.is_err() {
             break;
-        }
-    }
-}
-
-/// SIGINT and SIGTERM, both meaning "go offline and exit".
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
         }
     }
 }

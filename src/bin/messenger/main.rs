@@ -8,6 +8,8 @@
 //! - [`output`]: where they are printed.
 //! - [`exit`]: exit statuses, mapped from the library's failure kinds.
 //! - [`demo`]: a node and two users in one process.
+//! - [`running`]: the home's running client (`online`, `chat`, the window).
+//! - [`window`]: the buddy-list window in the terminal.
 
 mod cli;
 mod commands;
@@ -15,6 +17,8 @@ mod demo;
 mod exit;
 mod output;
 mod render;
+mod running;
+mod window;
 
 use std::process::ExitCode;
 
@@ -25,13 +29,20 @@ use crate::output::Output;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // The window owns the terminal: its logs go to a file in the home.
+    match window_log(&args) {
+        Some(file) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init(),
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let out = Output::new(args.json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -56,6 +67,31 @@ fn main() -> ExitCode {
     // process alive beyond this.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     ExitCode::from(code)
+}
+
+/// When the command is the window: the file its logs go to,
+/// `<home>/messenger.log` (appended to).
+fn window_log(args: &cli::Args) -> Option<std::fs::File> {
+    use std::io::IsTerminal;
+    let window = match &args.command {
+        Some(cli::Command::Ui { .. }) => true,
+        None => std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        Some(_) => false,
+    };
+    if !window {
+        return None;
+    }
+    let dir = args
+        .home
+        .clone()
+        .or_else(messenger::home::Home::default_dir)?;
+    // Made as private as the home always is.
+    let home = messenger::home::Home::open(&dir).ok()?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.dir().join("messenger.log"))
+        .ok()
 }
 
 /// A failed command: the error to show and the exit status to return.
