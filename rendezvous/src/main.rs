@@ -22,8 +22,13 @@ use tracing_subscriber::EnvFilter;
 /// answers their AutoNAT reachability probes. Open TCP and UDP 4001.
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
+    /// Instead of running the node: print a completion script or the
+    /// manual page.
+    #[command(subcommand)]
+    print: Option<Print>,
+
     /// Address to listen on (repeatable). Port 0 picks a free port.
     /// [default: /ip4/0.0.0.0/tcp/4001 and /ip4/0.0.0.0/udp/4001/quic-v1]
     #[arg(long, value_name = "MULTIADDR")]
@@ -146,6 +151,39 @@ struct Args {
     relay_circuit_bytes: u64,
 }
 
+/// What the binary can print about itself.
+#[derive(Debug, clap::Subcommand)]
+enum Print {
+    /// Print a shell completion script, e.g.
+    /// `rendezvous completions bash > ~/.local/share/bash-completion/completions/rendezvous`.
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g.
+    /// `rendezvous man > ~/.local/share/man/man1/rendezvous.1`.
+    Man,
+}
+
+fn print(what: Print) -> ExitCode {
+    let mut cli = <Args as clap::CommandFactory>::command();
+    let mut text = Vec::new();
+    match what {
+        Print::Completions { shell } => {
+            clap_complete::generate(shell, &mut cli, "rendezvous", &mut text);
+        }
+        Print::Man => {
+            if let Err(e) = clap_mangen::Man::new(cli).render(&mut text) {
+                eprintln!("error: cannot render the manual page: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // A closed stdout (`| head`) is not worth failing over.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), &text);
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -154,7 +192,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(what) = args.print.take() {
+        return print(what);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -43,6 +43,9 @@ pub struct Buddies {
     contacts: Vec<ContactView>,
     selected: Option<ScreenName>,
     loaded: bool,
+    /// The last push for each name: a list read before a push may be
+    /// answered after it, and must not undo it.
+    pushed: HashMap<ScreenName, PeerInfo>,
 }
 
 impl Buddies {
@@ -51,6 +54,10 @@ impl Buddies {
         contacts.sort_by(|a, b| a.name.cmp(&b.name));
         self.contacts = contacts;
         self.loaded = true;
+        let pushed: Vec<PeerInfo> = self.pushed.values().cloned().collect();
+        for info in pushed {
+            self.apply(&info);
+        }
         if self.selected.as_ref().is_none_or(|s| self.get(s).is_none()) {
             self.selected = self.order().into_iter().next();
         }
@@ -73,6 +80,11 @@ impl Buddies {
 
     /// A presence push.
     pub fn presence(&mut self, info: &PeerInfo) {
+        self.pushed.insert(info.name.clone(), info.clone());
+        self.apply(info);
+    }
+
+    fn apply(&mut self, info: &PeerInfo) {
         if let Some(c) = self.contacts.iter_mut().find(|c| c.name == info.name) {
             c.presence = Some(info.presence);
             c.status_text = if info.online() {

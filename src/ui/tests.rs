@@ -534,3 +534,38 @@ fn without_colour_nothing_is_coloured() {
     terminal.draw(|f| draw(&mut app, f, now)).unwrap();
     assert!(!coloured(&terminal));
 }
+
+#[test]
+fn a_presence_push_answered_before_the_list_is_not_undone_by_it() {
+    let mut app = app();
+    let now = Instant::now();
+    let bob = contact("bob", Presence::Online, "");
+    // The list was read before the push, but its answer comes after.
+    app.on_event(
+        Event::Presence(crate::peer::PeerInfo {
+            name: name("bob"),
+            peer_id: bob.pinned,
+            presence: Presence::Busy,
+            status_text: "in a meeting".into(),
+            reachable: true,
+            addrs: vec![],
+            last_seen: None,
+            valid_until: 0,
+        }),
+        now,
+    );
+    let stale = ContactView {
+        presence: None,
+        ..bob
+    };
+    app.on_reply(
+        Tag::Contacts,
+        Response::Contacts {
+            contacts: vec![stale],
+        },
+    );
+    assert!(has(
+        &screen(&mut app, 100, 30, now),
+        "⊖ bob busy: in a meeting"
+    ));
+}

@@ -22,4 +22,6 @@ mod messaging;
 mod nat;
 mod netlab;
 mod restart;
+mod shell;
 mod support;
+mod window;

@@ -26,14 +26,20 @@ use crate::running::{Running, Signals};
 use crate::{Failure, exit};
 
 pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let command = match args.command {
+        Some(Command::Ui { .. }) if !terminal => {
+            return Err(Failure::new(
+                exit::INVALID,
+                anyhow!(
+                    "the window needs a terminal (stdin and stdout); use `messenger online` or `chat` otherwise"
+                ),
+            ));
+        }
         Some(command) => command,
         // Plain `messenger` in a terminal is the window.
-        None if std::io::IsTerminal::is_terminal(&std::io::stdin())
-            && std::io::IsTerminal::is_terminal(&std::io::stdout()) =>
-        {
-            Command::Ui { listen: Vec::new() }
-        }
+        None if terminal => Command::Ui { listen: Vec::new() },
         None => {
             return Err(Failure::new(
                 exit::INVALID,
@@ -47,14 +53,19 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
         Command::Demo => return crate::demo::run(out).await.map_err(Failure::from),
         Command::Completions { shell } => {
             let mut cli = <Args as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cli, "messenger", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli, "messenger", &mut script);
+            // A closed stdout (`| head`) is not worth failing over.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             return Ok(());
         }
         Command::Man => {
             let cli = <Args as clap::CommandFactory>::command();
+            let mut page = Vec::new();
             clap_mangen::Man::new(cli)
-                .render(&mut std::io::stdout())
-                .context("cannot write the manual page")?;
+                .render(&mut page)
+                .context("cannot render the manual page")?;
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &page);
             return Ok(());
         }
         _ => {}

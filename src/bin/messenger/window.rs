@@ -9,7 +9,7 @@
 //! answers, and the moments the window changes by itself. It sleeps when
 //! nothing happens.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::Instant;
 
 use anyhow::anyhow;
@@ -80,14 +80,6 @@ pub(crate) async fn run(
     rendezvous: Option<Multiaddr>,
     listen: Vec<Multiaddr>,
 ) -> Result<(), Failure> {
-    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
-        return Err(Failure::new(
-            exit::INVALID,
-            anyhow!(
-                "the window needs a terminal (stdin and stdout); use `messenger online` or `chat` otherwise"
-            ),
-        ));
-    }
     let config = home.config()?;
     let node = rendezvous.clone().or(config.rendezvous.clone());
     let me = Me {
