@@ -10,7 +10,7 @@ mod figures;
 async fn every_figure_is_measured_with_its_baseline() {
     let sizes = figures::Sizes::tiny();
     let mut figures = figures::run_all(&sizes, None, None).await;
-    assert_eq!(figures.len(), 8, "{figures:?}");
+    assert_eq!(figures.len(), 10, "{figures:?}");
     for f in &figures {
         assert!(f.ours > 0.0 && f.ours.is_finite(), "{f:?}");
         assert!(f.baseline > 0.0 && f.baseline.is_finite(), "{f:?}");

@@ -49,6 +49,8 @@ pub struct Sizes {
     pub scale_resolves: usize,
     pub held_clients: usize,
     pub held_per_worker: usize,
+    pub window_messages: usize,
+    pub window_frames: usize,
 }
 
 impl Sizes {
@@ -67,6 +69,8 @@ impl Sizes {
             scale_resolves: 5_000,
             held_clients: 50_000,
             held_per_worker: 10_000,
+            window_messages: 10_000,
+            window_frames: 300,
         }
     }
 
@@ -85,6 +89,8 @@ impl Sizes {
             scale_resolves: 20,
             held_clients: 20,
             held_per_worker: 10,
+            window_messages: 200,
+            window_frames: 5,
         }
     }
 }
@@ -1323,6 +1329,115 @@ async fn shutdown(p: Pair, sides: &Sides) {
     Sides::on(&sides.node, async move { node.shutdown().await }).await;
 }
 
+/// The window with a conversation of `n` messages open, 120×40: how long
+/// opening it takes (the history handed over, then the first frame), and
+/// the median frame while scrolling through it a page at a time.
+fn window_frames(n: usize, frames: usize) -> (Duration, Duration) {
+    use messenger::api::{ContactView, Response};
+    use messenger::store::{Direction, MessageState, StoredMessage};
+    use messenger::ui::{self, App, Connection, Me, Tag, Theme};
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+    let me = Me {
+        name: Some(name("alice")),
+        status: Status::Online,
+        text: String::new(),
+        connection: Connection::Online,
+    };
+    let mut app = App::new(me, None, Theme::new(true));
+    app.on_reply(
+        Tag::Contacts,
+        Response::Contacts {
+            contacts: vec![ContactView {
+                name: name("bob"),
+                pinned: libp2p::PeerId::random(),
+                key_changed_to: None,
+                presence: Some(messenger::proto::presence::Presence::Online),
+                status_text: String::new(),
+                last_seen: None,
+                blocked: false,
+            }],
+        },
+    );
+    let history: Vec<StoredMessage> = (0..n as u64)
+        .map(|seq| {
+            let mine = seq % 3 == 0;
+            let (from, to) = if mine {
+                ("alice", "bob")
+            } else {
+                ("bob", "alice")
+            };
+            StoredMessage {
+                seq,
+                message: compose(from, to, &TEXT.repeat(1 + (seq % 4) as usize)),
+                direction: if mine { Direction::Out } else { Direction::In },
+                state: if mine {
+                    MessageState::Delivered
+                } else {
+                    MessageState::Received
+                },
+                updated_at: 0,
+                error: None,
+                peer_id: None,
+                signed: None,
+            }
+        })
+        .collect();
+    let mut terminal =
+        ratatui::Terminal::new(ratatui::backend::TestBackend::new(120, 40)).expect("terminal");
+    let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+    let now = Instant::now();
+    app.on_key(key(KeyCode::Enter), now);
+    let started = Instant::now();
+    app.on_reply(
+        Tag::History(name("bob")),
+        Response::Messages { messages: history },
+    );
+    terminal.draw(|f| ui::draw(&mut app, f, now)).expect("draw");
+    let open = started.elapsed();
+    let mut samples = Vec::with_capacity(frames);
+    for i in 0..frames {
+        // Up a page at a time, then down again: every frame new lines.
+        let up = (i / 20) % 2 == 0;
+        app.on_key(
+            key(if up {
+                KeyCode::PageUp
+            } else {
+                KeyCode::PageDown
+            }),
+            now,
+        );
+        let started = Instant::now();
+        terminal.draw(|f| ui::draw(&mut app, f, now)).expect("draw");
+        samples.push(started.elapsed());
+    }
+    (open, percentiles(samples).0)
+}
+
+/// The window: opening a long conversation, and a frame while scrolling it.
+pub fn window(sizes: &Sizes) -> Vec<Figure> {
+    let n = sizes.window_messages;
+    let (open, frame) = window_frames(n, sizes.window_frames);
+    let (_, small_frame) = window_frames(100, sizes.window_frames);
+    let budget = Duration::from_micros(16_667);
+    vec![
+        time_figure(
+            &format!("window: open a {n}-message conversation"),
+            open,
+            budget,
+            "one frame at 60 Hz",
+            Some(1.0),
+        ),
+        time_figure(
+            &format!("window: frame scrolling {n} messages"),
+            frame,
+            small_frame,
+            "the same with 100 messages",
+            Some(1.5),
+        ),
+    ]
+}
+
 /// Every figure, in order. The process figures need the binaries.
 pub async fn run_all(
     sizes: &Sizes,
@@ -1335,6 +1450,7 @@ pub async fn run_all(
     figures.extend(throughput(sizes).await);
     figures.extend(directory(sizes).await);
     figures.extend(directory_scale(sizes).await);
+    figures.extend(window(sizes));
     if let Some(bin) = messenger_bin {
         figures.extend(send_process(sizes, bin).await);
         let node = bin.with_file_name("rendezvous");

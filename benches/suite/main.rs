@@ -1,5 +1,5 @@
 //! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
-//! small sizes, `-- --only scale|round-trip|cold|directory|held` for one group,
+//! small sizes, `-- --only scale|round-trip|cold|directory|window|held` for one group,
 //! `--held-clients N` to hold another number of clients). Prints a table and writes the same figures as JSON to
 //! `target/bench-results.json` (or `--json PATH`).
 
@@ -62,6 +62,7 @@ fn main() {
         Some("round-trip") => runtime.block_on(figures::round_trip(&sizes)),
         Some("cold") => runtime.block_on(figures::cold_send(&sizes)),
         Some("directory") => runtime.block_on(figures::directory(&sizes)),
+        Some("window") => figures::window(&sizes),
         Some("held") => match bin.as_deref().map(|b| b.with_file_name("rendezvous")) {
             Some(node) if node.exists() => {
                 runtime.block_on(figures::held_connections(&sizes, &node, Some(&own_exe)))
@@ -72,7 +73,7 @@ fn main() {
             }
         },
         Some(other) => {
-            eprintln!("unknown --only {other}: scale, round-trip, cold, directory or held");
+            eprintln!("unknown --only {other}: scale, round-trip, cold, directory, window or held");
             std::process::exit(2);
         }
         None => runtime.block_on(figures::run_all(&sizes, bin.as_deref(), Some(&own_exe))),

@@ -249,21 +249,34 @@ impl Conversation {
     pub fn render(&mut self, area: Rect, buf: &mut Buffer, theme: &Theme, me: &str) {
         self.set_width(area.width);
         self.page = usize::from(area.height);
-        let want = self.scroll + usize::from(area.height);
-        // From the newest back, until the window's lines are covered.
+        let height = usize::from(area.height);
+        // Skip, from the newest back, the entries wholly below the window:
+        // scrolled far up, only what is on screen is wrapped and styled.
+        let mut below = 0;
+        let mut last = self.entries.len();
+        while last > 0 {
+            let h = usize::from(self.height(last - 1));
+            if below + h > self.scroll {
+                break;
+            }
+            below += h;
+            last -= 1;
+        }
+        // Lines of the entries kept that still lie below the window.
+        let cut = self.scroll - below;
+        let want = cut + height;
         let mut covered = 0;
-        let mut first = self.entries.len();
+        let mut first = last;
         while first > 0 && covered < want {
             first -= 1;
             covered += usize::from(self.height(first));
         }
         let mut lines: Vec<Line<'static>> = Vec::with_capacity(covered);
-        for i in first..self.entries.len() {
+        for i in first..last {
             lines.extend(self.lines_of(i, theme, me));
         }
-        // `lines` ends `scroll` lines below the window's bottom.
-        let end = lines.len().saturating_sub(self.scroll);
-        let start = end.saturating_sub(usize::from(area.height));
+        let end = lines.len().saturating_sub(cut);
+        let start = end.saturating_sub(height);
         let shown: Vec<Line<'static>> = lines.drain(start..end).collect();
         // Short conversations sit at the bottom, as chats do.
         let pad = usize::from(area.height).saturating_sub(shown.len()) as u16;

@@ -73,11 +73,9 @@ fn main() -> ExitCode {
 /// `<home>/messenger.log` (appended to).
 fn window_log(args: &cli::Args) -> Option<std::fs::File> {
     use std::io::IsTerminal;
-    let window = match &args.command {
-        Some(cli::Command::Ui { .. }) => true,
-        None => std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
-        Some(_) => false,
-    };
+    let window = matches!(&args.command, Some(cli::Command::Ui { .. }) | None)
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal();
     if !window {
         return None;
     }
