@@ -395,6 +395,13 @@ mod tests {
                 },
                 r#"{"op":"history","name":"bob","limit":20}"#,
             ),
+            (
+                Request::Settings {
+                    send_typing: Some(false),
+                    bell: None,
+                },
+                r#"{"op":"settings","send_typing":false,"bell":null}"#,
+            ),
         ];
         let responses = [
             (
