@@ -165,6 +165,30 @@ const CHAT_BACKLOG: usize = 256;
 /// The queue of inbound chat streams.
 pub type ChatStreams = futures::channel::mpsc::Receiver<accept::Incoming>;
 
+/// A queue of inbound streams of one protocol.
+pub type Streams = futures::channel::mpsc::Receiver<accept::Incoming>;
+
+/// File streams one connection may have open at once (a peer fetches a
+/// few files at a time), and accepted ones that may wait to be served.
+const MAX_FILE_STREAMS_PER_CONNECTION: usize = 4;
+const FILE_BACKLOG: usize = 64;
+
+/// The inbound streams of each protocol peers open to us, for whoever
+/// serves them.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Chat streams (messages).
+    pub chat: ChatStreams,
+    /// File streams (fetches of what we offered).
+    pub files: Streams,
+}
+
+/// The behaviours that accept inbound streams, one per protocol.
+struct Acceptors {
+    chat: accept::Behaviour,
+    files: accept::Behaviour,
+}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     /// First, so a connection over a limit is refused before the others
@@ -176,6 +200,8 @@ struct Behaviour {
     stream: libp2p_stream::Behaviour,
     /// Inbound chat streams (libp2p-stream would drop some under a burst).
     chat: accept::Behaviour,
+    /// Inbound file streams.
+    files: accept::Behaviour,
     /// Reserve a slot on the node's relay when we are not reachable.
     relay_client: relay::client::Behaviour,
     /// Upgrade relayed connections to direct ones by hole punching.
@@ -252,17 +278,23 @@ pub const RELAYED_GRACE_PERIOD: Duration = RELAYED_GRACE;
 
 impl Network {
     /// Builds the swarm for `identity` and spawns its event loop. Returns
-    /// the handle, the loop's task, and the queue of inbound chat streams
+    /// the handle, the loop's task, and the queues of inbound streams
     /// (for whoever serves them).
     pub fn start(
         identity: &Identity,
         config: NetworkConfig,
-    ) -> Result<(Self, NetworkTask, ChatStreams), NetworkError> {
+    ) -> Result<(Self, NetworkTask, Inbound), NetworkError> {
         let (chat, chat_streams) = accept::Behaviour::new(
             messenger_proto::chat::PROTOCOL,
             MAX_CHAT_STREAMS_PER_CONNECTION,
             CHAT_BACKLOG,
         );
+        let (files, file_streams) = accept::Behaviour::new(
+            messenger_proto::file::PROTOCOL,
+            MAX_FILE_STREAMS_PER_CONNECTION,
+            FILE_BACKLOG,
+        );
+        let acceptors = Acceptors { chat, files };
         let transport_err = |e: &dyn std::fmt::Display| NetworkError::Transport(e.to_string());
         let builder = libp2p::SwarmBuilder::with_existing_identity(identity.keypair()).with_tokio();
         let swarm_config = |c: libp2p::swarm::Config| {
@@ -286,7 +318,7 @@ impl Network {
                 .map_err(|e| transport_err(&e))?
                 .with_relay_client(noise::Config::new, muxer)
                 .map_err(|e| transport_err(&e))?
-                .with_behaviour(|key, relay| behaviour(key, relay, chat, &config))
+                .with_behaviour(|key, relay| behaviour(key, relay, acceptors, &config))
                 .map_err(|e| transport_err(&e))?
                 .with_swarm_config(swarm_config)
                 .build()
@@ -304,7 +336,7 @@ impl Network {
                 })
                 .with_relay_client(noise::Config::new, muxer)
                 .map_err(|e| transport_err(&e))?
-                .with_behaviour(|key, relay| behaviour(key, relay, chat, &config))
+                .with_behaviour(|key, relay| behaviour(key, relay, acceptors, &config))
                 .map_err(|e| transport_err(&e))?
                 .with_swarm_config(swarm_config)
                 .build()
@@ -342,7 +374,10 @@ impl Network {
                 local_peer_id,
             },
             task,
-            chat_streams,
+            Inbound {
+                chat: chat_streams,
+                files: file_streams,
+            },
         ))
     }
 
@@ -413,7 +448,7 @@ impl Network {
 fn behaviour(
     key: &libp2p::identity::Keypair,
     relay_client: relay::client::Behaviour,
-    chat: accept::Behaviour,
+    acceptors: Acceptors,
     config: &NetworkConfig,
 ) -> Behaviour {
     Behaviour {
@@ -433,7 +468,8 @@ fn behaviour(
                 .with_timeout(config.ping_timeout),
         ),
         stream: libp2p_stream::Behaviour::new(),
-        chat,
+        chat: acceptors.chat,
+        files: acceptors.files,
         relay_client,
         dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
         autonat: autonat::Behaviour::new(

@@ -228,7 +228,7 @@ impl Bare {
             identity,
             network,
             _task: task,
-            streams: Some(streams),
+            streams: Some(streams.chat),
             session,
             certificate: watch::channel(None).0,
         }
@@ -412,6 +412,7 @@ fn compose(from: &str, to: &str, text: &str) -> Message {
         to: name(to),
         sent_at: now_ms(),
         text: text.into(),
+        file: None,
     }
 }
 
@@ -729,6 +730,7 @@ fn sign_verify_rate(n: usize) -> f64 {
         to: name("bob"),
         sent_at: 1,
         text: TEXT.into(),
+        file: None,
     };
     let started = Instant::now();
     for _ in 0..n {

@@ -16,6 +16,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::certificate::SignedCertificate;
+use crate::file::{FileOffer, check_offer};
 use crate::name::ScreenName;
 use crate::signed::{MESSAGE_CONTEXT, Signed};
 
@@ -117,6 +118,10 @@ pub struct Message {
     pub sent_at: u64,
     /// UTF-8 text, 1 to [`MAX_TEXT`] bytes.
     pub text: String,
+    /// A file offered with it (its text describes it), fetched over the
+    /// file protocol once accepted. Absent from a plain message's payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileOffer>,
 }
 
 /// Why a text cannot be sent.
@@ -199,6 +204,12 @@ pub fn check_message(signed: &Signed, me: &ScreenName, now_ms: u64) -> Result<Me
         RejectCode::BadText
     } else if !sent_at_acceptable(message.sent_at, now_ms) {
         RejectCode::BadTime
+    } else if message
+        .file
+        .as_ref()
+        .is_some_and(|f| check_offer(f).is_err())
+    {
+        RejectCode::Malformed
     } else {
         return Ok(message);
     };
@@ -380,6 +391,11 @@ mod tests {
             to: ScreenName::parse(&"b".repeat(32)).unwrap(),
             sent_at: u64::MAX,
             text: "\u{10FFFF}".repeat(MAX_TEXT / 4),
+            file: Some(crate::file::FileOffer {
+                name: "\u{10FFFF}".repeat(crate::file::MAX_NAME / 4),
+                size: u64::MAX,
+                hash: crate::file::ContentHash([0xff; 32]),
+            }),
         };
         let frame = ChatFrame::Message(Signed::sign(&id, crate::signed::MESSAGE_CONTEXT, &msg));
         assert!(codec::encode_frame(&frame, MAX_FRAME).is_ok());

@@ -14,6 +14,7 @@
 //! - [`certificate`]: the node's signed word that a name belongs to a key.
 //! - [`directory`]: requests and answers of the directory protocol.
 //! - [`chat`]: the direct message protocol between two clients.
+//! - [`file`]: files offered in messages and fetched directly.
 //! - [`codec`]: length-prefixed CBOR frames with hard size limits.
 //! - [`rate`]: the token bucket behind every rate limit.
 //! - [`liveness`]: which connections went silent (on top of libp2p's ping).
@@ -25,6 +26,7 @@ pub mod certificate;
 pub mod chat;
 pub mod codec;
 pub mod directory;
+pub mod file;
 pub mod identity;
 pub mod liveness;
 pub mod name;

@@ -116,6 +116,7 @@ fn vectors() -> String {
         to: name("bob"),
         sent_at: 1_700_000_000_000,
         text: "hi".into(),
+        file: None,
     };
     let signed = Signed::sign(&alice, MESSAGE_CONTEXT, &message);
     item(

@@ -39,7 +39,7 @@ use crate::chat::{Inbox, Signal};
 use crate::directory::{DirectoryError, DirectorySession, Registered, node_peer_id};
 use crate::home::{Config, Home};
 use crate::network::{
-    ChatStreams, Network, NetworkConfig, NetworkEvent, NetworkTask, Path, Reachability, is_relayed,
+    Inbound, Network, NetworkConfig, NetworkEvent, NetworkTask, Path, Reachability, is_relayed,
 };
 use crate::peer::PeerInfo;
 use crate::store::{Contact, MessageState, StoreHandle, StoreThread};
@@ -197,7 +197,7 @@ pub(super) struct Core {
 
     network: Option<Network>,
     network_task: Option<NetworkTask>,
-    chat_streams: Option<ChatStreams>,
+    inbound: Option<Inbound>,
     network_events: Option<broadcast::Receiver<NetworkEvent>>,
     listen_addrs: Option<watch::Receiver<Vec<Multiaddr>>>,
     /// Our listen addresses when last looked at (to see new ones).
@@ -250,7 +250,7 @@ impl Core {
             message_rate: config.message_rate,
             network: None,
             network_task: None,
-            chat_streams: None,
+            inbound: None,
             network_events: None,
             listen_addrs: None,
             seen_addrs: Vec::new(),
@@ -483,6 +483,7 @@ impl Core {
             to: to.clone(),
             sent_at: now_ms(),
             text,
+            file: None,
         };
         if self.presence.contains_key(&to) || self.rendezvous.is_none() || !wait {
             self.queue_message(message, tx, wait, Duration::ZERO).await;
@@ -747,13 +748,13 @@ impl Core {
         })?;
         let mut config = self.network_config.clone();
         config.rendezvous = Some((node_id, node));
-        let (network, task, chat_streams) = Network::start(&self.identity, config)?;
+        let (network, task, inbound) = Network::start(&self.identity, config)?;
         self.network_events = Some(network.events());
         self.listen_addrs = Some(network.listen_addrs());
         self.reachability = Some(network.reachability());
         self.network = Some(network.clone());
         self.network_task = Some(task);
-        self.chat_streams = Some(chat_streams);
+        self.inbound = Some(inbound);
         Ok(network)
     }
 
@@ -1112,7 +1113,7 @@ impl Core {
             }
         }
         self.worker_mode = Mode::Online;
-        if let Some(streams) = self.chat_streams.take() {
+        if let Some(Inbound { chat: streams, .. }) = self.inbound.take() {
             let sink = StoreSink::new(
                 self.store.clone(),
                 self.trust.subscribe(),
@@ -1518,6 +1519,7 @@ impl Core {
             pinned: info.peer_id,
             added_at: existing.as_ref().map_or(now_ms(), |c| c.added_at),
             key_changed_to: None,
+            auto_accept_below: None,
         };
         if let Err(e) = self.store.call(move |s| s.put_contact(&contact)).await {
             return Response::Failed(Failure::from(&e));
@@ -1595,6 +1597,8 @@ impl Core {
         }
         let updated = Contact {
             key_changed_to: Some(current),
+            // Whoever holds the new key is not trusted with files unasked.
+            auto_accept_below: None,
             ..contact.clone()
         };
         if let Err(e) = self.store.call(move |s| s.put_contact(&updated)).await {
@@ -1861,7 +1865,7 @@ impl Core {
         self.network_events = None;
         self.listen_addrs = None;
         self.reachability = None;
-        self.chat_streams = None;
+        self.inbound = None;
         let network_ended = match self.network_task.take() {
             Some(task) => task.finish(SHUTDOWN_GRACE).await,
             None => true,

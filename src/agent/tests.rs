@@ -223,6 +223,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
         to: name("bob"),
         sent_at: now_ms(),
         text: "there when you are back".into(),
+        file: None,
     };
     let id = message.id;
     store
@@ -316,7 +317,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
         crate::chat::DEFAULT_MESSAGE_RATE,
     );
     let stop = CancellationToken::new();
-    let inbox = tokio::spawn(inbox.serve(streams, stop.clone()));
+    let inbox = tokio::spawn(inbox.serve(streams.chat, stop.clone()));
     // Its failed dials made the worker forget bob's address, and with no
     // node to ask it cannot find him again: only the push can deliver.
     to_worker.send(WorkerMsg::Peer(bob_info)).await.unwrap();
@@ -360,6 +361,7 @@ async fn messages_left_unchecked_by_a_crash_are_checked_at_the_next_start() {
         to: ScreenName::parse("bob").unwrap(),
         sent_at: now_ms(),
         text: text.into(),
+        file: None,
     };
     let (good, forged) = (message("kept before the crash"), message("forged"));
     let signed_good = Signed::sign(&alice, MESSAGE_CONTEXT, &good);

@@ -98,6 +98,7 @@ mod tests {
                 pinned: key,
                 added_at: 0,
                 key_changed_to: None,
+                auto_accept_below: None,
             }],
             std::slice::from_ref(&eve),
         );

@@ -134,7 +134,7 @@ async fn pair(sink: TestSink, rate: Rate, certified: Option<&str>) -> Pair {
         sink.clone(),
         rate,
     );
-    let inbox = tokio::spawn(inbox.serve(streams, stop.clone()));
+    let inbox = tokio::spawn(inbox.serve(streams.chat, stop.clone()));
     let (alice_net, alice_task, _) = Network::start(&alice, memory()).unwrap();
     alice_net.dial(bob.peer_id(), vec![addr]).await.unwrap();
     let cert = certified.map(|n| {
@@ -175,6 +175,7 @@ fn message(from: &str, to: &str, text: &str) -> Message {
         to: name(to),
         sent_at: now_ms(),
         text: text.into(),
+        file: None,
     }
 }
 

@@ -15,6 +15,7 @@
 //! whether redb answers with an error or panics.
 
 mod handle;
+mod transfers;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 pub use handle::{StoreHandle, StoreThread};
+pub use transfers::{Transfer, TransferState, partial_path};
 
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
 const BLOCKED: TableDefinition<&str, u64> = TableDefinition::new("blocked");
@@ -43,6 +45,8 @@ const OUTBOX: TableDefinition<(&str, u64), ()> = TableDefinition::new("outbox");
 /// checked yet (kept and acknowledged first; shown only once checked).
 const UNVERIFIED: TableDefinition<(&str, u64), ()> = TableDefinition::new("unverified");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// message id of an offer → transfer: the files I offered and was offered.
+const TRANSFERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transfers");
 const NEXT_SEQ: &str = "next_seq";
 
 /// Why the store failed.
@@ -230,6 +234,10 @@ pub struct Contact {
     pub added_at: u64,
     /// Another key the node reported for the name, until the user trusts it.
     pub key_changed_to: Option<PeerId>,
+    /// Files this contact offers are accepted without asking up to this
+    /// size (bytes); `None`: always ask.
+    #[serde(default)]
+    pub auto_accept_below: Option<u64>,
 }
 
 /// Where a stored message came from.
@@ -335,6 +343,7 @@ fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
     each!(UNVERIFIED, |e| drop(e));
     each!(BLOCKED, |e| drop(e));
     each!(META, |e| drop(e));
+    each!(TRANSFERS, |e| decode::<Transfer>(e.1.value())?);
     Ok(())
 }
 
@@ -501,6 +510,7 @@ impl Store {
                 && exists(txn.open_table(OUTBOX).map(drop))?
                 && exists(txn.open_table(UNVERIFIED).map(drop))?
                 && exists(txn.open_table(META).map(drop))?
+                && exists(txn.open_table(TRANSFERS).map(drop))?
         };
         if all_there {
             return Ok(());
@@ -513,6 +523,7 @@ impl Store {
         txn.open_table(OUTBOX)?;
         txn.open_table(UNVERIFIED)?;
         txn.open_table(META)?;
+        txn.open_table(TRANSFERS)?;
         txn.commit()?;
         Ok(())
     }
@@ -695,7 +706,15 @@ impl Store {
         message: Message,
         now: u64,
     ) -> Result<(StoredMessage, bool), StoreError> {
-        self.write(|txn| {
+        self.write(|txn| Self::add_outgoing_in(txn, message, now))
+    }
+
+    fn add_outgoing_in(
+        txn: &WriteTransaction,
+        message: Message,
+        now: u64,
+    ) -> Result<(StoredMessage, bool), Raw> {
+        {
             if let Some(existing) = Self::by_id(txn, &message.id)? {
                 return Ok((existing, false));
             }
@@ -716,7 +735,7 @@ impl Store {
                 .insert(stored.message.id.0.as_slice(), (to, seq))?;
             txn.open_table(OUTBOX)?.insert((to, seq), ())?;
             Ok((stored, true))
-        })
+        }
     }
 
     /// Stores a received message, signature not yet checked, unless its
@@ -793,6 +812,8 @@ impl Store {
             stored.state = MessageState::Received;
             stored.updated_at = now;
             history.insert((name.as_str(), seq), codec::to_cbor(&stored).as_slice())?;
+            // A verified offer becomes a transfer waiting for an answer.
+            transfers::offered_to_me(txn, &stored, now)?;
             Ok(Some(stored))
         })
     }
@@ -947,6 +968,7 @@ mod tests {
             to: name(to),
             sent_at: 1,
             text: text.into(),
+            file: None,
         }
     }
 
@@ -1119,6 +1141,7 @@ mod tests {
             pinned: PeerId::random(),
             added_at: 1,
             key_changed_to: None,
+            auto_accept_below: None,
         };
         store.put_contact(&c).unwrap();
         assert_eq!(store.contact(&name("bob")).unwrap(), Some(c));

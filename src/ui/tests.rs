@@ -59,6 +59,7 @@ fn stored(seq: u64, from: &str, to: &str, text: &str, state: MessageState) -> St
             to: name(to),
             sent_at: messenger_proto::time::now_ms(),
             text: text.into(),
+            file: None,
         },
         direction,
         state,

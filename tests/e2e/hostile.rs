@@ -156,6 +156,7 @@ fn forged_sender_names_and_signatures_are_rejected() {
             to: ScreenName::parse("bob").unwrap(),
             sent_at: now_ms(),
             text: text.into(),
+            file: None,
         };
 
         // Mallory claims to be alice.
