@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::{Path, Reachability};
 use crate::peer::PeerInfo;
-use crate::store::StoredMessage;
+use crate::store::{StoredMessage, Transfer};
 
 /// What a front end asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +123,53 @@ pub enum Request {
         send_typing: Option<bool>,
         /// Whether the window rings the bell.
         bell: Option<bool>,
+        /// Where accepted files go when no directory is given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        downloads: Option<std::path::PathBuf>,
     },
+    /// Offer the file at `path` (absolute) to `to`, in a message stored
+    /// under `id`; replies once the offer is stored (as `enqueue` does).
+    FileSend {
+        /// The offer's message id, chosen by the caller.
+        id: MessageId,
+        /// The recipient.
+        to: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// Accept an offer: fetch the file into `dir` (else the downloads
+    /// directory). Also resumes a transfer that stopped on a full disk.
+    FileAccept {
+        /// The offer's message id.
+        id: MessageId,
+        /// Where to save it.
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Decline an offer (the sender is told if reachable).
+    FileDecline {
+        /// The offer's message id.
+        id: MessageId,
+    },
+    /// Every transfer, with what was received so far.
+    Files,
+    /// Let a contact's offers up to `below` bytes in without asking
+    /// (`None`: always ask).
+    AutoAccept {
+        /// The contact.
+        name: String,
+        /// The largest size accepted unasked.
+        below: Option<u64>,
+    },
+}
+
+/// A transfer as shown: its record and how many bytes have arrived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferView {
+    /// The transfer.
+    #[serde(flatten)]
+    pub transfer: Transfer,
+    /// Bytes received (theirs: the partial file; mine: all once completed).
+    pub received: u64,
 }
 
 /// What the client answers.
@@ -147,6 +193,11 @@ pub enum Response {
     Messages {
         /// The messages.
         messages: Vec<StoredMessage>,
+    },
+    /// Transfers, with the bytes that have arrived of each.
+    Transfers {
+        /// The transfers.
+        transfers: Vec<TransferView>,
     },
     /// One stored message, if it is stored.
     Message {
@@ -347,6 +398,35 @@ pub enum Event {
     /// A message of mine was written to its recipient (not acknowledged
     /// yet).
     Sent(StoredMessage),
+    /// A transfer changed state.
+    Transfer(Transfer),
+    /// Bytes of a transfer went through (at most a few times a second).
+    Progress {
+        /// The offer's id.
+        id: MessageId,
+        /// Bytes so far.
+        done: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// A fetch started receiving bytes, from `offset` (a resumed one from
+    /// what it had).
+    Receiving {
+        /// The offer's id.
+        id: MessageId,
+        /// Where the bytes start.
+        offset: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// A fetch is waiting (the sender is unreachable, or the connection
+    /// is relayed and hole punching is tried) and will try again.
+    TransferWaiting {
+        /// The offer's id.
+        id: MessageId,
+        /// Why.
+        reason: String,
+    },
     /// A message of mine was acknowledged.
     Delivered(StoredMessage),
     /// A message of mine was refused for good.
@@ -399,6 +479,7 @@ mod tests {
                 Request::Settings {
                     send_typing: Some(false),
                     bell: None,
+                    downloads: None,
                 },
                 r#"{"op":"settings","send_typing":false,"bell":null}"#,
             ),

@@ -65,6 +65,10 @@ pub struct Config {
     /// in a conversation not in front (unset: yes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bell: Option<bool>,
+    /// Where accepted files are saved when no directory is given (unset:
+    /// the user's downloads directory, else `downloads` in the home).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downloads: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -190,6 +194,7 @@ mod tests {
             status_text: Some("back at 3".into()),
             send_typing: Some(false),
             bell: None,
+            downloads: Some("/tmp/downloads".into()),
         };
         home.save_config(&config).unwrap();
         assert_eq!(home.config().unwrap(), config);

@@ -20,6 +20,9 @@
 //!   session owning its stream.
 //! - [`chat`]: sending ([`chat::ChatLink`], one task per stream) and
 //!   receiving ([`chat::Inbox`], one task per peer) direct messages.
+//! - [`files`]: files offered in messages, served to the key that
+//!   acknowledged the offer and fetched (resumed, hash-checked) once
+//!   accepted.
 //! - [`store`]: the home's contacts, blocks, history and outbox in redb,
 //!   owned by a thread of its own ([`store::StoreHandle`]).
 //! - [`control`]: the control socket through which other commands reach
@@ -61,6 +64,7 @@ pub mod api;
 pub mod chat;
 pub mod control;
 pub mod directory;
+pub mod files;
 pub mod home;
 pub mod network;
 pub mod peer;

@@ -33,7 +33,10 @@ use super::error::{DirectoryFailure, OnlineError, SendError, SetStatusError};
 use super::outbox::{Mode, SendReply, Worker, WorkerEnv, WorkerMsg};
 use super::sink::StoreSink;
 use super::trust::Trust;
-use super::{Command, Note, ShutdownReport};
+use super::{Command, FileSource, Note, ShutdownReport};
+use crate::files::FileEnv;
+
+mod files;
 use crate::api::{ContactView, Event, Failure, FailureKind, Request, Response, SendOutcome};
 use crate::chat::{Inbox, Signal};
 use crate::directory::{DirectoryError, DirectorySession, Registered, node_peer_id};
@@ -141,6 +144,8 @@ struct Connected {
 /// A sub-task's result.
 enum Done {
     Nothing,
+    /// A fetch task ended (settled, or cancelled).
+    FetchEnded(MessageId),
     Connected {
         result: Result<Connected, DirectoryFailure>,
         online: bool,
@@ -228,6 +233,11 @@ pub(super) struct Core {
     note_rx: mpsc::Receiver<Note>,
     tasks: JoinSet<Done>,
     cancel: CancellationToken,
+
+    /// What serving and fetching files need, once online.
+    file_env: Option<Arc<FileEnv>>,
+    /// The fetches running, by offer.
+    fetches: HashMap<MessageId, CancellationToken>,
 }
 
 impl Core {
@@ -276,6 +286,8 @@ impl Core {
             note_rx,
             tasks: JoinSet::new(),
             cancel: CancellationToken::new(),
+            file_env: None,
+            fetches: HashMap::new(),
         }
     }
 
@@ -355,8 +367,23 @@ impl Core {
                 let response = self.signal(&to, Signal::Nudge);
                 let _ = reply.send(response);
             }
-            Request::Settings { send_typing, bell } => {
+            Request::FileSend { .. }
+            | Request::FileAccept { .. }
+            | Request::FileDecline { .. }
+            | Request::Files
+            | Request::AutoAccept { .. } => self.on_file_request(request, reply).await,
+            Request::Settings {
+                send_typing,
+                bell,
+                downloads,
+            } => {
                 let mut said = Vec::new();
+                let downloads_said;
+                if let Some(dir) = downloads {
+                    downloads_said = format!("files you accept go into {}", dir.display());
+                    self.config.downloads = Some(dir);
+                    said.push(downloads_said.as_str());
+                }
                 if let Some(on) = send_typing {
                     self.config.send_typing = Some(on);
                     said.push(if on {
@@ -486,7 +513,8 @@ impl Core {
             file: None,
         };
         if self.presence.contains_key(&to) || self.rendezvous.is_none() || !wait {
-            self.queue_message(message, tx, wait, Duration::ZERO).await;
+            self.queue_message(message, tx, wait, Duration::ZERO, None)
+                .await;
         } else {
             // Resolved once, to refuse at once what could never be
             // delivered (no such name, a changed key).
@@ -513,6 +541,7 @@ impl Core {
         reply: SendReply,
         wait: bool,
         resolved: Duration,
+        source: Option<FileSource>,
     ) {
         let pin = self
             .presence
@@ -526,7 +555,12 @@ impl Core {
         let id = message.id;
         let stored = self
             .store
-            .call(move |s| s.add_outgoing(message, now_ms()))
+            .call(move |s| match source {
+                Some(FileSource { path, modified }) => {
+                    s.add_outgoing_file(message, path, modified, now_ms())
+                }
+                None => s.add_outgoing(message, now_ms()),
+            })
             .await;
         let stored = match stored {
             Ok((stored, _)) => stored,
@@ -1113,7 +1147,12 @@ impl Core {
             }
         }
         self.worker_mode = Mode::Online;
-        if let Some(Inbound { chat: streams, .. }) = self.inbound.take() {
+        if let Some(Inbound {
+            chat: streams,
+            files,
+        }) = self.inbound.take()
+        {
+            self.serve_files(files, &network).await;
             let sink = StoreSink::new(
                 self.store.clone(),
                 self.trust.subscribe(),
@@ -1169,6 +1208,7 @@ impl Core {
 
     async fn on_done(&mut self, done: Done) {
         match done {
+            Done::FetchEnded(id) => self.fetch_ended(id),
             Done::Nothing => {}
             Done::Connected {
                 result,
@@ -1452,7 +1492,7 @@ impl Core {
                 started,
             } => match info {
                 Ok(_) => {
-                    self.queue_message(message, reply, true, started.elapsed())
+                    self.queue_message(message, reply, true, started.elapsed(), None)
                         .await
                 }
                 Err(DirectoryFailure::Node { source, .. })
@@ -1472,7 +1512,7 @@ impl Core {
                 Err(e) => {
                     // The node is out of reach: it waits in the outbox.
                     debug!("cannot resolve {name} now ({e}); queueing");
-                    self.queue_message(message, reply, true, Duration::ZERO)
+                    self.queue_message(message, reply, true, Duration::ZERO, None)
                         .await;
                 }
             },
@@ -1740,6 +1780,15 @@ impl Core {
                 self.learn(info);
             }
             Note::KeyObserved { name, key } => self.record_key_change(&name, key).await,
+            Note::Offered(id) => self.on_offered(id).await,
+            Note::FileReady {
+                message,
+                source,
+                reply,
+            } => {
+                self.queue_message(message, reply, false, Duration::ZERO, Some(source))
+                    .await;
+            }
         }
     }
 

@@ -114,6 +114,21 @@ enum Note {
         name: messenger_proto::name::ScreenName,
         key: PeerId,
     },
+    /// A file was offered to me (the offer verified and stored).
+    Offered(MessageId),
+    /// A file to offer is hashed: its offer can be stored and sent.
+    FileReady {
+        message: messenger_proto::chat::Message,
+        source: FileSource,
+        reply: oneshot::Sender<Response>,
+    },
+}
+
+/// The file behind an offer of mine.
+#[derive(Debug)]
+struct FileSource {
+    path: std::path::PathBuf,
+    modified: Option<u64>,
 }
 
 /// How a shutdown went.

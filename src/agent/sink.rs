@@ -132,6 +132,9 @@ impl StoreSink {
                 return;
             }
         };
+        if stored.message.file.is_some() {
+            let _ = self.notes.send(Note::Offered(stored.message.id)).await;
+        }
         // Waits for room: a message must not be dropped on its way to the
         // user (it is stored already either way).
         let _ = self

@@ -68,7 +68,7 @@ pub struct Transfer {
     pub dir: Option<PathBuf>,
     /// Mine: the file's modification time when offered (ns since the
     /// epoch), to notice it changed.
-    pub modified: Option<u128>,
+    pub modified: Option<u64>,
     /// Why it failed, if it did.
     pub error: Option<String>,
     /// The key at the other end: the sender's for theirs; for mine, the
@@ -156,7 +156,7 @@ impl Store {
         &self,
         message: Message,
         path: PathBuf,
-        modified: Option<u128>,
+        modified: Option<u64>,
         now: u64,
     ) -> Result<(StoredMessage, bool), StoreError> {
         self.write(|txn| {

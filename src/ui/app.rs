@@ -892,6 +892,7 @@ impl App {
                     Request::Settings {
                         send_typing: Some(on),
                         bell: None,
+                        downloads: None,
                     },
                 )]
             }
@@ -902,6 +903,7 @@ impl App {
                     Request::Settings {
                         send_typing: None,
                         bell: Some(on),
+                        downloads: None,
                     },
                 )]
             }

@@ -11,6 +11,7 @@ mod buddy;
 mod certificates;
 mod directory;
 mod edges;
+mod files;
 mod flood;
 mod hostile;
 mod liveness;

@@ -25,7 +25,8 @@ Exit status:
 /// names to keys and addresses.
 ///
 /// While `online` or `chat` runs, the other commands on the same home
-/// (send, status, contacts, block, unblock, history, outbox) go through it.
+/// (send, status, contacts, block, unblock, history, outbox, files) go
+/// through it; `file send`, `accept` and `decline` need it.
 #[derive(Debug, Parser)]
 #[command(version, after_help = EXIT_CODES)]
 pub(crate) struct Args {
@@ -134,6 +135,23 @@ pub(crate) enum Command {
     },
     /// List the messages waiting to be delivered.
     Outbox,
+    /// Send a file directly, and answer files offered to me.
+    ///
+    /// Files go over the direct connection (never through the rendezvous
+    /// node), are checked against the BLAKE3 hash the sender signed before
+    /// they are saved, and resume where they stopped after a lost
+    /// connection or a restart. Needs the running client (`messenger
+    /// online` or the window) on this home: it serves and fetches them.
+    #[command(subcommand)]
+    File(FileCommand),
+    /// List the files offered by me and to me, with their state.
+    Files {
+        /// Remember DIR as where accepted files go when no `--to` is given
+        /// (and where a contact's files accepted unasked go).
+        /// [default: your downloads directory]
+        #[arg(long, value_name = "DIR")]
+        downloads: Option<PathBuf>,
+    },
     /// Talk with someone: typed lines are sent, incoming messages printed,
     /// while staying online. End with Ctrl-D.
     Chat {
@@ -187,5 +205,49 @@ pub(crate) enum ContactsCommand {
     Trust {
         /// The name.
         name: String,
+    },
+    /// Accept files from a contact without asking, up to a size.
+    AutoAccept {
+        /// The contact.
+        name: String,
+        /// The largest file accepted unasked, e.g. 10MiB, 500k, 2G.
+        #[arg(long, value_name = "SIZE", required_unless_present = "off")]
+        below: Option<String>,
+        /// Ask again for every file from them.
+        #[arg(long, conflicts_with = "below")]
+        off: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FileCommand {
+    /// Offer a file to NAME and follow its transfer (progress on stderr)
+    /// until they have it whole and checked.
+    Send {
+        /// The recipient's screen name.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// Return once the offer is stored; the running client serves it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Accept a file offered to me (the id `messenger files` shows) and
+    /// follow its transfer until it is saved. Also resumes one that
+    /// stopped (a full disk, say).
+    Accept {
+        /// The offer's id.
+        id: String,
+        /// Where to save it [default: your downloads directory].
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// Return at once; the running client fetches it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Decline a file offered to me.
+    Decline {
+        /// The offer's id.
+        id: String,
     },
 }

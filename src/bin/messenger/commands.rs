@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::cli::{Args, Command, ContactsCommand};
+use crate::cli::{Args, Command, ContactsCommand, FileCommand};
 use crate::output::Output;
 use crate::render::{show_event, show_reply};
 use crate::running::{Running, Signals};
@@ -121,6 +121,17 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
                 ContactsCommand::List => Request::ContactsList,
                 ContactsCommand::Remove { name } => Request::ContactsRemove { name },
                 ContactsCommand::Trust { name } => Request::ContactsTrust { name },
+                ContactsCommand::AutoAccept {
+                    name,
+                    below,
+                    off: _,
+                } => Request::AutoAccept {
+                    name,
+                    below: below
+                        .map(|b| crate::transfer::parse_size(&b))
+                        .transpose()
+                        .map_err(|e| Failure::new(exit::INVALID, e))?,
+                },
             };
             ctx.request(request).await
         }
@@ -131,6 +142,68 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             ctx.request(Request::History { name, limit }).await
         }
         Command::Outbox => ctx.request(Request::Outbox).await,
+        Command::Files { downloads: None } => ctx.request(Request::Files).await,
+        Command::Files {
+            downloads: Some(dir),
+        } => {
+            let dir = std::path::absolute(&dir)
+                .map_err(|e| Failure::new(exit::INVALID, anyhow!("{}: {e}", dir.display())))?;
+            ctx.request(Request::Settings {
+                send_typing: None,
+                bell: None,
+                downloads: Some(dir),
+            })
+            .await
+        }
+        Command::File(FileCommand::Send {
+            name,
+            path,
+            no_wait,
+        }) => {
+            let to = parse_name(&name)?;
+            ctx.my_name()?;
+            let path = std::path::absolute(&path)
+                .map_err(|e| Failure::new(exit::INVALID, anyhow!("{}: {e}", path.display())))?;
+            if path.to_str().is_none() {
+                return Err(Failure::new(
+                    exit::INVALID,
+                    anyhow!(
+                        "{}: only file paths in UTF-8 can be offered",
+                        path.display()
+                    ),
+                ));
+            }
+            let id = MessageId::random();
+            let request = Request::FileSend {
+                id,
+                to: to.to_string(),
+                path,
+            };
+            ctx.running_request(request).await?;
+            if no_wait {
+                return Ok(());
+            }
+            crate::transfer::follow(ctx.home.dir(), id, &ctx.out).await
+        }
+        Command::File(FileCommand::Accept { id, to, no_wait }) => {
+            let id = parse_id(&id)?;
+            let dir =
+                match to {
+                    Some(dir) => Some(std::path::absolute(&dir).map_err(|e| {
+                        Failure::new(exit::INVALID, anyhow!("{}: {e}", dir.display()))
+                    })?),
+                    None => None,
+                };
+            ctx.running_request(Request::FileAccept { id, dir }).await?;
+            if no_wait {
+                return Ok(());
+            }
+            crate::transfer::follow(ctx.home.dir(), id, &ctx.out).await
+        }
+        Command::File(FileCommand::Decline { id }) => {
+            let id = parse_id(&id)?;
+            ctx.running_request(Request::FileDecline { id }).await
+        }
         Command::Online { listen } => ctx.online(listen, None).await,
         Command::Chat { name, listen } => {
             let peer = parse_name(&name)?;
@@ -147,6 +220,11 @@ struct Ctx {
     home: Home,
     rendezvous: Option<Multiaddr>,
     out: Output,
+}
+
+fn parse_id(id: &str) -> Result<MessageId, Failure> {
+    id.parse()
+        .map_err(|e: String| Failure::new(exit::INVALID, anyhow!("{id:?}: {e}")))
 }
 
 fn parse_name(name: &str) -> Result<ScreenName, Failure> {
@@ -216,6 +294,30 @@ impl Ctx {
             }
         };
         show_reply(&self.out, &request, reply)
+    }
+
+    /// Runs `request` through the home's running client only (files are
+    /// served and fetched by it); prints the reply.
+    async fn running_request(&self, request: Request) -> Result<(), Failure> {
+        match control::call(self.home.dir(), &request).await {
+            Ok(Some(Response::Sent(_))) => {
+                if let Request::FileSend { id, to, path } = &request {
+                    self.out.emit(
+                        format!("offered {} to {to} (offer {id})", path.display()),
+                        json!({"event": "offered", "id": id.to_string(), "to": to, "path": path}),
+                    );
+                }
+                Ok(())
+            }
+            Ok(Some(reply)) => show_reply(&self.out, &request, reply),
+            Ok(None) => Err(Failure::new(
+                exit::FAILURE,
+                anyhow!(
+                    "files are sent and fetched by your running client: start `messenger online` (or the window) on this home first"
+                ),
+            )),
+            Err(e) => Err(anyhow!(e).into()),
+        }
     }
 
     fn my_name(&self) -> Result<ScreenName, Failure> {

@@ -10,6 +10,7 @@
 //! - [`demo`]: a node and two users in one process.
 //! - [`running`]: the home's running client (`online`, `chat`, the window).
 //! - [`window`]: the buddy-list window in the terminal.
+//! - [`transfer`]: following a file transfer, with a progress bar.
 
 mod cli;
 mod commands;
@@ -18,6 +19,7 @@ mod exit;
 mod output;
 mod render;
 mod running;
+mod transfer;
 mod window;
 
 use std::process::ExitCode;

@@ -5,10 +5,11 @@
 use anyhow::anyhow;
 use libp2p::{Multiaddr, PeerId};
 use messenger::api::{ContactView, Event, Request, Response, SendOutcome};
+use messenger::files::human_size;
 use messenger::network::{Path, Reachability, is_relayed};
 use messenger::peer::PeerInfo;
 use messenger::proto::presence::Presence;
-use messenger::store::{Direction, StoredMessage};
+use messenger::store::{Direction, StoredMessage, TransferState};
 use messenger::time;
 use serde_json::json;
 
@@ -107,9 +108,16 @@ pub(crate) fn show_event(
             };
             let mut event = message_json("message", &m);
             event["path"] = json!(path.map(|p| p.to_string()));
+            let offer = match &msg.file {
+                Some(_) => format!(
+                    "\n  accept: messenger file accept {}   decline: messenger file decline {}",
+                    msg.id, msg.id
+                ),
+                None => String::new(),
+            };
             out.emit(
                 format!(
-                    "[{}] {}: {}{via}",
+                    "[{}] {}: {}{via}{offer}",
                     time::clock(msg.sent_at),
                     msg.from,
                     msg.text
@@ -193,6 +201,69 @@ pub(crate) fn show_event(
             if out.is_json() {
                 out.emit("", message_json("sent", &m));
             }
+            None
+        }
+        Event::Transfer(t) => {
+            let what = match (t.direction, t.state) {
+                (Direction::In, TransferState::Accepted) => {
+                    format!("fetching {} from {}", t.offer.name, t.peer)
+                }
+                (Direction::In, TransferState::Completed) => format!(
+                    "received {} from {}, checked: {}",
+                    t.offer.name,
+                    t.peer,
+                    t.path
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
+                (Direction::Out, TransferState::Completed) => {
+                    format!("{} received {} whole and checked", t.peer, t.offer.name)
+                }
+                (_, TransferState::Declined) => format!("{} declined", t.offer.name),
+                (_, TransferState::Failed) => format!(
+                    "{}: {}",
+                    t.offer.name,
+                    t.error.as_deref().unwrap_or("failed")
+                ),
+                (_, state) => format!("{}: {state}", t.offer.name),
+            };
+            out.emit(
+                format!("* file {}: {what}", t.id),
+                json!({"event": "transfer", "transfer": t}),
+            );
+            None
+        }
+        Event::Progress { id, done, size } => {
+            if out.is_json() {
+                out.emit(
+                    "",
+                    json!({"event": "progress", "id": id.to_string(), "received": done, "size": size}),
+                );
+            }
+            None
+        }
+        Event::Receiving { id, offset, size } => {
+            let human = if offset == 0 {
+                format!("* file {id}: receiving {}", human_size(size))
+            } else {
+                format!(
+                    "* file {id}: resuming from {} of {}",
+                    human_size(offset),
+                    human_size(size)
+                )
+            };
+            out.emit(
+                human,
+                json!({"event": "receiving", "id": id.to_string(), "offset": offset, "size": size}),
+            );
+            None
+        }
+        Event::TransferWaiting { id, reason } => {
+            out.emit(
+                format!("* file {id}: {reason}"),
+                json!({"event": "transfer_waiting", "id": id.to_string(), "reason": reason}),
+            );
             None
         }
         // Later kinds of events this front end does not show.
@@ -343,6 +414,49 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
             }
             Ok(())
         }
+        Response::Transfers { transfers } => {
+            if transfers.is_empty() && !out.is_json() {
+                out.emit(
+                    "no files offered by you or to you: `messenger file send NAME PATH`",
+                    json!({}),
+                );
+            }
+            for view in transfers {
+                let t = &view.transfer;
+                let (arrow, hint) = match (t.direction, t.state) {
+                    (Direction::In, TransferState::Offered) => {
+                        ("from", format!("  (messenger file accept {})", t.id))
+                    }
+                    (Direction::In, _) => ("from", String::new()),
+                    (Direction::Out, _) => ("to", String::new()),
+                };
+                let detail = match (&t.path, &t.error) {
+                    (_, Some(error)) => format!(": {error}"),
+                    (Some(path), None) if t.direction == Direction::In => {
+                        format!(": {}", path.display())
+                    }
+                    _ => String::new(),
+                };
+                let progress = if t.direction == Direction::In && t.state == TransferState::Accepted
+                {
+                    format!(
+                        " {}/{}",
+                        human_size(view.received),
+                        human_size(t.offer.size)
+                    )
+                } else {
+                    format!(" {}", human_size(t.offer.size))
+                };
+                out.emit(
+                    format!(
+                        "{}  {} {arrow} {}{progress}  {}{detail}{hint}",
+                        t.id, t.offer.name, t.peer, t.state
+                    ),
+                    json!({"event": "transfer", "transfer": view}),
+                );
+            }
+            Ok(())
+        }
         Response::Failed(failure) => Err(Failure::of(failure)),
         other => Err(Failure::new(
             exit::FAILURE,
@@ -371,7 +485,7 @@ pub(crate) fn message_json(event: &str, m: &StoredMessage) -> serde_json::Value 
     json!({"event": event, "id": msg.id.to_string(), "from": msg.from.to_string(), "to": msg.to.to_string(),
            "sent_at": time::rfc3339(msg.sent_at), "text": msg.text, "state": m.state.to_string(),
            "direction": match m.direction { Direction::Out => "out", Direction::In => "in" },
-           "peer_id": m.peer_id.map(|p| p.to_string()), "error": m.error})
+           "peer_id": m.peer_id.map(|p| p.to_string()), "error": m.error, "file": msg.file})
 }
 
 pub(crate) fn describe_contact(c: &ContactView) -> String {

@@ -1,0 +1,383 @@
+//! The core's side of files: offering one (hashed off the core's task,
+//! then stored and delivered like any message), answering offers, and
+//! owning the serving task and one fetch task per accepted transfer.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use messenger_proto::chat::{Message, MessageId};
+use messenger_proto::file::{FileOffer, safe_name};
+use messenger_proto::name::ScreenName;
+use messenger_proto::time::now_ms;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{Core, Done, failed, store_response};
+use crate::agent::{FileSource, Note};
+use crate::api::{FailureKind, Request, Response, TransferView};
+use crate::files::{self, FileEnv, human_size};
+use crate::network::{Network, Streams};
+use crate::store::{Direction, Transfer, TransferState};
+
+impl Core {
+    /// Starts serving file streams, and resumes the fetches that were
+    /// accepted before.
+    pub(super) async fn serve_files(&mut self, streams: Streams, network: &Network) {
+        let env = Arc::new(FileEnv {
+            store: self.store.clone(),
+            network: network.clone(),
+            session: self.session.subscribe(),
+            events: self.events.clone(),
+        });
+        self.file_env = Some(env.clone());
+        let cancel = self.cancel.child_token();
+        self.tasks.spawn(async move {
+            files::serve(streams, env, cancel).await;
+            Done::Nothing
+        });
+        match self.store.call(|s| s.transfers()).await {
+            Ok(transfers) => {
+                for t in transfers {
+                    if t.direction == Direction::In && t.state == TransferState::Accepted {
+                        self.start_fetch(t.id);
+                    }
+                }
+            }
+            Err(e) => warn!("cannot resume file transfers: {e}"),
+        }
+    }
+
+    fn start_fetch(&mut self, id: MessageId) {
+        let Some(env) = self.file_env.clone() else {
+            return;
+        };
+        if self.fetches.get(&id).is_some_and(|c| !c.is_cancelled()) {
+            return;
+        }
+        let cancel = self.cancel.child_token();
+        self.fetches.insert(id, cancel.clone());
+        self.tasks.spawn(async move {
+            files::fetch(id, env, cancel).await;
+            Done::FetchEnded(id)
+        });
+    }
+
+    pub(super) fn fetch_ended(&mut self, id: MessageId) {
+        self.fetches.remove(&id);
+    }
+
+    /// Where files go when no directory is given.
+    fn downloads(&self) -> PathBuf {
+        if let Some(dir) = &self.config.downloads {
+            return dir.clone();
+        }
+        if let Some(dir) = directories::UserDirs::new()
+            .and_then(|d| d.download_dir().map(std::path::Path::to_owned))
+        {
+            return dir;
+        }
+        match &self.home {
+            Some(home) => home.dir().join("downloads"),
+            None => std::env::temp_dir(),
+        }
+    }
+
+    /// A verified offer came: accepted at once if its sender is a contact
+    /// who may send files this large unasked.
+    pub(super) async fn on_offered(&mut self, id: MessageId) {
+        let Ok(Some(transfer)) = self.store.call(move |s| s.transfer(&id)).await else {
+            return;
+        };
+        let peer = transfer.peer.clone();
+        let Ok(Some(contact)) = self.store.call(move |s| s.contact(&peer)).await else {
+            return;
+        };
+        if contact
+            .auto_accept_below
+            .is_some_and(|limit| transfer.offer.size <= limit)
+            && transfer.state == TransferState::Offered
+        {
+            info!(%id, "accepting {} from {} unasked", transfer.offer.name, transfer.peer);
+            let dir = self.downloads();
+            let _ = self.accept(id, dir).await;
+        }
+    }
+
+    async fn accept(&mut self, id: MessageId, dir: PathBuf) -> Response {
+        if self.file_env.is_none() {
+            return failed(
+                FailureKind::Invalid,
+                "files are fetched by your running client: start `messenger online` (or the window) on this home",
+            );
+        }
+        let updated = self
+            .store
+            .call(move |s| {
+                s.update_transfer(&id, now_ms(), |t| {
+                    let may = t.direction == Direction::In
+                        && matches!(
+                            t.state,
+                            TransferState::Offered
+                                | TransferState::Failed
+                                | TransferState::Accepted
+                        );
+                    if may {
+                        t.state = TransferState::Accepted;
+                        t.error = None;
+                        // A resumed transfer keeps its directory: its part is there.
+                        t.dir.get_or_insert(dir);
+                    }
+                    may
+                })
+            })
+            .await;
+        match updated {
+            Ok(Some(t)) if t.state == TransferState::Accepted => {
+                self.emit(crate::api::Event::Transfer(t.clone()));
+                self.start_fetch(id);
+                Response::Done {
+                    message: format!(
+                        "accepted {} ({}) from {}: saving into {}",
+                        t.offer.name,
+                        human_size(t.offer.size),
+                        t.peer,
+                        t.dir
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new("?"))
+                            .display()
+                    ),
+                }
+            }
+            Ok(Some(t)) => failed(
+                FailureKind::Invalid,
+                format!(
+                    "offer {id} is {} ({}); only an offer to me that is not settled can be accepted",
+                    t.state,
+                    direction(&t)
+                ),
+            ),
+            Ok(None) => failed(
+                FailureKind::Invalid,
+                format!("no file offer has the id {id}"),
+            ),
+            Err(e) => Response::Failed(crate::api::Failure::from(&e)),
+        }
+    }
+
+    pub(super) async fn on_file_request(
+        &mut self,
+        request: Request,
+        reply: oneshot::Sender<Response>,
+    ) {
+        match request {
+            Request::FileSend { id, to, path } => self.offer_file(id, to, path, reply),
+            Request::FileAccept { id, dir } => {
+                let dir = dir.unwrap_or_else(|| self.downloads());
+                let response = self.accept(id, dir).await;
+                let _ = reply.send(response);
+            }
+            Request::FileDecline { id } => {
+                let response = self.decline(id).await;
+                let _ = reply.send(response);
+            }
+            Request::Files => {
+                let transfers = self.store.call(|s| s.transfers()).await;
+                let response = store_response(transfers, |transfers| Response::Transfers {
+                    transfers: transfers.into_iter().map(view).collect(),
+                });
+                let _ = reply.send(response);
+            }
+            Request::AutoAccept { name, below } => {
+                let response = self.auto_accept(&name, below).await;
+                let _ = reply.send(response);
+            }
+            _ => {}
+        }
+    }
+
+    /// Hashes the file on a blocking thread; the offer is stored and sent
+    /// when it is done (see [`Note::FileReady`]).
+    fn offer_file(
+        &mut self,
+        id: MessageId,
+        to: String,
+        path: PathBuf,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let to = match ScreenName::parse(&to) {
+            Ok(to) => to,
+            Err(e) => {
+                let _ = reply.send(failed(FailureKind::Invalid, e));
+                return;
+            }
+        };
+        let Some(from) = self.config.name.clone() else {
+            let _ = reply.send(failed(
+                FailureKind::NoName,
+                "you have no screen name yet: run `messenger register NAME` first",
+            ));
+            return;
+        };
+        let notes = self.notes.clone();
+        self.tasks.spawn(async move {
+            let hashed = tokio::task::spawn_blocking(move || {
+                let meta = std::fs::metadata(&path)?;
+                if !meta.is_file() {
+                    return Err(std::io::Error::other("not a regular file"));
+                }
+                let (hash, size) = files::hash_file(&path)?;
+                Ok((path, hash, size, files::modified(&meta)))
+            })
+            .await;
+            let (path, hash, size, modified) = match hashed {
+                Ok(Ok(hashed)) => hashed,
+                Ok(Err(e)) => {
+                    let _ = reply.send(failed(
+                        FailureKind::Invalid,
+                        format!("cannot offer that file: {e}"),
+                    ));
+                    return Done::Nothing;
+                }
+                Err(e) => {
+                    let _ = reply.send(failed(FailureKind::Other, e));
+                    return Done::Nothing;
+                }
+            };
+            let name = safe_name(
+                &path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+            let message = Message {
+                id,
+                from,
+                to,
+                sent_at: now_ms(),
+                text: format!("offers the file {name} ({})", human_size(size)),
+                file: Some(FileOffer { name, size, hash }),
+            };
+            let _ = notes
+                .send(Note::FileReady {
+                    message,
+                    source: FileSource { path, modified },
+                    reply,
+                })
+                .await;
+            Done::Nothing
+        });
+    }
+
+    async fn decline(&mut self, id: MessageId) -> Response {
+        let updated = self
+            .store
+            .call(move |s| {
+                s.update_transfer(&id, now_ms(), |t| {
+                    let may = t.direction == Direction::In
+                        && matches!(
+                            t.state,
+                            TransferState::Offered
+                                | TransferState::Accepted
+                                | TransferState::Failed
+                        );
+                    if may {
+                        t.state = TransferState::Declined;
+                    }
+                    may
+                })
+            })
+            .await;
+        match updated {
+            Ok(Some(t)) if t.state == TransferState::Declined => {
+                if let Some(cancel) = self.fetches.remove(&id) {
+                    cancel.cancel();
+                }
+                if let Some(partial) = t.partial_path() {
+                    let _ = std::fs::remove_file(partial);
+                }
+                self.emit(crate::api::Event::Transfer(t.clone()));
+                if let Some(env) = self.file_env.clone() {
+                    // Best effort: the sender learns it if reachable now.
+                    self.tasks.spawn(async move {
+                        files::tell_declined(&env, &t).await;
+                        Done::Nothing
+                    });
+                }
+                Response::Done {
+                    message: format!("declined offer {id}"),
+                }
+            }
+            Ok(Some(t)) => failed(
+                FailureKind::Invalid,
+                format!(
+                    "offer {id} is {} ({}); only an offer to me that is not settled can be declined",
+                    t.state,
+                    direction(&t)
+                ),
+            ),
+            Ok(None) => failed(
+                FailureKind::Invalid,
+                format!("no file offer has the id {id}"),
+            ),
+            Err(e) => Response::Failed(crate::api::Failure::from(&e)),
+        }
+    }
+
+    async fn auto_accept(&mut self, name: &str, below: Option<u64>) -> Response {
+        let name = match ScreenName::parse(name) {
+            Ok(name) => name,
+            Err(e) => return failed(FailureKind::Invalid, e),
+        };
+        let n = name.clone();
+        let changed = self
+            .store
+            .call(move |s| {
+                let Some(mut contact) = s.contact(&n)? else {
+                    return Ok(false);
+                };
+                contact.auto_accept_below = below;
+                s.put_contact(&contact)?;
+                Ok(true)
+            })
+            .await;
+        match changed {
+            Ok(true) => Response::Done {
+                message: match below {
+                    Some(limit) => format!(
+                        "files from {name} up to {} are accepted without asking",
+                        human_size(limit)
+                    ),
+                    None => format!("files from {name} wait for you to accept them"),
+                },
+            },
+            Ok(false) => failed(
+                FailureKind::Invalid,
+                format!(
+                    "{name} is not a contact: add them first (`messenger contacts add {name}`)"
+                ),
+            ),
+            Err(e) => Response::Failed(crate::api::Failure::from(&e)),
+        }
+    }
+}
+
+fn direction(t: &Transfer) -> &'static str {
+    match t.direction {
+        Direction::Out => "offered by me",
+        Direction::In => "offered to me",
+    }
+}
+
+/// A transfer with the bytes received so far.
+fn view(transfer: Transfer) -> TransferView {
+    let received = match (transfer.state, transfer.direction) {
+        (TransferState::Completed, _) => transfer.offer.size,
+        (_, Direction::In) => transfer
+            .partial_path()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .unwrap_or(0),
+        (_, Direction::Out) => 0,
+    };
+    TransferView { transfer, received }
+}
