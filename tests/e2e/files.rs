@@ -267,3 +267,49 @@ fn a_contacts_small_files_come_in_unasked_and_file_commands_need_the_running_cli
     let t = listed.iter().find(|t| t["id"] == id).unwrap();
     assert_eq!(t["state"], "offered", "{listed:?}");
 }
+
+#[test]
+fn a_killed_sender_serves_the_rest_once_it_is_back() {
+    let (dir, _node, alice, bob) = alice_and_bob();
+    let mut alice_online = alice.online();
+    let mut bob_online = bob.online();
+    let size = 48 << 20;
+    let data = content(size, "sender");
+    let source = dir.path().join("dataset.bin");
+    std::fs::write(&source, &data).unwrap();
+    let downloads = dir.path().join("downloads");
+    let id = offer(&alice, "bob", &source);
+    offered(&mut bob_online.stdout, &id);
+    bob.ok(&[
+        "file",
+        "accept",
+        &id,
+        "--to",
+        downloads.to_str().unwrap(),
+        "--no-wait",
+    ]);
+    let partial = downloads.join(format!(".{id}.part"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no bytes arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    alice_online.signal("KILL");
+    alice_online.wait_exit();
+    let had = std::fs::metadata(&partial).unwrap().len();
+    assert!(had < size as u64, "killed half-way: {had} of {size}");
+    // Bob's client keeps the transfer and waits for alice.
+    json_event(&mut bob_online.stdout, "waiting for alice", |v| {
+        v["event"] == "transfer_waiting" && v["id"] == id
+    });
+    let _alice_online = alice.online();
+    let resumed = json_event(&mut bob_online.stdout, "receiving again", |v| {
+        v["event"] == "receiving" && v["id"] == id && v["offset"].as_u64() > Some(0)
+    });
+    eprintln!(
+        "sender killed with {had} of {size} received; resumed from {}",
+        resumed["offset"]
+    );
+    transfer_state(&mut bob_online.stdout, &id, "completed");
+    assert!(std::fs::read(downloads.join("dataset.bin")).unwrap() == data);
+}
