@@ -35,7 +35,11 @@ use crate::store::{
 };
 
 /// Bytes read and written at a time.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
+
+/// Chunks received that may wait to be written: what a transfer holds in
+/// memory on the receiving side is about `WRITE_AHEAD` × [`CHUNK`].
+const WRITE_AHEAD: usize = 8;
 
 /// How long a peer has to send its request, or its verdict after the last
 /// byte (hashing a large file takes a while).
@@ -412,36 +416,58 @@ async fn fetch_once(id: MessageId, env: &FileEnv) -> Stop {
     }
     info!(%id, offset, size, "receiving {}", transfer.offer.name);
     let _ = env.events.try_send(Event::Receiving { id, offset, size });
-    let mut buf = vec![0u8; CHUNK];
+    // Writing and hashing run on a thread of their own, a few chunks
+    // behind the network: the stream is read while the disk writes.
+    let (chunks, mut to_write) = mpsc::channel::<Vec<u8>>(WRITE_AHEAD);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<blake3::Hasher> {
+        while let Some(chunk) = to_write.blocking_recv() {
+            out.write_all(&chunk)?;
+            hasher.update(&chunk);
+        }
+        out.sync_all()?;
+        Ok(hasher)
+    });
     let mut got = offset;
     let mut told = tokio::time::Instant::now();
-    while got < size {
-        let want = CHUNK.min((size - got) as usize);
-        let n = match tokio::time::timeout(STALL_TIMEOUT, stream.read(&mut buf[..want])).await {
-            Ok(Ok(0)) => return Stop::Retry(format!("{} stopped sending", transfer.peer)),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Stop::Retry(format!("lost the connection: {e}")),
-            Err(_) => return Stop::Retry(format!("{} stalled", transfer.peer)),
-        };
-        if let Err(e) = out.write_all(&buf[..n]) {
-            // The partial file stays for a later accept to resume.
-            return fail(env, id, disk_error(&dir, &e)).await;
+    let received: Result<(), String> = async {
+        while got < size {
+            let want = CHUNK.min((size - got) as usize);
+            let mut buf = vec![0u8; want];
+            let n = match tokio::time::timeout(STALL_TIMEOUT, stream.read(&mut buf)).await {
+                Ok(Ok(0)) => return Err(format!("{} stopped sending", transfer.peer)),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(format!("lost the connection: {e}")),
+                Err(_) => return Err(format!("{} stalled", transfer.peer)),
+            };
+            buf.truncate(n);
+            if chunks.send(buf).await.is_err() {
+                // The writer stopped: its error says why.
+                return Ok(());
+            }
+            got += n as u64;
+            if told.elapsed() >= PROGRESS_EVERY {
+                told = tokio::time::Instant::now();
+                let _ = env.events.try_send(Event::Progress {
+                    id,
+                    done: got,
+                    size,
+                });
+            }
         }
-        hasher.update(&buf[..n]);
-        got += n as u64;
-        if told.elapsed() >= PROGRESS_EVERY {
-            told = tokio::time::Instant::now();
-            let _ = env.events.try_send(Event::Progress {
-                id,
-                done: got,
-                size,
-            });
-        }
+        Ok(())
     }
-    match tokio::task::spawn_blocking(move || out.sync_all()).await {
-        Ok(Ok(())) => {}
+    .await;
+    // Everything read is written before anything else happens to the
+    // partial file (a retry reopens it).
+    drop(chunks);
+    let hasher = match writer.await {
+        Ok(Ok(hasher)) => hasher,
+        // The partial file stays for a later accept to resume.
         Ok(Err(e)) => return fail(env, id, disk_error(&dir, &e)).await,
         Err(e) => return Stop::Retry(e.to_string()),
+    };
+    if let Err(reason) = received {
+        return Stop::Retry(reason);
     }
     let matches = ContentHash(*hasher.finalize().as_bytes()) == transfer.offer.hash;
     let verdict = if matches {

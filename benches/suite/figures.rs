@@ -51,6 +51,8 @@ pub struct Sizes {
     pub held_per_worker: usize,
     pub window_messages: usize,
     pub window_frames: usize,
+    /// Bytes of the file-transfer figure (0: not run).
+    pub file_bytes: u64,
 }
 
 impl Sizes {
@@ -71,6 +73,7 @@ impl Sizes {
             held_per_worker: 10_000,
             window_messages: 10_000,
             window_frames: 300,
+            file_bytes: 1 << 30,
         }
     }
 
@@ -91,6 +94,7 @@ impl Sizes {
             held_per_worker: 10,
             window_messages: 200,
             window_frames: 5,
+            file_bytes: 8 << 20,
         }
     }
 }
@@ -1455,12 +1459,265 @@ pub async fn run_all(
     figures.extend(window(sizes));
     if let Some(bin) = messenger_bin {
         figures.extend(send_process(sizes, bin).await);
+        figures.extend(file_transfer(sizes, bin).await);
         let node = bin.with_file_name("rendezvous");
         if node.exists() {
             figures.extend(held_connections(sizes, &node, worker).await);
         }
     }
     figures
+}
+
+/// A `messenger` process of a bench user, its stdout read line by line.
+struct UserProc {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl UserProc {
+    fn expect(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+}
+
+impl Drop for UserProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// File transfer between two real `messenger online` processes over
+/// loopback TCP, against the same bytes over a bare libp2p stream (TCP +
+/// Noise + Yamux, in this process) and over raw TCP; and both processes'
+/// peak memory growth during the transfer.
+pub async fn file_transfer(sizes: &Sizes, messenger_bin: &std::path::Path) -> Vec<Figure> {
+    use std::io::{BufRead, Write};
+    let size = sizes.file_bytes;
+    if size == 0 {
+        return Vec::new();
+    }
+    let (node, dir) = start_node().await;
+    let addr = node.listen_addrs()[0].clone();
+    let command = |user: &str| {
+        let mut cmd = std::process::Command::new(messenger_bin);
+        cmd.arg("--home")
+            .arg(dir.path().join(user))
+            .args(["--rendezvous", &addr.to_string()])
+            .env("RUST_LOG", "error");
+        cmd
+    };
+    let run = |user: &str, args: &[&str]| -> String {
+        let out = command(user).args(args).output().expect("run messenger");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let online = |user: &str| {
+        let mut child = command(user)
+            .args(["--json", "online", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn online");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let proc = UserProc { child, lines };
+        proc.expect("online", |l| l.contains("\"event\":\"online\""));
+        proc
+    };
+    run("alice", &["register", "alice"]);
+    run("bob", &["register", "bob"]);
+    let alice = online("alice");
+    let bob = online("bob");
+    // Content that does not compress, written in chunks.
+    let path = dir.path().join("big.bin");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        let mut xof = blake3::Hasher::new().update(b"bench").finalize_xof();
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = chunk.len().min(left as usize);
+            xof.fill(&mut chunk[..n]);
+            file.write_all(&chunk[..n]).expect("write");
+            left -= n as u64;
+        }
+    }
+    let path_text = path.to_str().expect("utf-8 path").to_owned();
+    let offered = run(
+        "alice",
+        &["--json", "file", "send", "bob", &path_text, "--no-wait"],
+    );
+    let offer: serde_json::Value =
+        serde_json::from_str(offered.lines().next().unwrap_or_default()).expect("offered json");
+    let id = offer["id"].as_str().expect("id").to_owned();
+    bob.expect("the offer", |l| l.contains(&id));
+    let pids = [alice.child.id(), bob.child.id()];
+    let before = pids.map(rss_kib);
+    let peak = std::sync::Arc::new([
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ]);
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, pid) in pids.iter().enumerate() {
+                    peak[i].fetch_max(rss_kib(*pid), std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let into = dir.path().join("received");
+    let into_text = into.to_str().expect("utf-8 path").to_owned();
+    let started = Instant::now();
+    run("bob", &["file", "accept", &id, "--to", &into_text]);
+    let ours = size as f64 / started.elapsed().as_secs_f64();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let growth = |i: usize| {
+        peak[i]
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(before[i]) as f64
+    };
+    let (sender_kib, receiver_kib) = (growth(0), growth(1));
+    drop(alice);
+    drop(bob);
+    node.shutdown().await;
+    let libp2p = libp2p_stream_rate(size).await;
+    let tcp = tcp_rate(size).await;
+    let mib = |r: f64| r / (1 << 20) as f64;
+    let label = if size >= 1 << 30 {
+        format!("{} GiB", size >> 30)
+    } else {
+        format!("{} MiB", size >> 20)
+    };
+    let mut figures = vec![
+        rate_figure(
+            &format!("file transfer {label}, MiB"),
+            mib(ours),
+            mib(libp2p),
+            "bare libp2p stream, same connection kind",
+            Some(0.8),
+        ),
+        rate_figure(
+            &format!("file transfer {label} vs raw TCP, MiB"),
+            mib(ours),
+            mib(tcp),
+            "raw TCP on loopback",
+            None,
+        ),
+    ];
+    for (who, kib) in [("sender", sender_kib), ("receiver", receiver_kib)] {
+        figures.push(Figure {
+            name: format!("{who} memory growth during {label}"),
+            ours: kib,
+            baseline: (size >> 10) as f64,
+            unit: " KiB".into(),
+            baseline_name: "the file's size".into(),
+            ratio: kib / (size >> 10) as f64,
+            target: Some("≤ 0.02×".into()),
+            met: Some(kib <= 0.02 * (size >> 10) as f64),
+        });
+    }
+    figures
+}
+
+/// Bytes per second of `size` bytes over one libp2p stream between two
+/// swarms on loopback TCP (Noise, Yamux), as our clients connect.
+async fn libp2p_stream_rate(size: u64) -> f64 {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    let a = Identity::generate().expect("key");
+    let b = Identity::generate().expect("key");
+    let (alice, _a_task, _) = Network::start(&a, NetworkConfig::default()).expect("network");
+    let (bob, _b_task, inbound) = Network::start(&b, NetworkConfig::default()).expect("network");
+    bob.listen(loopback()).await.expect("listen");
+    let mut addrs = bob.listen_addrs();
+    let addr = loop {
+        if let Some(addr) = addrs.borrow().first().cloned() {
+            break addr;
+        }
+        addrs.changed().await.expect("addrs");
+    };
+    alice.dial(b.peer_id(), vec![addr]).await.expect("dial");
+    let mut files = inbound.files;
+    let reader = tokio::spawn(async move {
+        let mut incoming = files.next().await.expect("a stream");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        while got < size {
+            let n = incoming.stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "ended early");
+            got += n as u64;
+        }
+        got
+    });
+    let started = Instant::now();
+    let mut stream = alice
+        .control()
+        .open_stream(b.peer_id(), messenger::proto::file::PROTOCOL)
+        .await
+        .expect("open");
+    let buf = vec![0x5au8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < size {
+        let n = buf.len().min((size - sent) as usize);
+        stream.write_all(&buf[..n]).await.expect("write");
+        sent += n as u64;
+    }
+    stream.flush().await.expect("flush");
+    let got = reader.await.expect("reader");
+    assert_eq!(got, size);
+    size as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Bytes per second of `size` bytes over raw TCP on loopback.
+async fn tcp_rate(size: u64) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let reader = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        while got < size {
+            let n = socket.read(&mut buf).await.expect("read");
+            assert!(n > 0, "ended early");
+            got += n as u64;
+        }
+    });
+    let started = Instant::now();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let buf = vec![0x5au8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < size {
+        let n = buf.len().min((size - sent) as usize);
+        socket.write_all(&buf[..n]).await.expect("write");
+        sent += n as u64;
+    }
+    reader.await.expect("reader");
+    size as f64 / started.elapsed().as_secs_f64()
 }
 
 /// The table, as printed.

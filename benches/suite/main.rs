@@ -1,5 +1,5 @@
 //! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
-//! small sizes, `-- --only scale|round-trip|cold|directory|window|held` for one group,
+//! small sizes, `-- --only scale|round-trip|cold|directory|window|files|held` for one group,
 //! `--held-clients N` to hold another number of clients). Prints a table and writes the same figures as JSON to
 //! `target/bench-results.json` (or `--json PATH`).
 
@@ -63,6 +63,13 @@ fn main() {
         Some("cold") => runtime.block_on(figures::cold_send(&sizes)),
         Some("directory") => runtime.block_on(figures::directory(&sizes)),
         Some("window") => figures::window(&sizes),
+        Some("files") => match bin.as_deref() {
+            Some(bin) if bin.exists() => runtime.block_on(figures::file_transfer(&sizes, bin)),
+            _ => {
+                eprintln!("build the binaries first: cargo build --release --workspace");
+                std::process::exit(2);
+            }
+        },
         Some("held") => match bin.as_deref().map(|b| b.with_file_name("rendezvous")) {
             Some(node) if node.exists() => {
                 runtime.block_on(figures::held_connections(&sizes, &node, Some(&own_exe)))
@@ -73,7 +80,9 @@ fn main() {
             }
         },
         Some(other) => {
-            eprintln!("unknown --only {other}: scale, round-trip, cold, directory, window or held");
+            eprintln!(
+                "unknown --only {other}: scale, round-trip, cold, directory, window, files or held"
+            );
             std::process::exit(2);
         }
         None => runtime.block_on(figures::run_all(&sizes, bin.as_deref(), Some(&own_exe))),

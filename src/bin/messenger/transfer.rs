@@ -19,7 +19,7 @@ use crate::output::Output;
 use crate::{Failure, exit};
 
 /// How often the running client is asked.
-const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(100);
 
 /// Follows transfer `id` of the running client of `home` until it is
 /// completed (Ok), declined or failed (an error), or the client stops.
