@@ -1915,6 +1915,9 @@ impl Core {
         self.listen_addrs = None;
         self.reachability = None;
         self.inbound = None;
+        // Its store handle too: the store's thread ends with the last one.
+        self.file_env = None;
+        self.fetches.clear();
         let network_ended = match self.network_task.take() {
             Some(task) => task.finish(SHUTDOWN_GRACE).await,
             None => true,
