@@ -160,8 +160,7 @@ async fn serve_one(incoming: Incoming, env: &FileEnv) -> Result<(), String> {
     let transfer = match offered_to(env, id, peer).await {
         Ok(t) => t,
         Err(code) => {
-            let _ = codec::write_frame(&mut stream, &FileAnswer::Refused { code }, file::MAX_FRAME)
-                .await;
+            refuse(&mut stream, code).await;
             return Err(format!("refused a request for {id}: {code}"));
         }
     };
@@ -187,15 +186,11 @@ async fn serve_one(incoming: Incoming, env: &FileEnv) -> Result<(), String> {
         }
         Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
             warn!(%id, "cannot read the file offered: {e}");
-            let code = FileRefusal::Unavailable;
-            let _ = codec::write_frame(&mut stream, &FileAnswer::Refused { code }, file::MAX_FRAME)
-                .await;
+            refuse(&mut stream, FileRefusal::Unavailable).await;
             return Err(format!("cannot read the file: {e}"));
         }
         _ => {
-            let code = FileRefusal::Changed;
-            let _ = codec::write_frame(&mut stream, &FileAnswer::Refused { code }, file::MAX_FRAME)
-                .await;
+            refuse(&mut stream, FileRefusal::Changed).await;
             let reason = "the file changed or went away since it was offered";
             env.update(id, move |t| {
                 t.state = TransferState::Failed;
@@ -208,9 +203,7 @@ async fn serve_one(incoming: Incoming, env: &FileEnv) -> Result<(), String> {
         }
     };
     if offset > size {
-        let code = FileRefusal::BadOffset;
-        let _ =
-            codec::write_frame(&mut stream, &FileAnswer::Refused { code }, file::MAX_FRAME).await;
+        refuse(&mut stream, FileRefusal::BadOffset).await;
         return Err(format!("asked from {offset}, past the end ({size})"));
     }
     codec::write_frame(
@@ -274,6 +267,12 @@ async fn serve_one(incoming: Incoming, env: &FileEnv) -> Result<(), String> {
         }
         None => Err("closed before its verdict".into()),
     }
+}
+
+/// Tells the peer why it is not served (it may be gone already: the
+/// stream ends either way).
+async fn refuse(stream: &mut libp2p::Stream, code: FileRefusal) {
+    let _ = codec::write_frame(stream, &FileAnswer::Refused { code }, file::MAX_FRAME).await;
 }
 
 /// The transfer of offer `id`, if `peer` may fetch (or decline) it: mine,

@@ -89,12 +89,14 @@ impl Transfer {
         self.dir.as_deref().map(|dir| partial_path(dir, &self.id))
     }
 
-    /// Whether nothing more will happen to it.
-    pub fn is_settled(&self) -> bool {
-        matches!(
-            self.state,
-            TransferState::Completed | TransferState::Declined
-        ) || (self.state == TransferState::Failed && self.direction == Direction::Out)
+    /// Whether it is offered to me and I may still answer it (accept,
+    /// decline, or accept again to resume).
+    pub fn awaits_me(&self) -> bool {
+        self.direction == Direction::In
+            && matches!(
+                self.state,
+                TransferState::Offered | TransferState::Accepted | TransferState::Failed
+            )
     }
 }
 

@@ -114,13 +114,7 @@ impl Core {
             .store
             .call(move |s| {
                 s.update_transfer(&id, now_ms(), |t| {
-                    let may = t.direction == Direction::In
-                        && matches!(
-                            t.state,
-                            TransferState::Offered
-                                | TransferState::Failed
-                                | TransferState::Accepted
-                        );
+                    let may = t.awaits_me();
                     if may {
                         t.state = TransferState::Accepted;
                         t.error = None;
@@ -273,13 +267,7 @@ impl Core {
             .store
             .call(move |s| {
                 s.update_transfer(&id, now_ms(), |t| {
-                    let may = t.direction == Direction::In
-                        && matches!(
-                            t.state,
-                            TransferState::Offered
-                                | TransferState::Accepted
-                                | TransferState::Failed
-                        );
+                    let may = t.awaits_me();
                     if may {
                         t.state = TransferState::Declined;
                     }
