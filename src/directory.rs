@@ -23,6 +23,10 @@ use crate::network::{Network, NetworkError, NetworkEvent};
 /// How long one directory request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Dials of the node per session opened, and the first pause between them.
+const DIAL_ATTEMPTS: u32 = 3;
+const DIAL_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Why a directory request failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DirectoryError {
@@ -122,10 +126,22 @@ impl DirectorySession {
         pushes: Option<mpsc::Sender<Resolution>>,
     ) -> Result<Self, DirectoryError> {
         let node = node_peer_id(addr)?;
-        network
-            .dial(node, vec![addr.clone()])
-            .await
-            .map_err(DirectoryError::Unreachable)?;
+        // A dial can fail for a moment on our side alone: TCP dials leave
+        // from the listening port (hole punching needs that), and the
+        // kernel refuses such a connect while an earlier connection with
+        // the same ports is still closing. A few quick tries, not one.
+        let mut pause = DIAL_RETRY_PAUSE;
+        for attempt in 1.. {
+            match network.dial(node, vec![addr.clone()]).await {
+                Ok(()) => break,
+                Err(e) if attempt >= DIAL_ATTEMPTS => return Err(DirectoryError::Unreachable(e)),
+                Err(e) => {
+                    tracing::debug!("dialling the rendezvous node failed ({e}); trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
         let stream = network
             .control()
             .open_stream(node, directory::PROTOCOL)
