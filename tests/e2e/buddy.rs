@@ -174,7 +174,17 @@ fn a_burst_survives_the_receiver_being_killed_midway() {
         chat.stdout.expect_event("delivered");
         delivered += 1;
     }
-    // Everything after the restart is shown by the new process.
+    // Everything after the restart is shown by the new process. An
+    // acknowledged message is shown (and in history) once its signature
+    // is checked, just after the ack: wait for the last one to be shown.
+    let last = format!("m{:04}", n - 1);
+    loop {
+        let event = bob_online.stdout.expect_event("message");
+        shown.push(event["id"].as_str().unwrap().to_owned());
+        if event["text"] == last.as_str() {
+            break;
+        }
+    }
     let received = history(&bob, "alice");
     let texts: Vec<&str> = received
         .iter()
@@ -185,17 +195,6 @@ fn a_burst_survives_the_receiver_being_killed_midway() {
     let ids: HashSet<&str> = received.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), n, "no duplicates");
 
-    let last_id = received[n - 1]["id"].as_str().unwrap().to_owned();
-    loop {
-        let id = bob_online.stdout.expect_event("message")["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        shown.push(id.clone());
-        if id == last_id {
-            break;
-        }
-    }
     let unique: HashSet<&String> = shown.iter().collect();
     assert_eq!(unique.len(), shown.len(), "no message shown twice");
     chat.close_stdin();
