@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::{Path, Reachability};
 use crate::peer::PeerInfo;
-use crate::store::{StoredMessage, Transfer};
+use crate::store::{Invitation, StoredMessage, Transfer};
+use crate::tunnels::TunnelLog;
 
 /// What a front end asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +161,39 @@ pub enum Request {
         /// The largest size accepted unasked.
         below: Option<u64>,
     },
+    /// Let a contact (the key pinned for them now) open TCP connections to
+    /// `127.0.0.1:port` here, through my client; with `revoke`, withdraw
+    /// that (and close its open tunnels). The contact is told in a message.
+    Invite {
+        /// The contact.
+        name: String,
+        /// The port.
+        port: u16,
+        /// Withdraw instead.
+        revoke: bool,
+    },
+    /// My invitations, open and withdrawn.
+    Invitations,
+    /// Open a tunnel to `to`: a TCP connection to a port they invited me
+    /// to (`connect`), the question whether they would (`check`), or a
+    /// pipe. Only over the control socket, which then carries the
+    /// tunnel's bytes (answered [`Response::TunnelOpened`]); in process,
+    /// [`crate::agent::Agent::open_tunnel`].
+    Tunnel {
+        /// Their name.
+        to: String,
+        /// What to ask for.
+        request: messenger_proto::tunnel::TunnelRequest,
+    },
+    /// Wait for the next pipe from `from` (any contact when absent). Only
+    /// over the control socket: answered first when waiting, then
+    /// [`Response::TunnelOpened`] when a pipe came, after which the
+    /// socket carries its bytes; in process,
+    /// [`crate::agent::Agent::listen_pipe`].
+    PipeListen {
+        /// Whose pipe.
+        from: Option<String>,
+    },
 }
 
 /// A transfer as shown: its record and how many bytes have arrived.
@@ -198,6 +232,19 @@ pub enum Response {
     Transfers {
         /// The transfers.
         transfers: Vec<TransferView>,
+    },
+    /// Invitations of mine.
+    Invitations {
+        /// Every invitation, by name and port.
+        invitations: Vec<Invitation>,
+    },
+    /// A tunnel is open: from here on, the control socket carries its
+    /// bytes.
+    TunnelOpened {
+        /// The other side.
+        peer: ScreenName,
+        /// Their key.
+        peer_id: PeerId,
     },
     /// One stored message, if it is stored.
     Message {
@@ -326,6 +373,8 @@ pub enum FailureKind {
     StoreDamaged,
     /// Another process holds the home's store.
     StoreInUse,
+    /// The other side refused: a tunnel not invited, withdrawn, busy.
+    Refused,
     /// Anything else.
     Other,
 }
@@ -400,6 +449,8 @@ pub enum Event {
     Sent(StoredMessage),
     /// A transfer changed state.
     Transfer(Transfer),
+    /// A tunnel someone opened to me opened, was refused, or closed.
+    Tunnel(TunnelLog),
     /// Bytes of a transfer went through (at most a few times a second).
     Progress {
         /// The offer's id.

@@ -4,7 +4,9 @@
 //!
 //! `<home>/control.sock` is a Unix socket, owner-only. A command connects,
 //! writes one [`Request`] as a JSON line, and reads one [`Response`] as a
-//! JSON line (docs/protocol.md §7).
+//! JSON line (docs/protocol.md §7). A tunnel or a pipe keeps its
+//! connection: after the answer that it is open, the socket carries its
+//! bytes ([`attach`]).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -12,12 +14,15 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::agent::Agent;
 use crate::api::{Failure, FailureKind, Request, Response};
+use crate::tunnels::{self, Tunnel};
 
 /// The largest request or reply line accepted (a message is at most 64 KiB;
 /// history replies are bounded by their limit).
@@ -143,27 +148,134 @@ pub async fn serve(listener: UnixListener, agent: Agent, cancel: CancellationTok
 }
 
 async fn answer(stream: UnixStream, agent: Agent) {
-    let (read, mut write) = stream.into_split();
+    // The reader is kept whole: after a tunnel's answer the same socket
+    // carries its bytes, some of which it may have buffered already.
+    let mut stream = BufReader::new(stream);
     let mut line = String::new();
-    let reply = match BufReader::new(read)
+    let read = (&mut stream)
         .take(MAX_LINE as u64)
         .read_line(&mut line)
-        .await
-    {
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => agent.call(request).await,
-            Err(e) => Response::Failed(Failure::new(
-                FailureKind::Invalid,
-                format!("bad control request: {e}"),
-            )),
-        },
-        Err(e) => Response::Failed(Failure::new(
+        .await;
+    let request = match read {
+        Ok(_) => serde_json::from_str::<Request>(&line)
+            .map_err(|e| Failure::new(FailureKind::Invalid, format!("bad control request: {e}"))),
+        Err(e) => Err(Failure::new(
             FailureKind::Other,
             format!("cannot read the control request: {e}"),
         )),
     };
-    if let Ok(mut bytes) = serde_json::to_vec(&reply) {
-        bytes.push(b'\n');
-        let _ = write.write_all(&bytes).await;
+    let reply = match request {
+        Ok(Request::Tunnel { to, request }) => match agent.open_tunnel(&to, request).await {
+            Ok(tunnel) => return carry(stream, tunnel).await,
+            Err(failure) => Response::Failed(failure),
+        },
+        Ok(Request::PipeListen { from }) => match agent.listen_pipe(from.as_deref()).await {
+            Ok(pipe) => return listen(stream, from, pipe).await,
+            Err(failure) => Response::Failed(failure),
+        },
+        Ok(request) => agent.call(request).await,
+        Err(failure) => Response::Failed(failure),
+    };
+    let _ = write_line(&mut stream, &reply).await;
+}
+
+async fn write_line(stream: &mut BufReader<UnixStream>, reply: &Response) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    stream.get_mut().write_all(&bytes).await
+}
+
+/// Says the tunnel is open, then copies its bytes to and from the socket.
+async fn carry(mut socket: BufReader<UnixStream>, tunnel: Tunnel) {
+    let opened = Response::TunnelOpened {
+        peer: tunnel.peer.clone(),
+        peer_id: tunnel.peer_id,
+    };
+    if write_line(&mut socket, &opened).await.is_err() {
+        return;
     }
+    let mut stream = tunnel.stream.compat();
+    if let Err(e) = tunnels::splice(&mut socket, &mut stream).await {
+        debug!("a tunnel through the control socket ended: {e}");
+    }
+}
+
+/// Says it waits, waits for the pipe (or for the caller to go), then
+/// carries it.
+async fn listen(
+    mut socket: BufReader<UnixStream>,
+    from: Option<String>,
+    pipe: oneshot::Receiver<Tunnel>,
+) {
+    let waiting = Response::Done {
+        message: match from {
+            Some(from) => format!("waiting for a pipe from {from}"),
+            None => "waiting for a pipe from a contact".into(),
+        },
+    };
+    if write_line(&mut socket, &waiting).await.is_err() {
+        return;
+    }
+    // The caller sends nothing before the pipe opens: a read that ends
+    // means it went away.
+    let mut probe = [0u8; 1];
+    let tunnel = tokio::select! {
+        tunnel = pipe => match tunnel {
+            Ok(tunnel) => tunnel,
+            Err(_) => return,
+        },
+        _ = socket.get_mut().read(&mut probe) => return,
+    };
+    carry(socket, tunnel).await;
+}
+
+/// A connection to the running client that carries a tunnel: its answers
+/// first, one JSON line each, then the tunnel's bytes.
+#[derive(Debug)]
+pub struct Attached {
+    socket: BufReader<UnixStream>,
+}
+
+impl Attached {
+    /// The next answer.
+    pub async fn response(&mut self) -> Result<Response, CallError> {
+        let mut line = String::new();
+        (&mut self.socket)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await?;
+        if line.is_empty() {
+            return Err(CallError::NoAnswer);
+        }
+        serde_json::from_str(&line).map_err(|e| CallError::Unreadable(e.to_string()))
+    }
+
+    /// The socket, to carry the tunnel's bytes once it is open.
+    pub fn into_stream(self) -> BufReader<UnixStream> {
+        self.socket
+    }
+}
+
+/// Sends `request` (a [`Request::Tunnel`] or [`Request::PipeListen`]) to
+/// the running client of `home`, keeping the connection for its bytes.
+/// `Ok(None)` when no client runs.
+pub async fn attach(home: &Path, request: &Request) -> Result<Option<Attached>, CallError> {
+    let mut stream = match UnixStream::connect(socket_path(home)).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    Ok(Some(Attached {
+        socket: BufReader::new(stream),
+    }))
 }

@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::Event;
+use crate::direct::{self, DirectError};
 use crate::directory::DirectorySession;
-use crate::network::{Network, Path as Route, Streams};
-use crate::peer::PeerInfo;
+use crate::network::{Network, Streams};
 use crate::store::{
     Direction, MessageState, StoreError, StoreHandle, Transfer, TransferState, partial_path,
 };
@@ -48,10 +48,6 @@ const VERDICT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a read may stall in the middle of a transfer.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a fetch waits for hole punching to replace a relayed
-/// connection before it gives up for this attempt.
-const DIRECT_WAIT: Duration = Duration::from_secs(20);
 
 /// Between attempts of a fetch whose sender is unreachable.
 const FETCH_BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -508,90 +504,36 @@ async fn fetch_once(id: MessageId, env: &FileEnv) -> Stop {
     Stop::Settled
 }
 
-/// Resolves the sender, dials it and opens a file stream, on a direct
-/// connection: a relayed one waits for hole punching.
+/// Opens a file stream to the sender of `transfer`, on a direct
+/// connection (a relayed one waits for hole punching).
 async fn open_to(
     env: &FileEnv,
     transfer: &Transfer,
     sender: PeerId,
 ) -> Result<libp2p::Stream, Stop> {
-    let session = env
-        .session
-        .borrow()
-        .clone()
-        .filter(|s| !s.is_closed())
-        .ok_or_else(|| Stop::Retry("not connected to the rendezvous node".into()))?;
-    let resolution = session
-        .resolve(transfer.peer.as_str())
-        .await
-        .map_err(|e| Stop::Retry(format!("cannot resolve {}: {e}", transfer.peer)))?;
-    let info = PeerInfo::from_resolution(&resolution).map_err(|e| Stop::Retry(e.to_string()))?;
-    if info.peer_id != sender {
-        return Err(Stop::Retry(format!(
-            "{} has another key now than the one that offered the file",
-            transfer.peer
-        )));
+    let session = env.session.borrow().clone();
+    let id = transfer.id;
+    let opened = direct::open(
+        &env.network,
+        session,
+        &transfer.peer,
+        Some(sender),
+        file::PROTOCOL,
+        |reason| {
+            let _ = env.events.try_send(Event::TransferWaiting { id, reason });
+        },
+    )
+    .await;
+    match opened {
+        Ok(opened) => Ok(opened.stream),
+        Err(DirectError::OtherKey { name, .. }) => Err(Stop::Retry(format!(
+            "{name} has another key now than the one that offered the file"
+        ))),
+        Err(DirectError::NotDirect { name, reason }) => Err(Stop::Retry(format!(
+            "the transfer needs a direct connection to {name}, and {reason}"
+        ))),
+        Err(e) => Err(Stop::Retry(e.to_string())),
     }
-    if !info.dialable(now_ms()) {
-        return Err(Stop::Retry(format!("{} is offline", transfer.peer)));
-    }
-    env.network
-        .dial(sender, info.addrs.clone())
-        .await
-        .map_err(|e| Stop::Retry(format!("cannot reach {}: {e}", transfer.peer)))?;
-    if env.network.path(sender).await == Some(Route::Relayed) {
-        let _ = env.events.try_send(Event::TransferWaiting {
-            id: transfer.id,
-            reason: format!(
-                "waiting for a direct connection to {} (hole punching): files do not go through the node's relay",
-                transfer.peer
-            ),
-        });
-        let mut events = env.network.events();
-        let waited = tokio::time::timeout(DIRECT_WAIT, async {
-            loop {
-                match events.recv().await {
-                    Ok(crate::network::NetworkEvent::HolePunched { peer }) if peer == sender => {
-                        return Ok(());
-                    }
-                    Ok(crate::network::NetworkEvent::HolePunchFailed { peer, reason })
-                        if peer == sender =>
-                    {
-                        return Err(reason);
-                    }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return Err("the network stopped".into()),
-                }
-            }
-        })
-        .await;
-        match waited {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                return Err(Stop::Retry(format!(
-                    "the transfer needs a direct connection to {} and hole punching failed: {reason}",
-                    transfer.peer
-                )));
-            }
-            Err(_) => {
-                return Err(Stop::Retry(format!(
-                    "the transfer needs a direct connection to {}; hole punching did not succeed within {}s",
-                    transfer.peer,
-                    DIRECT_WAIT.as_secs()
-                )));
-            }
-        }
-    }
-    env.network
-        .control()
-        .open_stream(sender, file::PROTOCOL)
-        .await
-        .map_err(|e| {
-            Stop::Retry(format!(
-                "cannot open a file stream to {}: {e}",
-                transfer.peer
-            ))
-        })
 }
 
 /// Tells the sender of `transfer` that it was declined, if it can be

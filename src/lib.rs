@@ -23,6 +23,10 @@
 //! - [`files`]: files offered in messages, served to the key that
 //!   acknowledged the offer and fetched (resumed, hash-checked) once
 //!   accepted.
+//! - [`tunnels`]: connections to a port a contact invited me to, and
+//!   pipes, over the direct connection; serving the ones I allow.
+//! - [`direct`]: opening a stream to someone by name on a direct
+//!   connection (files and tunnels).
 //! - [`store`]: the home's contacts, blocks, history and outbox in redb,
 //!   owned by a thread of its own ([`store::StoreHandle`]).
 //! - [`control`]: the control socket through which other commands reach
@@ -63,6 +67,7 @@ pub mod agent;
 pub mod api;
 pub mod chat;
 pub mod control;
+pub mod direct;
 pub mod directory;
 pub mod files;
 pub mod home;
@@ -70,6 +75,7 @@ pub mod network;
 pub mod peer;
 pub mod store;
 pub mod time;
+pub mod tunnels;
 #[cfg(feature = "ui")]
 pub mod ui;
 

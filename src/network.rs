@@ -173,6 +173,11 @@ pub type Streams = futures::channel::mpsc::Receiver<accept::Incoming>;
 const MAX_FILE_STREAMS_PER_CONNECTION: usize = 4;
 const FILE_BACKLOG: usize = 64;
 
+/// Tunnel streams one connection may have open at once (each carries one
+/// TCP connection of the contact's), and accepted ones that may wait.
+const MAX_TUNNEL_STREAMS_PER_CONNECTION: usize = 32;
+const TUNNEL_BACKLOG: usize = 64;
+
 /// The inbound streams of each protocol peers open to us, for whoever
 /// serves them.
 #[derive(Debug)]
@@ -181,12 +186,15 @@ pub struct Inbound {
     pub chat: ChatStreams,
     /// File streams (fetches of what we offered).
     pub files: Streams,
+    /// Tunnel streams (to ports we invited contacts to, and pipes).
+    pub tunnels: Streams,
 }
 
 /// The behaviours that accept inbound streams, one per protocol.
 struct Acceptors {
     chat: accept::Behaviour,
     files: accept::Behaviour,
+    tunnels: accept::Behaviour,
 }
 
 #[derive(NetworkBehaviour)]
@@ -202,6 +210,8 @@ struct Behaviour {
     chat: accept::Behaviour,
     /// Inbound file streams.
     files: accept::Behaviour,
+    /// Inbound tunnel streams.
+    tunnels: accept::Behaviour,
     /// Reserve a slot on the node's relay when we are not reachable.
     relay_client: relay::client::Behaviour,
     /// Upgrade relayed connections to direct ones by hole punching.
@@ -294,7 +304,16 @@ impl Network {
             MAX_FILE_STREAMS_PER_CONNECTION,
             FILE_BACKLOG,
         );
-        let acceptors = Acceptors { chat, files };
+        let (tunnels, tunnel_streams) = accept::Behaviour::new(
+            messenger_proto::tunnel::PROTOCOL,
+            MAX_TUNNEL_STREAMS_PER_CONNECTION,
+            TUNNEL_BACKLOG,
+        );
+        let acceptors = Acceptors {
+            chat,
+            files,
+            tunnels,
+        };
         let transport_err = |e: &dyn std::fmt::Display| NetworkError::Transport(e.to_string());
         let builder = libp2p::SwarmBuilder::with_existing_identity(identity.keypair()).with_tokio();
         let swarm_config = |c: libp2p::swarm::Config| {
@@ -377,6 +396,7 @@ impl Network {
             Inbound {
                 chat: chat_streams,
                 files: file_streams,
+                tunnels: tunnel_streams,
             },
         ))
     }
@@ -470,6 +490,7 @@ fn behaviour(
         stream: libp2p_stream::Behaviour::new(),
         chat: acceptors.chat,
         files: acceptors.files,
+        tunnels: acceptors.tunnels,
         relay_client,
         dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
         autonat: autonat::Behaviour::new(

@@ -417,6 +417,7 @@ fn compose(from: &str, to: &str, text: &str) -> Message {
         sent_at: now_ms(),
         text: text.into(),
         file: None,
+        invite: None,
     }
 }
 
@@ -735,6 +736,7 @@ fn sign_verify_rate(n: usize) -> f64 {
         sent_at: 1,
         text: TEXT.into(),
         file: None,
+        invite: None,
     };
     let started = Instant::now();
     for _ in 0..n {

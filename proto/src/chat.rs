@@ -19,6 +19,7 @@ use crate::certificate::SignedCertificate;
 use crate::file::{FileOffer, check_offer};
 use crate::name::ScreenName;
 use crate::signed::{MESSAGE_CONTEXT, Signed};
+use crate::tunnel::{Invitation, check_invitation};
 
 /// Protocol id of a chat stream.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/messenger/chat/1");
@@ -122,6 +123,11 @@ pub struct Message {
     /// file protocol once accepted. Absent from a plain message's payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileOffer>,
+    /// An invitation to connect to a port of the sender's (or its
+    /// withdrawal); its text describes it. Absent from other messages'
+    /// payloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<Invitation>,
 }
 
 /// Why a text cannot be sent.
@@ -208,6 +214,10 @@ pub fn check_message(signed: &Signed, me: &ScreenName, now_ms: u64) -> Result<Me
         .file
         .as_ref()
         .is_some_and(|f| check_offer(f).is_err())
+        || message
+            .invite
+            .as_ref()
+            .is_some_and(|i| check_invitation(i).is_err())
     {
         RejectCode::Malformed
     } else {
@@ -395,6 +405,10 @@ mod tests {
                 name: "\u{10FFFF}".repeat(crate::file::MAX_NAME / 4),
                 size: u64::MAX,
                 hash: crate::file::ContentHash([0xff; 32]),
+            }),
+            invite: Some(Invitation {
+                port: u16::MAX,
+                withdrawn: true,
             }),
         };
         let frame = ChatFrame::Message(Signed::sign(&id, crate::signed::MESSAGE_CONTEXT, &msg));

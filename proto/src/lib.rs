@@ -15,6 +15,7 @@
 //! - [`directory`]: requests and answers of the directory protocol.
 //! - [`chat`]: the direct message protocol between two clients.
 //! - [`file`]: files offered in messages and fetched directly.
+//! - [`tunnel`]: invitations to a port, tunnels and pipes between clients.
 //! - [`codec`]: length-prefixed CBOR frames with hard size limits.
 //! - [`rate`]: the token bucket behind every rate limit.
 //! - [`liveness`]: which connections went silent (on top of libp2p's ping).
@@ -35,6 +36,7 @@ pub mod rate;
 pub mod record;
 pub mod signed;
 pub mod time;
+pub mod tunnel;
 
 pub use identity::Identity;
 pub use name::ScreenName;

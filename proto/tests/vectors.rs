@@ -117,6 +117,7 @@ fn vectors() -> String {
         sent_at: 1_700_000_000_000,
         text: "hi".into(),
         file: None,
+        invite: None,
     };
     let signed = Signed::sign(&alice, MESSAGE_CONTEXT, &message);
     item(

@@ -37,6 +37,7 @@ use super::{Command, FileSource, Note, ShutdownReport};
 use crate::files::FileEnv;
 
 mod files;
+mod tunnels;
 use crate::api::{ContactView, Event, Failure, FailureKind, Request, Response, SendOutcome};
 use crate::chat::{Inbox, Signal};
 use crate::directory::{DirectoryError, DirectorySession, Registered, node_peer_id};
@@ -88,6 +89,7 @@ pub(super) struct CoreConfig {
     pub network: NetworkConfig,
     pub message_rate: Rate,
     pub trust: Trust,
+    pub invitations: Vec<crate::store::Invitation>,
 }
 
 /// A request waiting for a directory session.
@@ -238,6 +240,11 @@ pub(super) struct Core {
     file_env: Option<Arc<FileEnv>>,
     /// The fetches running, by offer.
     fetches: HashMap<MessageId, CancellationToken>,
+
+    /// My invitations, for the tunnel server.
+    invitations: watch::Sender<Arc<Vec<crate::store::Invitation>>>,
+    /// The tunnel server, once online.
+    tunnel_server: Option<mpsc::Sender<crate::tunnels::ServeCommand>>,
 }
 
 impl Core {
@@ -288,6 +295,8 @@ impl Core {
             cancel: CancellationToken::new(),
             file_env: None,
             fetches: HashMap::new(),
+            invitations: watch::channel(Arc::new(config.invitations)).0,
+            tunnel_server: None,
         }
     }
 
@@ -311,6 +320,10 @@ impl Core {
                 command = commands.recv() => match command {
                     Some(Command::Call(request, reply)) => self.on_request(request, reply).await,
                     Some(Command::GoOnline { listen, reply }) => self.go_online(listen, reply).await,
+                    Some(Command::OpenTunnel { to, request, reply }) => {
+                        self.open_tunnel(to, request, reply);
+                    }
+                    Some(Command::ListenPipe { from, reply }) => self.listen_pipe(from, reply).await,
                     Some(Command::Shutdown(reply)) => break Some(reply),
                     None => break None,
                 },
@@ -372,6 +385,16 @@ impl Core {
             | Request::FileDecline { .. }
             | Request::Files
             | Request::AutoAccept { .. } => self.on_file_request(request, reply).await,
+            Request::Invite { name, port, revoke } => {
+                self.invite(&name, port, revoke, reply).await;
+            }
+            Request::Invitations => self.list_invitations(reply).await,
+            Request::Tunnel { .. } | Request::PipeListen { .. } => {
+                let _ = reply.send(failed(
+                    FailureKind::Invalid,
+                    "tunnels and pipes are opened over the control socket, which then carries their bytes",
+                ));
+            }
             Request::Settings {
                 send_typing,
                 bell,
@@ -511,6 +534,7 @@ impl Core {
             sent_at: now_ms(),
             text,
             file: None,
+            invite: None,
         };
         if self.presence.contains_key(&to) || self.rendezvous.is_none() || !wait {
             self.queue_message(message, tx, wait, Duration::ZERO, None)
@@ -1150,9 +1174,11 @@ impl Core {
         if let Some(Inbound {
             chat: streams,
             files,
+            tunnels,
         }) = self.inbound.take()
         {
             self.serve_files(files, &network).await;
+            self.serve_tunnels(tunnels);
             let sink = StoreSink::new(
                 self.store.clone(),
                 self.trust.subscribe(),

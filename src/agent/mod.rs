@@ -102,6 +102,15 @@ enum Command {
         reply: oneshot::Sender<Result<(), OnlineError>>,
     },
     Shutdown(oneshot::Sender<ShutdownReport>),
+    OpenTunnel {
+        to: String,
+        request: messenger_proto::tunnel::TunnelRequest,
+        reply: oneshot::Sender<Result<crate::tunnels::Tunnel, Failure>>,
+    },
+    ListenPipe {
+        from: Option<String>,
+        reply: oneshot::Sender<Result<oneshot::Receiver<crate::tunnels::Tunnel>, Failure>>,
+    },
 }
 
 /// What the workers and the inbox tell the core.
@@ -164,6 +173,7 @@ impl Agent {
         let (store, store_thread) = config.store;
         let contacts = store.call(|s| s.contacts()).await?;
         let blocked = store.call(|s| s.blocked()).await?;
+        let invitations = store.call(|s| s.invitations()).await?;
         let (events, event_rx) = mpsc::channel(EVENT_BACKLOG);
         let peer_id = config.identity.peer_id();
         let core = core::Core::new(core::CoreConfig {
@@ -177,6 +187,7 @@ impl Agent {
             network: config.network,
             message_rate: config.message_rate,
             trust: Trust::new(&contacts, &blocked),
+            invitations,
         });
         let (commands, command_rx) = mpsc::channel(64);
         // Owned through its channel: it ends on `shutdown`, or when the
@@ -246,6 +257,43 @@ impl Agent {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// Opens a tunnel to `to` (online only): a connection to a port they
+    /// invited me to, the question whether they would serve one, or a
+    /// pipe. The stream carries raw bytes once returned.
+    pub async fn open_tunnel(
+        &self,
+        to: &str,
+        request: messenger_proto::tunnel::TunnelRequest,
+    ) -> Result<crate::tunnels::Tunnel, Failure> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::OpenTunnel {
+            to: to.to_owned(),
+            request,
+            reply,
+        };
+        if self.commands.send(command).await.is_err() {
+            return Err(stopped_failure());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopped_failure()))
+    }
+
+    /// Waits for a pipe from `from` (any contact when `None`), online only:
+    /// the receiver gets it when it comes; dropping it stops waiting.
+    pub async fn listen_pipe(
+        &self,
+        from: Option<&str>,
+    ) -> Result<oneshot::Receiver<crate::tunnels::Tunnel>, Failure> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::ListenPipe {
+            from: from.map(str::to_owned),
+            reply,
+        };
+        if self.commands.send(command).await.is_err() {
+            return Err(stopped_failure());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopped_failure()))
+    }
+
     /// Goes offline and stops every task of the client, waiting (a bounded
     /// time) for them to end.
     pub async fn shutdown(self) -> ShutdownReport {
@@ -264,7 +312,11 @@ impl Agent {
 }
 
 fn stopped() -> Response {
-    Response::Failed(Failure::new(FailureKind::Other, "the client has stopped"))
+    Response::Failed(stopped_failure())
+}
+
+fn stopped_failure() -> Failure {
+    Failure::new(FailureKind::Other, "the client has stopped")
 }
 
 fn unexpected(response: &Response) -> Failure {

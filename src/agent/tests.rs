@@ -224,6 +224,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
         sent_at: now_ms(),
         text: "there when you are back".into(),
         file: None,
+        invite: None,
     };
     let id = message.id;
     store
@@ -362,6 +363,7 @@ async fn messages_left_unchecked_by_a_crash_are_checked_at_the_next_start() {
         sent_at: now_ms(),
         text: text.into(),
         file: None,
+        invite: None,
     };
     let (good, forged) = (message("kept before the crash"), message("forged"));
     let signed_good = Signed::sign(&alice, MESSAGE_CONTEXT, &good);

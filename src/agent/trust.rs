@@ -44,6 +44,24 @@ impl Trust {
         self.pins.contains_key(name)
     }
 
+    /// The key pinned for `name`, if a contact.
+    pub fn pinned(&self, name: &ScreenName) -> Option<PeerId> {
+        self.pins.get(name).copied()
+    }
+
+    /// The contact whose pinned key is `key`, unless blocked.
+    pub fn contact_of(&self, key: &PeerId) -> Option<ScreenName> {
+        self.pins
+            .iter()
+            .find(|(name, pinned)| *pinned == key && !self.blocked.contains(*name))
+            .map(|(name, _)| name.clone())
+    }
+
+    /// Whether `name` is blocked.
+    pub fn is_blocked(&self, name: &ScreenName) -> bool {
+        self.blocked.contains(name)
+    }
+
     /// The pinned keys of every contact.
     pub fn pinned_keys(&self) -> Vec<PeerId> {
         self.pins.values().copied().collect()

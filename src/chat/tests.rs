@@ -176,6 +176,7 @@ fn message(from: &str, to: &str, text: &str) -> Message {
         sent_at: now_ms(),
         text: text.into(),
         file: None,
+        invite: None,
     }
 }
 

@@ -15,6 +15,7 @@
 //! whether redb answers with an error or panics.
 
 mod handle;
+mod invitations;
 mod transfers;
 
 use std::io;
@@ -31,6 +32,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 pub use handle::{StoreHandle, StoreThread};
+pub use invitations::Invitation;
 pub use transfers::{Transfer, TransferState, partial_path};
 
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
@@ -47,6 +49,8 @@ const UNVERIFIED: TableDefinition<(&str, u64), ()> = TableDefinition::new("unver
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// message id of an offer → transfer: the files I offered and was offered.
 const TRANSFERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transfers");
+/// Invitations to connect, by "name:port".
+const INVITATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invitations");
 const NEXT_SEQ: &str = "next_seq";
 
 /// Why the store failed.
@@ -344,6 +348,7 @@ fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
     each!(BLOCKED, |e| drop(e));
     each!(META, |e| drop(e));
     each!(TRANSFERS, |e| decode::<Transfer>(e.1.value())?);
+    each!(INVITATIONS, |e| decode::<Invitation>(e.1.value())?);
     Ok(())
 }
 
@@ -511,6 +516,7 @@ impl Store {
                 && exists(txn.open_table(UNVERIFIED).map(drop))?
                 && exists(txn.open_table(META).map(drop))?
                 && exists(txn.open_table(TRANSFERS).map(drop))?
+                && exists(txn.open_table(INVITATIONS).map(drop))?
         };
         if all_there {
             return Ok(());
@@ -524,6 +530,7 @@ impl Store {
         txn.open_table(UNVERIFIED)?;
         txn.open_table(META)?;
         txn.open_table(TRANSFERS)?;
+        txn.open_table(INVITATIONS)?;
         txn.commit()?;
         Ok(())
     }
@@ -969,6 +976,7 @@ mod tests {
             sent_at: 1,
             text: text.into(),
             file: None,
+            invite: None,
         }
     }
 

@@ -255,6 +255,7 @@ mod tests {
                 size: 3,
                 hash: ContentHash([1; 32]),
             }),
+            invite: None,
         }
     }
 

@@ -60,6 +60,7 @@ fn stored(seq: u64, from: &str, to: &str, text: &str, state: MessageState) -> St
             sent_at: messenger_proto::time::now_ms(),
             text: text.into(),
             file: None,
+            invite: None,
         },
         direction,
         state,

@@ -157,6 +157,7 @@ fn forged_sender_names_and_signatures_are_rejected() {
             sent_at: now_ms(),
             text: text.into(),
             file: None,
+            invite: None,
         };
 
         // Mallory claims to be alice.

@@ -25,4 +25,5 @@ mod netlab;
 mod restart;
 mod shell;
 mod support;
+mod tunnels;
 mod window;

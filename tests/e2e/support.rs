@@ -55,7 +55,7 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn spawn(stdout: impl std::io::Read + Send + 'static) -> Self {
+    pub fn spawn(stdout: impl std::io::Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -314,7 +314,9 @@ impl User {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The command line of `messenger args` for this user (for tests that
+    /// wire its standard streams themselves).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = self.bare_command(args);
         cmd.env("MESSENGER_RENDEZVOUS", &self.rendezvous);
         cmd

@@ -250,6 +250,7 @@ impl Core {
                 sent_at: now_ms(),
                 text: format!("offers the file {name} ({})", human_size(size)),
                 file: Some(FileOffer { name, size, hash }),
+                invite: None,
             };
             let _ = notes
                 .send(Note::FileReady {

@@ -17,7 +17,9 @@ Exit status:
      while `messenger online` runs on this home
   8  the recipient's key changed since you added them: nothing was sent
   9  no space left on the device holding the home: nothing new was stored
- 10  the home's store is damaged: nothing in it was changed";
+ 10  the home's store is damaged: nothing in it was changed
+ 11  refused by the other side: a tunnel or pipe they did not invite you to,
+     withdrew, or cannot take now";
 
 /// A peer-to-peer messenger: register a screen name with a rendezvous node,
 /// then message people by name. Messages go directly between peers over
@@ -25,8 +27,9 @@ Exit status:
 /// names to keys and addresses.
 ///
 /// While `online` or `chat` runs, the other commands on the same home
-/// (send, status, contacts, block, unblock, history, outbox, files) go
-/// through it; `file send`, `accept` and `decline` need it.
+/// (send, status, contacts, block, unblock, history, outbox, files,
+/// invite, connect, pipe) go through it; `file send`, `accept` and
+/// `decline` need it, and it serves the ports you invite contacts to.
 #[derive(Debug, Parser)]
 #[command(version, after_help = EXIT_CODES)]
 pub(crate) struct Args {
@@ -151,6 +154,60 @@ pub(crate) enum Command {
         /// [default: your downloads directory]
         #[arg(long, value_name = "DIR")]
         downloads: Option<PathBuf>,
+    },
+    /// Let a contact reach a TCP port on this machine, by your name.
+    ///
+    /// NAME (a contact: the key pinned for them, and only it) may then run
+    /// `messenger connect YOUR_NAME PORT`; each TCP connection they make
+    /// to their local end is carried over the direct connection to your
+    /// client, which connects it to 127.0.0.1:PORT here. They are told in
+    /// a message. Served while your client runs (`messenger online` or the
+    /// window); every tunnel is logged there.
+    Invite {
+        /// The contact.
+        name: String,
+        /// The port on 127.0.0.1 they may reach.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        /// Withdraw the invitation instead (open tunnels to it close).
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// List whom I invited to which port, and what I withdrew.
+    Invites,
+    /// Reach a port a contact invited me to: listen on 127.0.0.1 here and
+    /// carry each connection to their 127.0.0.1:PORT over the direct
+    /// connection, until interrupted.
+    ///
+    /// Asks them first, so that a port you are not invited to is refused at
+    /// once (exit status 11). Goes through this home's running client, or
+    /// runs one (online) while it lasts.
+    #[command(after_help = EXIT_CODES)]
+    Connect {
+        /// Who invited me.
+        name: String,
+        /// Their port.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        /// The local port to listen on [default: any free port, printed].
+        #[arg(long, value_name = "LOCAL_PORT", default_value_t = 0)]
+        local: u16,
+    },
+    /// stdin and stdout to a contact's `messenger pipe --listen`, or, with
+    /// --listen, wait for one pipe from a contact: netcat by name.
+    ///
+    /// Ends when the other side has finished sending (after our stdin
+    /// ended, its end is passed on). With --listen, the waiting is said on
+    /// stderr; only contacts may open a pipe.
+    #[command(after_help = EXIT_CODES)]
+    Pipe {
+        /// Whom to pipe to; with --listen, the only contact accepted
+        /// [default with --listen: any contact].
+        #[arg(required_unless_present = "listen")]
+        name: Option<String>,
+        /// Wait for a pipe instead of opening one.
+        #[arg(long)]
+        listen: bool,
     },
     /// Talk with someone: typed lines are sent, incoming messages printed,
     /// while staying online. End with Ctrl-D.

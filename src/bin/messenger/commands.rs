@@ -204,6 +204,23 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             let id = parse_id(&id)?;
             ctx.running_request(Request::FileDecline { id }).await
         }
+        Command::Invite { name, port, revoke } => {
+            parse_name(&name)?;
+            ctx.my_name()?;
+            ctx.request(Request::Invite { name, port, revoke }).await
+        }
+        Command::Invites => ctx.request(Request::Invitations).await,
+        Command::Connect { name, port, local } => {
+            let to = parse_name(&name)?;
+            ctx.my_name()?;
+            crate::tunnel::connect(&ctx.home, ctx.rendezvous.clone(), ctx.out, to, port, local)
+                .await
+        }
+        Command::Pipe { name, listen } => {
+            let name = name.as_deref().map(parse_name).transpose()?;
+            ctx.my_name()?;
+            crate::tunnel::pipe(&ctx.home, ctx.rendezvous.clone(), name, listen).await
+        }
         Command::Online { listen } => ctx.online(listen, None).await,
         Command::Chat { name, listen } => {
             let peer = parse_name(&name)?;

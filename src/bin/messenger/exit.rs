@@ -24,6 +24,9 @@ pub(crate) const KEY_CHANGED: u8 = 8;
 pub(crate) const DISK_FULL: u8 = 9;
 /// The home's store is damaged: nothing in it was changed.
 pub(crate) const STORE_DAMAGED: u8 = 10;
+/// The other side refused a tunnel or pipe (not invited, withdrawn, busy,
+/// nothing listening).
+pub(crate) const REFUSED: u8 = 11;
 
 /// The exit status of a failure of `kind`.
 pub(crate) fn of(kind: FailureKind) -> u8 {
@@ -35,6 +38,7 @@ pub(crate) fn of(kind: FailureKind) -> u8 {
         FailureKind::KeyChanged => KEY_CHANGED,
         FailureKind::DiskFull => DISK_FULL,
         FailureKind::StoreDamaged => STORE_DAMAGED,
+        FailureKind::Refused => REFUSED,
         _ => FAILURE,
     }
 }

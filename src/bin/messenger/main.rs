@@ -11,6 +11,7 @@
 //! - [`running`]: the home's running client (`online`, `chat`, the window).
 //! - [`window`]: the buddy-list window in the terminal.
 //! - [`transfer`]: following a file transfer, with a progress bar.
+//! - [`tunnel`]: `connect` and `pipe`, tunnels by name.
 
 mod cli;
 mod commands;
@@ -20,6 +21,7 @@ mod output;
 mod render;
 mod running;
 mod transfer;
+mod tunnel;
 mod window;
 
 use std::process::ExitCode;

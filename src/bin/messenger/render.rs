@@ -11,6 +11,7 @@ use messenger::peer::PeerInfo;
 use messenger::proto::presence::Presence;
 use messenger::store::{Direction, StoredMessage, TransferState};
 use messenger::time;
+use messenger::tunnels::{TunnelLog, TunnelState};
 use serde_json::json;
 
 use crate::output::Output;
@@ -266,6 +267,13 @@ pub(crate) fn show_event(
             );
             None
         }
+        Event::Tunnel(log) => {
+            out.emit(
+                describe_tunnel(&log),
+                json!({"event": "tunnel", "tunnel": log}),
+            );
+            None
+        }
         // Later kinds of events this front end does not show.
         _ => None,
     }
@@ -457,6 +465,28 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
             }
             Ok(())
         }
+        Response::Invitations { invitations } => {
+            if invitations.is_empty() && !out.is_json() {
+                out.emit(
+                    "you have invited nobody: `messenger invite NAME --port PORT`",
+                    json!({}),
+                );
+            }
+            for i in invitations {
+                let state = match i.revoked_at {
+                    None => format!("open since {}", time::rfc3339(i.created_at)),
+                    Some(at) => format!("withdrawn {}", time::rfc3339(at)),
+                };
+                out.emit(
+                    format!("{}  port {}  {state}", i.name, i.port),
+                    json!({"event": "invitation", "name": i.name.to_string(), "port": i.port,
+                           "key": i.key.to_string(), "open": i.open(),
+                           "created_at": time::rfc3339(i.created_at),
+                           "revoked_at": i.revoked_at.map(time::rfc3339)}),
+                );
+            }
+            Ok(())
+        }
         Response::Failed(failure) => Err(Failure::of(failure)),
         other => Err(Failure::new(
             exit::FAILURE,
@@ -480,12 +510,41 @@ pub(crate) fn preview(text: &str) -> String {
     }
 }
 
+/// A served tunnel's step, as a log line.
+fn describe_tunnel(log: &TunnelLog) -> String {
+    let who = log.peer.as_ref().map_or_else(
+        || format!("a stranger ({})", log.peer_id),
+        |n| n.to_string(),
+    );
+    match &log.state {
+        TunnelState::Opened => format!("* tunnel {}: {who} connected to {}", log.id, log.target),
+        TunnelState::Refused { code } => {
+            format!("* tunnel {}: refused {who} {}: {code}", log.id, log.target)
+        }
+        TunnelState::Closed {
+            sent,
+            received,
+            millis,
+            error,
+        } => format!(
+            "* tunnel {}: {who} disconnected from {} after {:.1} s ({} sent, {} received){}",
+            log.id,
+            log.target,
+            *millis as f64 / 1000.0,
+            human_size(*sent),
+            human_size(*received),
+            error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+        ),
+    }
+}
+
 pub(crate) fn message_json(event: &str, m: &StoredMessage) -> serde_json::Value {
     let msg = &m.message;
     json!({"event": event, "id": msg.id.to_string(), "from": msg.from.to_string(), "to": msg.to.to_string(),
            "sent_at": time::rfc3339(msg.sent_at), "text": msg.text, "state": m.state.to_string(),
            "direction": match m.direction { Direction::Out => "out", Direction::In => "in" },
-           "peer_id": m.peer_id.map(|p| p.to_string()), "error": m.error, "file": msg.file})
+           "peer_id": m.peer_id.map(|p| p.to_string()), "error": m.error, "file": msg.file,
+           "invite": msg.invite})
 }
 
 pub(crate) fn describe_contact(c: &ContactView) -> String {

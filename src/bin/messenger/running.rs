@@ -117,6 +117,12 @@ impl Running {
         })
     }
 
+    /// The events, for a front end that reads them elsewhere (ours are
+    /// then closed).
+    pub(crate) fn take_events(&mut self) -> mpsc::Receiver<Event> {
+        std::mem::replace(&mut self.events, mpsc::channel(1).1)
+    }
+
     /// Stops serving, goes offline, and ends the agent.
     pub(crate) async fn stop(mut self) {
         self.cancel.cancel();

@@ -1,0 +1,112 @@
+//! Invitations to connect: which contact (by the key pinned when I
+//! invited them) may reach which port of mine through my client, and the
+//! ones I withdrew (kept, so that their tunnels are refused as revoked
+//! rather than as never invited). Keyed by name and port.
+
+use libp2p::PeerId;
+use messenger_proto::codec;
+use messenger_proto::name::ScreenName;
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::{INVITATIONS, Store, StoreError, decode};
+
+/// One invitation of mine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// The contact invited.
+    pub name: ScreenName,
+    /// Their key when invited: only this key is let in.
+    pub key: PeerId,
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    /// When it was made (ms since epoch).
+    pub created_at: u64,
+    /// When it was withdrawn, if it was.
+    pub revoked_at: Option<u64>,
+}
+
+impl Invitation {
+    /// Whether it lets its contact in now.
+    pub fn open(&self) -> bool {
+        self.revoked_at.is_none()
+    }
+}
+
+fn key(name: &ScreenName, port: u16) -> String {
+    format!("{}:{port}", name.as_str())
+}
+
+impl Store {
+    /// Stores `invitation`, replacing the one for the same name and port
+    /// (inviting again after a withdrawal opens the port again).
+    pub fn put_invitation(&self, invitation: &Invitation) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(INVITATIONS)?.insert(
+                key(&invitation.name, invitation.port).as_str(),
+                codec::to_cbor(invitation).as_slice(),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The invitation of `name` to `port`, if any (open or withdrawn).
+    pub fn invitation(
+        &self,
+        name: &ScreenName,
+        port: u16,
+    ) -> Result<Option<Invitation>, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(INVITATIONS)?;
+            let v = t.get(key(name, port).as_str())?;
+            v.map(|v| decode(v.value())).transpose()
+        })
+    }
+
+    /// Every invitation, by name then port.
+    pub fn invitations(&self) -> Result<Vec<Invitation>, StoreError> {
+        self.read(|txn| {
+            let mut out: Vec<Invitation> = Vec::new();
+            for entry in txn.open_table(INVITATIONS)?.iter()? {
+                out.push(decode(entry?.1.value())?);
+            }
+            out.sort_by(|a, b| (a.name.as_str(), a.port).cmp(&(b.name.as_str(), b.port)));
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invitations_are_kept_by_name_and_port_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let bob = ScreenName::parse("bob").unwrap();
+        let key = PeerId::random();
+        {
+            let store = Store::open(&path, false).unwrap();
+            let mut invitation = Invitation {
+                name: bob.clone(),
+                key,
+                port: 8080,
+                created_at: 1,
+                revoked_at: None,
+            };
+            store.put_invitation(&invitation).unwrap();
+            invitation.port = 22;
+            invitation.revoked_at = Some(2);
+            store.put_invitation(&invitation).unwrap();
+        }
+        let store = Store::open(&path, true).unwrap();
+        let all = store.invitations().unwrap();
+        assert_eq!(
+            all.iter().map(|i| (i.port, i.open())).collect::<Vec<_>>(),
+            [(22, false), (8080, true)]
+        );
+        assert_eq!(store.invitation(&bob, 8080).unwrap().unwrap().key, key);
+        assert!(store.invitation(&bob, 9).unwrap().is_none());
+    }
+}
