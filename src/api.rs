@@ -534,6 +534,21 @@ mod tests {
                 },
                 r#"{"op":"settings","send_typing":false,"bell":null}"#,
             ),
+            (
+                Request::Invite {
+                    name: "bob".into(),
+                    port: 8080,
+                    revoke: false,
+                },
+                r#"{"op":"invite","name":"bob","port":8080,"revoke":false}"#,
+            ),
+            (
+                Request::Tunnel {
+                    to: "alice".into(),
+                    request: messenger_proto::tunnel::TunnelRequest::Connect { port: 8080 },
+                },
+                r#"{"op":"tunnel","to":"alice","request":{"connect":{"port":8080}}}"#,
+            ),
         ];
         let responses = [
             (

@@ -202,6 +202,17 @@ mod tests {
             codec::from_cbor::<TunnelAnswer>(&codec::to_cbor(&refused)).unwrap(),
             refused
         );
+        let doc = include_str!("../../docs/protocol.md");
+        for encoded in [
+            "a167636f6e6e656374a164706f7274191f90",
+            "6470697065",
+            "646f70656e",
+        ] {
+            assert!(
+                doc.contains(encoded),
+                "docs/protocol.md §6.7 shows {encoded}"
+            );
+        }
         let later = codec::to_cbor(&serde_json::json!({"refused": {"code": "on_fire"}}));
         assert_eq!(
             codec::from_cbor::<TunnelAnswer>(&later).unwrap(),
