@@ -21,6 +21,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, noise, ping, re
 use messenger_proto::Identity;
 use messenger_proto::accept;
 use messenger_proto::liveness::Liveness;
+use messenger_proto::record::without_peer_suffix;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -231,8 +232,9 @@ enum Command {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), NetworkError>>,
     },
-    /// Close every connection to a peer (it moved).
-    Disconnect { peer: PeerId },
+    /// Close every connection to a peer that goes to none of `addrs` (it
+    /// moved).
+    DisconnectMoved { peer: PeerId, addrs: Vec<Multiaddr> },
     /// How we are connected to a peer.
     Path {
         peer: PeerId,
@@ -432,10 +434,15 @@ impl Network {
         rx.await.map_err(|_| NetworkError::Stopped)?
     }
 
-    /// Closes every connection to `peer`, e.g. because it moved: the next
-    /// dial goes to its new addresses.
-    pub async fn disconnect(&self, peer: PeerId) {
-        let _ = self.commands.send(Command::Disconnect { peer }).await;
+    /// `peer` moved to `addrs`: closes every connection to it that goes to
+    /// none of them (the next dial goes to the new ones). A connection to
+    /// an address it still has stays, with the streams on it (a tunnel,
+    /// a transfer).
+    pub async fn disconnect_moved(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let _ = self
+            .commands
+            .send(Command::DisconnectMoved { peer, addrs })
+            .await;
     }
 
     /// The addresses we listen on now, updated as interfaces come and go.
@@ -516,10 +523,20 @@ fn behaviour(
 }
 
 /// How a peer is reached, from its connections (true: relayed).
-fn path_of(connections: &HashMap<ConnectionId, bool>) -> Option<Path> {
+/// One connection to a peer, as the event loop keeps it.
+struct Conn {
+    /// Through the relay.
+    relayed: bool,
+    /// The peer's address on it, without our `/p2p` suffix: what it
+    /// registers, when we dialled it (or it dialled from its listening
+    /// port, as our clients do).
+    remote: Multiaddr,
+}
+
+fn path_of(connections: &HashMap<ConnectionId, Conn>) -> Option<Path> {
     if connections.is_empty() {
         None
-    } else if connections.values().any(|relayed| !relayed) {
+    } else if connections.values().any(|c| !c.relayed) {
         Some(Path::Direct)
     } else {
         Some(Path::Relayed)
@@ -538,7 +555,7 @@ struct EventLoop {
     reachability: watch::Sender<Reachability>,
     events: broadcast::Sender<NetworkEvent>,
     /// Open connections per peer, and whether each is relayed.
-    paths: HashMap<PeerId, HashMap<ConnectionId, bool>>,
+    paths: HashMap<PeerId, HashMap<ConnectionId, Conn>>,
     /// The rendezvous node, and the address we were given for it.
     rendezvous: Option<(PeerId, Multiaddr)>,
     /// Relayed connections to close once hole punching's grace is over.
@@ -555,7 +572,12 @@ impl EventLoop {
         let relayed: Vec<ConnectionId> = self
             .paths
             .get(&peer)
-            .map(|c| c.iter().filter(|(_, r)| **r).map(|(id, _)| *id).collect())
+            .map(|c| {
+                c.iter()
+                    .filter(|(_, c)| c.relayed)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
             .unwrap_or_default();
         for id in relayed {
             self.swarm.close_connection(id);
@@ -611,8 +633,20 @@ impl EventLoop {
                     }
                 }
             }
-            Command::Disconnect { peer } => {
-                let _ = self.swarm.disconnect_peer_id(peer);
+            Command::DisconnectMoved { peer, addrs } => {
+                let stale: Vec<ConnectionId> = self
+                    .paths
+                    .get(&peer)
+                    .map(|c| {
+                        c.iter()
+                            .filter(|(_, conn)| !addrs.contains(&conn.remote))
+                            .map(|(id, _)| *id)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for id in stale {
+                    self.swarm.close_connection(id);
+                }
             }
             Command::Path { peer, reply } => {
                 let _ = reply.send(self.paths.get(&peer).and_then(path_of));
@@ -669,8 +703,9 @@ impl EventLoop {
                     ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),
                 };
                 debug!(%peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
+                let remote = without_peer_suffix(endpoint.get_remote_address());
                 let connections = self.paths.entry(peer_id).or_default();
-                connections.insert(connection_id, relayed);
+                connections.insert(connection_id, Conn { relayed, remote });
                 if connections.len() == 1 {
                     self.follow_node(peer_id, true);
                 }

@@ -35,5 +35,18 @@ async fn every_figure_is_measured_with_its_baseline() {
         );
         figures.extend(held);
     }
+    // The figures between real `messenger` processes: files and tunnels.
+    let messenger = std::path::PathBuf::from(env!("CARGO_BIN_EXE_messenger"));
+    let between = [
+        figures::file_transfer(&sizes, &messenger).await,
+        figures::tunnels(&sizes, &messenger).await,
+    ];
+    assert_eq!(between[0].len(), 4, "{:?}", between[0]);
+    assert_eq!(between[1].len(), 7, "{:?}", between[1]);
+    for f in between.iter().flatten() {
+        assert!(f.ours.is_finite() && f.ours >= 0.0, "{f:?}");
+        assert!(f.baseline > 0.0 && f.baseline.is_finite(), "{f:?}");
+    }
+    figures.extend(between.into_iter().flatten());
     println!("{}", figures::table(&figures));
 }

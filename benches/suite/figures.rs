@@ -33,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "load.rs"]
 pub mod load;
+#[path = "figures/tunnel.rs"]
+mod tunnel;
+
+pub use tunnel::tunnels;
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -53,6 +57,10 @@ pub struct Sizes {
     pub window_frames: usize,
     /// Bytes of the file-transfer figure (0: not run).
     pub file_bytes: u64,
+    /// Bytes through a tunnel (0: the tunnel figures are not run).
+    pub tunnel_bytes: u64,
+    pub tunnel_round_trips: usize,
+    pub tunnel_setups: usize,
 }
 
 impl Sizes {
@@ -74,6 +82,9 @@ impl Sizes {
             window_messages: 10_000,
             window_frames: 300,
             file_bytes: 1 << 30,
+            tunnel_bytes: 1 << 30,
+            tunnel_round_trips: 5_000,
+            tunnel_setups: 200,
         }
     }
 
@@ -95,6 +106,9 @@ impl Sizes {
             window_messages: 200,
             window_frames: 5,
             file_bytes: 8 << 20,
+            tunnel_bytes: 4 << 20,
+            tunnel_round_trips: 20,
+            tunnel_setups: 3,
         }
     }
 }
@@ -1462,12 +1476,83 @@ pub async fn run_all(
     if let Some(bin) = messenger_bin {
         figures.extend(send_process(sizes, bin).await);
         figures.extend(file_transfer(sizes, bin).await);
+        figures.extend(tunnels(sizes, bin).await);
         let node = bin.with_file_name("rendezvous");
         if node.exists() {
             figures.extend(held_connections(sizes, &node, worker).await);
         }
     }
     figures
+}
+
+/// Bench users' homes under `dir`, on the node at `node`, run with the
+/// real `messenger` binary.
+struct Homes {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    node: Multiaddr,
+}
+
+impl Homes {
+    fn command(&self, user: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.bin);
+        cmd.arg("--home")
+            .arg(self.dir.join(user))
+            .args(["--rendezvous", &self.node.to_string()])
+            // BENCH_CHILD_LOG=messenger=info shows what the processes do.
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_CHILD_LOG").unwrap_or_else(|_| "error".into()),
+            );
+        cmd
+    }
+
+    /// Runs `messenger args` as `user` to its end; its stdout.
+    fn run(&self, user: &str, args: &[&str]) -> String {
+        let out = self
+            .command(user)
+            .args(args)
+            .output()
+            .expect("run messenger");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a long-running `messenger args` as `user`, reading its stdout.
+    fn spawn(&self, user: &str, args: &[&str]) -> UserProc {
+        use std::io::BufRead;
+        let mut child = self
+            .command(user)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn messenger");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        UserProc { child, lines }
+    }
+
+    /// `messenger online` as `user` on loopback, once registered.
+    fn online(&self, user: &str) -> UserProc {
+        let proc = self.spawn(
+            user,
+            &["--json", "online", "--listen", "/ip4/127.0.0.1/tcp/0"],
+        );
+        proc.expect("online", |l| l.contains("\"event\":\"online\""));
+        proc
+    }
 }
 
 /// A `messenger` process of a bench user, its stdout read line by line.
@@ -1500,50 +1585,19 @@ impl Drop for UserProc {
 /// Noise + Yamux, in this process) and over raw TCP; and both processes'
 /// peak memory growth during the transfer.
 pub async fn file_transfer(sizes: &Sizes, messenger_bin: &std::path::Path) -> Vec<Figure> {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let size = sizes.file_bytes;
     if size == 0 {
         return Vec::new();
     }
     let (node, dir) = start_node().await;
-    let addr = node.listen_addrs()[0].clone();
-    let command = |user: &str| {
-        let mut cmd = std::process::Command::new(messenger_bin);
-        cmd.arg("--home")
-            .arg(dir.path().join(user))
-            .args(["--rendezvous", &addr.to_string()])
-            .env("RUST_LOG", "error");
-        cmd
+    let homes = Homes {
+        bin: messenger_bin.to_owned(),
+        dir: dir.path().to_owned(),
+        node: node.listen_addrs()[0].clone(),
     };
-    let run = |user: &str, args: &[&str]| -> String {
-        let out = command(user).args(args).output().expect("run messenger");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let online = |user: &str| {
-        let mut child = command(user)
-            .args(["--json", "online", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn online");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let proc = UserProc { child, lines };
-        proc.expect("online", |l| l.contains("\"event\":\"online\""));
-        proc
-    };
+    let run = |user: &str, args: &[&str]| homes.run(user, args);
+    let online = |user: &str| homes.online(user);
     run("alice", &["register", "alice"]);
     run("bob", &["register", "bob"]);
     let alice = online("alice");

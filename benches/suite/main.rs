@@ -1,5 +1,5 @@
 //! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
-//! small sizes, `-- --only scale|round-trip|cold|directory|window|files|held` for one group,
+//! small sizes, `-- --only scale|round-trip|cold|directory|window|files|tunnels|held` for one group,
 //! `--held-clients N` to hold another number of clients). Prints a table and writes the same figures as JSON to
 //! `target/bench-results.json` (or `--json PATH`).
 
@@ -70,6 +70,13 @@ fn main() {
                 std::process::exit(2);
             }
         },
+        Some("tunnels") => match bin.as_deref() {
+            Some(bin) if bin.exists() => runtime.block_on(figures::tunnels(&sizes, bin)),
+            _ => {
+                eprintln!("build the binaries first: cargo build --release --workspace");
+                std::process::exit(2);
+            }
+        },
         Some("held") => match bin.as_deref().map(|b| b.with_file_name("rendezvous")) {
             Some(node) if node.exists() => {
                 runtime.block_on(figures::held_connections(&sizes, &node, Some(&own_exe)))
@@ -81,7 +88,7 @@ fn main() {
         },
         Some(other) => {
             eprintln!(
-                "unknown --only {other}: scale, round-trip, cold, directory, window, files or held"
+                "unknown --only {other}: scale, round-trip, cold, directory, window, files, tunnels or held"
             );
             std::process::exit(2);
         }

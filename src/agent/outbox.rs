@@ -17,6 +17,7 @@ use messenger_proto::Identity;
 use messenger_proto::chat::{MessageId, RejectCode};
 use messenger_proto::directory::ErrorCode;
 use messenger_proto::name::ScreenName;
+use messenger_proto::record::without_peer_suffix;
 use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -258,8 +259,10 @@ impl Worker {
         {
             info!(name = %self.to, "moved to new addresses; reconnecting");
             self.drop_link();
-            // What we hold open goes to its old address.
-            self.env.network.disconnect(info.peer_id).await;
+            // What we hold open to an old address goes; a connection to
+            // an address it still has stays.
+            let addrs = info.addrs.iter().map(without_peer_suffix).collect();
+            self.env.network.disconnect_moved(info.peer_id, addrs).await;
         }
         let reachable = info.reachable;
         self.peer = Some(info);
