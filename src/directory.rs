@@ -126,13 +126,20 @@ impl DirectorySession {
         pushes: Option<mpsc::Sender<Resolution>>,
     ) -> Result<Self, DirectoryError> {
         let node = node_peer_id(addr)?;
-        // A dial can fail for a moment on our side alone: TCP dials leave
-        // from the listening port (hole punching needs that), and the
-        // kernel refuses such a connect while an earlier connection with
-        // the same ports is still closing. A few quick tries, not one.
+        // A dial can fail on our side alone: TCP dials leave from the
+        // listening port (hole punching needs that), and the kernel
+        // refuses such a connect while an earlier connection with the
+        // same ports is closing, which lasts up to a minute (TIME_WAIT:
+        // the listening port was an earlier command's outgoing one). A
+        // quick second try, then one from a new port.
         let mut pause = DIAL_RETRY_PAUSE;
         for attempt in 1.. {
-            match network.dial(node, vec![addr.clone()]).await {
+            let dialled = if attempt < DIAL_ATTEMPTS {
+                network.dial(node, vec![addr.clone()]).await
+            } else {
+                network.dial_from_new_port(node, vec![addr.clone()]).await
+            };
+            match dialled {
                 Ok(()) => break,
                 Err(e) if attempt >= DIAL_ATTEMPTS => return Err(DirectoryError::Unreachable(e)),
                 Err(e) => {

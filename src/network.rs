@@ -226,6 +226,8 @@ enum Command {
     Dial {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+        /// Leave from a new port rather than the listening one.
+        new_port: bool,
         reply: oneshot::Sender<Result<(), NetworkError>>,
     },
     Listen {
@@ -428,7 +430,34 @@ impl Network {
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetworkError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Dial { peer, addrs, reply })
+            .send(Command::Dial {
+                peer,
+                addrs,
+                new_port: false,
+                reply,
+            })
+            .await
+            .map_err(|_| NetworkError::Stopped)?;
+        rx.await.map_err(|_| NetworkError::Stopped)?
+    }
+
+    /// Like [`Network::dial`], but a TCP connection leaves from a new port
+    /// instead of the listening one: for when the kernel refuses the
+    /// listening port because a closing connection still holds the same
+    /// ports (hole punching through this connection is then less likely).
+    pub async fn dial_from_new_port(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), NetworkError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Dial {
+                peer,
+                addrs,
+                new_port: true,
+                reply,
+            })
             .await
             .map_err(|_| NetworkError::Stopped)?;
         rx.await.map_err(|_| NetworkError::Stopped)?
@@ -611,15 +640,24 @@ impl EventLoop {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Dial { peer, addrs, reply } => {
+            Command::Dial {
+                peer,
+                addrs,
+                new_port,
+                reply,
+            } => {
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
                     return;
                 }
                 let opts = DialOpts::peer_id(peer)
                     .addresses(addrs)
-                    .condition(PeerCondition::Always)
-                    .build();
+                    .condition(PeerCondition::Always);
+                let opts = if new_port {
+                    opts.allocate_new_port().build()
+                } else {
+                    opts.build()
+                };
                 let id = opts.connection_id();
                 match self.swarm.dial(opts) {
                     Ok(()) => {

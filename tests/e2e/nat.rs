@@ -218,3 +218,66 @@ fn a_user_whose_address_changes_is_reached_at_the_new_one() {
         "after the move"
     );
 }
+
+#[test]
+fn a_file_offered_across_two_nats_arrives_over_the_direct_connection() {
+    let Some(mut w) = world("a_file_offered_across_two_nats_arrives_over_the_direct_connection")
+    else {
+        return;
+    };
+    let (a_ns, b_ns) = (
+        w.lab.private_host("a", 1, 11),
+        w.lab.private_host("b", 2, 12),
+    );
+    let alice = user(&w, a_ns, "alice");
+    let bob = user(&w, b_ns, "bob");
+    let (mut alice_online, _) = online(&alice, "relayed");
+    let (mut bob_online, _) = online(&bob, "relayed");
+
+    // Four times what one relay circuit may carry (1 MiB): whole only if
+    // it went over the punched, direct connection.
+    let data: Vec<u8> = (0..(4u32 << 20))
+        .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let source = alice.home.path().join("across.bin");
+    std::fs::write(&source, &data).unwrap();
+    let offered = alice
+        .ok(&[
+            "--json",
+            "file",
+            "send",
+            "bob",
+            source.to_str().unwrap(),
+            "--no-wait",
+        ])
+        .json();
+    let id = offered["id"].as_str().unwrap().to_owned();
+    bob_online.stdout.expect("the offer", |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| v["event"] == "message" && v["id"] == id)
+    });
+    let into = bob.home.path().join("received");
+    let started = Instant::now();
+    let accepted = bob.run(&[
+        "--json",
+        "file",
+        "accept",
+        &id,
+        "--to",
+        into.to_str().unwrap(),
+    ]);
+    assert_eq!(accepted.code, 0, "{accepted:?}");
+    let saved = std::fs::read(into.join("across.bin")).unwrap();
+    assert!(
+        saved == data,
+        "saved {} bytes of {}, or others",
+        saved.len(),
+        data.len()
+    );
+    // Hole punching is told on the side the relayed connection reached.
+    let path = expect_path(&mut alice_online.stdout, "bob");
+    assert_eq!(path["path"], "direct", "{path}");
+    eprintln!(
+        "NAT RESULT: 4 MiB across two NATs in {:?}, over the direct connection",
+        started.elapsed()
+    );
+}
