@@ -127,6 +127,10 @@ pub enum Request {
         /// Where accepted files go when no directory is given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         downloads: Option<std::path::PathBuf>,
+        /// The largest file I accept, in bytes (0: no limit but the
+        /// disk's room).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_file_size: Option<u64>,
     },
     /// Offer the file at `path` (absolute) to `to`, in a message stored
     /// under `id`; replies once the offer is stored (as `enqueue` does).
@@ -531,6 +535,7 @@ mod tests {
                     send_typing: Some(false),
                     bell: None,
                     downloads: None,
+                    max_file_size: None,
                 },
                 r#"{"op":"settings","send_typing":false,"bell":null}"#,
             ),

@@ -69,6 +69,10 @@ pub struct Config {
     /// the user's downloads directory, else `downloads` in the home).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downloads: Option<std::path::PathBuf>,
+    /// The largest file accepted, in bytes (unset: no limit but the room
+    /// on the disk it goes to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_size: Option<u64>,
 }
 
 impl Config {

@@ -399,9 +399,19 @@ impl Core {
                 send_typing,
                 bell,
                 downloads,
+                max_file_size,
             } => {
                 let mut said = Vec::new();
                 let downloads_said;
+                let cap_said;
+                if let Some(cap) = max_file_size {
+                    self.config.max_file_size = (cap > 0).then_some(cap);
+                    cap_said = match cap {
+                        0 => "files of any size may be accepted (as the disk has room)".to_owned(),
+                        cap => format!("files over {} are refused", crate::files::human_size(cap)),
+                    };
+                    said.push(cap_said.as_str());
+                }
                 if let Some(dir) = downloads {
                     downloads_said = format!("files you accept go into {}", dir.display());
                     self.config.downloads = Some(dir);

@@ -893,6 +893,7 @@ impl App {
                         send_typing: Some(on),
                         bell: None,
                         downloads: None,
+                        max_file_size: None,
                     },
                 )]
             }
@@ -904,6 +905,7 @@ impl App {
                         send_typing: None,
                         bell: Some(on),
                         downloads: None,
+                        max_file_size: None,
                     },
                 )]
             }

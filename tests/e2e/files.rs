@@ -266,6 +266,24 @@ fn a_contacts_small_files_come_in_unasked_and_file_commands_need_the_running_cli
     let listed = files(&bob);
     let t = listed.iter().find(|t| t["id"] == id).unwrap();
     assert_eq!(t["state"], "offered", "{listed:?}");
+
+    // Over the size cap, it cannot be accepted at all, until raised.
+    let said = bob.ok(&["files", "--max-size", "1KiB"]);
+    assert!(
+        said.stdout.contains("files over 1.0 KiB are refused"),
+        "{said:?}"
+    );
+    let to = dir.path().join("big");
+    let refused = bob.run(&["file", "accept", &id, "--to", to.to_str().unwrap()]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("over your limit of 1.0 KiB"),
+        "{refused:?}"
+    );
+    assert!(!to.join("big.bin").exists());
+    bob.ok(&["files", "--max-size", "0"]);
+    bob.ok(&["file", "accept", &id, "--to", to.to_str().unwrap()]);
+    assert!(std::fs::read(to.join("big.bin")).unwrap() == content(4096, "big"));
 }
 
 #[test]

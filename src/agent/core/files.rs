@@ -110,6 +110,9 @@ impl Core {
                 "files are fetched by your running client: start `messenger online` (or the window) on this home",
             );
         }
+        if let Err(refusal) = self.may_take(id, &dir).await {
+            return refusal;
+        }
         let updated = self
             .store
             .call(move |s| {
@@ -156,6 +159,48 @@ impl Core {
             ),
             Err(e) => Response::Failed(crate::api::Failure::from(&e)),
         }
+    }
+
+    /// Whether offer `id` fits: under my size limit, and in the room left
+    /// on the disk `dir` is on (minus what arrived already).
+    async fn may_take(&self, id: MessageId, dir: &std::path::Path) -> Result<(), Response> {
+        let Ok(Some(transfer)) = self.store.call(move |s| s.transfer(&id)).await else {
+            // Whatever it is, accepting it says so.
+            return Ok(());
+        };
+        let size = transfer.offer.size;
+        if let Some(cap) = self.config.max_file_size
+            && size > cap
+        {
+            return Err(failed(
+                FailureKind::Invalid,
+                format!(
+                    "{} is {}, over your limit of {}: raise it with `messenger files --max-size SIZE` to accept it",
+                    transfer.offer.name,
+                    human_size(size),
+                    human_size(cap)
+                ),
+            ));
+        }
+        let had = std::fs::metadata(crate::store::partial_path(dir, &id))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let needed = size.saturating_sub(had);
+        if let Some(room) = room_on(dir)
+            && needed > room
+        {
+            return Err(failed(
+                FailureKind::DiskFull,
+                format!(
+                    "{} needs {} more and the disk holding {} has {} left: free some space, or accept it into another directory (--to DIR)",
+                    transfer.offer.name,
+                    human_size(needed),
+                    dir.display(),
+                    human_size(room)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) async fn on_file_request(
@@ -348,6 +393,14 @@ impl Core {
             Err(e) => Response::Failed(crate::api::Failure::from(&e)),
         }
     }
+}
+
+/// Bytes free for us on the disk holding `dir` (or its nearest existing
+/// parent); `None` if it cannot be told.
+fn room_on(dir: &std::path::Path) -> Option<u64> {
+    let existing = dir.ancestors().find(|d| d.exists())?;
+    let vfs = rustix::fs::statvfs(existing).ok()?;
+    Some(vfs.f_bavail.saturating_mul(vfs.f_frsize))
 }
 
 fn direction(t: &Transfer) -> &'static str {

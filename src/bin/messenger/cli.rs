@@ -154,6 +154,11 @@ pub(crate) enum Command {
         /// [default: your downloads directory]
         #[arg(long, value_name = "DIR")]
         downloads: Option<PathBuf>,
+        /// Remember SIZE (e.g. 2GiB, 500MiB) as the largest file you
+        /// accept, asked or not; 0 for no limit but the disk's room.
+        /// [default: no limit]
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
     },
     /// Let a contact reach a TCP port on this machine, by your name.
     ///

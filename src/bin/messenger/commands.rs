@@ -142,16 +142,29 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             ctx.request(Request::History { name, limit }).await
         }
         Command::Outbox => ctx.request(Request::Outbox).await,
-        Command::Files { downloads: None } => ctx.request(Request::Files).await,
         Command::Files {
-            downloads: Some(dir),
+            downloads: None,
+            max_size: None,
+        } => ctx.request(Request::Files).await,
+        Command::Files {
+            downloads,
+            max_size,
         } => {
-            let dir = std::path::absolute(&dir)
-                .map_err(|e| Failure::new(exit::INVALID, anyhow!("{}: {e}", dir.display())))?;
+            let downloads = downloads
+                .map(|dir| {
+                    std::path::absolute(&dir)
+                        .map_err(|e| Failure::new(exit::INVALID, anyhow!("{}: {e}", dir.display())))
+                })
+                .transpose()?;
+            let max_file_size = max_size
+                .map(|s| crate::transfer::parse_size(&s))
+                .transpose()
+                .map_err(|e| Failure::new(exit::INVALID, e))?;
             ctx.request(Request::Settings {
                 send_typing: None,
                 bell: None,
-                downloads: Some(dir),
+                downloads,
+                max_file_size,
             })
             .await
         }
