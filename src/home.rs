@@ -199,6 +199,7 @@ mod tests {
             send_typing: Some(false),
             bell: None,
             downloads: Some("/tmp/downloads".into()),
+            max_file_size: Some(1 << 30),
         };
         home.save_config(&config).unwrap();
         assert_eq!(home.config().unwrap(), config);
