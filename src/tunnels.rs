@@ -82,6 +82,40 @@ pub struct TunnelLog {
     pub state: TunnelState,
 }
 
+impl std::fmt::Display for TunnelLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let who = self.peer.as_ref().map_or_else(
+            || format!("a stranger ({})", self.peer_id),
+            |n| n.to_string(),
+        );
+        let (id, target) = (self.id, self.target);
+        match &self.state {
+            TunnelState::Opened => write!(f, "tunnel {id}: {who} connected to {target}"),
+            TunnelState::Refused { code } => {
+                write!(f, "tunnel {id}: refused {who} {target}: {code}")
+            }
+            TunnelState::Closed {
+                sent,
+                received,
+                millis,
+                error,
+            } => {
+                write!(
+                    f,
+                    "tunnel {id}: {who} disconnected from {target} after {:.1} s ({} sent, {} received)",
+                    *millis as f64 / 1000.0,
+                    crate::files::human_size(*sent),
+                    crate::files::human_size(*received),
+                )?;
+                match error {
+                    Some(e) => write!(f, ": {e}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// A step of a served tunnel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state")]

@@ -379,6 +379,10 @@ impl App {
                     self.typing.remove(&name);
                 }
             }
+            Event::Transfer(t) => self.on_transfer(&t),
+            Event::TransferWaiting { reason, .. } => self.notify(reason, false),
+            // Whoever reaches a port of mine, and how it ended.
+            Event::Tunnel(log) => self.notify(log.to_string(), false),
             Event::Nudge { name } => {
                 let i = self.open(&name, false, &mut actions);
                 let in_front = self.front == Some(i);
@@ -395,6 +399,44 @@ impl App {
             _ => {}
         }
         actions
+    }
+
+    /// A transfer finished (or failed): said in its conversation and as
+    /// a notice.
+    fn on_transfer(&mut self, t: &crate::store::Transfer) {
+        use crate::store::{Direction, TransferState};
+        let said = match (t.state, t.direction) {
+            (TransferState::Completed, Direction::In) => format!(
+                "received {} from {}: saved as {}",
+                t.offer.name,
+                t.peer,
+                t.path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            (TransferState::Completed, Direction::Out) => {
+                format!("{} has {} whole", t.peer, t.offer.name)
+            }
+            (TransferState::Declined, Direction::Out) => {
+                format!("{} declined {}", t.peer, t.offer.name)
+            }
+            (TransferState::Failed, _) => format!(
+                "{} ({}) failed: {}",
+                t.offer.name,
+                t.peer,
+                t.error.as_deref().unwrap_or("no reason given")
+            ),
+            (TransferState::Accepted, Direction::In) => {
+                format!("fetching {} from {}", t.offer.name, t.peer)
+            }
+            _ => return,
+        };
+        let failed = t.state == TransferState::Failed;
+        if let Some(i) = self.index_of(&t.peer) {
+            self.conversations[i].note(said.clone());
+        }
+        self.notify(said, failed);
     }
 
     /// A message of mine changed state.
@@ -871,7 +913,8 @@ impl App {
         )]
     }
 
-    /// `/nudge`, `/close`, `/typing on|off`, `/bell on|off`, `/help`, `/quit`.
+    /// `/nudge`, `/close`, `/send PATH`, `/accept`, `/decline`,
+    /// `/typing on|off`, `/bell on|off`, `/help`, `/quit`.
     fn command(&mut self, command: &str, to: &ScreenName, now: Instant) -> Vec<Action> {
         let (word, rest) = command.split_once(' ').unwrap_or((command, ""));
         let switch = match rest.trim() {
@@ -913,16 +956,53 @@ impl App {
                 self.modal = Some(Modal::Help);
                 Vec::new()
             }
+            ("send", _) if !rest.trim().is_empty() => vec![Action::Call(
+                Tag::Send(to.clone()),
+                Request::FileSend {
+                    id: MessageId::random(),
+                    to: to.to_string(),
+                    path: expand_home(rest.trim()),
+                },
+            )],
+            ("accept" | "decline", _) => {
+                let offer = self
+                    .index_of(to)
+                    .and_then(|i| self.conversations[i].latest_offer())
+                    .map(|m| m.message.id);
+                let Some(id) = offer else {
+                    self.notify(format!("{to} has offered you no file here"), true);
+                    return Vec::new();
+                };
+                let request = if word == "accept" {
+                    Request::FileAccept { id, dir: None }
+                } else {
+                    Request::FileDecline { id }
+                };
+                vec![Action::Call(Tag::Notice, request)]
+            }
             ("quit", _) => vec![Action::Quit],
             _ => {
                 self.notify(
-                    format!("unknown command /{word} (to {to}); commands: /nudge /close /typing on|off /bell on|off /help /quit"),
+                    format!("unknown command /{word} (to {to}); commands: /nudge /close /send PATH /accept /decline /typing on|off /bell on|off /help /quit"),
                     true,
                 );
                 Vec::new()
             }
         }
     }
+}
+
+/// A path typed in the window: `~/` is the home directory; relative
+/// paths are taken from where the window was started.
+fn expand_home(typed: &str) -> std::path::PathBuf {
+    let path = match typed.strip_prefix("~/") {
+        Some(rest) => match std::env::var_os("HOME") {
+            Some(home) => std::path::PathBuf::from(home).join(rest),
+            None => std::path::PathBuf::from(typed),
+        },
+        None => std::path::PathBuf::from(typed),
+    };
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// The editing keys every text field shares.

@@ -83,6 +83,17 @@ impl Conversation {
         self.unread = 0;
     }
 
+    /// The newest file offered to me here: what `/accept` and `/decline`
+    /// answer.
+    pub fn latest_offer(&self) -> Option<&StoredMessage> {
+        self.entries.iter().rev().find_map(|e| match e {
+            Entry::Message(m) if m.direction == Direction::In && m.message.file.is_some() => {
+                Some(m)
+            }
+            _ => None,
+        })
+    }
+
     /// Whether the history was loaded from the store.
     pub fn is_loaded(&self) -> bool {
         self.loaded

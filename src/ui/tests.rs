@@ -571,3 +571,101 @@ fn a_presence_push_answered_before_the_list_is_not_undone_by_it() {
         "⊖ bob busy: in a meeting"
     ));
 }
+
+#[test]
+fn a_file_offered_in_a_conversation_is_accepted_there_and_its_arrival_told() {
+    let mut app = with_contacts();
+    let now = Instant::now();
+    let mut offer = stored(
+        1,
+        "bob",
+        "alice",
+        "offers the file photos.tar (48.0 MiB)",
+        MessageState::Received,
+    );
+    offer.message.file = Some(messenger_proto::file::FileOffer {
+        name: "photos.tar".into(),
+        size: 48 << 20,
+        hash: messenger_proto::file::ContentHash([7; 32]),
+    });
+    let id = offer.message.id;
+    open_bob(&mut app, vec![offer.clone()], now);
+    let lines = screen(&mut app, 100, 30, now);
+    assert!(has(&lines, "offers the file photos.tar"), "{lines:#?}");
+
+    let actions = typed(&mut app, "/accept", now)
+        .into_iter()
+        .chain(app.on_key(key(KeyCode::Enter), now))
+        .collect::<Vec<_>>();
+    assert!(
+        actions.iter().any(|a| matches!(a,
+            Action::Call(Tag::Notice, Request::FileAccept { id: i, dir: None }) if *i == id)),
+        "/accept answers the newest offer here: {actions:?}"
+    );
+    let actions = typed(&mut app, "/send ~/notes.txt", now)
+        .into_iter()
+        .chain(app.on_key(key(KeyCode::Enter), now))
+        .collect::<Vec<_>>();
+    assert!(
+        actions.iter().any(|a| matches!(a,
+            Action::Call(Tag::Send(n), Request::FileSend { to, path, .. })
+                if n.as_str() == "bob" && to == "bob" && path.is_absolute() && path.ends_with("notes.txt"))),
+        "{actions:?}"
+    );
+
+    let mut transfer = crate::store::Transfer {
+        id,
+        direction: Direction::In,
+        peer: name("bob"),
+        offer: offer.message.file.clone().unwrap(),
+        state: crate::store::TransferState::Completed,
+        path: Some("/home/alice/Downloads/photos.tar".into()),
+        dir: None,
+        modified: None,
+        error: None,
+        peer_id: None,
+        updated_at: 0,
+        completed_at: None,
+        started_at: None,
+    };
+    app.on_event(Event::Transfer(transfer.clone()), now);
+    let lines = screen(&mut app, 100, 30, now);
+    assert!(
+        has(
+            &lines,
+            "received photos.tar from bob: saved as /home/alice/Downloads/photos.tar"
+        ),
+        "{lines:#?}"
+    );
+    transfer.state = crate::store::TransferState::Failed;
+    transfer.error = Some("the content bob sent does not match the hash it offered".into());
+    app.on_event(Event::Transfer(transfer), now);
+    assert!(
+        app.notice
+            .as_ref()
+            .is_some_and(|n| n.text.contains("does not match the hash")),
+        "{:?}",
+        app.notice
+    );
+
+    // Where nothing was offered: said so, nothing asked.
+    let mut app = with_contacts();
+    open_bob(&mut app, vec![], now);
+    let actions = typed(&mut app, "/decline", now)
+        .into_iter()
+        .chain(app.on_key(key(KeyCode::Enter), now))
+        .collect::<Vec<_>>();
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Call(_, Request::FileDecline { .. }))),
+        "{actions:?}"
+    );
+    assert!(
+        app.notice
+            .as_ref()
+            .is_some_and(|n| n.text.contains("bob has offered you no file here")),
+        "{:?}",
+        app.notice
+    );
+}

@@ -424,6 +424,8 @@ fn draw_modal(app: &App, modal: &Modal, frame: &mut Frame, area: Rect) {
                 ("a d x t", "add, remove, block/unblock, trust a new key"),
                 ("i", "a contact's details"),
                 ("s m", "my status, my personal message"),
+                ("/send PATH", "offer a file to this contact"),
+                ("/accept, /decline", "answer the newest file offered here"),
                 ("/typing off, /bell off", "stop showing I type / the bell"),
                 ("q, Ctrl-C", "quit"),
             ];

@@ -11,7 +11,6 @@ use messenger::peer::PeerInfo;
 use messenger::proto::presence::Presence;
 use messenger::store::{Direction, StoredMessage, TransferState};
 use messenger::time;
-use messenger::tunnels::{TunnelLog, TunnelState};
 use serde_json::json;
 
 use crate::output::Output;
@@ -269,7 +268,7 @@ pub(crate) fn show_event(
         }
         Event::Tunnel(log) => {
             out.emit(
-                describe_tunnel(&log),
+                format!("* {log}"),
                 json!({"event": "tunnel", "tunnel": log}),
             );
             None
@@ -507,34 +506,6 @@ pub(crate) fn preview(text: &str) -> String {
         format!("{first}…")
     } else {
         first
-    }
-}
-
-/// A served tunnel's step, as a log line.
-fn describe_tunnel(log: &TunnelLog) -> String {
-    let who = log.peer.as_ref().map_or_else(
-        || format!("a stranger ({})", log.peer_id),
-        |n| n.to_string(),
-    );
-    match &log.state {
-        TunnelState::Opened => format!("* tunnel {}: {who} connected to {}", log.id, log.target),
-        TunnelState::Refused { code } => {
-            format!("* tunnel {}: refused {who} {}: {code}", log.id, log.target)
-        }
-        TunnelState::Closed {
-            sent,
-            received,
-            millis,
-            error,
-        } => format!(
-            "* tunnel {}: {who} disconnected from {} after {:.1} s ({} sent, {} received){}",
-            log.id,
-            log.target,
-            *millis as f64 / 1000.0,
-            human_size(*sent),
-            human_size(*received),
-            error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
-        ),
     }
 }
 
