@@ -353,6 +353,8 @@ enum Done {
     /// Tunnel `id` ended.
     Ended {
         id: u64,
+        /// Its last log line, told once it no longer counts as open.
+        closed: Option<Box<TunnelLog>>,
     },
     Nothing,
 }
@@ -390,8 +392,11 @@ pub(crate) async fn serve(
             Ok(()) = server.env.invitations.changed() => server.close_uninvited(),
             Some(done) = server.tasks.join_next(), if !server.tasks.is_empty() => match done {
                 Ok(Done::Read { incoming, request }) => server.on_request(*incoming, request),
-                Ok(Done::Ended { id }) => {
+                Ok(Done::Ended { id, closed }) => {
                     server.served.remove(&id);
+                    if let Some(log) = closed {
+                        tell(&server.env.events, *log);
+                    }
                 }
                 Ok(Done::Nothing) => {}
                 Err(e) => warn!("a tunnel task failed: {e}"),
@@ -500,8 +505,11 @@ impl Server {
                 );
                 let events = self.env.events.clone();
                 self.tasks.spawn(async move {
-                    serve_port(incoming, port, log, events, stop).await;
-                    Done::Ended { id }
+                    let closed = serve_port(incoming, port, log, events, stop).await;
+                    Done::Ended {
+                        id,
+                        closed: closed.map(Box::new),
+                    }
                 });
             }
             Decision::Pipe { name } => {
@@ -596,14 +604,15 @@ async fn answer_then_close(incoming: Incoming, reply: TunnelAnswer) -> Done {
 }
 
 /// Connects `incoming` to `127.0.0.1:port` and copies until both sides
-/// closed (or the invitation is withdrawn: `stop`).
+/// closed (or the invitation is withdrawn: `stop`). Returns the log line
+/// of its end, if it opened.
 async fn serve_port(
     incoming: Incoming,
     port: u16,
     opened: TunnelLog,
     events: mpsc::Sender<Event>,
     stop: CancellationToken,
-) {
+) -> Option<TunnelLog> {
     let mut stream = incoming.stream;
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
         .await
@@ -625,13 +634,13 @@ async fn serve_port(
             );
             let _ = answer(&mut stream, TunnelAnswer::Refused { code }).await;
             let _ = stream.close().await;
-            return;
+            return None;
         }
     };
     let _ = tcp.set_nodelay(true);
     if let Err(e) = answer(&mut stream, TunnelAnswer::Open).await {
         info!("tunnel {} ended before it opened: {e}", opened.id);
-        return;
+        return None;
     }
     tell(&events, opened.clone());
     let started = Instant::now();
@@ -645,18 +654,15 @@ async fn serve_port(
         Ok((to_peer, from_peer)) => (to_peer, from_peer, None),
         Err(e) => (0, 0, Some(e)),
     };
-    tell(
-        &events,
-        TunnelLog {
-            state: TunnelState::Closed {
-                sent,
-                received,
-                millis: started.elapsed().as_millis() as u64,
-                error,
-            },
-            ..opened
+    Some(TunnelLog {
+        state: TunnelState::Closed {
+            sent,
+            received,
+            millis: started.elapsed().as_millis() as u64,
+            error,
         },
-    );
+        ..opened
+    })
 }
 
 #[cfg(test)]

@@ -141,6 +141,38 @@ fn an_invited_contact_reaches_the_port_by_name_and_everyone_else_is_refused() {
         |v| v["event"] == "connection" && v["state"] == "closed" && v["sent"] == 300_000,
     );
 
+    // At most 16 tunnels from one peer at once: the 17th is refused busy.
+    let held: Vec<TcpStream> = (0..16)
+        .map(|i| {
+            let mut conn = TcpStream::connect(local).unwrap();
+            conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+            conn.write_all(&[i]).unwrap();
+            let mut back = [0u8; 1];
+            conn.read_exact(&mut back).unwrap();
+            assert_eq!(back[0], i);
+            conn
+        })
+        .collect();
+    let mut extra = TcpStream::connect(local).unwrap();
+    extra.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let _ = extra.write_all(b"one more");
+    let mut back = Vec::new();
+    let _ = extra.read_to_end(&mut back);
+    assert!(back.is_empty(), "the 17th tunnel got {back:?}");
+    let busy = tunnel_event(&mut alice_online.stdout, "refused");
+    assert_eq!(busy["tunnel"]["state"]["code"], "busy");
+    json_event(&mut tunnel.stdout, "bob's log of the busy refusal", |v| {
+        v["event"] == "connection"
+            && v["state"] == "refused"
+            && v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("too many tunnels"))
+    });
+    drop(held);
+    for _ in 0..16 {
+        tunnel_event(&mut alice_online.stdout, "closed");
+    }
+
     // Another port of alice's, and a stranger: refused.
     let other = bob.run(&["connect", "alice", &other_port.to_string()]);
     assert_eq!(other.code, 11, "{other:?}");
