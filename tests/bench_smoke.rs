@@ -41,7 +41,7 @@ async fn every_figure_is_measured_with_its_baseline() {
         figures::file_transfer(&sizes, &messenger).await,
         figures::tunnels(&sizes, &messenger).await,
     ];
-    assert_eq!(between[0].len(), 4, "{:?}", between[0]);
+    assert_eq!(between[0].len(), 5, "{:?}", between[0]);
     assert_eq!(between[1].len(), 7, "{:?}", between[1]);
     for f in between.iter().flatten() {
         assert!(f.ours.is_finite() && f.ours >= 0.0, "{f:?}");

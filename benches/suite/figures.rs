@@ -1661,6 +1661,21 @@ pub async fn file_transfer(sizes: &Sizes, messenger_bin: &std::path::Path) -> Ve
     node.shutdown().await;
     let libp2p = libp2p_stream_rate(size).await;
     let tcp = tcp_rate(size).await;
+    // What the receiver's disk allows: the same file copied on it, to
+    // the disk (the receiver syncs the file before it checks the hash).
+    let disk = {
+        let (from, to) = (path.clone(), dir.path().join("copy.bin"));
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            std::fs::copy(&from, &to).expect("copy");
+            std::fs::File::open(&to).expect("open").sync_all().expect("sync");
+            let rate = size as f64 / started.elapsed().as_secs_f64();
+            let _ = std::fs::remove_file(&to);
+            rate
+        })
+        .await
+        .expect("copy task")
+    };
     let mib = |r: f64| r / (1 << 20) as f64;
     let label = if size >= 1 << 30 {
         format!("{} GiB", size >> 30)
@@ -1674,6 +1689,13 @@ pub async fn file_transfer(sizes: &Sizes, messenger_bin: &std::path::Path) -> Ve
             mib(libp2p),
             "bare libp2p stream, same connection kind",
             Some(0.8),
+        ),
+        rate_figure(
+            &format!("file transfer {label} vs a local copy, MiB"),
+            mib(ours),
+            mib(disk),
+            "the same file copied on the same disk, synced",
+            None,
         ),
         rate_figure(
             &format!("file transfer {label} vs raw TCP, MiB"),
