@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::{Path, Reachability};
 use crate::peer::PeerInfo;
-use crate::store::{Invitation, StoredMessage, Transfer};
+use crate::store::{Invitation, InvitedMe, StoredMessage, Transfer};
 use crate::tunnels::TunnelLog;
 
 /// What a front end asks.
@@ -176,7 +176,8 @@ pub enum Request {
         /// Withdraw instead.
         revoke: bool,
     },
-    /// My invitations, open and withdrawn.
+    /// My invitations, open and withdrawn, and the ones others told me
+    /// of.
     Invitations,
     /// Open a tunnel to `to`: a TCP connection to a port they invited me
     /// to (`connect`), the question whether they would (`check`), or a
@@ -237,10 +238,13 @@ pub enum Response {
         /// The transfers.
         transfers: Vec<TransferView>,
     },
-    /// Invitations of mine.
+    /// Invitations of mine, and the ones others told me of.
     Invitations {
-        /// Every invitation, by name and port.
+        /// Every invitation of mine, by name and port.
         invitations: Vec<Invitation>,
+        /// Others' last word on each port they invited me to.
+        #[serde(default)]
+        invited_me: Vec<InvitedMe>,
     },
     /// A tunnel is open: from here on, the control socket carries its
     /// bytes.

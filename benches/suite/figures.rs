@@ -1668,7 +1668,10 @@ pub async fn file_transfer(sizes: &Sizes, messenger_bin: &std::path::Path) -> Ve
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             std::fs::copy(&from, &to).expect("copy");
-            std::fs::File::open(&to).expect("open").sync_all().expect("sync");
+            std::fs::File::open(&to)
+                .expect("open")
+                .sync_all()
+                .expect("sync");
             let rate = size as f64 / started.elapsed().as_secs_f64();
             let _ = std::fs::remove_file(&to);
             rate

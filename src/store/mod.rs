@@ -32,7 +32,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 pub use handle::{StoreHandle, StoreThread};
-pub use invitations::Invitation;
+pub use invitations::{Invitation, InvitedMe};
 pub use transfers::{Transfer, TransferState, partial_path};
 
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
@@ -51,6 +51,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TRANSFERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transfers");
 /// Invitations to connect, by "name:port".
 const INVITATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invitations");
+/// Invitations others told me of, by "name:port".
+const INVITED_ME: TableDefinition<&str, &[u8]> = TableDefinition::new("invited_me");
 const NEXT_SEQ: &str = "next_seq";
 
 /// Why the store failed.
@@ -349,6 +351,7 @@ fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
     each!(META, |e| drop(e));
     each!(TRANSFERS, |e| decode::<Transfer>(e.1.value())?);
     each!(INVITATIONS, |e| decode::<Invitation>(e.1.value())?);
+    each!(INVITED_ME, |e| decode::<InvitedMe>(e.1.value())?);
     Ok(())
 }
 
@@ -517,6 +520,7 @@ impl Store {
                 && exists(txn.open_table(META).map(drop))?
                 && exists(txn.open_table(TRANSFERS).map(drop))?
                 && exists(txn.open_table(INVITATIONS).map(drop))?
+                && exists(txn.open_table(INVITED_ME).map(drop))?
         };
         if all_there {
             return Ok(());
@@ -531,6 +535,7 @@ impl Store {
         txn.open_table(META)?;
         txn.open_table(TRANSFERS)?;
         txn.open_table(INVITATIONS)?;
+        txn.open_table(INVITED_ME)?;
         txn.commit()?;
         Ok(())
     }
@@ -821,6 +826,7 @@ impl Store {
             history.insert((name.as_str(), seq), codec::to_cbor(&stored).as_slice())?;
             // A verified offer becomes a transfer waiting for an answer.
             transfers::offered_to_me(txn, &stored, now)?;
+            invitations::told_me(txn, &stored)?;
             Ok(Some(stored))
         })
     }

@@ -234,6 +234,17 @@ fn an_invited_contact_reaches_the_port_by_name_and_everyone_else_is_refused() {
     assert_eq!(withdrawn.code, 11, "{withdrawn:?}");
     assert!(withdrawn.stderr.contains("withdrew"), "{withdrawn:?}");
 
+    // Bob was told of both: the invitation, then its withdrawal.
+    json_event(&mut bob_online.stdout, "the withdrawal", |v| {
+        v["event"] == "message" && v["invite"]["withdrawn"] == true
+    });
+    let told = bob.ok(&["--json", "invites"]);
+    let told: Value = serde_json::from_str(told.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(told["event"], "invited_me", "{told}");
+    assert_eq!(told["from"], "alice");
+    assert_eq!(told["port"], port);
+    assert_eq!(told["open"], false, "the last word was the withdrawal");
+
     let invitations = alice.ok(&["--json", "invites"]);
     let listed: Value = serde_json::from_str(invitations.stdout.lines().next().unwrap()).unwrap();
     assert_eq!(listed["name"], "bob");

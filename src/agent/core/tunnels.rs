@@ -164,9 +164,15 @@ impl Core {
     }
 
     pub(super) async fn list_invitations(&mut self, reply: oneshot::Sender<Response>) {
-        let invitations = self.store.call(|s| s.invitations()).await;
-        let _ = reply.send(store_response(invitations, |invitations| {
-            Response::Invitations { invitations }
+        let both = self
+            .store
+            .call(|s| Ok((s.invitations()?, s.invited_me()?)))
+            .await;
+        let _ = reply.send(store_response(both, |(invitations, invited_me)| {
+            Response::Invitations {
+                invitations,
+                invited_me,
+            }
         }));
     }
 

@@ -178,7 +178,8 @@ pub(crate) enum Command {
         #[arg(long)]
         revoke: bool,
     },
-    /// List whom I invited to which port, and what I withdrew.
+    /// List whom I invited to which port (and what I withdrew), and who
+    /// invited me to which of theirs.
     Invites,
     /// Reach a port a contact invited me to: listen on 127.0.0.1 here and
     /// carry each connection to their 127.0.0.1:PORT over the direct

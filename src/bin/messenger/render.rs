@@ -464,7 +464,10 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
             }
             Ok(())
         }
-        Response::Invitations { invitations } => {
+        Response::Invitations {
+            invitations,
+            invited_me,
+        } => {
             if invitations.is_empty() && !out.is_json() {
                 out.emit(
                     "you have invited nobody: `messenger invite NAME --port PORT`",
@@ -482,6 +485,21 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
                            "key": i.key.to_string(), "open": i.open(),
                            "created_at": time::rfc3339(i.created_at),
                            "revoked_at": i.revoked_at.map(time::rfc3339)}),
+                );
+            }
+            for i in invited_me {
+                let human = if i.withdrawn {
+                    format!("{} no longer lets you connect to port {}", i.from, i.port)
+                } else {
+                    format!(
+                        "{} lets you connect to port {}: messenger connect {} {}",
+                        i.from, i.port, i.from, i.port
+                    )
+                };
+                out.emit(
+                    human,
+                    json!({"event": "invited_me", "from": i.from.to_string(), "port": i.port,
+                           "open": !i.withdrawn, "at": time::rfc3339(i.at)}),
                 );
             }
             Ok(())
