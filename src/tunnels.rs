@@ -177,14 +177,6 @@ pub enum TunnelError {
     },
 }
 
-impl TunnelError {
-    /// Whether it is the other side's decision (retrying will not help
-    /// until they change it).
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, TunnelError::Refused { .. })
-    }
-}
-
 /// Opens a tunnel to `name` asking `request`: on a direct connection, to
 /// the key pinned for them if they are a contact. For a
 /// [`TunnelRequest::Check`] the stream it returns is already finished.

@@ -199,12 +199,13 @@ pub(crate) enum Command {
         #[arg(long, value_name = "LOCAL_PORT", default_value_t = 0)]
         local: u16,
     },
-    /// stdin and stdout to a contact's `messenger pipe --listen`, or, with
-    /// --listen, wait for one pipe from a contact: netcat by name.
+    /// Connect stdin and stdout to a contact's `messenger pipe --listen`,
+    /// or, with --listen, wait for one pipe from a contact: netcat by name.
     ///
-    /// Ends when the other side has finished sending (after our stdin
-    /// ended, its end is passed on). With --listen, the waiting is said on
-    /// stderr; only contacts may open a pipe.
+    /// The end of stdin is passed on; it ends when both sides have
+    /// finished sending (reading from a terminal: once the other side has).
+    /// With --listen, the waiting is said on stderr; only contacts may open
+    /// a pipe.
     #[command(after_help = EXIT_CODES)]
     Pipe {
         /// Whom to pipe to; with --listen, the only contact accepted
