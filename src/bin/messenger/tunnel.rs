@@ -3,7 +3,7 @@
 //! none runs, through a client this command runs, online, while it lasts.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use libp2p::Multiaddr;
@@ -170,6 +170,25 @@ impl Via {
     }
 }
 
+/// How long opening a tunnel may take before the user is told why it
+/// waits.
+const PATIENCE: Duration = Duration::from_secs(2);
+
+/// Runs `opening`, saying on stderr what it waits for if it takes long:
+/// behind NATs, the direct connection comes from hole punching.
+async fn patiently<T>(to: &ScreenName, opening: impl Future<Output = T>) -> T {
+    tokio::pin!(opening);
+    tokio::select! {
+        done = &mut opening => return done,
+        () = tokio::time::sleep(PATIENCE) => {}
+    }
+    eprintln!(
+        "still connecting to {to}: tunnels need a direct connection, and one through NATs waits for hole punching (up to {} s)",
+        messenger::direct::DIRECT_WAIT.as_secs()
+    );
+    opening.await
+}
+
 /// `messenger connect NAME PORT [--local LOCAL_PORT]`.
 pub(crate) async fn connect(
     home: &Home,
@@ -195,7 +214,7 @@ async fn carry_connections(
     local: u16,
 ) -> Result<(), Failure> {
     // Asked first: a refusal shows now, not at the first connection.
-    opener.tunnel(to, TunnelRequest::Check { port }).await?;
+    patiently(to, opener.tunnel(to, TunnelRequest::Check { port })).await?;
     let listener = TcpListener::bind(("127.0.0.1", local)).await.map_err(|e| {
         Failure::new(
             exit::FAILURE,
@@ -287,7 +306,7 @@ pub(crate) async fn pipe(
             let Some(to) = &name else {
                 return Err(Failure::new(exit::INVALID, anyhow!("whom to pipe to?")));
             };
-            via.opener.tunnel(to, TunnelRequest::Pipe).await?
+            patiently(to, via.opener.tunnel(to, TunnelRequest::Pipe)).await?
         };
         let (carried, peer) = opened;
         if listen {
