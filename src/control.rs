@@ -54,21 +54,33 @@ pub fn socket_path(home: &Path) -> PathBuf {
     home.join("control.sock")
 }
 
-/// Asks the running client of `home`, if there is one. `Ok(None)` when no
+/// A connection to the running client of `home`; `Ok(None)` when no
 /// client runs (no socket, or a stale one left by a crash).
-pub async fn call(home: &Path, request: &Request) -> Result<Option<Response>, CallError> {
-    let path = socket_path(home);
-    let stream = match UnixStream::connect(&path).await {
-        Ok(stream) => stream,
+async fn connect(home: &Path) -> io::Result<Option<UnixStream>> {
+    match UnixStream::connect(socket_path(home)).await {
+        Ok(stream) => Ok(Some(stream)),
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Ok(None);
+            Ok(None)
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a client runs on `home` (it answers on the socket).
+pub async fn is_running(home: &Path) -> bool {
+    matches!(connect(home).await, Ok(Some(_)))
+}
+
+/// Asks the running client of `home`, if there is one. `Ok(None)` when no
+/// client runs (no socket, or a stale one left by a crash).
+pub async fn call(home: &Path, request: &Request) -> Result<Option<Response>, CallError> {
+    let Some(stream) = connect(home).await? else {
+        return Ok(None);
     };
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
@@ -260,17 +272,8 @@ impl Attached {
 /// the running client of `home`, keeping the connection for its bytes.
 /// `Ok(None)` when no client runs.
 pub async fn attach(home: &Path, request: &Request) -> Result<Option<Attached>, CallError> {
-    let mut stream = match UnixStream::connect(socket_path(home)).await {
-        Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
+    let Some(mut stream) = connect(home).await? else {
+        return Ok(None);
     };
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
     line.push(b'\n');

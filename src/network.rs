@@ -428,17 +428,7 @@ impl Network {
     /// Connects to `peer` at `addrs` (all tried concurrently), unless
     /// already connected.
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetworkError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Dial {
-                peer,
-                addrs,
-                new_port: false,
-                reply,
-            })
-            .await
-            .map_err(|_| NetworkError::Stopped)?;
-        rx.await.map_err(|_| NetworkError::Stopped)?
+        self.dial_with(peer, addrs, false).await
     }
 
     /// Like [`Network::dial`], but a TCP connection leaves from a new port
@@ -450,12 +440,21 @@ impl Network {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
     ) -> Result<(), NetworkError> {
+        self.dial_with(peer, addrs, true).await
+    }
+
+    async fn dial_with(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        new_port: bool,
+    ) -> Result<(), NetworkError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Dial {
                 peer,
                 addrs,
-                new_port: true,
+                new_port,
                 reply,
             })
             .await

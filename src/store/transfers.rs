@@ -89,6 +89,33 @@ impl Transfer {
         self.dir.as_deref().map(|dir| partial_path(dir, &self.id))
     }
 
+    /// What became of it, as a sentence for people.
+    pub fn describe(&self) -> String {
+        let (name, peer) = (&self.offer.name, &self.peer);
+        match (self.state, self.direction) {
+            (TransferState::Offered, Direction::In) => format!("{peer} offers {name}"),
+            (TransferState::Offered, Direction::Out) => format!("offered {name} to {peer}"),
+            (TransferState::Accepted, Direction::In) => format!("fetching {name} from {peer}"),
+            (TransferState::Accepted, Direction::Out) => format!("{peer} accepted {name}"),
+            (TransferState::Completed, Direction::In) => format!(
+                "received {name} from {peer}: saved as {}",
+                self.path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            (TransferState::Completed, Direction::Out) => {
+                format!("{peer} received {name} whole and checked")
+            }
+            (TransferState::Declined, Direction::In) => format!("declined {name} from {peer}"),
+            (TransferState::Declined, Direction::Out) => format!("{peer} declined {name}"),
+            (TransferState::Failed, _) => format!(
+                "{name} ({peer}) failed: {}",
+                self.error.as_deref().unwrap_or("no reason given")
+            ),
+        }
+    }
+
     /// Whether it is offered to me and I may still answer it (accept,
     /// decline, or accept again to resume).
     pub fn awaits_me(&self) -> bool {

@@ -405,33 +405,18 @@ impl App {
     /// a notice.
     fn on_transfer(&mut self, t: &crate::store::Transfer) {
         use crate::store::{Direction, TransferState};
-        let said = match (t.state, t.direction) {
-            (TransferState::Completed, Direction::In) => format!(
-                "received {} from {}: saved as {}",
-                t.offer.name,
-                t.peer,
-                t.path
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            ),
-            (TransferState::Completed, Direction::Out) => {
-                format!("{} has {} whole", t.peer, t.offer.name)
-            }
-            (TransferState::Declined, Direction::Out) => {
-                format!("{} declined {}", t.peer, t.offer.name)
-            }
-            (TransferState::Failed, _) => format!(
-                "{} ({}) failed: {}",
-                t.offer.name,
-                t.peer,
-                t.error.as_deref().unwrap_or("no reason given")
-            ),
-            (TransferState::Accepted, Direction::In) => {
-                format!("fetching {} from {}", t.offer.name, t.peer)
-            }
-            _ => return,
-        };
+        // What the other side or the network did; my own answers and
+        // offers are already in the conversation.
+        let told = matches!(
+            (t.state, t.direction),
+            (TransferState::Completed | TransferState::Failed, _)
+                | (TransferState::Declined, Direction::Out)
+                | (TransferState::Accepted, Direction::In)
+        );
+        if !told {
+            return;
+        }
+        let said = t.describe();
         let failed = t.state == TransferState::Failed;
         if let Some(i) = self.index_of(&t.peer) {
             self.conversations[i].note(said.clone());

@@ -84,17 +84,21 @@ fn user(world: &World, netns: String, name: &str) -> User {
     user
 }
 
+/// alice and bob, registered, each behind a NAT of their own.
+fn behind_separate_nats(w: &mut World) -> (User, User) {
+    let (a_ns, b_ns) = (
+        w.lab.private_host("a", 1, 11),
+        w.lab.private_host("b", 2, 12),
+    );
+    (user(w, a_ns, "alice"), user(w, b_ns, "bob"))
+}
+
 #[test]
 fn two_users_behind_separate_nats_reach_each_other() {
     let Some(mut w) = world("two_users_behind_separate_nats_reach_each_other") else {
         return;
     };
-    let (a_ns, b_ns) = (
-        w.lab.private_host("a", 1, 11),
-        w.lab.private_host("b", 2, 12),
-    );
-    let alice = user(&w, a_ns, "alice");
-    let bob = user(&w, b_ns, "bob");
+    let (alice, bob) = behind_separate_nats(&mut w);
 
     let (mut bob_online, bob_addrs) = online(&bob, "relayed");
     assert!(
@@ -225,12 +229,7 @@ fn a_file_offered_across_two_nats_arrives_over_the_direct_connection() {
     else {
         return;
     };
-    let (a_ns, b_ns) = (
-        w.lab.private_host("a", 1, 11),
-        w.lab.private_host("b", 2, 12),
-    );
-    let alice = user(&w, a_ns, "alice");
-    let bob = user(&w, b_ns, "bob");
+    let (alice, bob) = behind_separate_nats(&mut w);
     let (mut alice_online, _) = online(&alice, "relayed");
     let (mut bob_online, _) = online(&bob, "relayed");
 

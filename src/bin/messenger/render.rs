@@ -204,30 +204,7 @@ pub(crate) fn show_event(
             None
         }
         Event::Transfer(t) => {
-            let what = match (t.direction, t.state) {
-                (Direction::In, TransferState::Accepted) => {
-                    format!("fetching {} from {}", t.offer.name, t.peer)
-                }
-                (Direction::In, TransferState::Completed) => format!(
-                    "received {} from {}, checked: {}",
-                    t.offer.name,
-                    t.peer,
-                    t.path
-                        .as_deref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                ),
-                (Direction::Out, TransferState::Completed) => {
-                    format!("{} received {} whole and checked", t.peer, t.offer.name)
-                }
-                (_, TransferState::Declined) => format!("{} declined", t.offer.name),
-                (_, TransferState::Failed) => format!(
-                    "{}: {}",
-                    t.offer.name,
-                    t.error.as_deref().unwrap_or("failed")
-                ),
-                (_, state) => format!("{}: {state}", t.offer.name),
-            };
+            let what = t.describe();
             out.emit(
                 format!("* file {}: {what}", t.id),
                 json!({"event": "transfer", "transfer": t}),

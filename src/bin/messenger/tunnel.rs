@@ -135,10 +135,7 @@ impl Via {
         rendezvous: Option<Multiaddr>,
         show: Option<Output>,
     ) -> Result<Self, Failure> {
-        if tokio::net::UnixStream::connect(control::socket_path(home.dir()))
-            .await
-            .is_ok()
-        {
+        if control::is_running(home.dir()).await {
             return Ok(Self {
                 opener: Opener::Socket(home.dir().to_owned()),
                 own: None,
