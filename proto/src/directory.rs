@@ -240,6 +240,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The node failed; the request may be retried.
     Internal,
+    /// The node's claim store (a cluster's database) cannot be reached
+    /// now; the request may be retried. Resolves keep being answered.
+    Unavailable,
     /// A code this version does not know (read, never written).
     #[serde(other)]
     Unknown,

@@ -11,16 +11,20 @@
 //! - [`limits`]: what one peer, one address and everyone may use.
 //! - [`gate`]: what connections cost before they are authenticated.
 //! - [`registry`]: the rules and live presence, plain synchronous state.
+//! - [`shared`]: what the registry shares with the other nodes of a
+//!   cluster; [`cluster`] does it over PostgreSQL and NATS.
 //! - [`server`]: the libp2p node: an event loop owning the swarm, and one
 //!   task per directory session.
 
 pub mod certify;
+pub mod cluster;
 pub mod counters;
 pub mod gate;
 pub mod limits;
 pub mod quic;
 pub mod registry;
 pub mod server;
+pub mod shared;
 pub mod store;
 
 pub use limits::Limits;

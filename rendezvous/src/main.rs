@@ -39,6 +39,27 @@ struct Args {
     #[arg(long, value_name = "DIR", env = "RENDEZVOUS_DATA_DIR")]
     data_dir: Option<PathBuf>,
 
+    /// Keep claims in PostgreSQL instead of the data dir, e.g.
+    /// postgres://rendezvous:secret@db.example:5432/directory (or set
+    /// RENDEZVOUS_STORE, which keeps the password out of process lists).
+    /// Nodes given the same database share one directory of names; the
+    /// schema is created and migrated at start.
+    #[arg(long, value_name = "URL", env = "RENDEZVOUS_STORE")]
+    store: Option<String>,
+
+    /// Share presence with the other nodes on the same --store through
+    /// NATS, e.g. nats://nats.example:4222: a user online at any node is
+    /// resolved and watched from every node. Needs --store.
+    #[arg(long, value_name = "URL", env = "RENDEZVOUS_PRESENCE")]
+    presence: Option<String>,
+
+    /// The key that signs the name certificates handed out with
+    /// registrations [default: the node's own key, DIR/node.key]. Give the
+    /// nodes of a cluster the same file, so that their clients accept each
+    /// other's certificates; created if missing.
+    #[arg(long, value_name = "FILE")]
+    certificate_key: Option<PathBuf>,
+
     /// An address at which others reach this node, if its listen addresses
     /// are not it (e.g. behind port forwarding). Repeatable.
     #[arg(long, value_name = "MULTIADDR")]
@@ -225,6 +246,9 @@ async fn run(args: Args) -> Result<()> {
         config.listen = args.listen;
     }
     config.external = args.external_address;
+    config.store = args.store;
+    config.presence = args.presence;
+    config.certificate_key = args.certificate_key;
     config.limits = Limits {
         max_connections: args.max_connections,
         max_pending_connections: args.max_pending_connections,

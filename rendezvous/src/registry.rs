@@ -20,10 +20,15 @@ use messenger_proto::record::{RecordError, SignedRecord};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::shared::{Held, NodeId, Shared, SharedLive};
 use crate::store::{Claim, ClaimOutcome, ClaimStore, StoreError};
 
 /// Identifies one directory session (one stream) for the node's lifetime.
+/// Sessions are numbered from 1.
 pub type SessionId = u64;
+
+/// The session of a registration held by another node of the cluster.
+const ELSEWHERE: SessionId = 0;
 
 /// A live registration: where the owner is now, and how it wants to be shown.
 #[derive(Debug, Clone)]
@@ -42,6 +47,32 @@ struct Live {
 }
 
 impl Live {
+    /// A registration another node holds, its record checked again.
+    fn from_shared(shared: SharedLive) -> Result<(ScreenName, Self), RecordError> {
+        let record = shared.record.open()?;
+        Ok((record.name, Self {
+            owner: record.peer_id,
+            record: shared.record,
+            seq: record.seq,
+            expires_at: record.expires_at,
+            session: ELSEWHERE,
+            status: record.status,
+            status_text: record.status_text,
+            addrs: record.addrs,
+            visible_to: shared.visible_to.into_iter().collect(),
+            hidden_since: shared.hidden_since,
+        }))
+    }
+
+    /// What other nodes are told of it.
+    fn to_shared(&self) -> SharedLive {
+        SharedLive {
+            record: self.record.clone(),
+            visible_to: self.visible_to.iter().copied().collect(),
+            hidden_since: self.hidden_since,
+        }
+    }
+
     /// What watchers could notice: a change here is pushed.
     fn shown(&self) -> (Status, &str, &[Multiaddr], &HashSet<PeerId>) {
         (
@@ -99,9 +130,20 @@ struct SessionState {
     watching: HashSet<ScreenName>,
 }
 
+/// A registration another node holds, kept while this node's sessions
+/// watch its name.
+#[derive(Debug)]
+struct Remote {
+    node: NodeId,
+    live: Live,
+}
+
 #[derive(Debug, Default)]
 struct LiveState {
     by_name: HashMap<ScreenName, Live>,
+    /// Watched names online on other nodes of the cluster: kept current by
+    /// the cluster, so that what is here (or missing) is the truth.
+    remote: HashMap<ScreenName, Remote>,
     /// Last seen of names that went offline while this node ran.
     last_seen: HashMap<ScreenName, u64>,
     watchers: HashMap<ScreenName, HashSet<SessionId>>,
@@ -109,6 +151,13 @@ struct LiveState {
 }
 
 impl LiveState {
+    /// Where `name` is online now: on this node, else on another.
+    fn current(&self, name: &ScreenName) -> Option<&Live> {
+        self.by_name
+            .get(name)
+            .or_else(|| self.remote.get(name).map(|r| &r.live))
+    }
+
     fn notify(&self, name: &ScreenName) {
         if let Some(sessions) = self.watchers.get(name) {
             for session in sessions {
@@ -155,8 +204,10 @@ impl LiveState {
 
 /// The directory: durable claims plus live presence and watchers.
 #[derive(Debug)]
-pub struct Registry<S> {
+pub struct Registry<S: ?Sized = dyn ClaimStore> {
     store: Arc<S>,
+    /// The other nodes, when this one is part of a cluster.
+    shared: Option<Arc<dyn Shared>>,
     live: Mutex<LiveState>,
     /// Claims read or written so far, so that resolving a name does not
     /// open a database transaction. Every claim change goes through the
@@ -164,14 +215,26 @@ pub struct Registry<S> {
     claims: std::sync::RwLock<HashMap<ScreenName, Claim>>,
 }
 
-impl<S: ClaimStore> Registry<S> {
+impl<S: ClaimStore + ?Sized> Registry<S> {
     /// A registry over `store`, with nobody online.
     pub fn new(store: Arc<S>) -> Self {
         Self {
             store,
+            shared: None,
             live: Mutex::new(LiveState::default()),
             claims: Default::default(),
         }
+    }
+
+    /// A registry that shares live registrations with other nodes.
+    pub fn with_shared(mut self, shared: Arc<dyn Shared>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Whether this node is part of a cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// The claim on `name`: from memory, else from the store.
@@ -346,6 +409,9 @@ impl<S: ClaimStore> Registry<S> {
         if next.status != Status::Invisible {
             live.last_seen.remove(&name);
         }
+        if let Some(shared) = &self.shared {
+            shared.changed(&name, Some(next.to_shared()));
+        }
         live.by_name.insert(name.clone(), next);
         if changed {
             live.notify(&name);
@@ -364,27 +430,60 @@ impl<S: ClaimStore> Registry<S> {
             Ok(name) => name,
             Err(e) => return Reply::error(ErrorCode::InvalidName, e.to_string()),
         };
-        match self.view(&name, viewer, now) {
+        let elsewhere = self.fetch_elsewhere(&name);
+        match self.view_with(&name, viewer, now, elsewhere) {
             Ok(Some(resolution)) => Reply::Resolved(resolution),
             Ok(None) => Reply::error(ErrorCode::NoSuchName, format!("no such name: {name}")),
             Err(e) => internal(e),
         }
     }
 
-    /// What `viewer` is shown of `name`; `None` if nobody owns it.
+    /// The registration of `name` on another node, when this node does not
+    /// know it already (it is not online here, nor watched here). A store
+    /// that cannot be reached leaves what this node knows. May block.
+    fn fetch_elsewhere(&self, name: &ScreenName) -> Option<Live> {
+        let shared = self.shared.as_ref()?;
+        {
+            let live = self.live();
+            if live.by_name.contains_key(name) || live.watchers.contains_key(name) {
+                return None;
+            }
+        }
+        match shared.lookup(name) {
+            Ok(held) => held.and_then(|held| decode_held(name, held)).map(|r| r.live),
+            Err(e) => {
+                warn!(%name, "cannot look the name up on the other nodes: {e}");
+                None
+            }
+        }
+    }
+
+    /// What `viewer` is shown of `name`; `None` if nobody owns it. Never
+    /// asks other nodes: what this node knows.
     pub fn view(
         &self,
         name: &ScreenName,
         viewer: PeerId,
         now: u64,
     ) -> Result<Option<Resolution>, StoreError> {
+        self.view_with(name, viewer, now, None)
+    }
+
+    /// [`Self::view`], with a registration fetched from another node.
+    fn view_with(
+        &self,
+        name: &ScreenName,
+        viewer: PeerId,
+        now: u64,
+        elsewhere: Option<Live>,
+    ) -> Result<Option<Resolution>, StoreError> {
         let Some(claim) = self.claim_of(name)? else {
             return Ok(None);
         };
         let live = self.live();
         let current = live
-            .by_name
-            .get(name)
+            .current(name)
+            .or(elsewhere.as_ref())
             .filter(|l| l.owner == claim.owner && l.expires_at > now);
         let stored_last_seen = live.last_seen.get(name).copied().or(claim.last_seen);
         let resolution = match current {
@@ -456,7 +555,13 @@ impl<S: ClaimStore> Registry<S> {
         }
         let watched = state.watching.len() as u32;
         for name in names {
-            live.watchers.entry(name).or_default().insert(session);
+            let sessions = live.watchers.entry(name.clone()).or_default();
+            if sessions.is_empty()
+                && let Some(shared) = &self.shared
+            {
+                shared.interest(&name, true);
+            }
+            sessions.insert(session);
         }
         Reply::Watching { watched }
     }
@@ -476,7 +581,7 @@ impl<S: ClaimStore> Registry<S> {
         }
         let watched = state.watching.len() as u32;
         for name in &names {
-            unwatch_one(&mut live.watchers, name, session);
+            self.unwatch_one(&mut live, name, session);
         }
         Reply::Unwatched { watched }
     }
@@ -490,12 +595,26 @@ impl<S: ClaimStore> Registry<S> {
             Ok(names) => names,
             Err(e) => return internal(e),
         };
+        // Registrations on other nodes, for names not online here.
+        let mut elsewhere: HashMap<ScreenName, Live> = HashMap::new();
+        if let Some(shared) = &self.shared {
+            match shared.lookup_owner(&peer_id) {
+                Ok(held) => {
+                    for (name, held) in held {
+                        if let Some(remote) = decode_held(&name, held) {
+                            elsewhere.insert(name, remote.live);
+                        }
+                    }
+                }
+                Err(e) => warn!(%peer_id, "cannot look the peer up on the other nodes: {e}"),
+            }
+        }
         let names: Vec<ScreenName> = {
             let live = self.live();
             owned
                 .into_iter()
                 .filter(|name| {
-                    live.by_name.get(name).is_some_and(|l| {
+                    live.current(name).or(elsewhere.get(name)).is_some_and(|l| {
                         l.owner == peer_id
                             && l.expires_at > now
                             && (l.status != Status::Invisible
@@ -528,6 +647,9 @@ impl<S: ClaimStore> Registry<S> {
         };
         for (name, owner) in &released {
             self.forget(name);
+            if let Some(shared) = &self.shared {
+                shared.released(name);
+            }
             let mut live = self.live();
             live.last_seen.remove(name);
             live.notify(name);
@@ -558,8 +680,13 @@ impl<S: ClaimStore> Registry<S> {
         match self.store.release(&name, &peer) {
             Ok(true) => {
                 self.forget(&name);
+                if let Some(shared) = &self.shared {
+                    shared.changed(&name, None);
+                    shared.released(&name);
+                }
                 let mut live = self.live();
                 live.by_name.remove(&name);
+                live.remote.remove(&name);
                 live.last_seen.remove(&name);
                 live.notify(&name);
                 info!(%name, %peer, "name released");
@@ -580,7 +707,7 @@ impl<S: ClaimStore> Registry<S> {
             let mut live = self.live();
             if let Some(state) = live.sessions.remove(&session) {
                 for name in &state.watching {
-                    unwatch_one(&mut live.watchers, name, session);
+                    self.unwatch_one(&mut live, name, session);
                 }
             }
             live.offline_where(now, |l| l.session == session)
@@ -588,9 +715,28 @@ impl<S: ClaimStore> Registry<S> {
         self.persist_last_seen(gone);
     }
 
+    /// `session` no longer watches `name`; when nobody here does, the
+    /// cluster stops telling this node of it.
+    fn unwatch_one(&self, live: &mut LiveState, name: &ScreenName, session: SessionId) {
+        let Some(set) = live.watchers.get_mut(name) else {
+            return;
+        };
+        set.remove(&session);
+        if set.is_empty() {
+            live.watchers.remove(name);
+            live.remote.remove(name);
+            if let Some(shared) = &self.shared {
+                shared.interest(name, false);
+            }
+        }
+    }
+
     fn persist_last_seen(&self, gone: Vec<(ScreenName, Option<u64>)>) {
         for (name, seen) in gone {
             info!(%name, "offline");
+            if let Some(shared) = &self.shared {
+                shared.changed(&name, None);
+            }
             if let Some(at) = seen {
                 if let Err(e) = self.store.set_last_seen(&name, at) {
                     warn!(%name, "cannot record last seen: {e}");
@@ -621,21 +767,158 @@ impl<S: ClaimStore> Registry<S> {
         self.persist_last_seen(gone);
     }
 
-    /// How many names are online now.
+    /// How many names are online now (on this node).
     pub fn online_count(&self) -> usize {
         self.live().by_name.len()
     }
+
+    // ---- what the cluster tells this node ----
+
+    /// Another node says what `name` is now: online there (`Some`), or no
+    /// longer online at `node`. Kept only while this node watches `name`;
+    /// an older record (lower sequence number) does not undo a newer one.
+    pub fn remote_changed(&self, name: &ScreenName, node: &str, held: Option<SharedLive>, now: u64) {
+        let mut live = self.live();
+        if !live.watchers.contains_key(name) {
+            return;
+        }
+        let changed = match held {
+            Some(shared) => {
+                let Some(remote) = decode_held(
+                    name,
+                    Held {
+                        node: node.to_owned(),
+                        live: shared,
+                    },
+                ) else {
+                    return;
+                };
+                let newer = live.remote.get(name).is_none_or(|r| {
+                    remote.live.owner != r.live.owner || remote.live.seq >= r.live.seq
+                });
+                if !newer {
+                    return;
+                }
+                let changed = live
+                    .remote
+                    .get(name)
+                    .is_none_or(|r| r.live.shown() != remote.live.shown());
+                if self.claim_owner_differs(name, remote.live.owner) {
+                    // The name changed hands on another node.
+                    self.forget(name);
+                }
+                if remote.live.status != Status::Invisible {
+                    live.last_seen.remove(name);
+                }
+                live.remote.insert(name.clone(), remote);
+                changed
+            }
+            None => self.remote_gone(&mut live, name, |r| r.node == node, now),
+        };
+        if changed {
+            live.notify(name);
+        }
+    }
+
+    /// What the cluster's store holds of a watched name (after this node
+    /// lost track, e.g. its messaging link was down): replaces what this
+    /// node kept.
+    pub fn remote_refreshed(&self, name: &ScreenName, held: Option<Held>, now: u64) {
+        match held {
+            Some(held) => self.remote_changed(name, &held.node.clone(), Some(held.live), now),
+            None => {
+                let mut live = self.live();
+                if self.remote_gone(&mut live, name, |_| true, now) {
+                    live.notify(name);
+                }
+            }
+        }
+    }
+
+    /// Nodes that stopped beating are gone, and so are their users.
+    pub fn nodes_gone(&self, dead: &HashSet<NodeId>, now: u64) {
+        let mut live = self.live();
+        let names: Vec<ScreenName> = live
+            .remote
+            .iter()
+            .filter(|(_, r)| dead.contains(&r.node))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            if self.remote_gone(&mut live, &name, |_| true, now) {
+                info!(%name, "offline: its node stopped");
+                live.notify(&name);
+            }
+        }
+    }
+
+    /// Drops the remote registration of `name` if `which` says so;
+    /// returns whether it did.
+    fn remote_gone(
+        &self,
+        live: &mut LiveState,
+        name: &ScreenName,
+        which: impl Fn(&Remote) -> bool,
+        now: u64,
+    ) -> bool {
+        if !live.remote.get(name).is_some_and(which) {
+            return false;
+        }
+        let Some(remote) = live.remote.remove(name) else {
+            return false;
+        };
+        if let Some(at) = remote.live.last_seen_at_end(now) {
+            live.last_seen.insert(name.clone(), at);
+        }
+        true
+    }
+
+    /// Another node released `name`: its claim is read again when needed.
+    pub fn claim_released(&self, name: &ScreenName) {
+        self.forget(name);
+        let mut live = self.live();
+        live.remote.remove(name);
+        live.last_seen.remove(name);
+        live.notify(name);
+    }
+
+    /// The names this node's sessions watch now.
+    pub fn watched_names(&self) -> Vec<ScreenName> {
+        self.live().watchers.keys().cloned().collect()
+    }
+
+    /// Every registration this node holds, as the cluster is told of them.
+    pub fn held_here(&self) -> Vec<(ScreenName, SharedLive)> {
+        self.live()
+            .by_name
+            .iter()
+            .map(|(n, l)| (n.clone(), l.to_shared()))
+            .collect()
+    }
+
+    fn claim_owner_differs(&self, name: &ScreenName, owner: PeerId) -> bool {
+        self.claims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|c| c.owner != owner)
+    }
 }
 
-fn unwatch_one(
-    watchers: &mut HashMap<ScreenName, HashSet<SessionId>>,
-    name: &ScreenName,
-    session: SessionId,
-) {
-    if let Some(set) = watchers.get_mut(name) {
-        set.remove(&session);
-        if set.is_empty() {
-            watchers.remove(name);
+/// A registration another node sent, if its record still verifies.
+fn decode_held(name: &ScreenName, held: Held) -> Option<Remote> {
+    match Live::from_shared(held.live) {
+        Ok((named, live)) if &named == name => Some(Remote {
+            node: held.node,
+            live,
+        }),
+        Ok(_) => {
+            warn!(%name, node = %held.node, "a node shared a record of another name; ignored");
+            None
+        }
+        Err(e) => {
+            warn!(%name, node = %held.node, "a node shared a record that does not verify ({e}); ignored");
+            None
         }
     }
 }
@@ -656,7 +939,13 @@ fn stale(name: &ScreenName, got: u64, have: u64) -> Reply {
 
 fn internal(e: StoreError) -> Reply {
     warn!("store failure: {e}");
-    Reply::error(ErrorCode::Internal, "the node's store failed; retry later")
+    match e {
+        StoreError::Unavailable(_) => Reply::error(
+            ErrorCode::Unavailable,
+            "store unavailable: the node cannot reach its claim store now; retry later",
+        ),
+        _ => Reply::error(ErrorCode::Internal, "the node's store failed; retry later"),
+    }
 }
 
 #[cfg(test)]

@@ -32,12 +32,14 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, instrument, warn};
 
 use crate::certify::Certifier;
+use crate::cluster::claims::PgStore;
+use crate::cluster::{Cluster, ClusterError};
 use crate::counters::{CounterSnapshot, Counters};
 use crate::gate::{GateLimits, Gated, HandshakeGate};
 use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
 use crate::quic::{QuicConfig, QuicTransport};
 use crate::registry::{Registry, SessionId};
-use crate::store::{RedbStore, StoreError};
+use crate::store::{ClaimStore, RedbStore, StoreError};
 
 /// How long a finished session may take to flush its last frames.
 const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,6 +79,16 @@ pub struct Config {
     pub external: Vec<Multiaddr>,
     /// How long the name certificates the node hands out are valid.
     pub certificate_validity: Duration,
+    /// The key that signs name certificates, if not the node's own: the
+    /// nodes of a cluster share one, so that their clients accept each
+    /// other's certificates.
+    pub certificate_key: Option<PathBuf>,
+    /// Where claims are kept: `None` is the embedded store in the data
+    /// dir; a `postgres://` URL is a database shared with other nodes.
+    pub store: Option<String>,
+    /// NATS (`nats://host:port`), through which the nodes sharing the
+    /// store tell each other of presence changes. Needs `store`.
+    pub presence: Option<String>,
 }
 
 /// What the node's circuit relay v2 server allows. The defaults carry
@@ -148,6 +160,9 @@ impl Config {
             certificate_validity: Duration::from_millis(
                 messenger_proto::certificate::DEFAULT_VALIDITY_MS,
             ),
+            certificate_key: None,
+            store: None,
+            presence: None,
         }
     }
 
@@ -181,6 +196,12 @@ pub enum BindError {
     /// The claim store cannot be opened.
     #[error("claim store: {0}")]
     Store(#[from] StoreError),
+    /// The node cannot join its cluster.
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+    /// The store and presence options do not go together.
+    #[error("{0}")]
+    Options(String),
     /// The transports could not be set up.
     #[error("transport setup failed: {0}")]
     Transport(String),
@@ -215,7 +236,7 @@ struct Behaviour {
 #[derive(Debug)]
 pub struct Server {
     peer_id: PeerId,
-    registry: Arc<Registry<RedbStore>>,
+    registry: Arc<Registry>,
     counters: Arc<Counters>,
     listen_addrs: Vec<Multiaddr>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -231,11 +252,15 @@ impl Server {
             source,
         })?;
         let identity = Identity::load_or_create(&config.data_dir.join("node.key"))?;
-        let store = RedbStore::open(&config.data_dir.join("claims.redb"))?
-            .with_max_names_per_key(config.limits.max_names_per_key);
-        let store = Arc::new(store);
-        info!(claims = store.len()?, "claim store opened");
-        let registry = Arc::new(Registry::new(store));
+        let signer = match &config.certificate_key {
+            Some(path) => Identity::load_or_create(path)?,
+            None => identity.clone(),
+        };
+        let (registry, cluster) = open_directory(&config, &identity).await?;
+        let registry = Arc::new(registry);
+        let stop_cluster = tokio_util::sync::CancellationToken::new();
+        let cluster = cluster
+            .map(|cluster| tokio::spawn(cluster.run(registry.clone(), stop_cluster.clone())));
 
         let gate = HandshakeGate::new(GateLimits {
             per_source: config.limits.max_pending_per_ip as usize,
@@ -263,7 +288,7 @@ impl Server {
             registry: registry.clone(),
             requests: RequestLimiter::new(config.limits.requests),
             max_frame: config.limits.max_frame,
-            certifier: Certifier::new(identity.clone(), config.certificate_validity),
+            certifier: Certifier::new(signer, config.certificate_validity),
             counters: counters.clone(),
         });
         let event_loop = EventLoop {
@@ -275,6 +300,7 @@ impl Server {
             incoming: Some(incoming),
             sessions,
             name_lease: config.name_lease,
+            cluster: cluster.map(|task| (task, stop_cluster)),
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
         Ok(Self {
@@ -293,7 +319,7 @@ impl Server {
     }
 
     /// The directory itself, for in-process tools (benchmarks preload it).
-    pub fn registry(&self) -> &Arc<Registry<RedbStore>> {
+    pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
@@ -322,6 +348,46 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The registry over the configured store, and the cluster to join if the
+/// node shares its directory.
+async fn open_directory(
+    config: &Config,
+    identity: &Identity,
+) -> Result<(Registry, Option<Cluster>), BindError> {
+    let max_names = config.limits.max_names_per_key;
+    let Some(url) = &config.store else {
+        if config.presence.is_some() {
+            return Err(BindError::Options(
+                "presence across nodes needs a store they share: add --store postgres://…".into(),
+            ));
+        }
+        let store = RedbStore::open(&config.data_dir.join("claims.redb"))?
+            .with_max_names_per_key(max_names);
+        info!(claims = store.len()?, "claim store opened");
+        let store: Arc<dyn ClaimStore> = Arc::new(store);
+        return Ok((Registry::new(store), None));
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(BindError::Options(format!(
+            "--store {url:?}: the store is a PostgreSQL URL (postgres://user:password@host:5432/db); leave it out for the embedded store"
+        )));
+    }
+    let pool = crate::cluster::postgres::connect(url).await?;
+    let store = PgStore::new(pool.clone(), tokio::runtime::Handle::current())
+        .with_max_names_per_key(max_names);
+    info!(claims = store.len().await?, "claim store opened (PostgreSQL)");
+    let store: Arc<dyn ClaimStore> = Arc::new(store);
+    let registry = Registry::new(store);
+    match &config.presence {
+        None => Ok((registry, None)),
+        Some(nats) => {
+            let cluster = Cluster::join(pool, identity.peer_id().to_string(), nats).await?;
+            let shared = cluster.shared();
+            Ok((registry.with_shared(shared), Some(cluster)))
+        }
     }
 }
 
@@ -515,21 +581,26 @@ struct EventLoop {
     gate: Arc<HandshakeGate>,
     /// Gate counts at the last report.
     shed_reported: [u64; 4],
-    registry: Arc<Registry<RedbStore>>,
+    registry: Arc<Registry>,
     incoming: Option<futures::channel::mpsc::Receiver<accept::Incoming>>,
     sessions: Arc<SessionEnv>,
     name_lease: Duration,
+    /// The task keeping this node in step with its cluster, and its stop.
+    cluster: Option<(JoinHandle<()>, tokio_util::sync::CancellationToken)>,
 }
 
 /// What every directory session shares.
 #[derive(Debug)]
 struct SessionEnv {
-    registry: Arc<Registry<RedbStore>>,
+    registry: Arc<Registry>,
     requests: Arc<RequestLimiter>,
     max_frame: usize,
     certifier: Certifier,
     counters: Arc<Counters>,
 }
+
+/// How long a stopping node may take to tell its cluster it leaves.
+const CLUSTER_LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often names past their lease are looked for.
 const LEASE_SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
@@ -609,6 +680,11 @@ impl EventLoop {
         }
         let registry = self.registry.clone();
         let _ = tokio::task::spawn_blocking(move || registry.all_offline(now_ms())).await;
+        if let Some((task, stop)) = self.cluster.take() {
+            // It tells the others that this node's users went offline.
+            stop.cancel();
+            let _ = tokio::time::timeout(CLUSTER_LEAVE_TIMEOUT, task).await;
+        }
     }
 
     /// Says, at most every few seconds, how many handshakes the gate shed:
@@ -825,7 +901,7 @@ async fn write_session(
     mut writer: futures::io::WriteHalf<Stream>,
     mut answers: mpsc::Receiver<Box<Response>>,
     pushes: Arc<crate::registry::PushQueue>,
-    registry: Arc<Registry<RedbStore>>,
+    registry: Arc<Registry>,
     viewer: PeerId,
 ) {
     loop {
@@ -904,6 +980,20 @@ async fn handle(peer: PeerId, session: SessionId, op: Op, env: &SessionEnv) -> R
             tokio::task::spawn_blocking(move || registry.release(peer, &name))
                 .await
                 .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "release failed"))
+        }
+        // In a cluster, a name online elsewhere is read from the shared
+        // store: off the async workers too.
+        Op::Resolve { name } if registry.is_clustered() => {
+            let registry = registry.clone();
+            tokio::task::spawn_blocking(move || registry.resolve(&name, peer, now_ms()))
+                .await
+                .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "resolve failed"))
+        }
+        Op::ResolvePeer { peer_id } if registry.is_clustered() => {
+            let registry = registry.clone();
+            tokio::task::spawn_blocking(move || registry.resolve_peer(peer_id, peer, now_ms()))
+                .await
+                .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "resolve failed"))
         }
         Op::Resolve { name } => registry.resolve(&name, peer, now_ms()),
         Op::ResolvePeer { peer_id } => registry.resolve_peer(peer_id, peer, now_ms()),

@@ -1,4 +1,5 @@
-//! Durable claims: screen name → owning key, kept in an embedded database.
+//! Durable claims: screen name → owning key, kept in an embedded database
+//! (this module) or in PostgreSQL for a cluster ([`crate::cluster::claims`]).
 //!
 //! Only what must survive a restart lives here (who owns which name, the
 //! last accepted sequence number, last seen). Addresses and presence are
@@ -75,6 +76,13 @@ pub enum StoreError {
     /// The batch this request was committed in failed.
     #[error("database commit failed: {0}")]
     Commit(String),
+    /// The store cannot be reached (a database server that is down or
+    /// too slow to answer); nothing was changed that was acknowledged.
+    #[error("claim store unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused a statement.
+    #[error("database error: {0}")]
+    Postgres(String),
     /// A stored value could not be decoded.
     #[error("stored claim for {name:?} is unreadable: {reason}")]
     Corrupt {
@@ -91,7 +99,7 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
 
 /// Where claims are kept. Plain and synchronous: callers that must not
 /// block run it on a blocking thread.
-pub trait ClaimStore: Send + Sync + 'static {
+pub trait ClaimStore: Send + Sync + std::fmt::Debug + 'static {
     /// The claim on `name`, if any.
     fn get(&self, name: &ScreenName) -> Result<Option<Claim>, StoreError>;
     /// Atomically claims `name` for `owner`, or renews the owner's claim
