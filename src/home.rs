@@ -46,9 +46,11 @@ pub enum HomeError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The rendezvous node, remembered after the first successful register.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rendezvous: Option<Multiaddr>,
+    /// The rendezvous nodes (the doors of one directory, tried in turn),
+    /// remembered after the first successful register. Written as one
+    /// address when there is one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "one_or_many")]
+    pub rendezvous: Vec<Multiaddr>,
     /// Our screen name, once registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<ScreenName>,
@@ -182,6 +184,34 @@ impl Home {
     }
 }
 
+/// A list written as its only element when it has one (as the config
+/// was before a client knew several nodes), else as a list.
+mod one_or_many {
+    use libp2p::Multiaddr;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Multiaddr),
+        Many(Vec<Multiaddr>),
+    }
+
+    pub(super) fn serialize<S: Serializer>(addrs: &[Multiaddr], s: S) -> Result<S::Ok, S::Error> {
+        match addrs {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,7 +222,7 @@ mod tests {
         let home = Home::open(dir.path()).unwrap();
         assert_eq!(home.config().unwrap(), Config::default());
         let config = Config {
-            rendezvous: Some("/ip4/127.0.0.1/tcp/4001".parse().unwrap()),
+            rendezvous: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
             name: Some(ScreenName::parse("alice").unwrap()),
             status: Some(Status::Away),
             status_text: Some("back at 3".into()),
@@ -205,5 +235,25 @@ mod tests {
         assert_eq!(home.config().unwrap(), config);
         fs::write(dir.path().join("config.json"), b"{\"name\": \"9bad\"}").unwrap();
         assert!(matches!(home.config(), Err(HomeError::BadConfig { .. })));
+    }
+
+    #[test]
+    fn one_node_is_written_as_before_and_several_as_a_list() {
+        let a: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        let b: Multiaddr = "/ip4/127.0.0.2/tcp/4001".parse().unwrap();
+        let one = Config {
+            rendezvous: vec![a.clone()],
+            ..Config::default()
+        };
+        let text = serde_json::to_string(&one).unwrap();
+        assert_eq!(text, r#"{"rendezvous":"/ip4/127.0.0.1/tcp/4001"}"#);
+        assert_eq!(Config::decode(text.as_bytes()).unwrap(), one);
+        let two = Config {
+            rendezvous: vec![a, b],
+            ..Config::default()
+        };
+        let text = serde_json::to_string(&two).unwrap();
+        assert!(text.contains(r#"["/ip4/127.0.0.1/tcp/4001","/ip4/127.0.0.2/tcp/4001"]"#));
+        assert_eq!(Config::decode(text.as_bytes()).unwrap(), two);
     }
 }

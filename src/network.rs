@@ -237,6 +237,8 @@ enum Command {
     /// Close every connection to a peer that goes to none of `addrs` (it
     /// moved).
     DisconnectMoved { peer: PeerId, addrs: Vec<Multiaddr> },
+    /// The client moved to another rendezvous node.
+    UseNode { node: PeerId, addr: Multiaddr },
     /// How we are connected to a peer.
     Path {
         peer: PeerId,
@@ -473,6 +475,12 @@ impl Network {
             .await;
     }
 
+    /// From now on the rendezvous node is `node` at `addr` (the one we
+    /// were given stopped answering).
+    pub async fn use_node(&self, node: PeerId, addr: Multiaddr) {
+        let _ = self.commands.send(Command::UseNode { node, addr }).await;
+    }
+
     /// The addresses we listen on now, updated as interfaces come and go.
     pub fn listen_addrs(&self) -> watch::Receiver<Vec<Multiaddr>> {
         self.listen_addrs.clone()
@@ -687,6 +695,14 @@ impl EventLoop {
             }
             Command::Path { peer, reply } => {
                 let _ = reply.send(self.paths.get(&peer).and_then(path_of));
+            }
+            Command::UseNode { node, addr } => {
+                if let Some((old, _)) = self.rendezvous.take() {
+                    self.swarm.behaviour_mut().autonat.remove_server(&old);
+                }
+                let connected = self.swarm.is_connected(&node);
+                self.rendezvous = Some((node, addr));
+                self.follow_node(node, connected);
             }
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {

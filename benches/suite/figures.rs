@@ -379,7 +379,7 @@ async fn pair(sides: &Sides) -> Pair {
         // message rate limit (a policy, documented with its default).
         let inbox = Inbox::new(
             name("bob"),
-            node_id,
+            watch::channel(vec![node_id]).1,
             watch::channel(Some(bob.session.clone())).1,
             Counting(tx),
             Rate::new(1e9, u32::MAX),

@@ -120,6 +120,27 @@ impl SignedCertificate {
         Ok(claimed)
     }
 
+    /// [`Self::verify`] against whichever of `trusted` issued it: a client
+    /// trusts its nodes' keys and the key its cluster signs with.
+    pub fn verify_by_any(
+        &self,
+        trusted: &[PeerId],
+        now_ms: u64,
+    ) -> Result<NameCertificate, CertificateError> {
+        let claimed: NameCertificate = self.0.decode_unverified()?;
+        match trusted.iter().find(|t| **t == claimed.node) {
+            Some(issuer) => self.verify(issuer, now_ms),
+            None => Err(CertificateError::WrongNode {
+                issuer: claimed.node.to_base58(),
+                trusted: trusted
+                    .iter()
+                    .map(|t| t.to_base58())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            }),
+        }
+    }
+
     /// Decodes without checking anything, e.g. to show when one expires.
     pub fn decode_unverified(&self) -> Result<NameCertificate, SignedError> {
         self.0.decode_unverified()
@@ -174,6 +195,26 @@ mod tests {
             signed.verify(&node.peer_id(), NOW + DEFAULT_VALIDITY_MS),
             Err(CertificateError::Expired { .. })
         ));
+    }
+
+    #[test]
+    fn any_trusted_issuer_will_do_and_no_other() {
+        let (cluster, node, alice) = (
+            Identity::from_seed([7; 32]),
+            Identity::from_seed([8; 32]),
+            Identity::from_seed([1; 32]),
+        );
+        let signed = cert(&cluster, &alice).sign(&cluster);
+        let trusted = [node.peer_id(), cluster.peer_id()];
+        assert!(signed.verify_by_any(&trusted, NOW + 1).is_ok());
+        let err = signed.verify_by_any(&trusted[..1], NOW + 1).unwrap_err();
+        assert!(matches!(err, CertificateError::WrongNode { .. }), "{err}");
+        // Naming a trusted issuer is not enough: its key must have signed.
+        let mut forged = cert(&cluster, &alice);
+        forged.node = cluster.peer_id();
+        let forged = forged.sign(&node);
+        assert!(forged.verify_by_any(&trusted, NOW + 1).is_err());
+        assert!(signed.verify_by_any(&[], NOW + 1).is_err());
     }
 
     #[test]

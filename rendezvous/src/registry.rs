@@ -50,18 +50,21 @@ impl Live {
     /// A registration another node holds, its record checked again.
     fn from_shared(shared: SharedLive) -> Result<(ScreenName, Self), RecordError> {
         let record = shared.record.open()?;
-        Ok((record.name, Self {
-            owner: record.peer_id,
-            record: shared.record,
-            seq: record.seq,
-            expires_at: record.expires_at,
-            session: ELSEWHERE,
-            status: record.status,
-            status_text: record.status_text,
-            addrs: record.addrs,
-            visible_to: shared.visible_to.into_iter().collect(),
-            hidden_since: shared.hidden_since,
-        }))
+        Ok((
+            record.name,
+            Self {
+                owner: record.peer_id,
+                record: shared.record,
+                seq: record.seq,
+                expires_at: record.expires_at,
+                session: ELSEWHERE,
+                status: record.status,
+                status_text: record.status_text,
+                addrs: record.addrs,
+                visible_to: shared.visible_to.into_iter().collect(),
+                hidden_since: shared.hidden_since,
+            },
+        ))
     }
 
     /// What other nodes are told of it.
@@ -450,7 +453,9 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
             }
         }
         match shared.lookup(name) {
-            Ok(held) => held.and_then(|held| decode_held(name, held)).map(|r| r.live),
+            Ok(held) => held
+                .and_then(|held| decode_held(name, held))
+                .map(|r| r.live),
             Err(e) => {
                 warn!(%name, "cannot look the name up on the other nodes: {e}");
                 None
@@ -777,7 +782,13 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
     /// Another node says what `name` is now: online there (`Some`), or no
     /// longer online at `node`. Kept only while this node watches `name`;
     /// an older record (lower sequence number) does not undo a newer one.
-    pub fn remote_changed(&self, name: &ScreenName, node: &str, held: Option<SharedLive>, now: u64) {
+    pub fn remote_changed(
+        &self,
+        name: &ScreenName,
+        node: &str,
+        held: Option<SharedLive>,
+        now: u64,
+    ) {
         let mut live = self.live();
         if !live.watchers.contains_key(name) {
             return;

@@ -378,7 +378,8 @@ async fn open_directory(
     let pool = crate::cluster::postgres::connect(url).await?;
     let store = PgStore::new(pool.clone(), tokio::runtime::Handle::current())
         .with_max_names_per_key(max_names);
-    info!(claims = store.len().await?, "claim store opened (PostgreSQL)");
+    let claims = store.count().await?;
+    info!(claims, "claim store opened (PostgreSQL)");
     let store: Arc<dyn ClaimStore> = Arc::new(store);
     let registry = Registry::new(store);
     match &config.presence {

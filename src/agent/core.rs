@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::error::{DirectoryFailure, OnlineError, SendError, SetStatusError};
+use super::nodes::Nodes;
 use super::outbox::{Mode, SendReply, Worker, WorkerEnv, WorkerMsg};
 use super::sink::StoreSink;
 use super::trust::Trust;
@@ -74,6 +75,10 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// dropped the session before answering (it may under bursts).
 const REQUEST_ATTEMPTS: u32 = 4;
 
+/// How soon a renewal the node could not store (its store is down) is
+/// tried again.
+const RENEW_WHILE_UNAVAILABLE: Duration = Duration::from_secs(5);
+
 /// How long shutdown waits for the tasks to end by themselves.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -82,7 +87,7 @@ pub(super) struct CoreConfig {
     pub identity: Identity,
     pub home: Option<Home>,
     pub config: Config,
-    pub rendezvous: Option<Multiaddr>,
+    pub rendezvous: Vec<Multiaddr>,
     pub store: StoreHandle,
     pub store_thread: StoreThread,
     pub events: mpsc::Sender<Event>,
@@ -195,7 +200,8 @@ pub(super) struct Core {
     identity: Identity,
     home: Option<Home>,
     config: Config,
-    rendezvous: Option<Multiaddr>,
+    /// The rendezvous nodes, one in use.
+    nodes: Nodes,
     store: StoreHandle,
     store_thread: Option<StoreThread>,
     events: mpsc::Sender<Event>,
@@ -218,6 +224,11 @@ pub(super) struct Core {
     pushes: mpsc::Sender<Resolution>,
     push_rx: mpsc::Receiver<Resolution>,
     certificate: watch::Sender<Option<SignedCertificate>>,
+    /// Whose certificates of others' names we accept (see
+    /// [`crate::chat::TrustedIssuers`]).
+    issuers: watch::Sender<Vec<PeerId>>,
+    /// The keys our node's certificates came signed with, newest first.
+    learned_issuers: Vec<PeerId>,
 
     online: Option<Online>,
     reconnect_at: Option<Instant>,
@@ -258,7 +269,11 @@ impl Core {
         Self {
             identity: config.identity,
             home: config.home,
-            rendezvous: config.rendezvous.or(config.config.rendezvous.clone()),
+            nodes: Nodes::new(if config.rendezvous.is_empty() {
+                config.config.rendezvous.clone()
+            } else {
+                config.rendezvous
+            }),
             config: config.config,
             store: config.store,
             store_thread: Some(config.store_thread),
@@ -279,6 +294,8 @@ impl Core {
             pushes,
             push_rx,
             certificate: watch::channel(None).0,
+            issuers: watch::channel(Vec::new()).0,
+            learned_issuers: Vec::new(),
             online: None,
             reconnect_at: None,
             backoff: RECONNECT_FIRST,
@@ -546,7 +563,7 @@ impl Core {
             file: None,
             invite: None,
         };
-        if self.presence.contains_key(&to) || self.rendezvous.is_none() || !wait {
+        if self.presence.contains_key(&to) || self.nodes.current().is_none() || !wait {
             self.queue_message(message, tx, wait, Duration::ZERO, None)
                 .await;
         } else {
@@ -809,7 +826,11 @@ impl Core {
         if let Some(network) = &self.network {
             return Ok(network.clone());
         }
-        let node = self.rendezvous.clone().ok_or(DirectoryFailure::NoNode)?;
+        let node = self
+            .nodes
+            .current()
+            .cloned()
+            .ok_or(DirectoryFailure::NoNode)?;
         let node_id = node_peer_id(&node).map_err(|source| DirectoryFailure::Node {
             node: node.to_string(),
             source: Box::new(source),
@@ -927,7 +948,7 @@ impl Core {
                 return;
             }
         };
-        let Some(node) = self.rendezvous.clone() else {
+        let Some(node) = self.nodes.current().cloned() else {
             return;
         };
         self.connecting = true;
@@ -1047,7 +1068,7 @@ impl Core {
             return;
         };
         let name = online.name.clone();
-        let loopback_ok = self.rendezvous.as_ref().is_some_and(is_loopback);
+        let loopback_ok = self.nodes.current().is_some_and(is_loopback);
         let addrs = advertised(&network, loopback_ok);
         let record = self.record(&name, addrs.clone());
         let visible_to = self.visible_to();
@@ -1090,7 +1111,7 @@ impl Core {
         let (Some(online), Some(network)) = (&self.online, &self.network) else {
             return;
         };
-        let loopback_ok = self.rendezvous.as_ref().is_some_and(is_loopback);
+        let loopback_ok = self.nodes.current().is_some_and(is_loopback);
         if advertised(network, loopback_ok) != online.registered {
             info!("addresses changed; registering them");
             self.register_again(None, true);
@@ -1100,7 +1121,8 @@ impl Core {
     /// Unless reachable directly, we hold a relay slot: after a new
     /// reachability verdict, make sure.
     fn ensure_relay_later(&mut self) {
-        let (Some(network), Some(node)) = (self.network.clone(), self.rendezvous.clone()) else {
+        let (Some(network), Some(node)) = (self.network.clone(), self.nodes.current().cloned())
+        else {
             return;
         };
         if self.online.is_none() {
@@ -1196,21 +1218,19 @@ impl Core {
                 network.clone(),
                 self.notes.clone(),
             );
-            let node = self.rendezvous.as_ref().and_then(|n| node_peer_id(n).ok());
-            if let Some(node) = node {
-                let inbox = Inbox::new(
-                    name.clone(),
-                    node,
-                    self.session.subscribe(),
-                    sink,
-                    self.message_rate,
-                );
-                let cancel = self.cancel.child_token();
-                self.tasks.spawn(async move {
-                    inbox.serve(streams, cancel).await;
-                    Done::Nothing
-                });
-            }
+            self.publish_issuers();
+            let inbox = Inbox::new(
+                name.clone(),
+                self.issuers.subscribe(),
+                self.session.subscribe(),
+                sink,
+                self.message_rate,
+            );
+            let cancel = self.cancel.child_token();
+            self.tasks.spawn(async move {
+                inbox.serve(streams, cancel).await;
+                Done::Nothing
+            });
         }
         // Watch everyone we care about; their pushes wake the outbox.
         let mut names: Vec<ScreenName> = self.trust.borrow().contact_names().cloned().collect();
@@ -1338,6 +1358,13 @@ impl Core {
                 }
                 Err(e) => {
                     warn!("registration failed: {e}");
+                    if e.code() == Some(ErrorCode::Unavailable)
+                        && let Some(online) = &mut self.online
+                    {
+                        // The node's store is down: renew as soon as it
+                        // may be back, before the lease runs out.
+                        online.renew_at = Instant::now() + RENEW_WHILE_UNAVAILABLE;
+                    }
                     if let Some((reply, _)) = reply {
                         let _ = reply.send(self.directory_failed(e));
                     }
@@ -1384,6 +1411,7 @@ impl Core {
                 self.session.send_replace(Some(session.clone()));
                 self.reconnect_at = None;
                 self.backoff = RECONNECT_FIRST;
+                self.nodes.succeeded();
                 if let Some((registered, addrs)) = registered {
                     self.keep_certificate(&registered);
                     let first = reply.is_some();
@@ -1439,11 +1467,17 @@ impl Core {
                 }
             }
             Err(e) => {
+                // A store that is down refuses for now, not for good.
                 let refused = matches!(
                     &e,
                     DirectoryFailure::Node { source, .. }
-                        if matches!(source.as_ref(), DirectoryError::Refused { .. })
+                        if source.code().is_some_and(|c| c != ErrorCode::Unavailable)
                 );
+                if !refused && self.try_next_node() {
+                    info!("{e}; trying the next rendezvous node");
+                    self.connect(online, reply);
+                    return;
+                }
                 if let Some(reply) = reply {
                     // Going online failed: we are not online.
                     self.online = None;
@@ -1470,6 +1504,24 @@ impl Core {
                 self.fail_waiting(&failure);
             }
         }
+    }
+
+    /// The node in use could not be reached: the next one is in use now
+    /// (the network follows). Whether it is one not tried since the last
+    /// success, to try at once.
+    fn try_next_node(&mut self) -> bool {
+        let fresh = self.nodes.failed();
+        if self.nodes.all().len() > 1
+            && let (Some(network), Some(addr)) = (&self.network, self.nodes.current())
+            && let Ok(node) = node_peer_id(addr)
+        {
+            let (network, addr) = (network.clone(), addr.clone());
+            self.tasks.spawn(async move {
+                network.use_node(node, addr).await;
+                Done::Nothing
+            });
+        }
+        fresh
     }
 
     fn fail_waiting(&mut self, failure: &Failure) {
@@ -1698,11 +1750,11 @@ impl Core {
             Err(e) => return self.directory_failed(e),
         };
         self.keep_certificate(&registered);
-        let Some(rendezvous) = self.rendezvous.clone() else {
+        let Some(rendezvous) = self.nodes.current().cloned() else {
             return failed(FailureKind::Invalid, DirectoryFailure::NoNode);
         };
         self.config.name = Some(name.clone());
-        self.config.rendezvous = Some(rendezvous.clone());
+        self.config.rendezvous = self.nodes.all().to_vec();
         if let Err(e) = self.save_config() {
             return failed(FailureKind::Other, e);
         }
@@ -1718,8 +1770,8 @@ impl Core {
     fn node_failure(&self, source: DirectoryError) -> DirectoryFailure {
         DirectoryFailure::Node {
             node: self
-                .rendezvous
-                .as_ref()
+                .nodes
+                .current()
                 .map(|n| n.to_string())
                 .unwrap_or_default(),
             source: Box::new(source),
@@ -1732,20 +1784,54 @@ impl Core {
 
     /// Keeps the node's certificate of our name, if it is one our peers
     /// will accept (issued by our node, to us, for this name, valid now).
+    ///
+    /// Its issuer need not be the node's own key: the nodes of a cluster
+    /// sign with one they share. The node we chose vouches for that key by
+    /// handing us the certificate, so certificates it signs for others are
+    /// accepted from now on.
     fn keep_certificate(&mut self, registered: &Registered) {
         let Some(signed) = &registered.certificate else {
             return;
         };
-        let Some(node) = self.rendezvous.as_ref().and_then(|n| node_peer_id(n).ok()) else {
-            return;
+        let issuer = match signed.decode_unverified() {
+            Ok(claimed) => claimed.node,
+            Err(e) => return warn!("the node's certificate does not decode; not using it: {e}"),
         };
-        match signed.verify(&node, now_ms()) {
+        match signed.verify(&issuer, now_ms()) {
             Ok(cert) if cert.vouches_for(&registered.name, &self.identity.peer_id()) => {
                 self.certificate.send_replace(Some(signed.clone()));
+                self.trust_issuer(issuer);
             }
             Ok(_) => warn!("the node's certificate is for another name or key; not using it"),
             Err(e) => warn!("the node's certificate does not verify; not using it: {e}"),
         }
+    }
+
+    /// Accepts certificates `issuer` signs, besides our nodes' own: the
+    /// last two keys our node's certificates came signed with (the one
+    /// before stays trusted while a rotation reaches every client).
+    fn trust_issuer(&mut self, issuer: PeerId) {
+        if self.learned_issuers.first() == Some(&issuer) {
+            return;
+        }
+        self.learned_issuers.retain(|k| *k != issuer);
+        self.learned_issuers.insert(0, issuer);
+        self.learned_issuers.truncate(2);
+        self.publish_issuers();
+    }
+
+    fn publish_issuers(&self) {
+        let mut trusted = self.nodes.peer_ids();
+        for key in &self.learned_issuers {
+            if !trusted.contains(key) {
+                trusted.push(*key);
+            }
+        }
+        self.issuers.send_if_modified(|now| {
+            let changed = *now != trusted;
+            *now = trusted;
+            changed
+        });
     }
 
     /// How long until the next renewal: the usual period, or sooner if our

@@ -11,6 +11,7 @@
 
 mod core;
 mod error;
+mod nodes;
 mod outbox;
 mod sink;
 mod trust;
@@ -50,8 +51,9 @@ pub struct AgentConfig {
     pub home: Option<Home>,
     /// The settings: our name, the node, our status.
     pub config: Config,
-    /// The node, if not (or not as) in the settings.
-    pub rendezvous: Option<Multiaddr>,
+    /// The rendezvous nodes, tried in this order, if not (or not as) in
+    /// the settings; empty: those in the settings.
+    pub rendezvous: Vec<Multiaddr>,
     /// The store, on its thread.
     pub store: (StoreHandle, StoreThread),
     /// The network's knobs.
@@ -61,9 +63,9 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// The client of `home`: its key, settings and store. `rendezvous`
-    /// overrides the remembered node.
-    pub fn for_home(home: Home, rendezvous: Option<Multiaddr>) -> Result<Self, StartError> {
+    /// The client of `home`: its key, settings and store. `rendezvous`,
+    /// unless empty, overrides the remembered nodes.
+    pub fn for_home(home: Home, rendezvous: Vec<Multiaddr>) -> Result<Self, StartError> {
         let identity = home.identity()?;
         let config = home.config()?;
         let in_use = home.config_exists();
@@ -86,7 +88,7 @@ impl AgentConfig {
             identity,
             home: None,
             config: Config::default(),
-            rendezvous: Some(rendezvous),
+            rendezvous: vec![rendezvous],
             store: StoreHandle::in_memory()?,
             network: NetworkConfig::default(),
             message_rate: DEFAULT_MESSAGE_RATE,

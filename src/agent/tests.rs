@@ -312,7 +312,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
     );
     let inbox = Inbox::new(
         name("bob"),
-        node.peer_id(),
+        watch::channel(vec![node.peer_id()]).1,
         watch::channel(None).1,
         sink,
         crate::chat::DEFAULT_MESSAGE_RATE,

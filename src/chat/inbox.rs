@@ -56,6 +56,11 @@ const OWNERS_PER_PEER: usize = 64;
 /// changes when the client reconnects.
 pub type DirectoryWatch = watch::Receiver<Option<DirectorySession>>;
 
+/// The keys whose name certificates are accepted: our rendezvous nodes',
+/// and the one our node's certificates came signed with (a cluster's
+/// shared certificate key). Kept up to date by the agent.
+pub type TrustedIssuers = watch::Receiver<Vec<PeerId>>;
+
 /// Where the inbox keeps what it accepts, and whom it refuses.
 pub trait MessageSink: Send + Sync + 'static {
     /// Whether to refuse a message from `from` (owned by `peer`), e.g.
@@ -106,8 +111,8 @@ pub trait MessageSink: Send + Sync + 'static {
 /// What every peer's task shares (read-only).
 struct Shared<S> {
     me: ScreenName,
-    /// The rendezvous node whose certificates we accept.
-    trusted: PeerId,
+    /// The keys whose name certificates we accept.
+    trusted: TrustedIssuers,
     directory: DirectoryWatch,
     sink: S,
     rate: Rate,
@@ -158,11 +163,11 @@ type NewStream = (Stream, ConnectionGone, Slot);
 
 impl<S: MessageSink> Inbox<S> {
     /// An inbox for messages to `me`, kept by `sink`. Senders' names are
-    /// taken from certificates issued by `trusted`, or else looked up
+    /// taken from certificates issued by one of `trusted`, or else looked up
     /// through `directory`; each peer may send `rate` messages.
     pub fn new(
         me: ScreenName,
-        trusted: PeerId,
+        trusted: TrustedIssuers,
         directory: DirectoryWatch,
         sink: S,
         rate: Rate,
@@ -359,7 +364,8 @@ impl<S: MessageSink> PeerTask<S> {
         let signed = match frame {
             Ok(ChatFrame::Message(signed)) => signed,
             Ok(ChatFrame::Certificate(cert)) => {
-                match cert.verify(&self.shared.trusted, now_ms()) {
+                let verified = cert.verify_by_any(&self.shared.trusted.borrow(), now_ms());
+                match verified {
                     Ok(cert) if cert.owner == peer => {
                         if let Some(stream) = self.streams.get_mut(&index) {
                             stream.certified = Some(cert);

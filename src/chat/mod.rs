@@ -20,7 +20,7 @@ use std::time::Duration;
 use messenger_proto::chat::{ChatFrame, RejectCode};
 use messenger_proto::rate::Rate;
 
-pub use inbox::{Inbox, MessageSink};
+pub use inbox::{Inbox, MessageSink, TrustedIssuers};
 pub use link::{CertificateWatch, ChatLink};
 
 #[cfg(test)]

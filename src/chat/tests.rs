@@ -129,7 +129,7 @@ async fn pair(sink: TestSink, rate: Rate, certified: Option<&str>) -> Pair {
     // checked, and its stream is reset.
     let inbox = Inbox::new(
         name("bob"),
-        node.peer_id(),
+        watch::channel(vec![node.peer_id()]).1,
         watch::channel(None).1,
         sink.clone(),
         rate,

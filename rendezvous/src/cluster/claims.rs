@@ -42,7 +42,7 @@ impl PgStore {
     }
 
     /// Number of claims held (for logs and benchmarks).
-    pub async fn len(&self) -> Result<u64, StoreError> {
+    pub async fn count(&self) -> Result<u64, StoreError> {
         let client = self.pool.get().await.map_err(pool_err)?;
         let row = client
             .query_one("SELECT count(*) FROM claims", &[])

@@ -35,6 +35,9 @@ pub struct LiveTable {
 /// Rows of nodes dead this long are deleted.
 const DEAD_ROWS_KEPT: &str = "1 minute";
 
+/// Nodes dead this long are forgotten.
+const DEAD_NODES_KEPT: &str = "1 day";
+
 impl LiveTable {
     /// The table in `pool`'s database, written as `node`.
     pub fn new(pool: Pool, node: NodeId) -> Self {
@@ -69,7 +72,10 @@ impl LiveTable {
     }
 
     /// The registrations of `owner` on live nodes other than this one.
-    pub async fn lookup_owner(&self, owner: &PeerId) -> Result<Vec<(ScreenName, Held)>, StoreError> {
+    pub async fn lookup_owner(
+        &self,
+        owner: &PeerId,
+    ) -> Result<Vec<(ScreenName, Held)>, StoreError> {
         let client = self.pool.get().await.map_err(pool_err)?;
         let rows = client
             .query(
@@ -91,7 +97,11 @@ impl LiveTable {
     }
 
     /// `name` is online here with `live` (`Some`), or no longer (`None`).
-    pub async fn write(&self, name: &ScreenName, live: Option<&SharedLive>) -> Result<(), StoreError> {
+    pub async fn write(
+        &self,
+        name: &ScreenName,
+        live: Option<&SharedLive>,
+    ) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(pool_err)?;
         match live {
             Some(live) => {
@@ -175,13 +185,11 @@ impl LiveTable {
             .await
             .map_err(pg_err)?;
         client
-            .execute(
-                &format!(
-                    "DELETE FROM live WHERE node IN \
-                     (SELECT node FROM nodes WHERE beat_at < now() - interval '{DEAD_ROWS_KEPT}')"
-                ),
-                &[],
-            )
+            .batch_execute(&format!(
+                "DELETE FROM live WHERE node IN \
+                 (SELECT node FROM nodes WHERE beat_at < now() - interval '{DEAD_ROWS_KEPT}'); \
+                 DELETE FROM nodes WHERE beat_at < now() - interval '{DEAD_NODES_KEPT}'"
+            ))
             .await
             .map_err(pg_err)?;
         let rows = client

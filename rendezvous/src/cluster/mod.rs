@@ -43,6 +43,9 @@ use presence::Note;
 /// How long the node waits for NATS when it starts.
 const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// NATS connection events not yet handled.
+const NATS_EVENT_BACKLOG: usize = 64;
+
 /// Presence notes received and not yet applied; past it, subscriptions
 /// wait (NATS then counts this node a slow consumer and says so).
 const NOTE_BACKLOG: usize = 4096;
@@ -138,7 +141,7 @@ pub struct Cluster {
     table: LiveTable,
     outbox: Arc<Outbox>,
     nats: async_nats::Client,
-    nats_events: mpsc::UnboundedReceiver<async_nats::Event>,
+    nats_events: mpsc::Receiver<async_nats::Event>,
     released: async_nats::Subscriber,
 }
 
@@ -149,7 +152,9 @@ impl Cluster {
         let table = LiveTable::new(pool, node.clone());
         postgres::timed("leaving the live table", table.leave()).await?;
         postgres::timed("beating", table.beat()).await?;
-        let (events_tx, nats_events) = mpsc::unbounded_channel();
+        // Connection events are few; the client waits for room rather
+        // than lose a reconnection (which triggers catching up).
+        let (events_tx, nats_events) = mpsc::channel(NATS_EVENT_BACKLOG);
         let nats_err = |reason: String| ClusterError::Nats {
             url: nats_url.to_owned(),
             reason,
@@ -160,7 +165,7 @@ impl Cluster {
             .event_callback(move |event| {
                 let events = events_tx.clone();
                 async move {
-                    let _ = events.send(event);
+                    let _ = events.send(event).await;
                 }
             })
             .connect(nats_url);
@@ -211,6 +216,7 @@ impl Cluster {
             notes: mpsc::channel(NOTE_BACKLOG),
             out_of_step: false,
             dead: HashSet::new(),
+            beating_since: None,
         };
         let mut beat = tokio::time::interval(BEAT_EVERY);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,6 +260,10 @@ struct Member {
     out_of_step: bool,
     /// Nodes known dead at the last beat.
     dead: HashSet<NodeId>,
+    /// Since when this node's beats reach the database without a gap.
+    /// Until that is [`live::NODE_GRACE`] ago the others may not have
+    /// beaten since the database came back, and are not judged.
+    beating_since: Option<tokio::time::Instant>,
 }
 
 impl Member {
@@ -267,7 +277,8 @@ impl Member {
         }
         for (name, live) in pending.live {
             self.publish(&name, live.clone()).await;
-            if let Err(e) = postgres::timed("writing presence", self.table.write(&name, live.as_ref())).await
+            if let Err(e) =
+                postgres::timed("writing presence", self.table.write(&name, live.as_ref())).await
             {
                 if !self.out_of_step {
                     warn!(%name, "cannot write presence to the live table (rewritten when it is back): {e}");
@@ -378,7 +389,15 @@ impl Member {
     async fn beat(&mut self) {
         match postgres::timed("beating", self.table.beat()).await {
             Ok(dead) => {
-                let dead: HashSet<NodeId> = dead.into_iter().collect();
+                let since = *self
+                    .beating_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+                let dead: HashSet<NodeId> = if since.elapsed() >= live::NODE_GRACE {
+                    dead.into_iter().collect()
+                } else {
+                    // Only those already known dead.
+                    dead.into_iter().filter(|n| self.dead.contains(n)).collect()
+                };
                 for node in dead.difference(&self.dead) {
                     warn!(%node, "a node of the cluster stopped beating: its users are offline");
                 }
@@ -386,9 +405,14 @@ impl Member {
                 self.dead = dead;
                 if self.out_of_step {
                     let held = self.registry.held_here();
-                    match postgres::timed("rewriting presence", self.table.replace_mine(&held)).await {
+                    match postgres::timed("rewriting presence", self.table.replace_mine(&held))
+                        .await
+                    {
                         Ok(()) => {
-                            info!(online = held.len(), "the live table has this node's users again");
+                            info!(
+                                online = held.len(),
+                                "the live table has this node's users again"
+                            );
                             self.out_of_step = false;
                         }
                         Err(e) => debug!("cannot rewrite presence yet: {e}"),
@@ -397,6 +421,7 @@ impl Member {
             }
             Err(e) => {
                 self.out_of_step = true;
+                self.beating_since = None;
                 debug!("cannot beat: {e}");
             }
         }

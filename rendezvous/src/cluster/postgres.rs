@@ -153,7 +153,15 @@ mod tests {
 
     #[test]
     fn sequence_numbers_keep_their_order_in_bigint() {
-        let samples = [0, 1, 41, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX - 1, u64::MAX];
+        let samples = [
+            0,
+            1,
+            41,
+            i64::MAX as u64,
+            i64::MAX as u64 + 1,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
         for pair in samples.windows(2) {
             assert!(seq(pair[0]) < seq(pair[1]), "{pair:?}");
         }

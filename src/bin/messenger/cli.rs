@@ -39,14 +39,18 @@ pub(crate) struct Args {
     pub(crate) home: Option<PathBuf>,
 
     /// The rendezvous node, as printed by `rendezvous` (ends in /p2p/<id>).
-    /// Remembered in the home after the first successful register.
+    /// Repeat it (or separate addresses with commas) to give several nodes
+    /// of one cluster: the client uses the first it reaches and fails over
+    /// to the next when that one dies. Remembered in the home after the
+    /// first successful register.
     #[arg(
         long,
         global = true,
         env = "MESSENGER_RENDEZVOUS",
-        value_name = "MULTIADDR"
+        value_name = "MULTIADDR",
+        value_delimiter = ','
     )]
-    pub(crate) rendezvous: Option<Multiaddr>,
+    pub(crate) rendezvous: Vec<Multiaddr>,
 
     /// Machine-readable output: one JSON object per line.
     #[arg(long, global = true)]

@@ -248,7 +248,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
 /// line (if any).
 struct Ctx {
     home: Home,
-    rendezvous: Option<Multiaddr>,
+    rendezvous: Vec<Multiaddr>,
     out: Output,
 }
 
@@ -357,7 +357,7 @@ impl Ctx {
     }
 
     fn needs_node(&self) -> Result<(), Failure> {
-        if self.rendezvous.is_some() || self.home.config()?.rendezvous.is_some() {
+        if !self.rendezvous.is_empty() || !self.home.config()?.rendezvous.is_empty() {
             return Ok(());
         }
         Err(Failure::new(
@@ -415,7 +415,12 @@ impl Ctx {
         let mut signals = Signals::new()?;
         let mut running = Running::start(&self.home, self.rendezvous.clone(), listen).await?;
         let me = running.agent.peer_id();
-        let Some(rendezvous) = self.rendezvous.clone().or(running.rendezvous.clone()) else {
+        let Some(rendezvous) = self
+            .rendezvous
+            .first()
+            .cloned()
+            .or(running.rendezvous.clone())
+        else {
             running.stop().await;
             return Err(Failure::new(
                 exit::INVALID,

@@ -126,7 +126,7 @@ async fn start_user(
 ) -> Result<User> {
     let home = Home::open(&tmp.path().join(name))?;
     let name = ScreenName::parse(name)?;
-    let config = AgentConfig::for_home(home, Some(node.clone()))?;
+    let config = AgentConfig::for_home(home, vec![node.clone()])?;
     let (agent, mut events) = Agent::start(config).await?;
     let started = Instant::now();
     agent.register(name.as_str()).await?;

@@ -24,7 +24,7 @@ pub(crate) fn default_listen() -> Vec<Multiaddr> {
 
 /// The agent, online, with its control socket served.
 pub(crate) struct Running {
-    /// The node it registers with.
+    /// The first node it knows (to name in messages).
     pub(crate) rendezvous: Option<Multiaddr>,
     pub(crate) agent: Agent,
     pub(crate) events: mpsc::Receiver<Event>,
@@ -35,11 +35,11 @@ pub(crate) struct Running {
 
 impl Running {
     /// Starts the home's client (with `rendezvous` instead of the
-    /// remembered node, if given) and takes it online on `listen` (the
+    /// remembered nodes, if given) and takes it online on `listen` (the
     /// defaults when empty).
     pub(crate) async fn start(
         home: &Home,
-        rendezvous: Option<Multiaddr>,
+        rendezvous: Vec<Multiaddr>,
         listen: Vec<Multiaddr>,
     ) -> Result<Self, Failure> {
         // First: if another client runs on this home, nothing else starts.
@@ -106,7 +106,10 @@ impl Running {
             agent.clone(),
             cancel.child_token(),
         ));
-        let rendezvous = home.config().ok().and_then(|c| c.rendezvous);
+        let rendezvous = home
+            .config()
+            .ok()
+            .and_then(|c| c.rendezvous.first().cloned());
         Ok(Self {
             rendezvous,
             agent,

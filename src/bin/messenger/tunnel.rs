@@ -132,7 +132,7 @@ impl Via {
     /// Ours shows the events of tunnels it serves when `show` is given.
     async fn open(
         home: &Home,
-        rendezvous: Option<Multiaddr>,
+        rendezvous: Vec<Multiaddr>,
         show: Option<Output>,
     ) -> Result<Self, Failure> {
         if control::is_running(home.dir()).await {
@@ -189,7 +189,7 @@ async fn patiently<T>(to: &ScreenName, opening: impl Future<Output = T>) -> T {
 /// `messenger connect NAME PORT [--local LOCAL_PORT]`.
 pub(crate) async fn connect(
     home: &Home,
-    rendezvous: Option<Multiaddr>,
+    rendezvous: Vec<Multiaddr>,
     out: Output,
     to: ScreenName,
     port: u16,
@@ -287,7 +287,7 @@ async fn carry_connections(
 /// `messenger pipe NAME` and `messenger pipe --listen [NAME]`.
 pub(crate) async fn pipe(
     home: &Home,
-    rendezvous: Option<Multiaddr>,
+    rendezvous: Vec<Multiaddr>,
     name: Option<ScreenName>,
     listen: bool,
 ) -> Result<(), Failure> {

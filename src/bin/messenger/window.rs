@@ -74,21 +74,33 @@ enum SignedIn {
     No(String),
 }
 
-/// Opens the window on `home`; `rendezvous` overrides the remembered node.
+/// Opens the window on `home`; `rendezvous`, unless empty, overrides the
+/// remembered nodes.
 pub(crate) async fn run(
     home: Home,
-    rendezvous: Option<Multiaddr>,
+    rendezvous: Vec<Multiaddr>,
     listen: Vec<Multiaddr>,
 ) -> Result<(), Failure> {
     let config = home.config()?;
-    let node = rendezvous.clone().or(config.rendezvous.clone());
+    let nodes = if rendezvous.is_empty() {
+        &config.rendezvous
+    } else {
+        &rendezvous
+    };
+    let node = (!nodes.is_empty()).then(|| {
+        nodes
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     let me = Me {
         name: config.name.clone(),
         status: config.status.unwrap_or_default(),
         text: config.status_text.clone().unwrap_or_default(),
         connection: Connection::Connecting,
     };
-    let mut app = App::new(me, node.as_ref().map(|n| n.to_string()), Theme::from_env());
+    let mut app = App::new(me, node, Theme::from_env());
     app.bell = config.rings_bell();
     app.send_typing = config.sends_typing();
     let mut signals = Signals::new()?;
@@ -154,17 +166,25 @@ async fn sign_in(
     }
 }
 
-/// Claims `name` at the node `rendezvous`, with an agent of the home.
+/// Claims `name` at the node `rendezvous` (or the nodes, separated by
+/// commas), with an agent of the home.
 async fn try_sign_in(home: Home, rendezvous: String, name: String) -> SignedIn {
-    let node: Multiaddr = match rendezvous.parse() {
-        Ok(node) => node,
-        Err(e) => {
-            return SignedIn::No(format!(
-                "{rendezvous:?} is not a multiaddr ({e}): give one of the lines `rendezvous` prints, like /ip4/203.0.113.7/tcp/4001/p2p/12D3KooW…"
-            ));
+    let mut nodes = Vec::new();
+    for addr in rendezvous
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        match addr.parse::<Multiaddr>() {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                return SignedIn::No(format!(
+                    "{addr:?} is not a multiaddr ({e}): give one of the lines `rendezvous` prints, like /ip4/203.0.113.7/tcp/4001/p2p/12D3KooW…"
+                ));
+            }
         }
-    };
-    let config = match AgentConfig::for_home(home, Some(node)) {
+    }
+    let config = match AgentConfig::for_home(home, nodes) {
         Ok(config) => config,
         Err(e) => return SignedIn::No(messenger::api::Failure::from(&e).message),
     };

@@ -1,0 +1,340 @@
+//! Three rendezvous nodes on one PostgreSQL and one NATS, each server a
+//! private one started by the test (see `servers`): one directory, many
+//! doors.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::servers::{Nats, Postgres, postgres_and_nats};
+use crate::support::{Lines, Node, User};
+
+/// The servers and nodes of one cluster.
+/// Fields drop in order: the nodes stop before the servers they use.
+struct Cluster {
+    nodes: Vec<Option<Node>>,
+    pg: Postgres,
+    nats: Nats,
+    /// One data directory per node (its own identity), and the key the
+    /// nodes share to sign name certificates.
+    dirs: Vec<tempfile::TempDir>,
+    key: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts PostgreSQL, NATS and `n` nodes, or `None` when a server is
+    /// not installed (the test then says so and skips; CI fails).
+    fn start(n: usize) -> Option<Self> {
+        let (pg, nats) = postgres_and_nats()?;
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            pg,
+            nats,
+            dirs: Vec::new(),
+            key: tempfile::tempdir().unwrap(),
+        };
+        for i in 0..n {
+            cluster.dirs.push(tempfile::tempdir().unwrap());
+            cluster.nodes.push(None);
+            cluster.start_node(i);
+        }
+        Some(cluster)
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let store = self.pg.url();
+        let presence = self.nats.url();
+        let key = self.key.path().join("certificates.key");
+        let key = key.to_str().unwrap();
+        let flags = [
+            "--store",
+            &store,
+            "--presence",
+            &presence,
+            "--certificate-key",
+            key,
+        ];
+        self.nodes[i] = Some(Node::start_with(self.dirs[i].path(), &flags));
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("the node is running")
+    }
+
+    /// A user whose client knows node `i` only.
+    fn user_on(&self, i: usize) -> User {
+        User::new(self.node(i))
+    }
+
+    /// A user whose client knows every node, `first` first.
+    fn user_of_all(&self, first: usize) -> User {
+        let mut user = User::new(self.node(first));
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i != first {
+                user.rendezvous.push(',');
+                user.rendezvous.push_str(&node.as_ref().unwrap().addr);
+            }
+        }
+        user
+    }
+}
+
+fn presence(lines: &mut Lines, name: &str, status: &str) {
+    lines.expect(&format!("{name} {status}"), |l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["event"] == "presence" && v["name"] == name && v["status"] == status)
+    });
+}
+
+#[test]
+fn one_name_claimed_through_three_nodes_at_once_has_one_owner() {
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    for round in 0..5 {
+        let name = format!("contested{round}");
+        let users: Vec<User> = (0..3).map(|i| cluster.user_on(i)).collect();
+        let codes: Vec<i32> = std::thread::scope(|s| {
+            let claims: Vec<_> = users
+                .iter()
+                .map(|u| s.spawn(|| u.run(&["register", &name])))
+                .collect();
+            claims
+                .into_iter()
+                .map(|c| {
+                    let ran = c.join().unwrap();
+                    assert!(
+                        ran.code == 0 || ran.stderr.contains("taken"),
+                        "a claim fails only because the name is taken: {ran:?}"
+                    );
+                    ran.code
+                })
+                .collect()
+        });
+        let winners: Vec<usize> = (0..3).filter(|&i| codes[i] == 0).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one owner: {codes:?}"
+        );
+        let owner = users[winners[0]].peer_id();
+        // Every node, asked by anyone, names the same owner.
+        for i in 0..3 {
+            let asker = cluster.user_on(i);
+            let whois = asker.ok(&["--json", "whois", &name]).json();
+            assert_eq!(whois["peer_id"], owner, "node {i} on {name}");
+        }
+        let rows = cluster.pg.sql(&format!(
+            "select count(*) from claims where name = '{name}'"
+        ));
+        assert_eq!(rows, "1");
+    }
+}
+
+#[test]
+fn presence_and_messages_cross_nodes() {
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    let alice = cluster.user_on(0);
+    let carol = cluster.user_on(2);
+    alice.register("alice");
+    carol.register("carol");
+    carol.ok(&["contacts", "add", "alice"]);
+    let mut watcher = carol.online();
+    presence(&mut watcher.stdout, "alice", "offline");
+
+    let mut alice_online = alice.online();
+    presence(&mut watcher.stdout, "alice", "online");
+
+    // A change on node A reaches the watcher on node C within a second.
+    let mut worst = Duration::ZERO;
+    for text in ["lunch", "meeting", "back soon"] {
+        alice.ok(&["status", "away", text]);
+        let started = Instant::now();
+        presence(&mut watcher.stdout, "alice", "away");
+        worst = worst.max(started.elapsed());
+        alice.ok(&["status", "online"]);
+        presence(&mut watcher.stdout, "alice", "online");
+    }
+    eprintln!("presence A -> C: slowest of 3 changes {worst:?}");
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
+
+    // Resolves agree on every node: the same signed record.
+    let records: Vec<Value> = (0..3)
+        .map(|i| cluster.user_on(i).ok(&["--json", "whois", "alice"]).json())
+        .collect();
+    for r in &records {
+        assert_eq!(r["online"], true, "{r}");
+        assert_eq!(r["addrs"], records[0]["addrs"], "{records:?}");
+    }
+
+    // Users on different nodes message each other, both ways.
+    let ran = carol.ok(&["send", "alice", "hello from C"]);
+    assert!(ran.stdout.starts_with("delivered"), "{ran:?}");
+    assert_eq!(
+        alice_online.stdout.expect_event("message")["text"],
+        "hello from C"
+    );
+    let ran = alice.ok(&["send", "carol", "hello from A"]);
+    assert!(ran.stdout.starts_with("delivered"), "{ran:?}");
+    assert_eq!(
+        watcher.stdout.expect_event("message")["text"],
+        "hello from A"
+    );
+
+    // Going offline on A is seen on C.
+    alice_online.signal("INT");
+    assert_eq!(alice_online.wait_exit(), Some(0));
+    presence(&mut watcher.stdout, "alice", "offline");
+}
+
+#[test]
+fn a_killed_node_s_users_are_offline_everywhere_and_come_back_through_another() {
+    let Some(mut cluster) = Cluster::start(3) else {
+        return;
+    };
+    // alice knows node A only; bob knows all three, A first.
+    let alice = cluster.user_on(0);
+    let bob = cluster.user_of_all(0);
+    let carol = cluster.user_on(2);
+    alice.register("alice");
+    bob.register("bob");
+    carol.register("carol");
+    carol.ok(&["contacts", "add", "alice"]);
+    carol.ok(&["contacts", "add", "bob"]);
+    let mut watcher = carol.online();
+    let _alice_online = alice.online();
+    let mut bob_online = bob.online();
+    presence(&mut watcher.stdout, "alice", "online");
+    presence(&mut watcher.stdout, "bob", "online");
+
+    // kill -9: no goodbye to anyone.
+    let a = cluster.nodes[0].take().unwrap();
+    let a_peer = a.peer_id();
+    let killed = Instant::now();
+    drop(a);
+    presence(&mut watcher.stdout, "alice", "offline");
+    let offline_after = killed.elapsed();
+    eprintln!("alice offline on C {offline_after:?} after node A was killed");
+    assert!(offline_after < Duration::from_secs(10), "{offline_after:?}");
+
+    // bob's client moved to B or C by itself and registered there.
+    bob_online.stdout.expect_event("reconnecting");
+    let back = bob_online.stdout.expect_event("online");
+    eprintln!(
+        "bob online again {:?} after node A was killed",
+        killed.elapsed()
+    );
+    assert_eq!(back["name"], "bob");
+    for i in 1..3 {
+        let asker = cluster.user_on(i);
+        let whois = asker.ok(&["--json", "whois", "bob"]).json();
+        assert_eq!(whois["online"], true, "node {i}: {whois}");
+    }
+    let ran = carol.ok(&["send", "bob", "still there?"]);
+    assert!(ran.stdout.starts_with("delivered"), "{ran:?}");
+    assert_eq!(
+        bob_online.stdout.expect_event("message")["text"],
+        "still there?"
+    );
+    // His certificate now comes from another node, signed with the key
+    // the cluster shares, and carol's client accepts it.
+    let ran = bob.ok(&["send", "carol", "yes"]);
+    assert!(ran.stdout.starts_with("delivered"), "{ran:?}");
+    assert_eq!(watcher.stdout.expect_event("message")["text"], "yes");
+    let gone = cluster.pg.sql(&format!(
+        "select count(*) from live where node = '{a_peer}'"
+    ));
+    eprintln!("rows of node A left in the live table: {gone} (ignored; deleted after a minute)");
+}
+
+#[test]
+fn postgres_restarted_loses_no_acknowledged_claim_and_nodes_recover() {
+    let Some(mut cluster) = Cluster::start(2) else {
+        return;
+    };
+    let users: Vec<User> = (0..6).map(|i| cluster.user_on(i % 2)).collect();
+    for (i, user) in users.iter().enumerate() {
+        user.register(&format!("kept{i}"));
+    }
+    let owners: Vec<String> = users.iter().map(User::peer_id).collect();
+    // alice is online at node A; bob asks A about her while the database
+    // is down.
+    let alice = cluster.user_on(0);
+    alice.register("alice");
+    let _alice_online = alice.online();
+
+    cluster.pg.stop(true);
+    let down = Instant::now();
+    let late = cluster.user_on(1);
+    let ran = late.run(&["register", "latecomer"]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stderr.contains("store unavailable"),
+        "a claim while the database is down says why: {ran:?}"
+    );
+    let bob = cluster.user_on(0);
+    let whois = bob.ok(&["--json", "whois", "alice"]).json();
+    assert_eq!(
+        whois["online"], true,
+        "resolves go on from what node A holds"
+    );
+    eprintln!("answered while down within {:?}", down.elapsed());
+
+    cluster.pg.resume();
+    let up = Instant::now();
+    // The nodes reconnect by themselves: the next claim succeeds.
+    let recovered = loop {
+        let ran = late.run(&["register", "latecomer"]);
+        if ran.code == 0 {
+            break up.elapsed();
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(15),
+            "no recovery: {ran:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("first claim accepted {recovered:?} after PostgreSQL was back");
+    for (i, owner) in owners.iter().enumerate() {
+        let whois = cluster
+            .user_on(1 - i % 2)
+            .ok(&["--json", "whois", &format!("kept{i}")])
+            .json();
+        assert_eq!(&whois["peer_id"], owner, "kept{i}");
+    }
+    assert_eq!(cluster.pg.sql("select count(*) from claims"), "8");
+}
+
+#[test]
+fn nats_restarted_presence_resumes() {
+    let Some(mut cluster) = Cluster::start(2) else {
+        return;
+    };
+    let alice = cluster.user_on(0);
+    let carol = cluster.user_on(1);
+    alice.register("alice");
+    carol.register("carol");
+    carol.ok(&["contacts", "add", "alice"]);
+    let mut watcher = carol.online();
+    presence(&mut watcher.stdout, "alice", "offline");
+    let _alice_online = alice.online();
+    presence(&mut watcher.stdout, "alice", "online");
+
+    cluster.nats.stop();
+    // A change while NATS is away reaches the watcher once it is back.
+    alice.ok(&["status", "away", "while NATS was down"]);
+    cluster.nats.resume();
+    let back = Instant::now();
+    presence(&mut watcher.stdout, "alice", "away");
+    eprintln!(
+        "a change made while NATS was down arrived {:?} after it came back",
+        back.elapsed()
+    );
+    // And changes flow as before.
+    alice.ok(&["status", "online"]);
+    let started = Instant::now();
+    presence(&mut watcher.stdout, "alice", "online");
+    eprintln!("presence A -> B after the restart: {:?}", started.elapsed());
+}

@@ -1,0 +1,277 @@
+//! Private PostgreSQL and NATS servers for the cluster tests: each test
+//! starts its own, from the distribution's binaries, on an ephemeral
+//! loopback port with its data in a temporary directory, and can stop and
+//! start them again on the same port. They stop when their handle drops.
+//!
+//! Where a binary is missing the tests say so loudly and skip — except
+//! under CI (`CI` set), where a missing server fails the run.
+
+use std::net::TcpListener;
+use std::os::unix::fs::chown;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::support::{Lines, Proc};
+
+/// Skips the test (loudly) when `what` is missing, or fails it under CI.
+pub fn missing(what: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is missing; CI must install it (see .ci/run)"
+    );
+    eprintln!("\n*** SKIPPED: {what} is not installed; install it to run this test ***\n");
+}
+
+/// A loopback port free at the time of asking.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Where the PostgreSQL server binaries are: the distribution's versioned
+/// directory, or the PATH.
+fn postgres_bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    if let Some(newest) = versions.pop() {
+        return Some(newest);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .find(|dir| dir.join("initdb").exists() && dir.join("postgres").exists())
+    })
+}
+
+/// The uid and gid of the `postgres` account: PostgreSQL refuses to run
+/// as root, and CI runs as root.
+fn postgres_account() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&"postgres") && fields.len() > 3)
+            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A private PostgreSQL server.
+pub struct Postgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    account: Option<(u32, u32)>,
+    pub port: u16,
+    server: Option<Proc>,
+}
+
+impl Postgres {
+    /// Creates a database cluster and starts its server, or `None` (after
+    /// [`missing`]) when PostgreSQL is not installed.
+    pub fn start() -> Option<Self> {
+        let Some(bin) = postgres_bin_dir() else {
+            missing("PostgreSQL (initdb, postgres)");
+            return None;
+        };
+        let account = if is_root() {
+            Some(postgres_account().expect("a 'postgres' account to run PostgreSQL as"))
+        } else {
+            None
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Some((uid, gid)) = account {
+            chown(dir.path(), Some(uid), Some(gid)).expect("chown the data directory");
+        }
+        let mut pg = Self {
+            bin,
+            dir,
+            account,
+            port: free_port(),
+            server: None,
+        };
+        let status = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(pg.data())
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run initdb");
+        assert!(status.success(), "initdb failed");
+        pg.resume();
+        Some(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.account {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+
+    /// The URL nodes connect with.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server (again) on its port and waits until it accepts
+    /// connections.
+    pub fn resume(&mut self) {
+        assert!(self.server.is_none(), "the server is running");
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D")
+            .arg(self.data())
+            .args(["-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            // Tests do not outlive the machine: commits reach the kernel
+            // (they survive the server's death), not the platter.
+            .args(["-c", "fsync=off", "-c", "max_connections=200"]);
+        // The server logs on stderr; read it as the lines to wait on.
+        // Its own process group, so that a crash takes the backends too.
+        cmd.process_group(0);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn postgres");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut proc = Proc::adopt(child, Lines::spawn(stderr));
+        proc.stdout.expect("PostgreSQL ready", |l| {
+            l.contains("database system is ready to accept connections")
+        });
+        self.server = Some(proc);
+    }
+
+    /// Stops the server: `kill -9` of the postmaster and its backends when
+    /// `crash`, else a fast shutdown.
+    pub fn stop(&mut self, crash: bool) {
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        if crash {
+            // The postmaster and every backend at once: nothing gets a
+            // chance to finish cleanly.
+            let group = format!("-{}", server.child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        } else {
+            server.signal("INT");
+        }
+        server.wait_exit();
+        if crash {
+            // A killed postmaster leaves its pid file; the next start
+            // recovers from the log.
+            let _ = std::fs::remove_file(self.data().join("postmaster.pid"));
+        }
+    }
+
+    /// Runs one SQL statement with psql and returns its unaligned output.
+    pub fn sql(&self, statement: &str) -> String {
+        let out = self
+            .command("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-At", "-c", statement])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {statement:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+/// A private NATS server.
+pub struct Nats {
+    pub port: u16,
+    server: Option<Proc>,
+}
+
+impl Nats {
+    /// Starts nats-server, or `None` (after [`missing`]) when it is not
+    /// installed.
+    pub fn start() -> Option<Self> {
+        if !on_path("nats-server") {
+            missing("nats-server");
+            return None;
+        }
+        let mut nats = Self {
+            port: free_port(),
+            server: None,
+        };
+        nats.resume();
+        Some(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port.
+    pub fn resume(&mut self) {
+        assert!(self.server.is_none(), "the server is running");
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn nats-server");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut proc = Proc::adopt(child, Lines::spawn(stderr));
+        proc.stdout
+            .expect("NATS ready", |l| l.contains("Server is ready"));
+        self.server = Some(proc);
+    }
+
+    /// Kills the server.
+    pub fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.signal("KILL");
+            server.wait_exit();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).exists()))
+}
+
+/// Both servers, or `None` when either is missing (see [`missing`]).
+pub fn postgres_and_nats() -> Option<(Postgres, Nats)> {
+    Some((Postgres::start()?, Nats::start()?))
+}
