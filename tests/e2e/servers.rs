@@ -271,6 +271,35 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).exists()))
 }
 
+/// The database a node started on `data_dir` keeps its claims in when
+/// the tests run against PostgreSQL: `MESSENGER_TEST_STORE` names a
+/// server (`postgres://user@host:port`, one .ci/run starts) on which each
+/// data directory gets a database of its own, so that a node started
+/// again on the same directory finds its claims. `None`: the embedded
+/// store, as a node has by default.
+pub fn test_store_for(data_dir: &std::path::Path) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    let server = std::env::var("MESSENGER_TEST_STORE").ok()?;
+    let server = server.trim_end_matches('/');
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    let database = format!("node_{:016x}", hasher.finish());
+    let psql = postgres_bin_dir()
+        .map(|dir| dir.join("psql"))
+        .expect("psql, to create the test databases on MESSENGER_TEST_STORE");
+    let out = Command::new(psql)
+        .arg(format!("{server}/postgres"))
+        .args(["-At", "-c", &format!("CREATE DATABASE {database}")])
+        .output()
+        .expect("run psql");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("already exists"),
+        "cannot create {database} on {server}: {stderr}"
+    );
+    Some(format!("{server}/{database}"))
+}
+
 /// Both servers, or `None` when either is missing (see [`missing`]).
 pub fn postgres_and_nats() -> Option<(Postgres, Nats)> {
     Some((Postgres::start()?, Nats::start()?))

@@ -206,6 +206,12 @@ impl Node {
     ) -> Self {
         let mut cmd = in_netns(netns, rendezvous_bin());
         cmd.args(flags);
+        // A namespace has a loopback of its own: the test server is not on it.
+        if netns.is_none() && !flags.contains(&"--store") {
+            if let Some(store) = crate::servers::test_store_for(data_dir) {
+                cmd.args(["--store", &store]);
+            }
+        }
         cmd.args(["--listen", &format!("/ip4/{ip}/tcp/{port}")]);
         if netns.is_some() {
             cmd.args(["--listen", &format!("/ip4/{ip}/udp/{port}/quic-v1")]);
