@@ -207,10 +207,11 @@ impl Node {
         let mut cmd = in_netns(netns, rendezvous_bin());
         cmd.args(flags);
         // A namespace has a loopback of its own: the test server is not on it.
-        if netns.is_none() && !flags.contains(&"--store") {
-            if let Some(store) = crate::servers::test_store_for(data_dir) {
-                cmd.args(["--store", &store]);
-            }
+        if netns.is_none()
+            && !flags.contains(&"--store")
+            && let Some(store) = crate::servers::test_store_for(data_dir)
+        {
+            cmd.args(["--store", &store]);
         }
         cmd.args(["--listen", &format!("/ip4/{ip}/tcp/{port}")]);
         if netns.is_some() {
