@@ -31,11 +31,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+#[path = "figures/cluster.rs"]
+mod cluster;
 #[path = "load.rs"]
 pub mod load;
 #[path = "figures/tunnel.rs"]
 mod tunnel;
 
+pub use cluster::cluster;
 pub use tunnel::tunnels;
 
 /// How much to measure.
@@ -61,6 +64,8 @@ pub struct Sizes {
     pub tunnel_bytes: u64,
     pub tunnel_round_trips: usize,
     pub tunnel_setups: usize,
+    /// Presence changes timed across cluster nodes.
+    pub presence_changes: usize,
 }
 
 impl Sizes {
@@ -85,6 +90,7 @@ impl Sizes {
             tunnel_bytes: 1 << 30,
             tunnel_round_trips: 5_000,
             tunnel_setups: 200,
+            presence_changes: 500,
         }
     }
 
@@ -109,6 +115,7 @@ impl Sizes {
             tunnel_bytes: 4 << 20,
             tunnel_round_trips: 20,
             tunnel_setups: 3,
+            presence_changes: 4,
         }
     }
 }
@@ -209,7 +216,14 @@ struct Pair {
 
 async fn start_node() -> (rendezvous::Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = rendezvous::Config::new(dir.path().join("node"));
+    let config = bench_config(dir.path());
+    let node = rendezvous::Server::bind(config).await.expect("node starts");
+    (node, dir)
+}
+
+/// A node's settings for load tests, its data under `dir`.
+fn bench_config(dir: &std::path::Path) -> rendezvous::Config {
+    let mut config = rendezvous::Config::new(dir.join("node"));
     config.listen = vec![loopback()];
     // A handful of load-generating clients stand in for thousands of real
     // ones: the per-peer request budget, names-per-key and per-address
@@ -220,8 +234,7 @@ async fn start_node() -> (rendezvous::Server, tempfile::TempDir) {
     // All of them come from 127.0.0.1.
     config.limits.max_connections_per_ip = u32::MAX;
     config.limits.max_pending_per_ip = u32::MAX;
-    let node = rendezvous::Server::bind(config).await.expect("node starts");
-    (node, dir)
+    config
 }
 
 /// A client of the library without an agent: a network and a session.
@@ -1473,6 +1486,7 @@ pub async fn run_all(
     figures.extend(directory(sizes).await);
     figures.extend(directory_scale(sizes).await);
     figures.extend(window(sizes));
+    figures.extend(cluster(sizes).await);
     if let Some(bin) = messenger_bin {
         figures.extend(send_process(sizes, bin).await);
         figures.extend(file_transfer(sizes, bin).await);

@@ -4,7 +4,8 @@
 //! start them again on the same port. They stop when their handle drops.
 //!
 //! Where a binary is missing the tests say so loudly and skip — except
-//! under CI (`CI` set), where a missing server fails the run.
+//! under CI (`CI` set), where a missing server fails the run. The
+//! benchmark suite uses the same file.
 
 use std::net::TcpListener;
 use std::os::unix::fs::chown;
@@ -12,7 +13,74 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::support::{Lines, Proc};
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start or stop.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A server process, its log lines read by a thread; killed on drop.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Spawns `cmd`, whose stderr carries its log.
+    fn spawn(mut cmd: Command, what: &str) -> Self {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a log line containing `ready`.
+    fn wait_for(&self, what: &str, ready: &str) {
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(ready) => return,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("{what} did not start; its log:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str, target: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), "--", target])
+            .status();
+    }
+
+    /// Waits for the process to end.
+    fn wait_exit(&mut self) {
+        let deadline = Instant::now() + SERVER_TIMEOUT;
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "a server did not stop in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// Skips the test (loudly) when `what` is missing, or fails it under CI.
 pub fn missing(what: &str) {
@@ -80,7 +148,7 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     account: Option<(u32, u32)>,
     pub port: u16,
-    server: Option<Proc>,
+    server: Option<Server>,
 }
 
 impl Postgres {
@@ -156,14 +224,12 @@ impl Postgres {
         // The server logs on stderr; read it as the lines to wait on.
         // Its own process group, so that a crash takes the backends too.
         cmd.process_group(0);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn postgres");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut proc = Proc::adopt(child, Lines::spawn(stderr));
-        proc.stdout.expect("PostgreSQL ready", |l| {
-            l.contains("database system is ready to accept connections")
-        });
-        self.server = Some(proc);
+        let server = Server::spawn(cmd, "postgres");
+        server.wait_for(
+            "PostgreSQL",
+            "database system is ready to accept connections",
+        );
+        self.server = Some(server);
     }
 
     /// Stops the server: `kill -9` of the postmaster and its backends when
@@ -175,10 +241,9 @@ impl Postgres {
         if crash {
             // The postmaster and every backend at once: nothing gets a
             // chance to finish cleanly.
-            let group = format!("-{}", server.child.id());
-            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            server.signal("KILL", &format!("-{}", server.child.id()));
         } else {
-            server.signal("INT");
+            server.signal("INT", &server.child.id().to_string());
         }
         server.wait_exit();
         if crash {
@@ -214,7 +279,7 @@ impl Drop for Postgres {
 /// A private NATS server.
 pub struct Nats {
     pub port: u16,
-    server: Option<Proc>,
+    server: Option<Server>,
 }
 
 impl Nats {
@@ -242,19 +307,15 @@ impl Nats {
         assert!(self.server.is_none(), "the server is running");
         let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn nats-server");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut proc = Proc::adopt(child, Lines::spawn(stderr));
-        proc.stdout
-            .expect("NATS ready", |l| l.contains("Server is ready"));
-        self.server = Some(proc);
+        let server = Server::spawn(cmd, "nats-server");
+        server.wait_for("NATS", "Server is ready");
+        self.server = Some(server);
     }
 
     /// Kills the server.
     pub fn stop(&mut self) {
         if let Some(mut server) = self.server.take() {
-            server.signal("KILL");
+            server.signal("KILL", &server.child.id().to_string());
             server.wait_exit();
         }
     }

@@ -124,11 +124,6 @@ impl Proc {
         Self { child, stdout }
     }
 
-    /// A child spawned elsewhere, with the lines to wait on.
-    pub fn adopt(child: Child, stdout: Lines) -> Self {
-        Self { child, stdout }
-    }
-
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])

@@ -32,6 +32,56 @@ pub struct LiveTable {
     node: NodeId,
 }
 
+/// Writes rows of this node, one per element of the arrays ($3 is the
+/// node).
+const UPSERT: &str = "INSERT INTO live (name, owner, node, expires_at, entry) \
+     SELECT name, owner, $3, expires_at, entry \
+     FROM unnest($1::text[], $2::bytea[], $4::bigint[], $5::bytea[]) AS r(name, owner, expires_at, entry) \
+     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, node = excluded.node, \
+     expires_at = excluded.expires_at, entry = excluded.entry";
+
+/// Live rows as the columns [`UPSERT`] takes.
+struct Rows {
+    names: Vec<String>,
+    owners: Vec<Vec<u8>>,
+    expiries: Vec<i64>,
+    entries: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    fn of<'a>(
+        live: impl Iterator<Item = (&'a ScreenName, &'a SharedLive)>,
+    ) -> Result<Self, StoreError> {
+        let mut rows = Self {
+            names: Vec::new(),
+            owners: Vec::new(),
+            expiries: Vec::new(),
+            entries: Vec::new(),
+        };
+        for (name, live) in live {
+            let (owner, expires_at) = owner_and_expiry(name, live)?;
+            rows.names.push(name.as_str().to_owned());
+            rows.owners.push(owner.to_bytes());
+            rows.expiries.push(ms(expires_at));
+            rows.entries.push(codec::to_cbor(live));
+        }
+        Ok(rows)
+    }
+
+    fn params<'a>(
+        &'a self,
+        node: &'a NodeId,
+    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [
+            &self.names,
+            &self.owners,
+            node,
+            &self.expiries,
+            &self.entries,
+        ]
+    }
+}
+
 /// Rows of nodes dead this long are deleted.
 const DEAD_ROWS_KEPT: &str = "1 minute";
 
@@ -96,50 +146,38 @@ impl LiveTable {
             .collect()
     }
 
-    /// `name` is online here with `live` (`Some`), or no longer (`None`).
+    /// Each name is online here with its entry (`Some`), or no longer
+    /// (`None`): two statements however many names, so that a burst of
+    /// registrations does not queue one round trip per name.
     pub async fn write(
         &self,
-        name: &ScreenName,
-        live: Option<&SharedLive>,
+        changes: &[(ScreenName, Option<SharedLive>)],
     ) -> Result<(), StoreError> {
+        let rows = Rows::of(changes.iter().filter_map(|(n, l)| Some((n, l.as_ref()?))))?;
+        let gone: Vec<&str> = changes
+            .iter()
+            .filter(|(_, l)| l.is_none())
+            .map(|(n, _)| n.as_str())
+            .collect();
         let client = self.pool.get().await.map_err(pool_err)?;
-        match live {
-            Some(live) => {
-                let (owner, expires_at) = owner_and_expiry(name, live)?;
-                let statement = client
-                    .prepare_cached(
-                        "INSERT INTO live (name, owner, node, expires_at, entry) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, node = excluded.node, \
-                         expires_at = excluded.expires_at, entry = excluded.entry",
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                client
-                    .execute(
-                        &statement,
-                        &[
-                            &name.as_str(),
-                            &owner.to_bytes(),
-                            &self.node,
-                            &ms(expires_at),
-                            &codec::to_cbor(live),
-                        ],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-            }
-            None => {
-                // Only our own row: the user may be online at another node
-                // by now.
-                let statement = client
-                    .prepare_cached("DELETE FROM live WHERE name = $1 AND node = $2")
-                    .await
-                    .map_err(pg_err)?;
-                client
-                    .execute(&statement, &[&name.as_str(), &self.node])
-                    .await
-                    .map_err(pg_err)?;
-            }
+        if !rows.names.is_empty() {
+            let statement = client.prepare_cached(UPSERT).await.map_err(pg_err)?;
+            client
+                .execute(&statement, &rows.params(&self.node))
+                .await
+                .map_err(pg_err)?;
+        }
+        if !gone.is_empty() {
+            // Only our own rows: the user may be online at another node
+            // by now.
+            let statement = client
+                .prepare_cached("DELETE FROM live WHERE node = $1 AND name = ANY($2)")
+                .await
+                .map_err(pg_err)?;
+            client
+                .execute(&statement, &[&self.node, &gone])
+                .await
+                .map_err(pg_err)?;
         }
         Ok(())
     }
@@ -147,27 +185,16 @@ impl LiveTable {
     /// Makes this node's rows exactly `held` (after the table was out of
     /// reach and writes were missed).
     pub async fn replace_mine(&self, held: &[(ScreenName, SharedLive)]) -> Result<(), StoreError> {
+        let rows = Rows::of(held.iter().map(|(n, l)| (n, l)))?;
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let txn = client.transaction().await.map_err(pg_err)?;
         txn.execute("DELETE FROM live WHERE node = $1", &[&self.node])
             .await
             .map_err(pg_err)?;
-        for (name, live) in held {
-            let (owner, expires_at) = owner_and_expiry(name, live)?;
-            txn.execute(
-                "INSERT INTO live (name, owner, node, expires_at, entry) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, node = excluded.node, \
-                 expires_at = excluded.expires_at, entry = excluded.entry",
-                &[
-                    &name.as_str(),
-                    &owner.to_bytes(),
-                    &self.node,
-                    &ms(expires_at),
-                    &codec::to_cbor(live),
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
+        if !rows.names.is_empty() {
+            txn.execute(UPSERT, &rows.params(&self.node))
+                .await
+                .map_err(pg_err)?;
         }
         txn.commit().await.map_err(pg_err)
     }

@@ -275,16 +275,20 @@ impl Member {
                 forwarder.abort();
             }
         }
-        for (name, live) in pending.live {
-            self.publish(&name, live.clone()).await;
-            if let Err(e) =
-                postgres::timed("writing presence", self.table.write(&name, live.as_ref())).await
-            {
-                if !self.out_of_step {
-                    warn!(%name, "cannot write presence to the live table (rewritten when it is back): {e}");
-                }
-                self.out_of_step = true;
+        let changes: Vec<(ScreenName, Option<SharedLive>)> = pending.live.into_iter().collect();
+        for (name, live) in &changes {
+            self.publish(name, live.clone()).await;
+        }
+        if !changes.is_empty()
+            && let Err(e) = postgres::timed("writing presence", self.table.write(&changes)).await
+        {
+            if !self.out_of_step {
+                warn!(
+                    names = changes.len(),
+                    "cannot write presence to the live table (rewritten when it is back): {e}"
+                );
             }
+            self.out_of_step = true;
         }
         for name in pending.released {
             if let Err(e) = self
