@@ -6,6 +6,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::netlab::{Lab, PUBLIC_NET};
+use crate::servers::{Nats, Postgres};
 use crate::support::{Lines, Node, Proc, User};
 
 const LISTEN: [&str; 4] = [
@@ -278,5 +279,92 @@ fn a_file_offered_across_two_nats_arrives_over_the_direct_connection() {
     eprintln!(
         "NAT RESULT: 4 MiB across two NATs in {:?}, over the direct connection",
         started.elapsed()
+    );
+}
+
+#[test]
+fn a_user_behind_nat_at_one_node_is_reached_from_another_node_through_its_relay() {
+    let test = "a_user_behind_nat_at_one_node_is_reached_from_another_node_through_its_relay";
+    let Some(mut lab) = Lab::new(test) else {
+        return;
+    };
+    // The cluster's servers on a public host of their own, both nodes on
+    // two more; alice behind a NAT at node 1, carol public at node 2.
+    let db = lab.public_host("db", 5);
+    let db_ip = format!("{PUBLIC_NET}.5");
+    let Some(pg) = Postgres::start_on(Some(&db), &db_ip) else {
+        return;
+    };
+    let Some(nats) = Nats::start_on(Some(&db), &db_ip) else {
+        return;
+    };
+    let key = tempfile::tempdir().unwrap();
+    let key = key.path().join("certificates.key");
+    let (store, presence) = (pg.url(), nats.url());
+    let flags = [
+        "--store",
+        &store,
+        "--presence",
+        &presence,
+        "--certificate-key",
+        key.to_str().unwrap(),
+    ];
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (r1, r2) = (lab.public_host("rdv1", 1), lab.public_host("rdv2", 2));
+    let node1 = Node::spawn(
+        Some(&r1),
+        d1.path(),
+        &format!("{PUBLIC_NET}.1"),
+        4001,
+        &flags,
+    );
+    let node2 = Node::spawn(
+        Some(&r2),
+        d2.path(),
+        &format!("{PUBLIC_NET}.2"),
+        4001,
+        &flags,
+    );
+    let at = |node: &Node, ns: String, name: &str| {
+        let user = User {
+            home: tempfile::tempdir().unwrap(),
+            rendezvous: node.addr.clone(),
+            netns: Some(ns),
+        };
+        user.ok(&["register", name]);
+        user
+    };
+    let alice = at(&node1, lab.private_host("a", 1, 11), "alice");
+    let carol = at(&node2, lab.public_host("c", 20), "carol");
+
+    let (mut alice_online, alice_addrs) = online(&alice, "relayed");
+    assert!(
+        !alice_addrs.is_empty()
+            && alice_addrs
+                .iter()
+                .all(|a| a.contains(&format!("{}/p2p-circuit", node1.peer_id()))),
+        "behind NAT she registers node 1's relay only: {alice_addrs:?}"
+    );
+    let (mut carol_online, _) = online(&carol, "direct");
+    // carol's node resolves alice from the shared directory: the record
+    // alice registered at node 1.
+    let whois = carol.ok(&["--json", "whois", "alice"]).json();
+    assert_eq!(whois["online"], true, "{whois}");
+    assert_eq!(whois["reach"], "relayed", "{whois}");
+
+    let (sent, took) = send(&carol, "alice", "through node 1's relay");
+    assert_eq!(
+        alice_online.stdout.expect_event("message")["text"],
+        "through node 1's relay"
+    );
+    eprintln!(
+        "NAT RESULT: across nodes, first delivery {took:?} ({})",
+        sent["path"]
+    );
+    // And back, alice's client resolving carol through node 1.
+    send(&alice, "carol", "got it");
+    assert_eq!(
+        carol_online.stdout.expect_event("message")["text"],
+        "got it"
     );
 }

@@ -147,14 +147,23 @@ pub struct Postgres {
     bin: PathBuf,
     dir: tempfile::TempDir,
     account: Option<(u32, u32)>,
+    /// The test host it runs on (none: this one) and the address it
+    /// listens on.
+    netns: Option<String>,
+    pub host: String,
     pub port: u16,
     server: Option<Server>,
 }
 
 impl Postgres {
-    /// Creates a database cluster and starts its server, or `None` (after
-    /// [`missing`]) when PostgreSQL is not installed.
+    /// Creates a database cluster and starts its server on loopback, or
+    /// `None` (after [`missing`]) when PostgreSQL is not installed.
     pub fn start() -> Option<Self> {
+        Self::start_on(None, "127.0.0.1")
+    }
+
+    /// The same in network namespace `netns` (a test host), on `host`.
+    pub fn start_on(netns: Option<&str>, host: &str) -> Option<Self> {
         let Some(bin) = postgres_bin_dir() else {
             missing("PostgreSQL (initdb, postgres)");
             return None;
@@ -172,6 +181,8 @@ impl Postgres {
             bin,
             dir,
             account,
+            netns: netns.map(str::to_owned),
+            host: host.to_owned(),
             port: free_port(),
             server: None,
         };
@@ -185,6 +196,11 @@ impl Postgres {
             .status()
             .expect("run initdb");
         assert!(status.success(), "initdb failed");
+        // Nodes on other test hosts connect from their own addresses.
+        let hba = pg.data().join("pg_hba.conf");
+        let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        rules.push_str("host all all 0.0.0.0/0 trust\n");
+        std::fs::write(&hba, rules).expect("write pg_hba.conf");
         pg.resume();
         Some(pg)
     }
@@ -194,17 +210,39 @@ impl Postgres {
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join(program));
-        if let Some((uid, gid)) = self.account {
-            cmd.uid(uid).gid(gid);
-        }
+        let bin = self.bin.join(program);
+        let mut cmd = match &self.netns {
+            // `ip netns exec` needs root; the server then drops to its
+            // account (setpriv execs, so the pid stays the server's).
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]);
+                if let Some((uid, gid)) = self.account {
+                    cmd.args([
+                        "setpriv",
+                        &format!("--reuid={uid}"),
+                        &format!("--regid={gid}"),
+                        "--clear-groups",
+                    ]);
+                }
+                cmd.arg(bin);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(bin);
+                if let Some((uid, gid)) = self.account {
+                    cmd.uid(uid).gid(gid);
+                }
+                cmd
+            }
+        };
         cmd.current_dir(self.dir.path());
         cmd
     }
 
     /// The URL nodes connect with.
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://postgres@{}:{}/postgres", self.host, self.port)
     }
 
     /// Starts the server (again) on its port and waits until it accepts
@@ -217,7 +255,7 @@ impl Postgres {
             .args(["-p", &self.port.to_string()])
             .arg("-k")
             .arg(self.dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", &format!("listen_addresses={}", self.host)])
             // Tests do not outlive the machine: commits reach the kernel
             // (they survive the server's death), not the platter.
             .args(["-c", "fsync=off", "-c", "max_connections=200"]);
@@ -257,7 +295,7 @@ impl Postgres {
     pub fn sql(&self, statement: &str) -> String {
         let out = self
             .command("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-h", &self.host, "-p", &self.port.to_string()])
             .args(["-U", "postgres", "-d", "postgres", "-At", "-c", statement])
             .output()
             .expect("run psql");
@@ -278,6 +316,8 @@ impl Drop for Postgres {
 
 /// A private NATS server.
 pub struct Nats {
+    netns: Option<String>,
+    pub host: String,
     pub port: u16,
     server: Option<Server>,
 }
@@ -286,11 +326,18 @@ impl Nats {
     /// Starts nats-server, or `None` (after [`missing`]) when it is not
     /// installed.
     pub fn start() -> Option<Self> {
+        Self::start_on(None, "127.0.0.1")
+    }
+
+    /// The same in network namespace `netns` (a test host), on `host`.
+    pub fn start_on(netns: Option<&str>, host: &str) -> Option<Self> {
         if !on_path("nats-server") {
             missing("nats-server");
             return None;
         }
         let mut nats = Self {
+            netns: netns.map(str::to_owned),
+            host: host.to_owned(),
             port: free_port(),
             server: None,
         };
@@ -299,14 +346,21 @@ impl Nats {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Starts the server (again) on its port.
     pub fn resume(&mut self) {
         assert!(self.server.is_none(), "the server is running");
-        let mut cmd = Command::new("nats-server");
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "nats-server"]);
+                cmd
+            }
+            None => Command::new("nats-server"),
+        };
+        cmd.args(["-a", &self.host, "-p", &self.port.to_string()]);
         let server = Server::spawn(cmd, "nats-server");
         server.wait_for("NATS", "Server is ready");
         self.server = Some(server);

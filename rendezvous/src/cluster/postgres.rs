@@ -78,7 +78,22 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 /// A pool that cannot hand out a connection: the database is down or
 /// unreachable.
 pub fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("cannot reach PostgreSQL: {e}"))
+    // The pool's own words ("error occurred while creating a new object")
+    // hide why: the server's refusal or the network error underneath.
+    let why = match &e {
+        deadpool_postgres::PoolError::Backend(pg) => describe(pg),
+        other => other.to_string(),
+    };
+    StoreError::Unavailable(format!("cannot reach PostgreSQL: {why}"))
+}
+
+/// A driver error with its cause: the server's message, or the I/O error.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => db.to_string(),
+        (None, Some(source)) => format!("{e}: {source}"),
+        (None, None) => e.to_string(),
+    }
 }
 
 /// A failed statement: a lost connection is the store being unavailable,
@@ -86,7 +101,7 @@ pub fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 pub fn pg_err(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) if !is_shutdown(db.code()) => StoreError::Postgres(db.to_string()),
-        _ => StoreError::Unavailable(format!("PostgreSQL: {e}")),
+        _ => StoreError::Unavailable(format!("PostgreSQL: {}", describe(&e))),
     }
 }
 
