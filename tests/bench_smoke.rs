@@ -45,6 +45,13 @@ async fn every_figure_is_measured_with_its_baseline() {
         );
         figures.extend(held);
     }
+    // The directory at several sizes (the full suite: 1k, 10k, 100k).
+    let sized = figures::directory_sizes(&sizes).await;
+    assert_eq!(sized.len(), 2 * sizes.directory_sizes.len(), "{sized:?}");
+    assert!(
+        sized.iter().all(|f| f.ours > 0.0 && f.baseline > 0.0),
+        "{sized:?}"
+    );
     // The figures between real `messenger` processes: files and tunnels.
     let messenger = std::path::PathBuf::from(env!("CARGO_BIN_EXE_messenger"));
     let between = [

@@ -66,6 +66,8 @@ pub struct Sizes {
     pub tunnel_setups: usize,
     /// Presence changes timed across cluster nodes.
     pub presence_changes: usize,
+    /// Directory sizes (names registered) of the sized directory figures.
+    pub directory_sizes: Vec<usize>,
 }
 
 impl Sizes {
@@ -91,6 +93,7 @@ impl Sizes {
             tunnel_round_trips: 5_000,
             tunnel_setups: 200,
             presence_changes: 500,
+            directory_sizes: vec![1_000, 10_000, 100_000],
         }
     }
 
@@ -116,6 +119,7 @@ impl Sizes {
             tunnel_round_trips: 20,
             tunnel_setups: 3,
             presence_changes: 4,
+            directory_sizes: vec![64, 128],
         }
     }
 }
@@ -794,6 +798,38 @@ pub async fn directory(sizes: &Sizes) -> Vec<Figure> {
             Some(2.0),
         ),
     ]
+}
+
+/// Registrations and resolves per second against libp2p's server as the
+/// directory grows: 32 clients, each registering new names one after
+/// another until the directory holds each size, then resolving them.
+pub async fn directory_sizes(sizes: &Sizes) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    for &names in &sizes.directory_sizes {
+        let sized = Sizes {
+            directory_clients: 32,
+            directory_ops_per_client: names.div_ceil(32),
+            ..sizes.clone()
+        };
+        let (ours_reg, ours_res) = our_directory(&sized).await;
+        let (base_reg, base_res) = libp2p_rendezvous(&sized).await;
+        let baseline = "libp2p rendezvous server";
+        figures.push(rate_figure(
+            &format!("registrations up to {names} names"),
+            ours_reg,
+            base_reg,
+            baseline,
+            Some(2.0),
+        ));
+        figures.push(rate_figure(
+            &format!("resolves among {names} names"),
+            ours_res,
+            base_res,
+            baseline,
+            Some(2.0),
+        ));
+    }
+    figures
 }
 
 async fn our_directory(sizes: &Sizes) -> (f64, f64) {

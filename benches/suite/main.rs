@@ -1,5 +1,5 @@
 //! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
-//! small sizes, `-- --only scale|round-trip|cold|directory|cluster|window|files|tunnels|held` for one group,
+//! small sizes, `-- --only scale|round-trip|cold|directory|directory-sizes|cluster|window|files|tunnels|held` for one group,
 //! `--held-clients N` to hold another number of clients). Prints a table and writes the same figures as JSON to
 //! `target/bench-results.json` (or `--json PATH`).
 
@@ -63,6 +63,7 @@ fn main() {
         Some("cold") => runtime.block_on(figures::cold_send(&sizes)),
         Some("directory") => runtime.block_on(figures::directory(&sizes)),
         Some("cluster") => runtime.block_on(figures::cluster(&sizes)),
+        Some("directory-sizes") => runtime.block_on(figures::directory_sizes(&sizes)),
         Some("window") => figures::window(&sizes),
         Some("files") => match bin.as_deref() {
             Some(bin) if bin.exists() => runtime.block_on(figures::file_transfer(&sizes, bin)),
@@ -89,7 +90,7 @@ fn main() {
         },
         Some(other) => {
             eprintln!(
-                "unknown --only {other}: scale, round-trip, cold, directory, cluster, window, files, tunnels or held"
+                "unknown --only {other}: scale, round-trip, cold, directory, directory-sizes, cluster, window, files, tunnels or held"
             );
             std::process::exit(2);
         }
