@@ -6,7 +6,8 @@
 //! live state in [`crate::registry`].
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 
 use libp2p::PeerId;
 use messenger_proto::codec;
@@ -130,18 +131,31 @@ pub trait ClaimStore: Send + Sync + std::fmt::Debug + 'static {
 /// before it is acknowledged.
 ///
 /// Claims made at the same time share one commit (group commit): each
-/// caller queues its claim, and whoever gets the writer lock commits
-/// everything queued so far in one transaction, so one disk sync serves
-/// many registrations.
+/// caller queues its claim and waits for its answer; one writer thread,
+/// owned by the store, commits everything queued so far in one
+/// transaction, so one disk sync serves many registrations, and answers
+/// them all at once (no caller waits in line behind the others' wake-ups).
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
-    max_names_per_key: usize,
-    queue: Mutex<Vec<PendingClaim>>,
-    writer: Mutex<()>,
+    db: Arc<Database>,
+    claims: Arc<ClaimQueue>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
-type Slot = Arc<Mutex<Option<Result<ClaimOutcome, StoreError>>>>;
+/// The claims waiting for the writer thread.
+#[derive(Debug, Default)]
+struct ClaimQueue {
+    state: Mutex<Queued>,
+    work: Condvar,
+    max_names_per_key: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Queued {
+    claims: Vec<PendingClaim>,
+    /// The store is dropped: the writer commits what is queued and ends.
+    stopping: bool,
+}
 
 #[derive(Debug)]
 struct PendingClaim {
@@ -149,7 +163,7 @@ struct PendingClaim {
     owner: PeerId,
     seq: u64,
     now: u64,
-    slot: Slot,
+    answer: mpsc::SyncSender<Result<ClaimOutcome, StoreError>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,44 +178,29 @@ impl RedbStore {
         txn.open_table(CLAIMS).map_err(db_err)?;
         txn.open_multimap_table(NAMES_BY_OWNER).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
+        let db = Arc::new(db);
+        let claims = Arc::new(ClaimQueue {
+            max_names_per_key: AtomicUsize::new(DEFAULT_MAX_NAMES_PER_KEY),
+            ..ClaimQueue::default()
+        });
+        let writer = std::thread::Builder::new()
+            .name("claims-writer".into())
+            .spawn({
+                let (db, claims) = (db.clone(), claims.clone());
+                move || write_claims(&db, &claims)
+            })
+            .map_err(|e| StoreError::Commit(format!("cannot start the claims writer: {e}")))?;
         Ok(Self {
             db,
-            max_names_per_key: DEFAULT_MAX_NAMES_PER_KEY,
-            queue: Mutex::default(),
-            writer: Mutex::default(),
+            claims,
+            writer: Some(writer),
         })
     }
 
     /// At most `n` names per key (new claims over it are refused).
-    pub fn with_max_names_per_key(mut self, n: usize) -> Self {
-        self.max_names_per_key = n;
+    pub fn with_max_names_per_key(self, n: usize) -> Self {
+        self.claims.max_names_per_key.store(n, Ordering::Relaxed);
         self
-    }
-
-    /// Commits every queued claim in one transaction and answers each.
-    fn commit_batch(&self, batch: Vec<PendingClaim>) {
-        let outcome = (|| {
-            let txn = self.db.begin_write().map_err(db_err)?;
-            let results: Vec<Result<ClaimOutcome, StoreError>> = batch
-                .iter()
-                .map(|p| claim_in(&txn, &p.name, p.owner, p.seq, p.now, self.max_names_per_key))
-                .collect();
-            txn.commit().map_err(db_err)?;
-            Ok::<_, StoreError>(results)
-        })();
-        match outcome {
-            Ok(results) => {
-                for (p, result) in batch.into_iter().zip(results) {
-                    *lock(&p.slot) = Some(result);
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for p in batch {
-                    *lock(&p.slot) = Some(Err(StoreError::Commit(message.clone())));
-                }
-            }
-        }
     }
 
     /// Number of claims held (for logs and benchmarks).
@@ -214,6 +213,61 @@ impl RedbStore {
     /// Whether no claim is held.
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        lock(&self.claims.state).stopping = true;
+        self.claims.work.notify_one();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The writer thread: commits what is queued, batch after batch, until the
+/// store is dropped.
+fn write_claims(db: &Database, claims: &ClaimQueue) {
+    loop {
+        let batch = {
+            let mut queued = lock(&claims.state);
+            while queued.claims.is_empty() && !queued.stopping {
+                queued = claims.work.wait(queued).unwrap_or_else(|p| p.into_inner());
+            }
+            if queued.claims.is_empty() {
+                return;
+            }
+            std::mem::take(&mut queued.claims)
+        };
+        let max = claims.max_names_per_key.load(Ordering::Relaxed);
+        commit_batch(db, batch, max);
+    }
+}
+
+/// Commits every claim of `batch` in one transaction and answers each.
+fn commit_batch(db: &Database, batch: Vec<PendingClaim>, max_names_per_key: usize) {
+    let outcome = (|| {
+        let txn = db.begin_write().map_err(db_err)?;
+        let results: Vec<Result<ClaimOutcome, StoreError>> = batch
+            .iter()
+            .map(|p| claim_in(&txn, &p.name, p.owner, p.seq, p.now, max_names_per_key))
+            .collect();
+        txn.commit().map_err(db_err)?;
+        Ok::<_, StoreError>(results)
+    })();
+    match outcome {
+        Ok(results) => {
+            for (p, result) in batch.into_iter().zip(results) {
+                let _ = p.answer.send(result);
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for p in batch {
+                let _ = p.answer.send(Err(StoreError::Commit(message.clone())));
+            }
+        }
     }
 }
 
@@ -300,23 +354,18 @@ impl ClaimStore for RedbStore {
         seq: u64,
         now: u64,
     ) -> Result<ClaimOutcome, StoreError> {
-        let slot: Slot = Arc::default();
-        lock(&self.queue).push(PendingClaim {
+        let (answer, answered) = mpsc::sync_channel(1);
+        lock(&self.claims.state).claims.push(PendingClaim {
             name: name.clone(),
             owner,
             seq,
             now,
-            slot: slot.clone(),
+            answer,
         });
-        loop {
-            let _writer = lock(&self.writer);
-            // A leader before us may have committed our claim already.
-            if let Some(result) = lock(&slot).take() {
-                return result;
-            }
-            let batch = std::mem::take(&mut *lock(&self.queue));
-            self.commit_batch(batch);
-        }
+        self.claims.work.notify_one();
+        answered
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Commit("the claims writer stopped".into())))
     }
 
     fn set_last_seen(&self, name: &ScreenName, at: u64) -> Result<(), StoreError> {
