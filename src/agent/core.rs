@@ -1412,6 +1412,7 @@ impl Core {
                 self.reconnect_at = None;
                 self.backoff = RECONNECT_FIRST;
                 self.nodes.succeeded();
+                self.remember_node_in_use();
                 if let Some((registered, addrs)) = registered {
                     self.keep_certificate(&registered);
                     let first = reply.is_some();
@@ -1522,6 +1523,20 @@ impl Core {
             });
         }
         fresh
+    }
+
+    /// The remembered nodes start with the one that answered last, so
+    /// that a command run on its own next time tries it first. Only the
+    /// order of the nodes remembered changes, never the list.
+    fn remember_node_in_use(&mut self) {
+        let order = self.nodes.from_current();
+        if self.config.rendezvous == order || !self.nodes.are(&self.config.rendezvous) {
+            return;
+        }
+        self.config.rendezvous = order;
+        if let Err(e) = self.save_config() {
+            warn!("cannot remember which rendezvous node answered: {e}");
+        }
     }
 
     fn fail_waiting(&mut self, failure: &Failure) {
@@ -1754,7 +1769,7 @@ impl Core {
             return failed(FailureKind::Invalid, DirectoryFailure::NoNode);
         };
         self.config.name = Some(name.clone());
-        self.config.rendezvous = self.nodes.all().to_vec();
+        self.config.rendezvous = self.nodes.from_current();
         if let Err(e) = self.save_config() {
             return failed(FailureKind::Other, e);
         }

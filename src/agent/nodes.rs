@@ -40,6 +40,17 @@ impl Nodes {
         &self.addrs
     }
 
+    /// Every node, the one in use first, then the others in turn.
+    pub(super) fn from_current(&self) -> Vec<Multiaddr> {
+        let (before, after) = self.addrs.split_at(self.current.min(self.addrs.len()));
+        after.iter().chain(before).cloned().collect()
+    }
+
+    /// Whether `addrs` are these nodes, in any order.
+    pub(super) fn are(&self, addrs: &[Multiaddr]) -> bool {
+        addrs.len() == self.addrs.len() && addrs.iter().all(|a| self.addrs.contains(a))
+    }
+
     /// The keys of the nodes (those whose addresses name one).
     pub(super) fn peer_ids(&self) -> Vec<PeerId> {
         self.addrs
@@ -88,6 +99,9 @@ mod tests {
         nodes.succeeded();
         assert!(nodes.failed(), "a new round after a success");
         assert_eq!(nodes.current(), Some(&addr(2)));
+        assert_eq!(nodes.from_current(), vec![addr(2), addr(3), addr(1)]);
+        assert!(nodes.are(&[addr(3), addr(1), addr(2)]));
+        assert!(!nodes.are(&[addr(3), addr(1)]));
     }
 
     #[test]

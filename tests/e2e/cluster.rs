@@ -232,6 +232,13 @@ fn a_killed_node_s_users_are_offline_everywhere_and_come_back_through_another() 
         let whois = asker.ok(&["--json", "whois", "bob"]).json();
         assert_eq!(whois["online"], true, "node {i}: {whois}");
     }
+    // His home now lists the node that answered first, for the commands
+    // he runs on their own.
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(bob.home.path().join("config.json")).unwrap())
+            .unwrap();
+    let first = config["rendezvous"][0].as_str().unwrap_or_default();
+    assert!(!first.is_empty() && !first.ends_with(&a_peer), "{config}");
     let ran = carol.ok(&["send", "bob", "still there?"]);
     assert!(ran.stdout.starts_with("delivered"), "{ran:?}");
     assert_eq!(
