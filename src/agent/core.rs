@@ -1529,7 +1529,7 @@ impl Core {
     /// that a command run on its own next time tries it first. Only the
     /// order of the nodes remembered changes, never the list.
     fn remember_node_in_use(&mut self) {
-        let order = self.nodes.from_current();
+        let order = self.nodes.in_use_first();
         if self.config.rendezvous == order || !self.nodes.are(&self.config.rendezvous) {
             return;
         }
@@ -1769,7 +1769,7 @@ impl Core {
             return failed(FailureKind::Invalid, DirectoryFailure::NoNode);
         };
         self.config.name = Some(name.clone());
-        self.config.rendezvous = self.nodes.from_current();
+        self.config.rendezvous = self.nodes.in_use_first();
         if let Err(e) = self.save_config() {
             return failed(FailureKind::Other, e);
         }

@@ -41,7 +41,7 @@ impl Nodes {
     }
 
     /// Every node, the one in use first, then the others in turn.
-    pub(super) fn from_current(&self) -> Vec<Multiaddr> {
+    pub(super) fn in_use_first(&self) -> Vec<Multiaddr> {
         let (before, after) = self.addrs.split_at(self.current.min(self.addrs.len()));
         after.iter().chain(before).cloned().collect()
     }
@@ -99,7 +99,7 @@ mod tests {
         nodes.succeeded();
         assert!(nodes.failed(), "a new round after a success");
         assert_eq!(nodes.current(), Some(&addr(2)));
-        assert_eq!(nodes.from_current(), vec![addr(2), addr(3), addr(1)]);
+        assert_eq!(nodes.in_use_first(), vec![addr(2), addr(3), addr(1)]);
         assert!(nodes.are(&[addr(3), addr(1), addr(2)]));
         assert!(!nodes.are(&[addr(3), addr(1)]));
     }
