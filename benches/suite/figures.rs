@@ -21,7 +21,7 @@ use messenger::proto::certificate::SignedCertificate;
 use messenger::proto::chat::{Message, MessageId, RejectCode};
 use messenger::proto::directory::Resolution;
 use messenger::proto::name::ScreenName;
-use messenger::proto::presence::Status;
+use messenger::proto::presence::{Presence, Status};
 use messenger::proto::rate::Rate;
 use messenger::proto::record::Registration;
 use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
@@ -299,6 +299,17 @@ impl Bare {
 
     fn sign(&self, message: &Message) -> Signed {
         Signed::sign(&self.identity, MESSAGE_CONTEXT, message)
+    }
+}
+
+/// Waits (at most 10 s) for a push that shows `user` as `presence`.
+async fn push_showing(pushes: &mut mpsc::Receiver<Resolution>, user: &str, presence: Presence) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), pushes.recv()).await {
+            Ok(Some(push)) if push.name.as_str() == user && push.presence == presence => return,
+            Ok(Some(_)) => {}
+            _ => panic!("no presence push within 10 s"),
+        }
     }
 }
 
@@ -1122,7 +1133,6 @@ pub async fn held_connections(
     rendezvous_bin: &std::path::Path,
     worker: Option<&std::path::Path>,
 ) -> Vec<Figure> {
-    use messenger::proto::presence::Presence;
     use std::io::BufRead;
     let transport = std::env::var("BENCH_HELD_TRANSPORT")
         .ok()
@@ -1268,15 +1278,7 @@ pub async fn held_connections(
         };
         let started = Instant::now();
         watched.register("watched", status).await;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), pushes.recv()).await {
-                Ok(Some(push)) if push.name.as_str() == "watched" && push.presence == shown => {
-                    break;
-                }
-                Ok(Some(_)) => {}
-                _ => panic!("no presence push within 10 s"),
-            }
-        }
+        push_showing(&mut pushes, "watched", shown).await;
         samples.push(started.elapsed());
     }
     let (presence_median, _) = percentiles(samples);

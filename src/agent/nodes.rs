@@ -15,14 +15,13 @@ pub(super) struct Nodes {
 }
 
 impl Nodes {
-    pub(super) fn new(addrs: Vec<Multiaddr>) -> Self {
-        let mut addrs = addrs;
-        let mut seen = Vec::with_capacity(addrs.len());
-        addrs.retain(|a| {
-            let fresh = !seen.contains(a);
-            seen.push(a.clone());
-            fresh
-        });
+    pub(super) fn new(given: Vec<Multiaddr>) -> Self {
+        let mut addrs = Vec::with_capacity(given.len());
+        for addr in given {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
         Self {
             addrs,
             current: 0,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::support::{Lines, Node, User, alice_and_bob};
+use crate::support::{Node, User, alice_and_bob};
 
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
@@ -22,25 +22,16 @@ fn history(user: &User, with: &str) -> Vec<Value> {
     )
 }
 
-/// Waits for a presence event about `name` with `status`.
-fn expect_presence(lines: &mut Lines, name: &str, status: &str) -> Value {
-    let line = lines.expect(&format!("{name} {status}"), |l| {
-        serde_json::from_str::<Value>(l)
-            .is_ok_and(|v| v["event"] == "presence" && v["name"] == name && v["status"] == status)
-    });
-    serde_json::from_str(&line).unwrap()
-}
-
 #[test]
 fn presence_changes_are_pushed_to_watchers() {
     let (_dir, _node, alice, bob) = alice_and_bob();
     alice.ok(&["contacts", "add", "bob"]);
     let mut watcher = alice.online();
-    expect_presence(&mut watcher.stdout, "bob", "offline");
+    watcher.stdout.expect_presence("bob", "offline");
 
     let started = Instant::now();
     let mut bob_online = bob.online();
-    expect_presence(&mut watcher.stdout, "bob", "online");
+    watcher.stdout.expect_presence("bob", "online");
     eprintln!(
         "online reached the watcher {:?} after bob's process started",
         started.elapsed()
@@ -50,7 +41,7 @@ fn presence_changes_are_pushed_to_watchers() {
     let ran = bob.ok(&["status", "away", "back at 3"]);
     assert!(ran.stdout.contains("status: away \"back at 3\""), "{ran:?}");
     let started = Instant::now();
-    let away = expect_presence(&mut watcher.stdout, "bob", "away");
+    let away = watcher.stdout.expect_presence("bob", "away");
     eprintln!(
         "away reached the watcher {:?} after the status command returned",
         started.elapsed()
@@ -65,19 +56,19 @@ fn presence_changes_are_pushed_to_watchers() {
 
     // Invisible looks like offline to watchers.
     bob.ok(&["status", "invisible"]);
-    expect_presence(&mut watcher.stdout, "bob", "offline");
+    watcher.stdout.expect_presence("bob", "offline");
     bob.ok(&["status", "online"]);
-    expect_presence(&mut watcher.stdout, "bob", "online");
+    watcher.stdout.expect_presence("bob", "online");
 
     bob_online.signal("INT");
     assert_eq!(bob_online.wait_exit(), Some(0));
-    expect_presence(&mut watcher.stdout, "bob", "offline");
+    watcher.stdout.expect_presence("bob", "offline");
 
     // A killed client turns offline too (its connection closes).
     let bob_online = bob.online();
-    expect_presence(&mut watcher.stdout, "bob", "online");
+    watcher.stdout.expect_presence("bob", "online");
     drop(bob_online);
-    expect_presence(&mut watcher.stdout, "bob", "offline");
+    watcher.stdout.expect_presence("bob", "offline");
 }
 
 #[test]

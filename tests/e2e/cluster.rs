@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::servers::{Nats, Postgres, postgres_and_nats};
-use crate::support::{Lines, Node, User};
+use crate::servers::{Nats, Postgres, cluster_flags, postgres_and_nats};
+use crate::support::{Node, User};
 
 /// The servers and nodes of one cluster.
 /// Fields drop in order: the nodes stop before the servers they use.
@@ -42,18 +42,9 @@ impl Cluster {
     }
 
     fn start_node(&mut self, i: usize) {
-        let store = self.pg.url();
-        let presence = self.nats.url();
         let key = self.key.path().join("certificates.key");
-        let key = key.to_str().unwrap();
-        let flags = [
-            "--store",
-            &store,
-            "--presence",
-            &presence,
-            "--certificate-key",
-            key,
-        ];
+        let flags = cluster_flags(&self.pg, &self.nats, &key);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         self.nodes[i] = Some(Node::start_with(self.dirs[i].path(), &flags));
     }
 
@@ -77,13 +68,6 @@ impl Cluster {
         }
         user
     }
-}
-
-fn presence(lines: &mut Lines, name: &str, status: &str) {
-    lines.expect(&format!("{name} {status}"), |l| {
-        serde_json::from_str::<Value>(l)
-            .is_ok_and(|v| v["event"] == "presence" && v["name"] == name && v["status"] == status)
-    });
 }
 
 #[test]
@@ -142,20 +126,20 @@ fn presence_and_messages_cross_nodes() {
     carol.register("carol");
     carol.ok(&["contacts", "add", "alice"]);
     let mut watcher = carol.online();
-    presence(&mut watcher.stdout, "alice", "offline");
+    watcher.stdout.expect_presence("alice", "offline");
 
     let mut alice_online = alice.online();
-    presence(&mut watcher.stdout, "alice", "online");
+    watcher.stdout.expect_presence("alice", "online");
 
     // A change on node A reaches the watcher on node C within a second.
     let mut worst = Duration::ZERO;
     for text in ["lunch", "meeting", "back soon"] {
         alice.ok(&["status", "away", text]);
         let started = Instant::now();
-        presence(&mut watcher.stdout, "alice", "away");
+        watcher.stdout.expect_presence("alice", "away");
         worst = worst.max(started.elapsed());
         alice.ok(&["status", "online"]);
-        presence(&mut watcher.stdout, "alice", "online");
+        watcher.stdout.expect_presence("alice", "online");
     }
     eprintln!("presence A -> C: slowest of 3 changes {worst:?}");
     assert!(worst < Duration::from_secs(1), "{worst:?}");
@@ -186,7 +170,7 @@ fn presence_and_messages_cross_nodes() {
     // Going offline on A is seen on C.
     alice_online.signal("INT");
     assert_eq!(alice_online.wait_exit(), Some(0));
-    presence(&mut watcher.stdout, "alice", "offline");
+    watcher.stdout.expect_presence("alice", "offline");
 }
 
 #[test]
@@ -206,15 +190,15 @@ fn a_killed_node_s_users_are_offline_everywhere_and_come_back_through_another() 
     let mut watcher = carol.online();
     let _alice_online = alice.online();
     let mut bob_online = bob.online();
-    presence(&mut watcher.stdout, "alice", "online");
-    presence(&mut watcher.stdout, "bob", "online");
+    watcher.stdout.expect_presence("alice", "online");
+    watcher.stdout.expect_presence("bob", "online");
 
     // kill -9: no goodbye to anyone.
     let a = cluster.nodes[0].take().unwrap();
     let a_peer = a.peer_id();
     let killed = Instant::now();
     drop(a);
-    presence(&mut watcher.stdout, "alice", "offline");
+    watcher.stdout.expect_presence("alice", "offline");
     let offline_after = killed.elapsed();
     eprintln!("alice offline on C {offline_after:?} after node A was killed");
     assert!(offline_after < Duration::from_secs(10), "{offline_after:?}");
@@ -325,16 +309,16 @@ fn nats_restarted_presence_resumes() {
     carol.register("carol");
     carol.ok(&["contacts", "add", "alice"]);
     let mut watcher = carol.online();
-    presence(&mut watcher.stdout, "alice", "offline");
+    watcher.stdout.expect_presence("alice", "offline");
     let _alice_online = alice.online();
-    presence(&mut watcher.stdout, "alice", "online");
+    watcher.stdout.expect_presence("alice", "online");
 
     cluster.nats.stop();
     // A change while NATS is away reaches the watcher once it is back.
     alice.ok(&["status", "away", "while NATS was down"]);
     cluster.nats.resume();
     let back = Instant::now();
-    presence(&mut watcher.stdout, "alice", "away");
+    watcher.stdout.expect_presence("alice", "away");
     eprintln!(
         "a change made while NATS was down arrived {:?} after it came back",
         back.elapsed()
@@ -342,6 +326,6 @@ fn nats_restarted_presence_resumes() {
     // And changes flow as before.
     alice.ok(&["status", "online"]);
     let started = Instant::now();
-    presence(&mut watcher.stdout, "alice", "online");
+    watcher.stdout.expect_presence("alice", "online");
     eprintln!("presence A -> B after the restart: {:?}", started.elapsed());
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::netlab::{Lab, PUBLIC_NET};
-use crate::servers::{Nats, Postgres};
+use crate::servers::{Nats, Postgres, cluster_flags};
 use crate::support::{Lines, Node, Proc, User};
 
 const LISTEN: [&str; 4] = [
@@ -299,16 +299,8 @@ fn a_user_behind_nat_at_one_node_is_reached_from_another_node_through_its_relay(
         return;
     };
     let key = tempfile::tempdir().unwrap();
-    let key = key.path().join("certificates.key");
-    let (store, presence) = (pg.url(), nats.url());
-    let flags = [
-        "--store",
-        &store,
-        "--presence",
-        &presence,
-        "--certificate-key",
-        key.to_str().unwrap(),
-    ];
+    let flags = cluster_flags(&pg, &nats, &key.path().join("certificates.key"));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (r1, r2) = (lab.public_host("rdv1", 1), lab.public_host("rdv2", 2));
     let node1 = Node::spawn(

@@ -415,6 +415,19 @@ pub fn test_store_for(data_dir: &std::path::Path) -> Option<String> {
     Some(format!("{server}/{database}"))
 }
 
+/// The flags of a node of the cluster on `pg` and `nats` whose nodes sign
+/// certificates with the key in file `key`.
+pub fn cluster_flags(pg: &Postgres, nats: &Nats, key: &std::path::Path) -> Vec<String> {
+    vec![
+        "--store".into(),
+        pg.url(),
+        "--presence".into(),
+        nats.url(),
+        "--certificate-key".into(),
+        key.to_str().expect("a UTF-8 key path").into(),
+    ]
+}
+
 /// Both servers, or `None` when either is missing (see [`missing`]).
 pub fn postgres_and_nats() -> Option<(Postgres, Nats)> {
     Some((Postgres::start()?, Nats::start()?))

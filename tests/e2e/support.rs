@@ -99,6 +99,16 @@ impl Lines {
         serde_json::from_str(&line).expect("json")
     }
 
+    /// Waits for a presence event about `name` with `status`.
+    pub fn expect_presence(&mut self, name: &str, status: &str) -> serde_json::Value {
+        let line = self.expect(&format!("{name} {status}"), |l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["event"] == "presence" && v["name"] == name && v["status"] == status
+            })
+        });
+        serde_json::from_str(&line).expect("json")
+    }
+
     /// Lines received so far without waiting.
     pub fn drain(&mut self) -> &[String] {
         while let Ok(line) = self.rx.try_recv() {

@@ -7,13 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use messenger::proto::directory::Resolution;
 use messenger::proto::presence::{Presence, Status};
 use tokio::sync::mpsc;
 
 use super::{
-    Bare, Figure, Sizes, bench_config, libp2p_rendezvous, ops_per_second, percentiles, rate_figure,
-    time_figure,
+    Bare, Figure, Sizes, bench_config, libp2p_rendezvous, ops_per_second, percentiles,
+    push_showing, rate_figure, time_figure,
 };
 
 #[path = "../../../tests/e2e/servers.rs"]
@@ -151,8 +150,10 @@ impl Cluster {
             };
             let started = Instant::now();
             user.register("mover", status).await;
-            same.push(until(&mut near, presence, started).await);
-            across.push(until(&mut far, presence, started).await);
+            push_showing(&mut near, "mover", presence).await;
+            same.push(started.elapsed());
+            push_showing(&mut far, "mover", presence).await;
+            across.push(started.elapsed());
         }
         (across, same)
     }
@@ -162,23 +163,4 @@ impl Cluster {
             node.shutdown().await;
         }
     }
-}
-
-/// Time from `started` until a push shows `presence`.
-async fn until(
-    pushes: &mut mpsc::Receiver<Resolution>,
-    presence: Presence,
-    started: Instant,
-) -> Duration {
-    let wait = async {
-        while let Some(push) = pushes.recv().await {
-            if push.presence == presence {
-                return started.elapsed();
-            }
-        }
-        panic!("the pushes ended");
-    };
-    tokio::time::timeout(Duration::from_secs(10), wait)
-        .await
-        .expect("a presence change arrives")
 }
