@@ -387,6 +387,43 @@ pub enum FailureKind {
     Other,
 }
 
+/// The sending side of the stream of [`Event`]s: each event is counted,
+/// if the client keeps metrics, on its way to the front end.
+#[derive(Debug, Clone)]
+pub struct EventSender {
+    tx: tokio::sync::mpsc::Sender<Event>,
+    metrics: Option<std::sync::Arc<crate::metrics::ClientMetrics>>,
+}
+
+impl EventSender {
+    /// Events go to `tx` and are counted in `metrics`.
+    pub fn new(
+        tx: tokio::sync::mpsc::Sender<Event>,
+        metrics: Option<std::sync::Arc<crate::metrics::ClientMetrics>>,
+    ) -> Self {
+        Self { tx, metrics }
+    }
+
+    fn count(&self, event: &Event) {
+        if let Some(metrics) = &self.metrics {
+            metrics.event(event);
+        }
+    }
+
+    /// Sends, waiting for room; false if the front end is gone. The
+    /// event is counted either way: it happened.
+    pub async fn send(&self, event: Event) -> bool {
+        self.count(&event);
+        self.tx.send(event).await.is_ok()
+    }
+
+    /// Sends if there is room now; false if it was dropped.
+    pub fn try_send(&self, event: Event) -> bool {
+        self.count(&event);
+        self.tx.try_send(event).is_ok()
+    }
+}
+
 /// Something the user should see, as it happens. Every front end (the
 /// command line's output, the terminal UI) gets these from one stream.
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::Event;
+use crate::api::{Event, EventSender};
 use crate::direct::{self, DirectError};
 use crate::directory::DirectorySession;
 use crate::network::{Network, Streams};
@@ -88,7 +88,7 @@ pub(crate) struct FileEnv {
     pub store: StoreHandle,
     pub network: Network,
     pub session: watch::Receiver<Option<DirectorySession>>,
-    pub events: mpsc::Sender<Event>,
+    pub events: EventSender,
 }
 
 impl FileEnv {

@@ -32,6 +32,7 @@
 //! - [`control`]: the control socket through which other commands reach
 //!   the home's running client.
 //! - [`home`]: the user's home directory: key file and settings.
+//! - [`metrics`]: what a running client counts, for Prometheus.
 //! - [`peer`]: what we know of another user, verified.
 //! - `ui` (feature `ui`): the buddy-list window's state and drawing, which
 //!   the binary runs in a terminal.
@@ -71,6 +72,7 @@ pub mod direct;
 pub mod directory;
 pub mod files;
 pub mod home;
+pub mod metrics;
 pub mod network;
 pub mod peer;
 pub mod store;

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,6 +26,8 @@ use messenger_proto::record::without_peer_suffix;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
+
+use crate::metrics::ClientMetrics;
 
 /// Why the network could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -70,6 +73,8 @@ pub struct NetworkConfig {
     /// Only the in-process memory transport (`/memory/<port>`), for tests:
     /// no sockets at all.
     pub memory_only: bool,
+    /// Where the swarm's events are counted, if anywhere.
+    pub metrics: Option<Arc<ClientMetrics>>,
 }
 
 impl Default for NetworkConfig {
@@ -80,6 +85,7 @@ impl Default for NetworkConfig {
             idle_timeout: Duration::from_secs(60),
             rendezvous: None,
             memory_only: false,
+            metrics: None,
         }
     }
 }
@@ -387,6 +393,7 @@ impl Network {
             rendezvous,
             relayed_to_close: FuturesUnordered::new(),
             liveness: Liveness::new(config.ping_interval, config.ping_timeout),
+            metrics: config.metrics,
         };
         let task = NetworkTask(tokio::spawn(event_loop.run()));
         Ok((
@@ -599,6 +606,7 @@ struct EventLoop {
     /// Connections that stopped answering pings are closed by this, not by
     /// libp2p-ping's report (which needs two failures in a row).
     liveness: Liveness,
+    metrics: Option<Arc<ClientMetrics>>,
 }
 
 impl EventLoop {
@@ -737,6 +745,15 @@ impl EventLoop {
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.swarm_event(&event);
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.identify(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.ping(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => metrics.dcutr(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 connection,

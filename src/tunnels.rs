@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agent::Trust;
-use crate::api::Event;
+use crate::api::{Event, EventSender};
 use crate::direct::{self, DirectError};
 use crate::directory::DirectorySession;
 use crate::network::{Network, Streams};
@@ -266,7 +266,7 @@ pub(crate) struct ServeEnv {
     pub invitations: watch::Receiver<Arc<Vec<Invitation>>>,
     /// Contacts' pinned keys (who may pipe to me).
     pub trust: watch::Receiver<Arc<Trust>>,
-    pub events: mpsc::Sender<Event>,
+    pub events: EventSender,
 }
 
 /// The serving side's answer to a request from `peer`.
@@ -531,7 +531,7 @@ impl Server {
     }
 }
 
-fn tell(events: &mpsc::Sender<Event>, log: TunnelLog) {
+fn tell(events: &EventSender, log: TunnelLog) {
     match &log.state {
         TunnelState::Refused { code } => info!(
             peer = %log.peer_id,
@@ -602,7 +602,7 @@ async fn serve_port(
     incoming: Incoming,
     port: u16,
     opened: TunnelLog,
-    events: mpsc::Sender<Event>,
+    events: EventSender,
     stop: CancellationToken,
 ) -> Option<TunnelLog> {
     let mut stream = incoming.stream;

@@ -89,6 +89,21 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The operation's name on the wire (`register`, `resolve`, …), for
+    /// logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Register { .. } => "register",
+            Op::Resolve { .. } => "resolve",
+            Op::ResolvePeer { .. } => "resolve_peer",
+            Op::Release { .. } => "release",
+            Op::Watch { .. } => "watch",
+            Op::Unwatch { .. } => "unwatch",
+        }
+    }
+}
+
 /// The node's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
@@ -248,6 +263,48 @@ pub enum ErrorCode {
     Unknown,
 }
 
+impl ErrorCode {
+    /// Every code this version writes or reads.
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::InvalidName,
+        ErrorCode::NameTaken,
+        ErrorCode::NoSuchName,
+        ErrorCode::BadSignature,
+        ErrorCode::WrongPeer,
+        ErrorCode::StaleSequence,
+        ErrorCode::BadExpiry,
+        ErrorCode::InvalidRecord,
+        ErrorCode::NotOwner,
+        ErrorCode::Malformed,
+        ErrorCode::LimitExceeded,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+        ErrorCode::Unknown,
+    ];
+
+    /// The code as it is on the wire (`name_taken`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::NoSuchName => "no_such_name",
+            ErrorCode::BadSignature => "bad_signature",
+            ErrorCode::WrongPeer => "wrong_peer",
+            ErrorCode::StaleSequence => "stale_sequence",
+            ErrorCode::BadExpiry => "bad_expiry",
+            ErrorCode::InvalidRecord => "invalid_record",
+            ErrorCode::NotOwner => "not_owner",
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
 impl Reply {
     /// An error reply.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -270,6 +327,19 @@ impl From<&RecordError> for ErrorCode {
             | RecordError::AddrTooLong(_)
             | RecordError::BadAddr { .. }
             | RecordError::Status(_) => ErrorCode::InvalidRecord,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_read_as_on_the_wire() {
+        for code in ErrorCode::ALL {
+            let wire = serde_json::to_value(code).unwrap();
+            assert_eq!(wire.as_str(), Some(code.as_str()), "{code:?}");
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Everything here is plain data and pure functions, apart from I/O: both
 //! sides of every protocol depend on the same types, so they cannot drift.
 //! The one exception is [`accept`], the libp2p behaviour both sides use to
-//! accept inbound streams without dropping any.
+//! accept inbound streams without dropping any, and [`metrics`] (behind
+//! the `metrics` feature), the HTTP endpoint both binaries serve their
+//! Prometheus metrics on.
 //!
 //! - [`identity`]: the ed25519 key file every user and node has, and the
 //!   libp2p keypair / `PeerId` derived from it.
@@ -30,6 +32,8 @@ pub mod directory;
 pub mod file;
 pub mod identity;
 pub mod liveness;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod name;
 pub mod presence;
 pub mod rate;

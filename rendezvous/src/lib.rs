@@ -7,7 +7,7 @@
 //!
 //! - [`store`]: durable claims (name → owner key) in redb.
 //! - [`certify`]: the name certificates handed out with registrations.
-//! - [`counters`]: what the node has served, counted.
+//! - [`metrics`]: what the node shows its operator (Prometheus).
 //! - [`limits`]: what one peer, one address and everyone may use.
 //! - [`gate`]: what connections cost before they are authenticated.
 //! - [`registry`]: the rules and live presence, plain synchronous state.
@@ -18,9 +18,9 @@
 
 pub mod certify;
 pub mod cluster;
-pub mod counters;
 pub mod gate;
 pub mod limits;
+pub mod metrics;
 pub mod quic;
 pub mod registry;
 pub mod server;

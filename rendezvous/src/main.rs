@@ -60,6 +60,13 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     certificate_key: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464;
+    /// port 0 picks one). The address is printed after the listen
+    /// addresses as `metrics http://…/metrics`. Keep it off the public
+    /// internet: it tells how busy the node is.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+
     /// An address at which others reach this node, if its listen addresses
     /// are not it (e.g. behind port forwarding). Repeatable.
     #[arg(long, value_name = "MULTIADDR")]
@@ -249,6 +256,7 @@ async fn run(args: Args) -> Result<()> {
     config.store = args.store;
     config.presence = args.presence;
     config.certificate_key = args.certificate_key;
+    config.metrics = args.metrics;
     config.limits = Limits {
         max_connections: args.max_connections,
         max_pending_connections: args.max_pending_connections,
@@ -290,6 +298,9 @@ async fn run(args: Args) -> Result<()> {
         .context("cannot start the node")?;
     for addr in server.listen_addrs() {
         println!("{addr}");
+    }
+    if let Some(addr) = server.metrics_addr() {
+        println!("metrics http://{addr}/metrics");
     }
     signals.recv().await;
     tracing::info!("signal received, shutting down");

@@ -17,6 +17,8 @@ use messenger_proto::directory::{
 use messenger_proto::name::ScreenName;
 use messenger_proto::presence::{Presence, Status};
 use messenger_proto::record::{RecordError, SignedRecord};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -100,17 +102,28 @@ impl Live {
 /// Coalescing: a name changed twice before the session writes is pushed
 /// once, with its presence at writing time. Memory is bounded by the
 /// number of names the session watches.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PushQueue {
     pending: Mutex<Vec<ScreenName>>,
     notify: Notify,
+    /// Names waiting over every session (a metric).
+    depth: Gauge,
 }
 
 impl PushQueue {
+    fn new(depth: Gauge) -> Self {
+        Self {
+            pending: Mutex::default(),
+            notify: Notify::new(),
+            depth,
+        }
+    }
+
     fn push(&self, name: &ScreenName) {
         let mut pending = lock(&self.pending);
         if !pending.contains(name) {
             pending.push(name.clone());
+            self.depth.inc();
         }
         drop(pending);
         self.notify.notify_one();
@@ -123,7 +136,15 @@ impl PushQueue {
 
     /// Takes the names to push.
     pub fn take(&self) -> Vec<ScreenName> {
-        std::mem::take(&mut *lock(&self.pending))
+        let taken = std::mem::take(&mut *lock(&self.pending));
+        self.depth.dec_by(taken.len() as i64);
+        taken
+    }
+}
+
+impl Drop for PushQueue {
+    fn drop(&mut self) {
+        self.depth.dec_by(lock(&self.pending).len() as i64);
     }
 }
 
@@ -216,6 +237,8 @@ pub struct Registry<S: ?Sized = dyn ClaimStore> {
     /// open a database transaction. Every claim change goes through the
     /// registry, which keeps this in step with the store.
     claims: std::sync::RwLock<HashMap<ScreenName, Claim>>,
+    /// Presence changes waiting to be pushed, over every session.
+    push_depth: Gauge,
 }
 
 impl<S: ClaimStore + ?Sized> Registry<S> {
@@ -226,7 +249,20 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
             shared: None,
             live: Mutex::new(LiveState::default()),
             claims: Default::default(),
+            push_depth: Gauge::default(),
         }
+    }
+
+    /// How many presence changes wait to be pushed, over every session.
+    pub fn push_depth(&self) -> Gauge {
+        self.push_depth.clone()
+    }
+
+    /// How long the store's commits take, if it measures them.
+    pub fn commit_latency(&self) -> Histogram {
+        self.store
+            .commit_latency()
+            .unwrap_or_else(crate::metrics::commit_histogram)
     }
 
     /// A registry that shares live registrations with other nodes.
@@ -277,7 +313,7 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
 
     /// A session starts; pushes for it go to the returned queue.
     pub fn open_session(&self, session: SessionId) -> Arc<PushQueue> {
-        let queue = Arc::new(PushQueue::default());
+        let queue = Arc::new(PushQueue::new(self.push_depth.clone()));
         self.live().sessions.insert(
             session,
             SessionState {

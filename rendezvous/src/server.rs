@@ -26,6 +26,7 @@ use messenger_proto::codec::{self, CodecError};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
 use messenger_proto::identity::{IdentityError, create_private_dir};
 use messenger_proto::liveness::Liveness;
+use messenger_proto::metrics::MetricsServer;
 use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -34,9 +35,9 @@ use tracing::{debug, info, instrument, warn};
 use crate::certify::Certifier;
 use crate::cluster::claims::PgStore;
 use crate::cluster::{Cluster, ClusterError};
-use crate::counters::{CounterSnapshot, Counters};
 use crate::gate::{GateLimits, Gated, HandshakeGate};
 use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
+use crate::metrics::{CounterSnapshot, NodeMetrics};
 use crate::quic::{QuicConfig, QuicTransport};
 use crate::registry::{Registry, SessionId};
 use crate::store::{ClaimStore, RedbStore, StoreError};
@@ -89,6 +90,8 @@ pub struct Config {
     /// NATS (`nats://host:port`), through which the nodes sharing the
     /// store tell each other of presence changes. Needs `store`.
     pub presence: Option<String>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What the node's circuit relay v2 server allows. The defaults carry
@@ -163,6 +166,7 @@ impl Config {
             certificate_key: None,
             store: None,
             presence: None,
+            metrics: None,
         }
     }
 
@@ -202,6 +206,9 @@ pub enum BindError {
     /// The store and presence options do not go together.
     #[error("{0}")]
     Options(String),
+    /// The metrics endpoint cannot listen.
+    #[error(transparent)]
+    Metrics(#[from] messenger_proto::metrics::MetricsError),
     /// The transports could not be set up.
     #[error("transport setup failed: {0}")]
     Transport(String),
@@ -237,7 +244,8 @@ struct Behaviour {
 pub struct Server {
     peer_id: PeerId,
     registry: Arc<Registry>,
-    counters: Arc<Counters>,
+    metrics: Arc<NodeMetrics>,
+    metrics_addr: Option<std::net::SocketAddr>,
     listen_addrs: Vec<Multiaddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -266,6 +274,15 @@ impl Server {
             per_source: config.limits.max_pending_per_ip as usize,
             total: config.limits.max_pending_connections as usize,
         });
+        let mut metrics_registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(NodeMetrics::new(&mut metrics_registry, &registry, &gate));
+        // Bound before the node listens, so that a taken port fails the
+        // start instead of leaving a node nobody can watch.
+        let scrapes = match config.metrics {
+            Some(addr) => Some(MetricsServer::bind(addr, Arc::new(metrics_registry)).await?),
+            None => None,
+        };
+        let metrics_addr = scrapes.as_ref().and_then(MetricsServer::local_addr);
         let (mut swarm, incoming) = build_swarm(&identity, &config, &gate)?;
         let listen_addrs = listen(&mut swarm, &config.listen).await?;
         // The relay tells clients where it can be reached: its specific
@@ -283,13 +300,12 @@ impl Server {
             .collect();
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let counters = Arc::new(Counters::default());
         let sessions = Arc::new(SessionEnv {
             registry: registry.clone(),
             requests: RequestLimiter::new(config.limits.requests),
             max_frame: config.limits.max_frame,
             certifier: Certifier::new(signer, config.certificate_validity),
-            counters: counters.clone(),
+            metrics: metrics.clone(),
         });
         let event_loop = EventLoop {
             swarm,
@@ -301,12 +317,15 @@ impl Server {
             sessions,
             name_lease: config.name_lease,
             cluster: cluster.map(|task| (task, stop_cluster)),
+            metrics: metrics.clone(),
+            scrapes,
         };
         let task = tokio::spawn(event_loop.run(shutdown_rx));
         Ok(Self {
             peer_id,
             registry,
-            counters,
+            metrics,
+            metrics_addr,
             listen_addrs,
             shutdown: Some(shutdown_tx),
             task,
@@ -325,7 +344,12 @@ impl Server {
 
     /// What the node has served so far.
     pub fn counters(&self) -> CounterSnapshot {
-        self.counters.snapshot()
+        self.metrics.snapshot()
+    }
+
+    /// Where the node serves its metrics, if it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// The addresses the node listens on, each ending in `/p2p/<peer id>`.
@@ -588,6 +612,9 @@ struct EventLoop {
     name_lease: Duration,
     /// The task keeping this node in step with its cluster, and its stop.
     cluster: Option<(JoinHandle<()>, tokio_util::sync::CancellationToken)>,
+    metrics: Arc<NodeMetrics>,
+    /// The metrics endpoint, served while the loop runs.
+    scrapes: Option<MetricsServer>,
 }
 
 /// What every directory session shares.
@@ -597,7 +624,7 @@ struct SessionEnv {
     requests: Arc<RequestLimiter>,
     max_frame: usize,
     certifier: Certifier,
-    counters: Arc<Counters>,
+    metrics: Arc<NodeMetrics>,
 }
 
 /// How long a stopping node may take to tell its cluster it leaves.
@@ -647,11 +674,21 @@ impl EventLoop {
             .incoming
             .take()
             .map(|incoming| tokio::spawn(accept_sessions(incoming, self.sessions.clone())));
+        // Scrapes are answered for as long as the loop runs.
+        let scrapes = self.scrapes.take().map(MetricsServer::run);
+        let scrapes = async move {
+            match scrapes {
+                Some(serving) => serving.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(scrapes);
         let mut liveness_check = tokio::time::interval(self.liveness.check_every());
         liveness_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                () = &mut scrapes => {}
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = liveness_check.tick() => {
                     for connection in self.liveness.overdue(std::time::Instant::now()) {
@@ -718,6 +755,14 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.swarm_event(&event);
+        match &event {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.metrics.identify(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.metrics.ping(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.metrics.relay(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.metrics.autonat(e),
+            _ => {}
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -811,6 +856,7 @@ async fn serve_session(
     session: SessionId,
 ) {
     debug!("directory session opened");
+    let _open = env.metrics.session_opened();
     let registry = &env.registry;
     let budget = env.requests.session(peer);
     let (mut reader, writer) = stream.split();
@@ -818,13 +864,7 @@ async fn serve_session(
     // Boxed: a tokio channel allocates slots in blocks of 32, and a block of
     // unboxed responses would cost every session kilobytes while idle.
     let (answers, answer_rx) = mpsc::channel::<Box<Response>>(4);
-    let writing = tokio::spawn(write_session(
-        writer,
-        answer_rx,
-        pushes,
-        registry.clone(),
-        peer,
-    ));
+    let writing = tokio::spawn(write_session(writer, answer_rx, pushes, env.clone(), peer));
     tokio::pin!(gone);
     loop {
         // A stream whose connection the node closed (a silent peer's) is
@@ -846,6 +886,7 @@ async fn serve_session(
             Err(e) => {
                 warn!("closing directory session: {e}");
                 let reply = Reply::error(ErrorCode::Malformed, e.to_string());
+                env.metrics.answered("unreadable", &reply);
                 let _ = answers
                     .send(Box::new(Response {
                         id: directory::PUSH_ID,
@@ -855,16 +896,12 @@ async fn serve_session(
                 break;
             }
         };
+        let op = request.op.kind();
         let reply = match budget.spend() {
-            Ok(()) => {
-                env.counters.handled(&request.op);
-                handle(peer, session, request.op, &env).await
-            }
-            Err(wait) => {
-                env.counters.rate_limited();
-                rate_limited(&budget, wait)
-            }
+            Ok(()) => handle(peer, session, request.op, &env).await,
+            Err(wait) => rate_limited(&budget, wait),
         };
+        env.metrics.answered(op, &reply);
         if answers
             .send(Box::new(Response {
                 id: request.id,
@@ -902,16 +939,17 @@ async fn write_session(
     mut writer: futures::io::WriteHalf<Stream>,
     mut answers: mpsc::Receiver<Box<Response>>,
     pushes: Arc<crate::registry::PushQueue>,
-    registry: Arc<Registry>,
+    env: Arc<SessionEnv>,
     viewer: PeerId,
 ) {
+    let registry = &env.registry;
     loop {
-        let frames: Vec<Response> = tokio::select! {
+        let (frames, pushed): (Vec<Response>, bool) = tokio::select! {
             answer = answers.recv() => match answer {
-                Some(answer) => vec![*answer],
+                Some(answer) => (vec![*answer], false),
                 None => break,
             },
-            _ = pushes.changed() => pushes
+            _ = pushes.changed() => (pushes
                 .take()
                 .into_iter()
                 .filter_map(|name| match registry.view(&name, viewer, now_ms()) {
@@ -922,14 +960,16 @@ async fn write_session(
                         None
                     }
                 })
-                .collect(),
+                .collect::<Vec<_>>(), true),
         };
+        let pushed = if pushed { frames.len() } else { 0 };
         for frame in frames {
             if let Err(e) = codec::write_frame(&mut writer, &frame, directory::MAX_FRAME).await {
                 debug!("directory session ended while writing: {e}");
                 return;
             }
         }
+        env.metrics.pushed(pushed);
     }
     let _ = futures::AsyncWriteExt::close(&mut writer).await;
 }

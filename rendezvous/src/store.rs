@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use libp2p::PeerId;
 use messenger_proto::codec;
 use messenger_proto::name::ScreenName;
+use prometheus_client::metrics::histogram::Histogram;
 use redb::{
     Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
     ReadableTableMetadata, TableDefinition, WriteTransaction,
@@ -125,6 +126,10 @@ pub trait ClaimStore: Send + Sync + std::fmt::Debug + 'static {
         cutoff: u64,
         keep: &dyn Fn(&ScreenName) -> bool,
     ) -> Result<Vec<(ScreenName, PeerId)>, StoreError>;
+    /// How long its commits of claims take, if it measures them.
+    fn commit_latency(&self) -> Option<Histogram> {
+        None
+    }
 }
 
 /// The claim store in a redb file; every change is committed durably
@@ -143,11 +148,13 @@ pub struct RedbStore {
 }
 
 /// The claims waiting for the writer thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ClaimQueue {
     state: Mutex<Queued>,
     work: Condvar,
     max_names_per_key: AtomicUsize,
+    /// Seconds per group commit.
+    commit_seconds: Histogram,
 }
 
 #[derive(Debug, Default)]
@@ -180,8 +187,10 @@ impl RedbStore {
         txn.commit().map_err(db_err)?;
         let db = Arc::new(db);
         let claims = Arc::new(ClaimQueue {
+            state: Mutex::default(),
+            work: Condvar::new(),
             max_names_per_key: AtomicUsize::new(DEFAULT_MAX_NAMES_PER_KEY),
-            ..ClaimQueue::default()
+            commit_seconds: crate::metrics::commit_histogram(),
         });
         let writer = std::thread::Builder::new()
             .name("claims-writer".into())
@@ -241,7 +250,11 @@ fn write_claims(db: &Database, claims: &ClaimQueue) {
             std::mem::take(&mut queued.claims)
         };
         let max = claims.max_names_per_key.load(Ordering::Relaxed);
+        let started = std::time::Instant::now();
         commit_batch(db, batch, max);
+        claims
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -453,6 +466,10 @@ impl ClaimStore for RedbStore {
         }
         txn.commit().map_err(db_err)?;
         Ok(released)
+    }
+
+    fn commit_latency(&self) -> Option<Histogram> {
+        Some(self.claims.commit_seconds.clone())
     }
 
     fn names_of(&self, owner: &PeerId) -> Result<Vec<ScreenName>, StoreError> {

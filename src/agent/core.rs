@@ -39,10 +39,13 @@ use crate::files::FileEnv;
 
 mod files;
 mod tunnels;
-use crate::api::{ContactView, Event, Failure, FailureKind, Request, Response, SendOutcome};
+use crate::api::{
+    ContactView, Event, EventSender, Failure, FailureKind, Request, Response, SendOutcome,
+};
 use crate::chat::{Inbox, Signal};
 use crate::directory::{DirectoryError, DirectorySession, Registered, node_peer_id};
 use crate::home::{Config, Home};
+use crate::metrics::ClientMetrics;
 use crate::network::{
     Inbound, Network, NetworkConfig, NetworkEvent, NetworkTask, Path, Reachability, is_relayed,
 };
@@ -90,9 +93,10 @@ pub(super) struct CoreConfig {
     pub rendezvous: Vec<Multiaddr>,
     pub store: StoreHandle,
     pub store_thread: StoreThread,
-    pub events: mpsc::Sender<Event>,
+    pub events: EventSender,
     pub network: NetworkConfig,
     pub message_rate: Rate,
+    pub metrics: Option<Arc<ClientMetrics>>,
     pub trust: Trust,
     pub invitations: Vec<crate::store::Invitation>,
 }
@@ -204,9 +208,10 @@ pub(super) struct Core {
     nodes: Nodes,
     store: StoreHandle,
     store_thread: Option<StoreThread>,
-    events: mpsc::Sender<Event>,
+    events: EventSender,
     network_config: NetworkConfig,
     message_rate: Rate,
+    metrics: Option<Arc<ClientMetrics>>,
 
     network: Option<Network>,
     network_task: Option<NetworkTask>,
@@ -280,6 +285,7 @@ impl Core {
             events: config.events,
             network_config: config.network,
             message_rate: config.message_rate,
+            metrics: config.metrics,
             network: None,
             network_task: None,
             inbound: None,
@@ -837,6 +843,7 @@ impl Core {
         })?;
         let mut config = self.network_config.clone();
         config.rendezvous = Some((node_id, node));
+        config.metrics = self.metrics.clone();
         let (network, task, inbound) = Network::start(&self.identity, config)?;
         self.network_events = Some(network.events());
         self.listen_addrs = Some(network.listen_addrs());
@@ -2009,7 +2016,7 @@ impl Core {
     }
 
     fn emit(&self, event: Event) {
-        if self.events.try_send(event).is_err() {
+        if !self.events.try_send(event) {
             debug!("event dropped: the front end is not keeping up");
         }
     }

@@ -19,6 +19,7 @@ mod trust;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
@@ -31,9 +32,10 @@ pub use self::core::{RECORD_TTL, advertised_addrs};
 pub use error::{DirectoryFailure, OnlineError, SendError, SetStatusError, StartError};
 pub use trust::{Distrust, Trust};
 
-use crate::api::{Event, Failure, FailureKind, Request, Response, SendOutcome};
+use crate::api::{Event, EventSender, Failure, FailureKind, Request, Response, SendOutcome};
 use crate::chat::DEFAULT_MESSAGE_RATE;
 use crate::home::{Config, Home};
+use crate::metrics::ClientMetrics;
 use crate::network::NetworkConfig;
 use crate::peer::PeerInfo;
 use crate::store::{StoreHandle, StoreThread};
@@ -60,6 +62,8 @@ pub struct AgentConfig {
     pub network: NetworkConfig,
     /// How fast one peer may send us messages.
     pub message_rate: Rate,
+    /// Where to count what the client does, if anywhere.
+    pub metrics: Option<Arc<ClientMetrics>>,
 }
 
 impl AgentConfig {
@@ -78,6 +82,7 @@ impl AgentConfig {
             store,
             network: NetworkConfig::default(),
             message_rate: DEFAULT_MESSAGE_RATE,
+            metrics: None,
         })
     }
 
@@ -92,6 +97,7 @@ impl AgentConfig {
             store: StoreHandle::in_memory()?,
             network: NetworkConfig::default(),
             message_rate: DEFAULT_MESSAGE_RATE,
+            metrics: None,
         })
     }
 }
@@ -177,6 +183,7 @@ impl Agent {
         let blocked = store.call(|s| s.blocked()).await?;
         let invitations = store.call(|s| s.invitations()).await?;
         let (events, event_rx) = mpsc::channel(EVENT_BACKLOG);
+        let events = EventSender::new(events, config.metrics.clone());
         let peer_id = config.identity.peer_id();
         let core = core::Core::new(core::CoreConfig {
             identity: config.identity,
@@ -188,6 +195,7 @@ impl Agent {
             events,
             network: config.network,
             message_rate: config.message_rate,
+            metrics: config.metrics,
             trust: Trust::new(&contacts, &blocked),
             invitations,
         });

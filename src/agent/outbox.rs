@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::trust::Trust;
 use super::{Note, SendError};
-use crate::api::{Event, Failure, Response, SendOutcome};
+use crate::api::{Event, EventSender, Failure, Response, SendOutcome};
 use crate::chat::{ACK_TIMEOUT, CertificateWatch, ChatLink, DeliveryError, Signal};
 use crate::directory::{DirectoryError, DirectorySession};
 use crate::network::Network;
@@ -91,7 +91,7 @@ pub(super) struct WorkerEnv {
     pub session: watch::Receiver<Option<DirectorySession>>,
     pub certificate: CertificateWatch,
     pub trust: watch::Receiver<Arc<Trust>>,
-    pub events: mpsc::Sender<Event>,
+    pub events: EventSender,
     pub notes: mpsc::Sender<Note>,
     pub mode: Mode,
 }

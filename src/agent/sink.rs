@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Note;
 use super::trust::{Distrust, Trust};
-use crate::api::Event;
+use crate::api::{Event, EventSender};
 use crate::chat::{MessageSink, Signal};
 use crate::network::{Network, Path};
 use crate::store::{Direction, StoreHandle};
@@ -23,7 +23,7 @@ use crate::store::{Direction, StoreHandle};
 pub(super) struct StoreSink {
     store: StoreHandle,
     trust: watch::Receiver<Arc<Trust>>,
-    events: mpsc::Sender<Event>,
+    events: EventSender,
     network: Network,
     notes: mpsc::Sender<Note>,
 }
@@ -32,7 +32,7 @@ impl StoreSink {
     pub(super) fn new(
         store: StoreHandle,
         trust: watch::Receiver<Arc<Trust>>,
-        events: mpsc::Sender<Event>,
+        events: EventSender,
         network: Network,
         notes: mpsc::Sender<Note>,
     ) -> Self {

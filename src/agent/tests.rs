@@ -250,7 +250,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
         session: watch::channel(None).1,
         certificate: cert_rx,
         trust: trust_rx,
-        events: events_tx,
+        events: crate::api::EventSender::new(events_tx, None),
         notes: notes_tx,
         mode: Mode::Online,
     });
@@ -306,7 +306,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
     let sink = StoreSink::new(
         bob_store,
         watch::channel(Arc::new(Trust::default())).1,
-        bob_events_tx,
+        crate::api::EventSender::new(bob_events_tx, None),
         bob_net.clone(),
         mpsc::channel(16).0,
     );

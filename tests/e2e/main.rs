@@ -21,6 +21,7 @@ mod liveness;
 #[allow(dead_code)]
 mod load;
 mod messaging;
+mod metrics;
 mod nat;
 mod netlab;
 mod restart;

@@ -10,6 +10,7 @@
 use deadpool_postgres::Pool;
 use libp2p::PeerId;
 use messenger_proto::name::ScreenName;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::runtime::Handle;
 use tokio_postgres::Row;
 
@@ -22,6 +23,8 @@ pub struct PgStore {
     pool: Pool,
     runtime: Handle,
     max_names_per_key: usize,
+    /// Seconds per claim statement (each commits on its own).
+    commit_seconds: Histogram,
 }
 
 impl PgStore {
@@ -32,6 +35,7 @@ impl PgStore {
             pool,
             runtime,
             max_names_per_key: DEFAULT_MAX_NAMES_PER_KEY,
+            commit_seconds: crate::metrics::commit_histogram(),
         }
     }
 
@@ -118,7 +122,8 @@ impl ClaimStore for PgStore {
         now: u64,
     ) -> Result<ClaimOutcome, StoreError> {
         let max = i32::try_from(self.max_names_per_key).unwrap_or(i32::MAX);
-        self.run("claiming a name", async {
+        let started = std::time::Instant::now();
+        let outcome = self.run("claiming a name", async {
             let client = self.pool.get().await.map_err(pool_err)?;
             let statement = client
                 .prepare_cached("SELECT * FROM claim_name($1, $2, $3, $4, $5)")
@@ -152,7 +157,15 @@ impl ClaimStore for PgStore {
                     "claim_name answered {other:?}, not an outcome this node knows"
                 ))),
             }
-        })
+        });
+        if outcome.is_ok() {
+            self.commit_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        outcome
+    }
+
+    fn commit_latency(&self) -> Option<Histogram> {
+        Some(self.commit_seconds.clone())
     }
 
     fn set_last_seen(&self, name: &ScreenName, at: u64) -> Result<(), StoreError> {

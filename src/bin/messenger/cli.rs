@@ -94,6 +94,11 @@ pub(crate) enum Command {
         /// [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1]
         #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<Multiaddr>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+        /// 127.0.0.1:9465; port 0 picks one, told as `metrics http://…`):
+        /// connections, messages sent, delivered and received, reconnects.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Send a message directly and wait for the recipient's acknowledgement.
     ///

@@ -234,10 +234,10 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             ctx.my_name()?;
             crate::tunnel::pipe(&ctx.home, ctx.rendezvous.clone(), name, listen).await
         }
-        Command::Online { listen } => ctx.online(listen, None).await,
+        Command::Online { listen, metrics } => ctx.online(listen, None, metrics).await,
         Command::Chat { name, listen } => {
             let peer = parse_name(&name)?;
-            ctx.online(listen, Some(peer)).await
+            ctx.online(listen, Some(peer), None).await
         }
         Command::Ui { listen } => crate::window::run(ctx.home, ctx.rendezvous, listen).await,
         Command::Demo | Command::Completions { .. } | Command::Man => Ok(()),
@@ -409,11 +409,24 @@ impl Ctx {
     }
 
     /// `online`, and `chat` when `peer` is given.
-    async fn online(self, listen: Vec<Multiaddr>, peer: Option<ScreenName>) -> Result<(), Failure> {
+    async fn online(
+        self,
+        listen: Vec<Multiaddr>,
+        peer: Option<ScreenName>,
+        metrics: Option<std::net::SocketAddr>,
+    ) -> Result<(), Failure> {
         let name = self.my_name()?;
         // Watch for signals before announcing that we are online.
         let mut signals = Signals::new()?;
-        let mut running = Running::start(&self.home, self.rendezvous.clone(), listen).await?;
+        let mut running =
+            Running::start(&self.home, self.rendezvous.clone(), listen, metrics).await?;
+        if let Some(addr) = running.metrics_addr {
+            let url = format!("http://{addr}/metrics");
+            self.out.emit(
+                format_args!("metrics {url}"),
+                serde_json::json!({"event": "metrics", "url": url}),
+            );
+        }
         let me = running.agent.peer_id();
         let Some(rendezvous) = self
             .rendezvous

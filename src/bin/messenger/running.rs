@@ -2,12 +2,18 @@
 //! the agent online, and its control socket served so that the other
 //! commands on the home go through it; and the signals that stop it.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use anyhow::{Context, anyhow};
 use libp2p::Multiaddr;
 use messenger::agent::{Agent, AgentConfig};
 use messenger::api::Event;
 use messenger::control;
 use messenger::home::Home;
+use messenger::metrics::ClientMetrics;
+use messenger::proto::metrics::MetricsServer;
+use messenger::proto::metrics::prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +34,8 @@ pub(crate) struct Running {
     pub(crate) rendezvous: Option<Multiaddr>,
     pub(crate) agent: Agent,
     pub(crate) events: mpsc::Receiver<Event>,
+    /// Where its metrics are served, if they are.
+    pub(crate) metrics_addr: Option<SocketAddr>,
     socket: std::path::PathBuf,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
@@ -36,31 +44,60 @@ pub(crate) struct Running {
 impl Running {
     /// Starts the home's client (with `rendezvous` instead of the
     /// remembered nodes, if given) and takes it online on `listen` (the
-    /// defaults when empty).
+    /// defaults when empty), serving its metrics on `metrics` if given.
     pub(crate) async fn start(
         home: &Home,
         rendezvous: Vec<Multiaddr>,
         listen: Vec<Multiaddr>,
+        metrics: Option<SocketAddr>,
     ) -> Result<Self, Failure> {
         // First: if another client runs on this home, nothing else starts.
         let listener = control::bind(home.dir())
             .await
             .map_err(|e| Failure::new(exit::FAILURE, anyhow!("control socket: {e}")))?;
-        let config = match AgentConfig::for_home(home.clone(), rendezvous) {
+        let unbind = || {
+            let _ = std::fs::remove_file(control::socket_path(home.dir()));
+        };
+        let mut config = match AgentConfig::for_home(home.clone(), rendezvous) {
             Ok(config) => config,
             Err(e) => {
-                let _ = std::fs::remove_file(control::socket_path(home.dir()));
+                unbind();
                 return Err(Failure::of(messenger::api::Failure::from(&e)));
             }
+        };
+        let scrapes = match metrics {
+            Some(addr) => {
+                let mut registry = Registry::default();
+                config.metrics = Some(Arc::new(ClientMetrics::new(&mut registry)));
+                match MetricsServer::bind(addr, Arc::new(registry)).await {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        unbind();
+                        return Err(Failure::new(exit::FAILURE, e));
+                    }
+                }
+            }
+            None => None,
         };
         let (agent, events) = match Agent::start(config).await {
             Ok(started) => started,
             Err(e) => {
-                let _ = std::fs::remove_file(control::socket_path(home.dir()));
+                unbind();
                 return Err(Failure::of(messenger::api::Failure::from(&e)));
             }
         };
-        Self::serve(home, agent, events, listener, listen).await
+        let mut running = Self::serve(home, agent, events, listener, listen).await?;
+        if let Some(scrapes) = scrapes {
+            running.metrics_addr = scrapes.local_addr();
+            let stop = running.cancel.child_token();
+            running.tasks.spawn(async move {
+                tokio::select! {
+                    () = scrapes.run() => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+        Ok(running)
     }
 
     /// Takes an agent already started (the window signed in with it)
@@ -114,6 +151,7 @@ impl Running {
             rendezvous,
             agent,
             events,
+            metrics_addr: None,
             socket,
             cancel,
             tasks,

@@ -141,7 +141,7 @@ impl Via {
                 own: None,
             });
         }
-        let mut running = Running::start(home, rendezvous, Vec::new()).await?;
+        let mut running = Running::start(home, rendezvous, Vec::new(), None).await?;
         let mut events = running.take_events();
         let me = running.agent.peer_id();
         let node = running.rendezvous.clone();

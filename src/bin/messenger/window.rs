@@ -117,7 +117,7 @@ pub(crate) async fn run(
         app.signed_in(name);
         Running::adopt(&home, agent, events, listen).await?
     } else {
-        Running::start(&home, rendezvous, listen).await?
+        Running::start(&home, rendezvous, listen, None).await?
     };
     let result = run_window(&mut app, &mut screen, &mut keys, &mut signals, running).await;
     drop(screen);
