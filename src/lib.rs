@@ -33,6 +33,7 @@
 //!   the home's running client.
 //! - [`home`]: the user's home directory: key file and settings.
 //! - [`metrics`]: what a running client counts, for Prometheus.
+//! - [`reconnect`]: the jittered pauses between attempts to reach a node.
 //! - [`peer`]: what we know of another user, verified.
 //! - `ui` (feature `ui`): the buddy-list window's state and drawing, which
 //!   the binary runs in a terminal.
@@ -75,6 +76,7 @@ pub mod home;
 pub mod metrics;
 pub mod network;
 pub mod peer;
+pub mod reconnect;
 pub mod store;
 pub mod time;
 pub mod tunnels;

@@ -28,6 +28,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::ClientMetrics;
+use crate::reconnect::Setback;
 
 /// Why the network could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,6 +54,8 @@ pub enum NetworkError {
         peer: PeerId,
         /// What was tried and how it failed.
         reason: String,
+        /// Whether anything answered.
+        setback: Setback,
     },
 }
 
@@ -682,6 +685,7 @@ impl EventLoop {
                         let _ = reply.send(Err(NetworkError::Dial {
                             peer,
                             reason: e.to_string(),
+                            setback: Setback::of_dial(&e),
                         }));
                     }
                 }
@@ -793,6 +797,7 @@ impl EventLoop {
                     let _ = reply.send(Err(NetworkError::Dial {
                         peer,
                         reason: error.to_string(),
+                        setback: Setback::of_dial(&error),
                     }));
                 }
             }

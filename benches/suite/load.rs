@@ -18,6 +18,7 @@ use messenger::proto::directory::PROTOCOL;
 use messenger::proto::name::ScreenName;
 use messenger::proto::presence::Status;
 use messenger::proto::record::Registration;
+use messenger::reconnect::{Backoff, Setback};
 use tokio::sync::oneshot;
 
 /// How the light clients reach the node.
@@ -82,6 +83,35 @@ impl Drop for BareConnection {
     }
 }
 
+/// Why a light client is not online, and whether anything answered.
+#[derive(Debug)]
+pub struct Failed {
+    pub setback: Setback,
+    pub message: String,
+}
+
+impl Failed {
+    /// The node answered and turned us away (or something of ours failed).
+    fn turned_away(message: impl ToString) -> Self {
+        Self {
+            setback: Setback::TurnedAway,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<Failed> for String {
+    fn from(failed: Failed) -> String {
+        failed.message
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?})", self.message, self.setback)
+    }
+}
+
 impl BareConnection {
     /// Connects a fresh key to the node at `node_addr`, leaving from
     /// `bind`. `Err` if the node cannot be reached or refuses.
@@ -90,8 +120,27 @@ impl BareConnection {
         bind: Ipv4Addr,
         transport: Transport,
     ) -> Result<Self, String> {
-        let identity = Identity::generate().map_err(|e| e.to_string())?;
-        let node = node_peer_id(node_addr).map_err(|e| e.to_string())?;
+        Ok(Self::try_connect(node_addr, bind, transport).await?)
+    }
+
+    /// As [`Self::connect`], saying whether the node answered.
+    pub async fn try_connect(
+        node_addr: &Multiaddr,
+        bind: Ipv4Addr,
+        transport: Transport,
+    ) -> Result<Self, Failed> {
+        let identity = Identity::generate().map_err(Failed::turned_away)?;
+        Self::connect_as(identity, node_addr, bind, transport).await
+    }
+
+    /// Connects `identity` (a client that comes back keeps its key).
+    pub async fn connect_as(
+        identity: Identity,
+        node_addr: &Multiaddr,
+        bind: Ipv4Addr,
+        transport: Transport,
+    ) -> Result<Self, Failed> {
+        let node = node_peer_id(node_addr).map_err(Failed::turned_away)?;
         let behaviour = |_: &libp2p::identity::Keypair| Light {
             ping: ping::Behaviour::new(ping::Config::new()),
             stream: libp2p_stream::Behaviour::new(),
@@ -106,28 +155,28 @@ impl BareConnection {
                     noise::Config::new,
                     yamux::Config::default,
                 )
-                .map_err(|e| e.to_string())?
+                .map_err(Failed::turned_away)?
                 .with_behaviour(behaviour)
-                .map_err(|e| e.to_string())?
+                .map_err(Failed::turned_away)?
                 .with_swarm_config(idle)
                 .build(),
             Transport::Quic => builder
                 .with_quic()
                 .with_behaviour(behaviour)
-                .map_err(|e| e.to_string())?
+                .map_err(Failed::turned_away)?
                 .with_swarm_config(idle)
                 .build(),
         };
         swarm
             .listen_on(transport.listen_addr(bind))
-            .map_err(|e| e.to_string())?;
+            .map_err(Failed::turned_away)?;
         // Wait for the listener so the dial can reuse its address.
         loop {
             if let SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
                 break;
             }
         }
-        swarm.dial(node_addr.clone()).map_err(|e| e.to_string())?;
+        swarm.dial(node_addr.clone()).map_err(Failed::turned_away)?;
         let control = swarm.behaviour().stream.new_control();
         let (connected_tx, connected) = oneshot::channel();
         let (gone_tx, gone) = oneshot::channel::<()>();
@@ -143,7 +192,10 @@ impl BareConnection {
                     }
                     SwarmEvent::OutgoingConnectionError { error, .. } => {
                         if let Some(tx) = connected_tx.take() {
-                            let _ = tx.send(Err(error.to_string()));
+                            let _ = tx.send(Err(Failed {
+                                setback: Setback::of_dial(&error),
+                                message: error.to_string(),
+                            }));
                         }
                     }
                     SwarmEvent::ConnectionClosed {
@@ -152,7 +204,7 @@ impl BareConnection {
                         ..
                     } if peer_id == node => {
                         if let Some(tx) = connected_tx.take() {
-                            let _ = tx.send(Err("closed".to_string()));
+                            let _ = tx.send(Err(Failed::turned_away("closed at once")));
                         }
                         gone_tx.take();
                     }
@@ -162,8 +214,11 @@ impl BareConnection {
         });
         tokio::time::timeout(Duration::from_secs(20), connected)
             .await
-            .map_err(|_| "no answer to the dial".to_string())?
-            .map_err(|_| "the swarm stopped".to_string())??;
+            .map_err(|_| Failed {
+                setback: Setback::Unreachable,
+                message: "no answer to the dial".into(),
+            })?
+            .map_err(|_| Failed::turned_away("the swarm stopped"))??;
         Ok(Self {
             identity,
             node,
@@ -289,6 +344,48 @@ pub async fn light_clients(
         }
     }
     (clients, failed)
+}
+
+/// A light client that stays online as a real one does: when it loses the
+/// node it comes back by itself, pacing its attempts with the client's own
+/// [`Backoff`] (so a crowd of them is a realistic reconnect storm).
+/// `online` counts those registered now. Runs until dropped.
+pub async fn stay_online(
+    node_addr: Multiaddr,
+    bind: Ipv4Addr,
+    transport: Transport,
+    name: ScreenName,
+    online: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    let Ok(identity) = Identity::generate() else {
+        return;
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        let attempt = async {
+            let mut connection =
+                BareConnection::connect_as(identity.clone(), &node_addr, bind, transport).await?;
+            let session = connection.session().await.map_err(Failed::turned_away)?;
+            let record = connection.record(name.clone(), messenger::proto::time::now_ms() * 1000);
+            session
+                .register(record.sign(&connection.identity), Vec::new())
+                .await
+                .map_err(Failed::turned_away)?;
+            Ok::<_, Failed>((connection, session))
+        };
+        let pause = match attempt.await {
+            Ok((_connection, session)) => {
+                backoff.succeeded();
+                online.fetch_add(1, Ordering::Relaxed);
+                session.closed().await;
+                online.fetch_sub(1, Ordering::Relaxed);
+                backoff.after_loss()
+            }
+            Err(failed) => backoff.after(failed.setback),
+        };
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// `suite --held-worker NODE_ADDR FIRST COUNT BIND_IP tcp|quic`: brings the

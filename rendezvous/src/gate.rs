@@ -5,12 +5,30 @@
 //! Noise or TLS state. A stranger can open thousands and never finish
 //! (or finish slowly), so this gate bounds them from the moment the
 //! transport hands a new connection over (the TCP accept, the first QUIC
-//! packet): at most a few per source and a bounded number in all. Over a
-//! bound it does not refuse the newcomer, which would let whoever came
-//! first hold every slot, but sheds an older handshake: the oldest of the
-//! same source, or, when the total is full, the oldest of the source that
-//! holds the most. An honest client, whose handshake takes milliseconds,
-//! is thereby never the one shed by a flood from other addresses.
+//! packet): at most a few per source and a bounded number in all.
+//!
+//! At a bound the gate has two duties that pull apart. Against a flood it
+//! must not let whoever came first hold every place, so it sheds an older
+//! handshake for a newcomer: the oldest of the source that holds the most,
+//! when that source holds clearly more than the newcomer's (an honest
+//! client, whose handshake takes milliseconds, is thereby never the one
+//! shed by a flood from other addresses), and any handshake that has had
+//! its fair time ([`GateLimits::stale_after`]) without finishing. But in
+//! a reconnect storm, when thousands of honest clients come back at once,
+//! shedding handshakes that are merely waiting their turn would throw
+//! away work half done and let none finish: so a newcomer that would only
+//! displace a young handshake of an address no busier than its own is
+//! turned away at once instead (its socket closed: cheap for both sides,
+//! and the client backs off).
+//!
+//! How many handshakes may be in progress at once also follows how fast
+//! the node finishes them: about [`PACE_TARGET`]'s worth at the rate
+//! measured over the last seconds (never fewer than [`MIN_PENDING`], never
+//! more than the configured total). A node that finishes 200 handshakes a
+//! second takes on about 200 at a time, each waiting about a second, rather
+//! than 512 that would each wait long enough to be shed or to time out.
+//! The node then admits handshakes at the rate it can finish them, and
+//! turns the excess away at once.
 //!
 //! The gate is a [`Transport`] wrapper, so it applies before libp2p's
 //! swarm counts or limits anything; a shed handshake's future ends with
@@ -22,12 +40,22 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::task::AtomicWaker;
 use libp2p::Multiaddr;
 use libp2p::core::transport::{DialOpts, ListenerId, Transport, TransportError, TransportEvent};
 use libp2p::multiaddr::Protocol;
 use tracing::debug;
+
+/// How long a handshake should wait for its turn at the node's measured
+/// pace: the bound on handshakes in progress is this much of that pace.
+pub const PACE_TARGET: Duration = Duration::from_secs(1);
+
+/// Handshakes in progress the gate always allows (within the configured
+/// total), whatever the measured pace: a node just started, or idle for
+/// long, has measured nothing yet.
+pub const MIN_PENDING: usize = 64;
 
 /// What one source address, and everyone together, may have in their
 /// handshake at once.
@@ -37,6 +65,9 @@ pub struct GateLimits {
     pub per_source: usize,
     /// Handshakes in progress in all.
     pub total: usize,
+    /// A handshake older than this has had its time: a newcomer may take
+    /// its place.
+    pub stale_after: Duration,
 }
 
 /// Where a connection comes from, as far as limits go: an IPv4 address, or
@@ -78,8 +109,12 @@ pub struct ShedCounts {
     pub total: AtomicU64,
     /// QUIC: asked to prove their address (Retry) at a bound.
     pub retried: AtomicU64,
-    /// QUIC: dropped unanswered, their validated source at its bound.
+    /// QUIC: dropped unanswered, their validated source at its bound, or
+    /// every place held by younger handshakes.
     pub refused: AtomicU64,
+    /// TCP: closed at once, every place they could take held by younger
+    /// handshakes (a storm: the node is busy handshaking).
+    pub turned_away: AtomicU64,
 }
 
 /// What [`HandshakeGate::try_admit`] decided.
@@ -104,6 +139,8 @@ pub struct HandshakeGate {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Handshakes finished lately, per second.
+    pace: Pace,
     next_id: u64,
     /// Handshakes in progress, by ticket id (ids grow: oldest first).
     pending: HashMap<u64, Pending>,
@@ -111,10 +148,38 @@ struct State {
     by_source: HashMap<Source, VecDeque<u64>>,
 }
 
+/// The rate at which handshakes finish: counted over windows of at least
+/// a second, smoothed (half the last window, half what came before).
+#[derive(Debug, Default)]
+struct Pace {
+    window_start: Option<Instant>,
+    finished: u32,
+    per_second: f64,
+}
+
+impl Pace {
+    fn finished(&mut self, now: Instant) {
+        self.finished += 1;
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= Duration::from_secs(1) {
+            let rate = f64::from(self.finished) / elapsed.as_secs_f64();
+            self.per_second = if self.per_second == 0.0 {
+                rate
+            } else {
+                (self.per_second + rate) / 2.0
+            };
+            self.finished = 0;
+            self.window_start = Some(now);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     source: Source,
     signal: Arc<ShedSignal>,
+    since: Instant,
 }
 
 /// Tells a handshake's future that it was shed.
@@ -145,6 +210,7 @@ impl HandshakeGate {
             limits: GateLimits {
                 per_source: limits.per_source.max(1),
                 total: limits.total.max(1),
+                stale_after: limits.stale_after,
             },
             state: Mutex::default(),
             shed: ShedCounts::default(),
@@ -156,46 +222,68 @@ impl HandshakeGate {
     }
 
     /// Admits a new handshake from `source`, shedding an older one if a
-    /// limit is reached (TCP: the socket is open already, so shedding the
-    /// oldest costs no more than refusing the newest). The ticket holds
-    /// its place until dropped.
-    pub fn admit(self: &Arc<Self>, source: Source) -> Ticket {
+    /// limit is reached and one may be shed (see the module's words), or
+    /// turns it away (`None`: its socket is to be closed). The ticket
+    /// holds its place until dropped.
+    pub fn admit(self: &Arc<Self>, source: Source) -> Option<Ticket> {
         let mut state = self.state();
-        let from_source = state.by_source.get(&source).map_or(0, VecDeque::len);
-        if from_source >= self.limits.per_source {
-            state.shed_oldest_of(source, Reason::PerSource, &self.shed);
-        } else if state.pending.len() >= self.limits.total
-            && let Some(busiest) = state.busiest()
-        {
-            state.shed_oldest_of(busiest, Reason::Total, &self.shed);
+        if !self.make_room(&mut state, source, Instant::now()) {
+            self.shed.turned_away.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        self.insert(&mut state, source)
+        Some(self.insert(&mut state, source))
     }
 
     /// Decides on a new QUIC handshake before it costs anything (see
     /// `crate::quic`): below the bounds it is admitted; at one, an
     /// unproven address must prove itself first, a proven one at its own
-    /// bound is refused, and a proven one below it takes the place of the
-    /// busiest address's oldest handshake.
+    /// bound is refused, and a proven one below it takes a place as a TCP
+    /// newcomer would, or is refused.
     pub fn try_admit(self: &Arc<Self>, source: Source, validated: bool) -> Admission {
         let mut state = self.state();
-        let from_source = state.by_source.get(&source).map_or(0, VecDeque::len);
+        let from_source = state.count(source);
         let source_full = from_source >= self.limits.per_source;
-        let total_full = state.pending.len() >= self.limits.total;
+        let total_full = state.pending.len() >= self.room(&state);
         if source_full || total_full {
             if !validated {
                 self.shed.retried.fetch_add(1, Ordering::Relaxed);
                 return Admission::ProveAddress;
             }
-            if source_full {
+            if source_full || !self.make_room(&mut state, source, Instant::now()) {
                 self.shed.refused.fetch_add(1, Ordering::Relaxed);
                 return Admission::Refused;
             }
-            if let Some(busiest) = state.busiest() {
-                state.shed_oldest_of(busiest, Reason::Total, &self.shed);
-            }
         }
         Admission::Admitted(self.insert(&mut state, source))
+    }
+
+    /// Makes a place for a newcomer from `source` if one is free or may be
+    /// taken; false if the newcomer is to be turned away.
+    fn make_room(&self, state: &mut State, source: Source, now: Instant) -> bool {
+        let from_source = state.count(source);
+        if from_source >= self.limits.per_source {
+            // Its own handshakes go first; the oldest only once stale.
+            if state.oldest_age(source, now) >= self.limits.stale_after {
+                state.shed_oldest_of(source, Reason::PerSource, &self.shed);
+                return true;
+            }
+            return false;
+        }
+        if state.pending.len() < self.room(state) {
+            return true;
+        }
+        let Some(busiest) = state.busiest() else {
+            return true;
+        };
+        // A source holding clearly more than the newcomer's gives way (a
+        // flood does not crowd out a client); otherwise only a handshake
+        // that has had its time does.
+        let hoarding = state.count(busiest) >= from_source + 2;
+        if hoarding || state.oldest_age(busiest, now) >= self.limits.stale_after {
+            state.shed_oldest_of(busiest, Reason::Total, &self.shed);
+            return true;
+        }
+        false
     }
 
     fn insert(self: &Arc<Self>, state: &mut State, source: Source) -> Ticket {
@@ -207,6 +295,7 @@ impl HandshakeGate {
             Pending {
                 source,
                 signal: signal.clone(),
+                since: Instant::now(),
             },
         );
         state.by_source.entry(source).or_default().push_back(id);
@@ -215,6 +304,22 @@ impl HandshakeGate {
             id,
             signal,
         }
+    }
+
+    /// How many handshakes may be in progress now: the configured total,
+    /// or fewer when the node finishes them slower than that per
+    /// [`PACE_TARGET`].
+    fn room(&self, state: &State) -> usize {
+        if state.pace.per_second == 0.0 {
+            return MIN_PENDING.min(self.limits.total);
+        }
+        let paced = (state.pace.per_second * PACE_TARGET.as_secs_f64()) as usize;
+        paced.max(MIN_PENDING).min(self.limits.total)
+    }
+
+    /// How many handshakes may be in progress now (see [`Self::room`]).
+    pub fn room_now(&self) -> usize {
+        self.room(&self.state())
     }
 
     /// Handshakes in progress now.
@@ -227,15 +332,32 @@ impl HandshakeGate {
         &self.shed
     }
 
-    fn release(&self, id: u64) {
+    fn release(&self, id: u64, finished: bool) {
         let mut state = self.state();
         if let Some(pending) = state.pending.remove(&id) {
             state.forget(pending.source, id);
+            if finished {
+                state.pace.finished(Instant::now());
+            }
         }
     }
 }
 
 impl State {
+    /// Handshakes in progress from `source`.
+    fn count(&self, source: Source) -> usize {
+        self.by_source.get(&source).map_or(0, VecDeque::len)
+    }
+
+    /// How long the oldest handshake of `source` has been going.
+    fn oldest_age(&self, source: Source, now: Instant) -> Duration {
+        self.by_source
+            .get(&source)
+            .and_then(|ids| ids.front())
+            .and_then(|id| self.pending.get(id))
+            .map_or(Duration::ZERO, |p| now.saturating_duration_since(p.since))
+    }
+
     /// The source with the most handshakes in progress; of equals, the one
     /// whose oldest handshake is oldest.
     fn busiest(&self) -> Option<Source> {
@@ -296,9 +418,17 @@ impl Ticket {
     }
 }
 
+impl Ticket {
+    /// The handshake finished: it counts towards the node's pace.
+    fn finished(self) {
+        self.gate.release(self.id, true);
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.gate.release(self.id);
+        // A no-op after `finished` released it.
+        self.gate.release(self.id, false);
     }
 }
 
@@ -309,6 +439,10 @@ pub enum GateError<E> {
     /// everywhere).
     #[error("shed while still in its handshake: too many handshakes from its address or in all")]
     Shed,
+    /// Turned away on arrival: every place was held by handshakes still
+    /// in their time (the node is busy; the client backs off).
+    #[error("turned away: the node is busy with other handshakes; try again later")]
+    Busy,
     /// The wrapped transport failed.
     #[error(transparent)]
     Inner(E),
@@ -328,9 +462,10 @@ impl<T> Gated<T> {
     }
 }
 
-/// An inbound handshake holding its ticket.
+/// An inbound handshake holding its ticket (or, turned away, none: it
+/// fails at once and its socket is closed).
 pub struct GatedUpgrade<F> {
-    inner: Pin<Box<F>>,
+    inner: Option<Pin<Box<F>>>,
     ticket: Option<Ticket>,
 }
 
@@ -351,12 +486,22 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.ticket.as_ref().is_some_and(|t| t.poll_shed(cx)) {
             self.ticket = None;
+            self.inner = None;
             return Poll::Ready(Err(GateError::Shed));
         }
-        let done = self.inner.as_mut().poll(cx).map_err(GateError::Inner);
-        if done.is_ready() {
-            // Authenticated (or failed): no longer the gate's concern.
-            self.ticket = None;
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Err(GateError::Busy));
+        };
+        let done = inner.as_mut().poll(cx).map_err(GateError::Inner);
+        // Authenticated (or failed): no longer the gate's concern.
+        match &done {
+            Poll::Ready(Ok(_)) => {
+                if let Some(ticket) = self.ticket.take() {
+                    ticket.finished();
+                }
+            }
+            Poll::Ready(Err(_)) => self.ticket = None,
+            Poll::Pending => {}
         }
         done
     }
@@ -423,7 +568,8 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
         let event = futures::ready!(Pin::new(&mut self.inner).poll(cx));
-        let ticket = match &event {
+        // `None`: not an address the gate bounds; `Some(None)`: turned away.
+        let admission = match &event {
             TransportEvent::Incoming { send_back_addr, .. } => {
                 Source::of(send_back_addr).map(|source| self.gate.admit(source))
             }
@@ -431,9 +577,20 @@ where
         };
         Poll::Ready(
             event
-                .map_upgrade(|upgrade| GatedUpgrade {
-                    inner: Box::pin(upgrade),
-                    ticket,
+                .map_upgrade(|upgrade| match admission {
+                    Some(None) => GatedUpgrade {
+                        // Dropped now: the socket closes at once.
+                        inner: None,
+                        ticket: None,
+                    },
+                    Some(Some(ticket)) => GatedUpgrade {
+                        inner: Some(Box::pin(upgrade)),
+                        ticket: Some(ticket),
+                    },
+                    None => GatedUpgrade {
+                        inner: Some(Box::pin(upgrade)),
+                        ticket: None,
+                    },
                 })
                 .map_err(GateError::Inner),
         )
@@ -453,15 +610,17 @@ mod tests {
     }
 
     #[test]
-    fn one_source_over_its_limit_sheds_its_own_oldest() {
+    fn one_source_over_its_limit_sheds_its_own_oldest_once_stale() {
         let gate = HandshakeGate::new(GateLimits {
             per_source: 2,
             total: 100,
+            stale_after: Duration::ZERO,
         });
-        let a1 = gate.admit(source("10.0.0.1"));
-        let a2 = gate.admit(source("10.0.0.1"));
-        let b = gate.admit(source("10.0.0.2"));
-        let a3 = gate.admit(source("10.0.0.1"));
+        let a1 = gate.admit(source("10.0.0.1")).unwrap();
+        let a2 = gate.admit(source("10.0.0.1")).unwrap();
+        let b = gate.admit(source("10.0.0.2")).unwrap();
+        // Every handshake is stale at once here (stale_after zero).
+        let a3 = gate.admit(source("10.0.0.1")).unwrap();
         assert!(shed(&a1), "the oldest of the flooding source goes");
         assert!(!shed(&a2) && !shed(&a3) && !shed(&b));
         assert_eq!(gate.pending(), 3);
@@ -475,22 +634,48 @@ mod tests {
         let gate = HandshakeGate::new(GateLimits {
             per_source: 10,
             total: 4,
+            stale_after: Duration::from_secs(3600),
         });
-        let honest = gate.admit(source("192.0.2.7"));
-        let flood: Vec<Ticket> = (0..3).map(|_| gate.admit(source("10.0.0.1"))).collect();
+        let honest = gate.admit(source("192.0.2.7")).unwrap();
+        let flood: Vec<Ticket> = (0..3)
+            .map(|_| gate.admit(source("10.0.0.1")).unwrap())
+            .collect();
         // Full: a newcomer from a third address pushes out the flood's
         // oldest, never the honest handshake nor itself.
-        let newcomer = gate.admit(source("198.51.100.9"));
+        let newcomer = gate.admit(source("198.51.100.9")).unwrap();
         assert!(shed(&flood[0]));
         assert!(!shed(&honest) && !shed(&newcomer));
         assert!(!shed(&flood[1]) && !shed(&flood[2]));
         assert_eq!(gate.pending(), 4);
-        // Many sources with one each: the oldest goes.
-        let spread: Vec<Ticket> = (1..=4)
-            .map(|i| gate.admit(source(&format!("10.1.0.{i}"))))
+        // The flood's source, now no busier than the newcomer's by two,
+        // keeps its young handshakes: a storm of sources with one each is
+        // turned away while the places are held by handshakes in time.
+        drop(flood);
+        let _crowd: Vec<Ticket> = (1..=2)
+            .map(|i| gate.admit(source(&format!("10.1.0.{i}"))).unwrap())
             .collect();
         assert_eq!(gate.pending(), 4);
-        assert!(spread.iter().all(|t| !shed(t)), "the newest stay");
+        assert!(gate.admit(source("10.1.0.9")).is_none(), "turned away");
+        assert_eq!(gate.shed_counts().turned_away.load(Ordering::Relaxed), 1);
+        assert!(!shed(&honest) && !shed(&newcomer));
+    }
+
+    #[test]
+    fn a_storm_from_one_source_is_turned_away_not_shed_until_stale() {
+        let gate = HandshakeGate::new(GateLimits {
+            per_source: 3,
+            total: 3,
+            stale_after: Duration::from_millis(50),
+        });
+        let first: Vec<Ticket> = (0..3)
+            .map(|_| gate.admit(source("10.0.0.1")).unwrap())
+            .collect();
+        assert!(gate.admit(source("10.0.0.1")).is_none());
+        assert!(first.iter().all(|t| !shed(t)), "work in progress is kept");
+        // Once the oldest has had its time, a newcomer takes its place.
+        std::thread::sleep(Duration::from_millis(60));
+        let late = gate.admit(source("10.0.0.1")).unwrap();
+        assert!(shed(&first[0]) && !shed(&first[1]) && !shed(&late));
     }
 
     #[test]
@@ -498,6 +683,7 @@ mod tests {
         let gate = HandshakeGate::new(GateLimits {
             per_source: 2,
             total: 3,
+            stale_after: Duration::from_secs(3600),
         });
         let admitted = |a: Admission| match a {
             Admission::Admitted(t) => t,
@@ -549,10 +735,11 @@ mod tests {
         let gate = HandshakeGate::new(GateLimits {
             per_source: 1,
             total: 10,
+            stale_after: Duration::ZERO,
         });
         let mut upgrade = GatedUpgrade {
-            inner: Box::pin(futures::future::pending::<Result<(), ()>>()),
-            ticket: Some(gate.admit(source("10.0.0.1"))),
+            inner: Some(Box::pin(futures::future::pending::<Result<(), ()>>())),
+            ticket: gate.admit(source("10.0.0.1")),
         };
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);

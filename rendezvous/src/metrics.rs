@@ -328,17 +328,27 @@ impl Collector for Gauges {
         )?;
         pending.encode(metric)?;
 
+        let room = ConstGauge::new(self.gate.room_now() as i64);
+        let metric = encoder.encode_descriptor(
+            "handshakes_room",
+            "Handshakes the node takes on at once: about a second's worth at the pace it finishes them, within --max-pending-connections",
+            None,
+            room.metric_type(),
+        )?;
+        room.encode(metric)?;
+
         let shed = self.gate.shed_counts();
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut family = encoder.encode_descriptor(
             "handshakes_shed",
-            "Connections turned away before their handshake finished, by reason (per_address, all_full; QUIC: retry asked, dropped)",
+            "Connections turned away before their handshake finished, by reason (shed: per_address, all_full; turned_away on arrival while busy; QUIC: retry asked, dropped)",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
         for (reason, count) in [
             ("per_address", read(&shed.per_source)),
             ("all_full", read(&shed.total)),
+            ("turned_away", read(&shed.turned_away)),
             ("quic_retry", read(&shed.retried)),
             ("quic_dropped", read(&shed.refused)),
         ] {

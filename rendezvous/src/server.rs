@@ -273,6 +273,9 @@ impl Server {
         let gate = HandshakeGate::new(GateLimits {
             per_source: config.limits.max_pending_per_ip as usize,
             total: config.limits.max_pending_connections as usize,
+            // Half the time a handshake is allowed: one still going then
+            // is stalled or starved, and may give its place up.
+            stale_after: config.limits.handshake_timeout / 2,
         });
         let mut metrics_registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(NodeMetrics::new(&mut metrics_registry, &registry, &gate));
@@ -311,7 +314,7 @@ impl Server {
             swarm,
             liveness: Liveness::new(config.ping_interval, config.ping_timeout),
             gate,
-            shed_reported: [0; 4],
+            shed_reported: [0; 5],
             registry: registry.clone(),
             incoming: Some(incoming),
             sessions,
@@ -543,10 +546,14 @@ async fn listen(
     let mut bound = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     // Wait for one address per listener, then take whatever else the
-    // listeners report at once (a wildcard address yields one per interface).
+    // listeners report within 50 ms (a wildcard address yields one per
+    // interface). The 50 ms run from the last listener's first address, not
+    // from the last event: a node restarted under a crowd of reconnecting
+    // clients has events without pause.
+    let mut settled: Option<tokio::time::Instant> = None;
     loop {
         let wait = if waiting.is_empty() {
-            tokio::time::Instant::now() + Duration::from_millis(50)
+            *settled.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(50))
         } else {
             deadline
         };
@@ -605,7 +612,7 @@ struct EventLoop {
     liveness: Liveness,
     gate: Arc<HandshakeGate>,
     /// Gate counts at the last report.
-    shed_reported: [u64; 4],
+    shed_reported: [u64; 5],
     registry: Arc<Registry>,
     incoming: Option<futures::channel::mpsc::Receiver<accept::Incoming>>,
     sessions: Arc<SessionEnv>,
@@ -735,6 +742,7 @@ impl EventLoop {
             read(&counts.total),
             read(&counts.retried),
             read(&counts.refused),
+            read(&counts.turned_away),
         ];
         let delta: Vec<u64> = now
             .iter()
@@ -747,8 +755,9 @@ impl EventLoop {
                 shed_all_full = delta[1],
                 quic_retried = delta[2],
                 quic_dropped = delta[3],
+                turned_away = delta[4],
                 pending = self.gate.pending(),
-                "turned away connections that had not finished their handshake (a flood?)"
+                "turned away connections that had not finished their handshake (a flood, or a crowd reconnecting?)"
             );
         }
         self.shed_reported = now;

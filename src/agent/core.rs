@@ -50,6 +50,7 @@ use crate::network::{
     Inbound, Network, NetworkConfig, NetworkEvent, NetworkTask, Path, Reachability, is_relayed,
 };
 use crate::peer::PeerInfo;
+use crate::reconnect::{Backoff, Setback};
 use crate::store::{Contact, MessageState, StoreHandle, StoreThread};
 
 /// How long a registration record is valid; the online client renews it
@@ -68,11 +69,6 @@ const REACHABILITY_WAIT: Duration = Duration::from_millis(1500);
 
 /// How long a relay reservation may take.
 const RELAY_WAIT: Duration = Duration::from_secs(5);
-
-/// Reconnecting to the node: the first pause, and the longest. Offline for
-/// long, the client tries twice a minute and otherwise sleeps.
-const RECONNECT_FIRST: Duration = Duration::from_millis(250);
-const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// How often a one-off request is tried on a fresh session when the node
 /// dropped the session before answering (it may under bursts).
@@ -237,7 +233,9 @@ pub(super) struct Core {
 
     online: Option<Online>,
     reconnect_at: Option<Instant>,
-    backoff: Duration,
+    /// Pauses between attempts to reach the node (jittered, see
+    /// [`crate::reconnect`]).
+    backoff: Backoff,
     status: OwnStatus,
     last_seq: u64,
 
@@ -304,7 +302,7 @@ impl Core {
             learned_issuers: Vec::new(),
             online: None,
             reconnect_at: None,
-            backoff: RECONNECT_FIRST,
+            backoff: Backoff::new(),
             status,
             last_seq: 0,
             presence: HashMap::new(),
@@ -1108,7 +1106,7 @@ impl Core {
         self.seen_addrs = now;
         if appeared && self.reconnect_at.is_some() {
             info!("a new address of ours; reconnecting to the rendezvous node now");
-            self.backoff = RECONNECT_FIRST;
+            self.backoff.succeeded();
             self.reconnect_at = Some(Instant::now());
         }
     }
@@ -1288,8 +1286,8 @@ impl Core {
                     self.emit(Event::Reconnecting {
                         reason: "lost the connection to the rendezvous node".into(),
                     });
-                    self.backoff = RECONNECT_FIRST;
-                    self.reconnect_at = Some(Instant::now() + self.backoff);
+                    // Spread: everyone its node held lost it at once.
+                    self.reconnect_at = Some(Instant::now() + self.backoff.after_loss());
                 }
             }
             Done::Resolved {
@@ -1417,7 +1415,7 @@ impl Core {
                 });
                 self.session.send_replace(Some(session.clone()));
                 self.reconnect_at = None;
-                self.backoff = RECONNECT_FIRST;
+                self.backoff.succeeded();
                 self.nodes.succeeded();
                 self.remember_node_in_use();
                 if let Some((registered, addrs)) = registered {
@@ -1503,9 +1501,10 @@ impl Core {
                     return;
                 }
                 if online {
-                    debug!("reconnect failed: {e}");
-                    self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
-                    self.reconnect_at = Some(Instant::now() + self.backoff);
+                    let setback = setback_of(&e);
+                    let pause = self.backoff.after(setback);
+                    debug!(?setback, ?pause, "reconnect failed: {e}");
+                    self.reconnect_at = Some(Instant::now() + pause);
                     return;
                 }
                 let failure = Failure::from(&e);
@@ -2241,5 +2240,21 @@ fn suffix(text: &str) -> String {
         String::new()
     } else {
         format!(" \"{text}\"")
+    }
+}
+
+/// How a failure to reach the node bears on the pause before the next try.
+fn setback_of(failure: &DirectoryFailure) -> Setback {
+    match failure {
+        DirectoryFailure::Node { source, .. } => match source.as_ref() {
+            DirectoryError::Unreachable(crate::network::NetworkError::Dial { setback, .. }) => {
+                *setback
+            }
+            DirectoryError::Unreachable(_) | DirectoryError::Timeout(_) => Setback::Unreachable,
+            // It answered: refused, rate-limited, its store down, or the
+            // connection closed at once (over a limit).
+            _ => Setback::TurnedAway,
+        },
+        _ => Setback::Unreachable,
     }
 }

@@ -1,0 +1,108 @@
+//! A reconnect storm: a node holding a crowd of online clients is killed
+//! and started again on the same data dir; every client comes back by
+//! itself, paced by the client's jittered backoff, and the node admits
+//! them at the rate it can handshake. The full-size figure (50,000
+//! clients) is in the benchmark suite.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use messenger::proto::name::ScreenName;
+
+use crate::support::Node;
+
+/// Clients in the crowd.
+const CROWD: usize = 2_000;
+
+/// Every client must be back within this of the node's restart. Measured
+/// here: see the test's output (a debug build of both sides, on 2 cores).
+const RECOVERY_BOUND: Duration = Duration::from_secs(60);
+
+/// Node flags for a crowd that comes from one address: in the field each
+/// user has an address of their own, so the per-address bounds that stop
+/// one host from hoarding the node are opened here.
+const CROWD_FLAGS: [&str; 4] = [
+    "--max-pending-per-ip",
+    "512",
+    "--max-connections-per-ip",
+    "10000",
+];
+
+/// Waits until `online` reads `n`, up to `limit`; how long it took.
+fn wait_online(online: &AtomicUsize, n: usize, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let now = online.load(Ordering::Relaxed);
+        if now >= n {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "only {now} of {n} clients online after {limit:?}"
+        );
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!("{now} of {n} online after {:?}", started.elapsed());
+            last_report = Instant::now();
+        }
+        // A poll of an in-process counter, not a wait for the system
+        // under test: what is measured is the counter reaching n.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_crowd_comes_back_by_itself_after_the_node_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start_with(dir.path(), &CROWD_FLAGS);
+    let port = node.port();
+    let node_addr: Multiaddr = node.addr.parse().unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let online = Arc::new(AtomicUsize::new(0));
+    let mut crowd = tokio::task::JoinSet::new();
+    for i in 0..CROWD {
+        let name = ScreenName::parse(&format!("storm{i}")).unwrap();
+        crowd.spawn_on(
+            crate::load::stay_online(
+                node_addr.clone(),
+                Ipv4Addr::LOCALHOST,
+                crate::load::Transport::Tcp,
+                name,
+                online.clone(),
+            ),
+            runtime.handle(),
+        );
+    }
+    // The first arrival is a storm too: all at once.
+    let first = wait_online(&online, CROWD, RECOVERY_BOUND);
+    eprintln!("{CROWD} clients online {first:?} after starting together");
+
+    node.proc.signal("KILL");
+    node.proc.wait_exit();
+    let killed = Instant::now();
+    // Every client sees its connection end (the kernel closes a killed
+    // process's sockets).
+    let started = Instant::now();
+    while online.load(Ordering::Relaxed) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} clients still think they are online",
+            online.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let node = crate::support::Node::spawn(None, dir.path(), "127.0.0.1", port, &CROWD_FLAGS);
+    let down = killed.elapsed();
+    assert_eq!(node.addr, node_addr.to_string(), "same port, same key");
+    let back = wait_online(&online, CROWD, RECOVERY_BOUND);
+    eprintln!(
+        "node down for {down:?}; all {CROWD} clients online again {back:?} after it was back"
+    );
+    crowd.abort_all();
+    drop(crowd);
+    drop(runtime);
+}
