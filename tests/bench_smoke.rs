@@ -33,8 +33,11 @@ async fn every_figure_is_measured_with_its_baseline() {
         std::path::PathBuf::from(env!("CARGO_BIN_EXE_messenger")).with_file_name("rendezvous");
     if node.exists() {
         let held = figures::held_connections(&sizes, &node, None).await;
-        assert_eq!(held.len(), 3, "{held:?}");
+        assert_eq!(held.len(), 5, "{held:?}");
         assert_eq!(held[0].ours, sizes.held_clients as f64);
+        // Every client came back after the node's kill -9 and restart.
+        assert_eq!(held[3].met, Some(true), "{held:?}");
+        assert_eq!(held[4].met, Some(true), "{held:?}");
         assert!(
             held.iter().all(|f| f.ours.is_finite() && f.ours >= 0.0),
             "{held:?}"

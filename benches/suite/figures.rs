@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -1122,140 +1123,291 @@ fn clock_ticks_per_second() -> f64 {
     100.0
 }
 
+/// A node process of the held-connections figure, on fixed ports once
+/// it has picked them, so that it can be killed and started again where
+/// its clients look for it.
+struct HeldNode {
+    child: std::process::Child,
+    tcp: Multiaddr,
+    quic: Multiaddr,
+}
+
+impl HeldNode {
+    /// Starts the node on `ports` (TCP, UDP; 0 picks one) with its data in
+    /// `dir`, and reads the addresses it prints.
+    fn start(bin: &std::path::Path, dir: &std::path::Path, ports: (u16, u16)) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .args([
+                "--listen",
+                &format!("/ip4/127.0.0.1/tcp/{}", ports.0),
+                "--listen",
+                &format!("/ip4/127.0.0.1/udp/{}/quic-v1", ports.1),
+                // Capacity is what is measured: the connection limits are
+                // raised past the load (each worker is one address).
+                "--max-connections",
+                "1000000",
+                "--max-connections-per-ip",
+                "1000000",
+                "--max-pending-connections",
+                "4096",
+                "--max-pending-per-ip",
+                "4096",
+                "--max-memory-mib",
+                "1000000",
+                "--requests-per-second",
+                "100000",
+                "--request-burst",
+                "100000",
+                "--data-dir",
+            ])
+            .arg(dir)
+            // E.g. BENCH_HELD_NODE_FLAGS="--ping-interval 30 --ping-timeout 20".
+            .args(
+                std::env::var("BENCH_HELD_NODE_FLAGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the node");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut next = |quic: bool| -> Multiaddr {
+            lines
+                .next()
+                .expect("the node prints its addresses")
+                .expect("line")
+                .parse::<Multiaddr>()
+                .ok()
+                .filter(|a| a.to_string().contains("quic") == quic)
+                .expect("the TCP address first, then QUIC")
+        };
+        let tcp = next(false);
+        let quic = next(true);
+        Self { child, tcp, quic }
+    }
+
+    fn ports(&self) -> (u16, u16) {
+        let port = |a: &Multiaddr| {
+            a.iter()
+                .find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::Tcp(p) | libp2p::multiaddr::Protocol::Udp(p) => {
+                        Some(p)
+                    }
+                    _ => None,
+                })
+                .expect("a port")
+        };
+        (port(&self.tcp), port(&self.quic))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The load of the held-connections figure: clients that stay online by
+/// themselves, in worker processes (each from its own 127.0.0.x) or in
+/// this one.
+struct HeldCrowd {
+    /// Per worker: the process, and what it last reported.
+    workers: Vec<(std::process::Child, Reported)>,
+    in_process: Option<(tokio::task::JoinSet<()>, Arc<load::CrowdCounts>)>,
+}
+
+impl HeldCrowd {
+    fn start(
+        sizes: &Sizes,
+        addr: &Multiaddr,
+        transport: load::Transport,
+        worker: Option<&std::path::Path>,
+    ) -> Self {
+        use std::io::BufRead;
+        let n = sizes.held_clients;
+        let Some(exe) = worker else {
+            let counts = Arc::new(load::CrowdCounts::default());
+            let mut tasks = tokio::task::JoinSet::new();
+            load::crowd(
+                &mut tasks,
+                addr,
+                [127, 0, 0, 1].into(),
+                transport,
+                0,
+                n,
+                &counts,
+            );
+            return Self {
+                workers: Vec::new(),
+                in_process: Some((tasks, counts)),
+            };
+        };
+        let mut workers = Vec::new();
+        for (w, first) in (0..n).step_by(sizes.held_per_worker).enumerate() {
+            let count = sizes.held_per_worker.min(n - first);
+            let mut child = std::process::Command::new(exe)
+                .arg("--held-worker")
+                .arg(addr.to_string())
+                .arg(first.to_string())
+                .arg(count.to_string())
+                .arg(format!("127.0.0.{}", 10 + w))
+                .arg(transport.as_str())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a load worker");
+            let out = child.stdout.take().expect("stdout");
+            let said = Arc::new(std::sync::Mutex::new((0, 0)));
+            // The reader ends with the worker's stdout.
+            std::thread::spawn({
+                let said = said.clone();
+                move || {
+                    for line in std::io::BufReader::new(out).lines() {
+                        let Ok(line) = line else { break };
+                        // "online N registered M"
+                        let counts: Vec<usize> = line
+                            .split_whitespace()
+                            .filter_map(|w| w.parse().ok())
+                            .collect();
+                        if let [online, registered] = counts[..] {
+                            *said.lock().unwrap_or_else(|p| p.into_inner()) = (online, registered);
+                        }
+                    }
+                }
+            });
+            workers.push((child, said));
+        }
+        Self {
+            workers,
+            in_process: None,
+        }
+    }
+
+    /// (online, registrations so far), over the whole crowd.
+    fn read(&self) -> (usize, usize) {
+        if let Some((_, counts)) = &self.in_process {
+            return counts.read();
+        }
+        self.workers.iter().fold((0, 0), |(o, r), (_, said)| {
+            let (online, registered) = *said.lock().unwrap_or_else(|p| p.into_inner());
+            (o + online, r + registered)
+        })
+    }
+
+    /// Waits until `registrations` more registrations than `since` were
+    /// made (every client back), up to `limit`; how long it took, and how
+    /// many came back if not all.
+    async fn wait_registered(
+        &self,
+        since: usize,
+        clients: usize,
+        limit: Duration,
+    ) -> (Duration, usize) {
+        let started = Instant::now();
+        let mut reported = Instant::now();
+        loop {
+            let (online, registered) = self.read();
+            let back = registered.saturating_sub(since);
+            if back >= clients || started.elapsed() >= limit {
+                return (started.elapsed(), back.min(clients));
+            }
+            if reported.elapsed() >= Duration::from_secs(10) {
+                eprintln!(
+                    "held: {back} of {clients} registered, {online} online, after {:.0} s",
+                    started.elapsed().as_secs_f64()
+                );
+                reported = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// CPU ticks the load has used (in process: this whole process's).
+    fn cpu_ticks(&self) -> u64 {
+        if self.in_process.is_some() {
+            return cpu_ticks(std::process::id());
+        }
+        self.workers.iter().map(|(c, _)| cpu_ticks(c.id())).sum()
+    }
+
+    fn stop(self) {
+        if let Some((mut tasks, _)) = self.in_process {
+            tasks.abort_all();
+        }
+        for (mut child, _) in self.workers {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a load worker last said: (online, registered).
+type Reported = Arc<std::sync::Mutex<(usize, usize)>>;
+
+/// How long a crowd may take to come online, or back after a restart.
+const HELD_ARRIVAL_LIMIT: Duration = Duration::from_secs(600);
+
+/// The reconnect storm's stated bound: every client back online within
+/// this of the node's restart.
+pub const STORM_BOUND: Duration = Duration::from_secs(120);
+
 /// Online clients one node process holds: its resident memory per client,
-/// and how long a presence change takes to reach a watcher at that load.
-/// With `worker` (the suite's own binary), the light clients run in worker
-/// processes of `held_per_worker` each, every one from its own 127.0.0.x
-/// address; without, in this process. `BENCH_HELD_TRANSPORT=tcp` makes them
-/// use TCP instead of QUIC (TCP costs the node one file per client).
+/// its CPU while holding them, how long a presence change takes to reach
+/// a watcher at that load; then the reconnect storm: the node killed with
+/// kill -9 and started again on the same data dir and ports, and the time
+/// until every client registered again. The clients stay online by
+/// themselves (the client's jittered backoff) and all start at once, so
+/// the first arrival is a storm too. With `worker` (the suite's own
+/// binary), they run in worker processes of `held_per_worker` each, every
+/// one from its own 127.0.0.x address; without, in this process.
+/// `BENCH_HELD_TRANSPORT=tcp` makes them use TCP instead of QUIC (TCP costs
+/// the node one file per client).
 pub async fn held_connections(
     sizes: &Sizes,
     rendezvous_bin: &std::path::Path,
     worker: Option<&std::path::Path>,
 ) -> Vec<Figure> {
-    use std::io::BufRead;
     let transport = std::env::var("BENCH_HELD_TRANSPORT")
         .ok()
         .and_then(|t| load::Transport::parse(&t))
         .unwrap_or(load::Transport::Quic);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut node = std::process::Command::new(rendezvous_bin)
-        .args([
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-            // Capacity is what is measured: the connection limits are
-            // raised past the load (each worker is one address).
-            "--max-connections",
-            "1000000",
-            "--max-connections-per-ip",
-            "1000000",
-            "--max-pending-connections",
-            "4096",
-            "--max-memory-mib",
-            "1000000",
-            "--requests-per-second",
-            "100000",
-            "--request-burst",
-            "100000",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        // E.g. BENCH_HELD_NODE_FLAGS="--ping-interval 30 --ping-timeout 20".
-        .args(
-            std::env::var("BENCH_HELD_NODE_FLAGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "error".into()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the node");
-    let mut lines = std::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
-    let mut node_addr = |quic: bool| -> Multiaddr {
-        lines
-            .next()
-            .expect("the node prints its addresses")
-            .expect("line")
-            .parse::<Multiaddr>()
-            .ok()
-            .filter(|a| a.to_string().contains("quic") == quic)
-            .expect("the TCP address first, then QUIC")
-    };
-    let addr = node_addr(false);
-    let quic_addr = node_addr(true);
+    let mut node = HeldNode::start(rendezvous_bin, dir.path(), (0, 0));
+    let addr = node.tcp.clone();
     let load_addr = match transport {
-        load::Transport::Tcp => addr.clone(),
-        load::Transport::Quic => quic_addr,
+        load::Transport::Tcp => node.tcp.clone(),
+        load::Transport::Quic => node.quic.clone(),
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(node.id());
+    let before = rss_kib(node.child.id());
 
-    // Clients connect and register, then stay connected.
+    // Every client at once: the first arrival.
     let n = sizes.held_clients;
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    let mut in_process = Vec::new();
-    let (mut held, mut failed) = (0, 0);
-    match worker {
-        Some(exe) => {
-            for (w, first) in (0..n).step_by(sizes.held_per_worker).enumerate() {
-                let count = sizes.held_per_worker.min(n - first);
-                let mut child = std::process::Command::new(exe)
-                    .arg("--held-worker")
-                    .arg(load_addr.to_string())
-                    .arg(first.to_string())
-                    .arg(count.to_string())
-                    .arg(format!("127.0.0.{}", 10 + w))
-                    .arg(transport.as_str())
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("start a load worker");
-                let out = child.stdout.take().expect("stdout");
-                workers.push((child, std::io::BufReader::new(out).lines()));
-            }
-            for (_, lines) in &mut workers {
-                let line = tokio::task::block_in_place(|| lines.next())
-                    .expect("a worker reports")
-                    .expect("line");
-                // "ready N failed M"
-                let counts: Vec<usize> = line
-                    .split_whitespace()
-                    .filter_map(|w| w.parse().ok())
-                    .collect();
-                assert_eq!(counts.len(), 2, "a load worker said: {line}");
-                held += counts[0];
-                failed += counts[1];
-            }
-        }
-        None => {
-            let (clients, f) =
-                load::light_clients(&load_addr, [127, 0, 0, 1].into(), transport, 0, n).await;
-            held = clients.len();
-            failed = f;
-            in_process = clients;
-        }
-    }
-    let connect_secs = started.elapsed().as_secs_f64();
+    let crowd = HeldCrowd::start(sizes, &load_addr, transport, worker);
+    let (node_cpu, load_cpu) = (cpu_ticks(node.child.id()), crowd.cpu_ticks());
+    let (arrival, arrived) = crowd.wait_registered(0, n, HELD_ARRIVAL_LIMIT).await;
+    let bound_by = bounding_process(&node, &crowd, node_cpu, load_cpu, arrival);
+    eprintln!(
+        "held: {arrived} of {n} {} clients online {:.1} s after starting together ({bound_by})",
+        transport.as_str(),
+        arrival.as_secs_f64(),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(node.id());
+    let after = rss_kib(node.child.id());
     let grown_kib = after.saturating_sub(before) as f64;
     // What holding them costs the node in CPU, idle: pings, keep-alives.
-    let cpu_before = cpu_ticks(node.id());
+    let cpu_before = cpu_ticks(node.child.id());
     let idle = Instant::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let cpu_share = (cpu_ticks(node.id()) - cpu_before) as f64
+    let cpu_share = (cpu_ticks(node.child.id()) - cpu_before) as f64
         / clock_ticks_per_second()
         / idle.elapsed().as_secs_f64();
     eprintln!(
-        "held: {held} of {n} {} clients online in {connect_secs:.1} s ({failed} failed); \
-         node RSS {before} -> {after} KiB; node CPU while idle {:.0}% of one core",
-        transport.as_str(),
+        "held: node RSS {before} -> {after} KiB; node CPU while holding them {:.0}% of one core",
         cpu_share * 100.0
     );
 
@@ -1282,9 +1434,9 @@ pub async fn held_connections(
         samples.push(started.elapsed());
     }
     let (presence_median, _) = percentiles(samples);
-    // How many are still online at the end: a sample of the names,
-    // resolved through the node (a client the node dropped, e.g. for a
-    // ping unanswered under load, is offline even if its worker holds it).
+    // How many are online at the end: a sample of the names, resolved
+    // through the node (a client the node dropped, e.g. for a ping
+    // unanswered under load, is offline until it is back).
     let sample: Vec<usize> = (0..n).step_by((n / 500).max(1)).collect();
     let mut still_online = 0;
     for i in &sample {
@@ -1292,19 +1444,33 @@ pub async fn held_connections(
             still_online += usize::from(info.online());
         }
     }
-    let online = (held as f64 * still_online as f64 / sample.len().max(1) as f64).round() as usize;
+    let online = (n as f64 * still_online as f64 / sample.len().max(1) as f64).round() as usize;
     let per_client_kib = grown_kib / online.max(1) as f64;
     eprintln!(
-        "held: {still_online} of a sample of {} names online at the end: about {online} of {held} online",
+        "held: {still_online} of a sample of {} names online: about {online} of {n} online",
         sample.len()
     );
-    drop(in_process);
-    for (mut child, _) in workers {
-        drop(child.stdin.take());
-        let _ = child.wait();
-    }
-    let _ = node.kill();
-    let _ = node.wait();
+    drop((watched, watcher));
+
+    // The reconnect storm: kill -9, start again where the clients look.
+    let ports = node.ports();
+    let (_, registered_before) = crowd.read();
+    node.kill();
+    let killed = Instant::now();
+    let mut node = HeldNode::start(rendezvous_bin, dir.path(), ports);
+    let down = killed.elapsed();
+    let (node_cpu, load_cpu) = (cpu_ticks(node.child.id()), crowd.cpu_ticks());
+    let (storm, back) = crowd
+        .wait_registered(registered_before, n, HELD_ARRIVAL_LIMIT)
+        .await;
+    let bound_by = bounding_process(&node, &crowd, node_cpu, load_cpu, storm);
+    eprintln!(
+        "held: node down {:.2} s; {back} of {n} clients registered again {:.1} s after it was back ({bound_by})",
+        down.as_secs_f64(),
+        storm.as_secs_f64(),
+    );
+    crowd.stop();
+    node.kill();
     vec![
         Figure {
             name: format!("online clients held ({})", transport.as_str()),
@@ -1336,7 +1502,46 @@ pub async fn held_connections(
             target: Some("≤ 1×".into()),
             met: Some(presence_median <= Duration::from_secs(1)),
         },
+        Figure {
+            name: format!("{arrived} of {n} clients online, all starting at once"),
+            ours: arrival.as_secs_f64() * 1e3,
+            baseline: STORM_BOUND.as_secs_f64() * 1e3,
+            unit: "ms".into(),
+            baseline_name: "the stated bound".into(),
+            ratio: arrival.as_secs_f64() / STORM_BOUND.as_secs_f64(),
+            target: Some("≤ 1×".into()),
+            met: Some(arrived == n && arrival <= STORM_BOUND),
+        },
+        Figure {
+            name: format!("reconnect storm: {back} of {n} back after kill -9 and restart"),
+            ours: storm.as_secs_f64() * 1e3,
+            baseline: STORM_BOUND.as_secs_f64() * 1e3,
+            unit: "ms".into(),
+            baseline_name: "the stated bound".into(),
+            ratio: storm.as_secs_f64() / STORM_BOUND.as_secs_f64(),
+            target: Some("≤ 1×".into()),
+            met: Some(back == n && storm <= STORM_BOUND),
+        },
     ]
+}
+
+/// Which side bounded an arrival: the node, if it used most of a core's
+/// worth per core it could have (two here), else the load generator.
+fn bounding_process(
+    node: &HeldNode,
+    crowd: &HeldCrowd,
+    node_ticks_before: u64,
+    load_ticks_before: u64,
+    took: Duration,
+) -> String {
+    let per_second = clock_ticks_per_second() * took.as_secs_f64().max(0.001);
+    let node_share = (cpu_ticks(node.child.id()) - node_ticks_before) as f64 / per_second;
+    let load_share = crowd.cpu_ticks().saturating_sub(load_ticks_before) as f64 / per_second;
+    format!(
+        "node CPU {:.0}% of one core, load generators {:.0}%",
+        node_share * 100.0,
+        load_share * 100.0
+    )
 }
 
 /// The whole `messenger send` command as a process (reported, no target).

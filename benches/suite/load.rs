@@ -346,16 +346,33 @@ pub async fn light_clients(
     (clients, failed)
 }
 
+/// What a crowd of [`stay_online`] clients is doing.
+#[derive(Debug, Default)]
+pub struct CrowdCounts {
+    /// Registered on a live session now.
+    pub online: std::sync::atomic::AtomicUsize,
+    /// Registrations so far (each return after a loss counts again).
+    pub registered: std::sync::atomic::AtomicUsize,
+}
+
+impl CrowdCounts {
+    /// (online, registered) now.
+    pub fn read(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.online.load(Relaxed), self.registered.load(Relaxed))
+    }
+}
+
 /// A light client that stays online as a real one does: when it loses the
-/// node it comes back by itself, pacing its attempts with the client's own
-/// [`Backoff`] (so a crowd of them is a realistic reconnect storm).
-/// `online` counts those registered now. Runs until dropped.
+/// node it comes back by itself with the same key, pacing its attempts
+/// with the client's own [`Backoff`] (so a crowd of them is a realistic
+/// reconnect storm). Runs until dropped.
 pub async fn stay_online(
     node_addr: Multiaddr,
     bind: Ipv4Addr,
     transport: Transport,
     name: ScreenName,
-    online: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    counts: std::sync::Arc<CrowdCounts>,
 ) {
     use std::sync::atomic::Ordering;
     let Ok(identity) = Identity::generate() else {
@@ -377,9 +394,10 @@ pub async fn stay_online(
         let pause = match attempt.await {
             Ok((_connection, session)) => {
                 backoff.succeeded();
-                online.fetch_add(1, Ordering::Relaxed);
+                counts.registered.fetch_add(1, Ordering::Relaxed);
+                counts.online.fetch_add(1, Ordering::Relaxed);
                 session.closed().await;
-                online.fetch_sub(1, Ordering::Relaxed);
+                counts.online.fetch_sub(1, Ordering::Relaxed);
                 backoff.after_loss()
             }
             Err(failed) => backoff.after(failed.setback),
@@ -388,9 +406,34 @@ pub async fn stay_online(
     }
 }
 
-/// `suite --held-worker NODE_ADDR FIRST COUNT BIND_IP tcp|quic`: brings the
-/// clients online, prints `ready N failed M`, and holds them until stdin
-/// closes.
+/// Starts `count` [`stay_online`] clients named `held{first}`… at once.
+pub fn crowd(
+    tasks: &mut tokio::task::JoinSet<()>,
+    node_addr: &Multiaddr,
+    bind: Ipv4Addr,
+    transport: Transport,
+    first: usize,
+    count: usize,
+    counts: &std::sync::Arc<CrowdCounts>,
+) {
+    for i in first..first + count {
+        let Ok(name) = ScreenName::parse(&format!("held{i}")) else {
+            continue;
+        };
+        tasks.spawn(stay_online(
+            node_addr.clone(),
+            bind,
+            transport,
+            name,
+            counts.clone(),
+        ));
+    }
+}
+
+/// `suite --held-worker NODE_ADDR FIRST COUNT BIND_IP tcp|quic`: starts a
+/// crowd of clients that stay online by themselves, prints
+/// `online N registered M` whenever that changes (at most 5 times a
+/// second), and holds them until stdin closes.
 pub fn worker(args: &[String]) -> ! {
     let usage = "usage: suite --held-worker NODE_ADDR FIRST COUNT BIND_IP tcp|quic";
     let parsed = (|| {
@@ -410,12 +453,29 @@ pub fn worker(args: &[String]) -> ! {
         .build()
         .expect("runtime");
     let code = runtime.block_on(async move {
-        let (clients, failed) = light_clients(&addr, bind, transport, first, count).await;
-        println!("ready {} failed {failed}", clients.len());
-        // Hold until the parent closes our stdin.
-        let mut buf = String::new();
-        let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut buf)).await;
-        drop(clients);
+        let counts = std::sync::Arc::new(CrowdCounts::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        crowd(&mut tasks, &addr, bind, transport, first, count, &counts);
+        // Held until the parent closes our stdin.
+        let mut closed = tokio::task::spawn_blocking(|| {
+            let mut buf = String::new();
+            let _ = std::io::stdin().read_line(&mut buf);
+        });
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut said = None;
+        loop {
+            tokio::select! {
+                _ = &mut closed => break,
+                _ = tick.tick() => {
+                    let now = counts.read();
+                    if said != Some(now) {
+                        println!("online {} registered {}", now.0, now.1);
+                        said = Some(now);
+                    }
+                }
+            }
+        }
+        tasks.abort_all();
         0
     });
     std::process::exit(code)

@@ -6,12 +6,11 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
-use messenger::proto::name::ScreenName;
 
+use crate::load::CrowdCounts;
 use crate::support::Node;
 
 /// Clients in the crowd.
@@ -31,12 +30,12 @@ const CROWD_FLAGS: [&str; 4] = [
     "10000",
 ];
 
-/// Waits until `online` reads `n`, up to `limit`; how long it took.
-fn wait_online(online: &AtomicUsize, n: usize, limit: Duration) -> Duration {
+/// Waits until `n` clients are online, up to `limit`; how long it took.
+fn wait_online(counts: &CrowdCounts, n: usize, limit: Duration) -> Duration {
     let started = Instant::now();
     let mut last_report = Instant::now();
     loop {
-        let now = online.load(Ordering::Relaxed);
+        let (now, _) = counts.read();
         if now >= n {
             return started.elapsed();
         }
@@ -62,23 +61,22 @@ fn a_crowd_comes_back_by_itself_after_the_node_is_killed() {
     let node_addr: Multiaddr = node.addr.parse().unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let online = Arc::new(AtomicUsize::new(0));
+    let counts = Arc::new(CrowdCounts::default());
     let mut crowd = tokio::task::JoinSet::new();
-    for i in 0..CROWD {
-        let name = ScreenName::parse(&format!("storm{i}")).unwrap();
-        crowd.spawn_on(
-            crate::load::stay_online(
-                node_addr.clone(),
-                Ipv4Addr::LOCALHOST,
-                crate::load::Transport::Tcp,
-                name,
-                online.clone(),
-            ),
-            runtime.handle(),
+    {
+        let _in_runtime = runtime.enter();
+        crate::load::crowd(
+            &mut crowd,
+            &node_addr,
+            Ipv4Addr::LOCALHOST,
+            crate::load::Transport::Tcp,
+            0,
+            CROWD,
+            &counts,
         );
     }
     // The first arrival is a storm too: all at once.
-    let first = wait_online(&online, CROWD, RECOVERY_BOUND);
+    let first = wait_online(&counts, CROWD, RECOVERY_BOUND);
     eprintln!("{CROWD} clients online {first:?} after starting together");
 
     node.proc.signal("KILL");
@@ -87,18 +85,18 @@ fn a_crowd_comes_back_by_itself_after_the_node_is_killed() {
     // Every client sees its connection end (the kernel closes a killed
     // process's sockets).
     let started = Instant::now();
-    while online.load(Ordering::Relaxed) > 0 {
+    while counts.read().0 > 0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{} clients still think they are online",
-            online.load(Ordering::Relaxed)
+            counts.read().0
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     let node = crate::support::Node::spawn(None, dir.path(), "127.0.0.1", port, &CROWD_FLAGS);
     let down = killed.elapsed();
     assert_eq!(node.addr, node_addr.to_string(), "same port, same key");
-    let back = wait_online(&online, CROWD, RECOVERY_BOUND);
+    let back = wait_online(&counts, CROWD, RECOVERY_BOUND);
     eprintln!(
         "node down for {down:?}; all {CROWD} clients online again {back:?} after it was back"
     );
