@@ -44,6 +44,12 @@ pub struct QuicConfig {
     pub handshake_timeout: Duration,
     /// A connection silent for this long is closed.
     pub idle_timeout: Duration,
+    /// How often the node sends a keep-alive on a quiet connection, if it
+    /// must: not when its pings already go more often than half the idle
+    /// timeout (a keep-alive more is a packet each way per client, which
+    /// with tens of thousands of clients is most of what holding them
+    /// costs).
+    pub keep_alive: Option<Duration>,
     /// Streams a peer may have open at once on one connection.
     pub max_streams: u32,
 }
@@ -95,6 +101,27 @@ impl std::fmt::Debug for QuicTransport {
             .field("listeners", &self.listeners.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Socket buffers a listening socket asks for. Every client of the node
+/// shares its one UDP socket: with the system's default receive buffer
+/// (about 200 KiB) a burst of packets from thousands of clients (their
+/// keep-alives, or a crowd reconnecting) overflows it, the kernel drops
+/// datagrams, handshakes and pings stall behind retransmissions, and
+/// connections die of it. The kernel grants at most `net.core.rmem_max`
+/// (`wmem_max` for sending): raise those on a busy node.
+const UDP_BUFFER_BYTES: usize = 16 << 20;
+
+/// Asks for [`UDP_BUFFER_BYTES`] each way; says what it got.
+fn widen_buffers(socket: &UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    debug!(
+        receive = socket.recv_buffer_size().ok(),
+        send = socket.send_buffer_size().ok(),
+        "QUIC socket buffers"
+    );
 }
 
 /// The key of the node's QUIC stateless resets, derived from its identity
@@ -153,7 +180,7 @@ impl QuicTransport {
             .max_concurrent_uni_streams(0u32.into())
             .max_concurrent_bidi_streams(config.max_streams.into())
             .datagram_receive_buffer_size(None)
-            .keep_alive_interval(Some(config.idle_timeout / 2))
+            .keep_alive_interval(config.keep_alive)
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| tls_err(&e))?,
             ))
@@ -298,6 +325,7 @@ impl Transport for QuicTransport {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
         let socket = UdpSocket::bind(bind).map_err(|e| TransportError::Other(e.into()))?;
+        widen_buffers(&socket);
         let local = socket
             .local_addr()
             .map_err(|e| TransportError::Other(e.into()))?;

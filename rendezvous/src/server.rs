@@ -474,6 +474,10 @@ fn build_swarm(
                     // As for TCP: a dial-back into a silent NAT fails fast.
                     handshake_timeout: DIAL_BACK_TIMEOUT,
                     idle_timeout: QUIC_IDLE_TIMEOUT,
+                    // The node's pings keep a connection from idling out
+                    // when they go often enough.
+                    keep_alive: (config.ping_interval >= QUIC_IDLE_TIMEOUT / 2)
+                        .then_some(QUIC_IDLE_TIMEOUT / 2),
                     max_streams: limits.max_streams_per_connection,
                 },
                 gate,
