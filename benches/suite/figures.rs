@@ -1246,9 +1246,17 @@ impl HeldCrowd {
                 in_process: Some((tasks, counts)),
             };
         };
+        // A TCP client holds two files in its worker (its listener and its
+        // connection): half as many per worker keeps under the per-process
+        // limit of 20,000.
+        let per_worker = match transport {
+            load::Transport::Tcp => sizes.held_per_worker / 2,
+            load::Transport::Quic => sizes.held_per_worker,
+        }
+        .max(1);
         let mut workers = Vec::new();
-        for (w, first) in (0..n).step_by(sizes.held_per_worker).enumerate() {
-            let count = sizes.held_per_worker.min(n - first);
+        for (w, first) in (0..n).step_by(per_worker).enumerate() {
+            let count = per_worker.min(n - first);
             let mut child = std::process::Command::new(exe)
                 .arg("--held-worker")
                 .arg(addr.to_string())

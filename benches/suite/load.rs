@@ -170,12 +170,22 @@ impl BareConnection {
         swarm
             .listen_on(transport.listen_addr(bind))
             .map_err(Failed::turned_away)?;
-        // Wait for the listener so the dial can reuse its address.
-        loop {
-            if let SwarmEvent::NewListenAddr { .. } = swarm.select_next_some().await {
-                break;
+        // Wait for the listener so the dial can reuse its address; a
+        // listener that fails (out of files, say) fails this attempt.
+        let listening = async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr { .. } => return Ok(()),
+                    SwarmEvent::ListenerClosed { .. } | SwarmEvent::ListenerError { .. } => {
+                        return Err(Failed::turned_away("cannot listen"));
+                    }
+                    _ => {}
+                }
             }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(5), listening)
+            .await
+            .map_err(|_| Failed::turned_away("no listen address in time"))??;
         swarm.dial(node_addr.clone()).map_err(Failed::turned_away)?;
         let control = swarm.behaviour().stream.new_control();
         let (connected_tx, connected) = oneshot::channel();
