@@ -166,44 +166,57 @@ impl ProcessCollector {
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         if let Some(memory) = memory_stats::memory_stats() {
-            let gauge = ConstGauge::new(memory.physical_mem as i64);
-            let metric = encoder.encode_descriptor(
+            let rss = ConstGauge::new(memory.physical_mem as i64);
+            encode_one(
+                &mut encoder,
                 "process_resident_memory",
                 "Resident memory of the process",
                 Some(&Unit::Bytes),
-                gauge.metric_type(),
+                rss,
             )?;
-            gauge.encode(metric)?;
         }
         if let Some(cpu) = cpu_time() {
-            let counter = ConstCounter::new(cpu.as_secs_f64());
-            let metric = encoder.encode_descriptor(
+            let cpu = ConstCounter::new(cpu.as_secs_f64());
+            encode_one(
+                &mut encoder,
                 "process_cpu",
                 "CPU time the process has used, user and system",
                 Some(&Unit::Seconds),
-                counter.metric_type(),
+                cpu,
             )?;
-            counter.encode(metric)?;
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            let gauge = ConstGauge::new(fds.count() as i64);
-            let metric = encoder.encode_descriptor(
+            let fds = ConstGauge::new(fds.count() as i64);
+            encode_one(
+                &mut encoder,
                 "process_open_fds",
                 "File descriptors the process has open (each connection holds at least one)",
                 None,
-                gauge.metric_type(),
+                fds,
             )?;
-            gauge.encode(metric)?;
         }
-        let gauge = ConstGauge::new(self.started);
-        let metric = encoder.encode_descriptor(
+        let started = ConstGauge::new(self.started);
+        encode_one(
+            &mut encoder,
             "process_start_time",
             "When the process started, in seconds since the Unix epoch",
             Some(&Unit::Seconds),
-            gauge.metric_type(),
-        )?;
-        gauge.encode(metric)
+            started,
+        )
     }
+}
+
+/// Encodes one metric without labels, read at scrape time (for a
+/// [`Collector`]).
+pub fn encode_one(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric: impl EncodeMetric,
+) -> Result<(), fmt::Error> {
+    let descriptor = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
+    metric.encode(descriptor)
 }
 
 /// CPU time the process has used so far.

@@ -17,6 +17,7 @@ use libp2p::metrics::Recorder;
 use libp2p::swarm::{ConnectionDenied, SwarmEvent};
 use libp2p::{autonat, connection_limits, memory_connection_limits, relay};
 use messenger_proto::directory::{ErrorCode, Reply};
+use messenger_proto::metrics::encode_one;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -310,32 +311,28 @@ struct Gauges {
 
 impl Collector for Gauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let online = ConstGauge::new(self.directory.online_count() as i64);
-        let metric = encoder.encode_descriptor(
+        let gauge = |n: usize| ConstGauge::new(n as i64);
+        encode_one(
+            &mut encoder,
             "users_online",
             "Users online at this node (registered on a live session)",
             None,
-            online.metric_type(),
+            gauge(self.directory.online_count()),
         )?;
-        online.encode(metric)?;
-
-        let pending = ConstGauge::new(self.gate.pending() as i64);
-        let metric = encoder.encode_descriptor(
+        encode_one(
+            &mut encoder,
             "handshakes_pending",
             "Connections still in their handshake",
             None,
-            pending.metric_type(),
+            gauge(self.gate.pending()),
         )?;
-        pending.encode(metric)?;
-
-        let room = ConstGauge::new(self.gate.room_now() as i64);
-        let metric = encoder.encode_descriptor(
+        encode_one(
+            &mut encoder,
             "handshakes_room",
             "Handshakes the node takes on at once: about a second's worth at the pace it finishes them, within --max-pending-connections",
             None,
-            room.metric_type(),
+            gauge(self.gate.room_now()),
         )?;
-        room.encode(metric)?;
 
         let shed = self.gate.shed_counts();
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
