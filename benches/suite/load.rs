@@ -356,6 +356,15 @@ pub async fn light_clients(
     (clients, failed)
 }
 
+/// How long one attempt of a [`stay_online`] client (connect, open a
+/// session, register) may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Attempts that took longer than [`ATTEMPT_TIMEOUT`], over every crowd in
+/// this process (none should).
+pub static ATTEMPTS_TIMED_OUT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 /// What a crowd of [`stay_online`] clients is doing.
 #[derive(Debug, Default)]
 pub struct CrowdCounts {
@@ -400,6 +409,19 @@ pub async fn stay_online(
                 .await
                 .map_err(Failed::turned_away)?;
             Ok::<_, Failed>((connection, session))
+        };
+        // A real client's requests time out; so does an attempt here, so
+        // that an answer that never comes is a failure, not a hang.
+        let attempt = async {
+            tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    ATTEMPTS_TIMED_OUT.fetch_add(1, Ordering::Relaxed);
+                    Err(Failed {
+                        setback: Setback::Unreachable,
+                        message: "no answer in time".into(),
+                    })
+                })
         };
         let pause = match attempt.await {
             Ok((_connection, session)) => {
@@ -486,6 +508,10 @@ pub fn worker(args: &[String]) -> ! {
             }
         }
         tasks.abort_all();
+        let timed_out = ATTEMPTS_TIMED_OUT.load(std::sync::atomic::Ordering::Relaxed);
+        if timed_out > 0 {
+            eprintln!("held worker: {timed_out} attempts got no answer within {ATTEMPT_TIMEOUT:?}");
+        }
         0
     });
     std::process::exit(code)

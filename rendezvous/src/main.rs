@@ -296,16 +296,34 @@ async fn run(args: Args) -> Result<()> {
     let server = Server::bind(config)
         .await
         .context("cannot start the node")?;
-    for addr in server.listen_addrs() {
-        println!("{addr}");
-    }
+    let mut ready: Vec<String> = server
+        .listen_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     if let Some(addr) = server.metrics_addr() {
-        println!("metrics http://{addr}/metrics");
+        ready.push(format!("metrics http://{addr}/metrics"));
     }
+    announce(&ready);
     signals.recv().await;
     tracing::info!("signal received, shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Prints the lines that say the node is ready. Whoever started it may
+/// have read what it needed and closed our stdout (`rendezvous | head -1`,
+/// a supervisor): the node goes on serving, it does not die of a broken
+/// pipe.
+fn announce(lines: &[String]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            tracing::debug!("stdout is closed; not printing the rest of the ready lines");
+            return;
+        }
+    }
 }
 
 /// A duration given in seconds on the command line.
