@@ -55,14 +55,17 @@ pub fn socket_path(home: &Path) -> PathBuf {
 }
 
 /// A connection to the running client of `home`; `Ok(None)` when no
-/// client runs (no socket, or a stale one left by a crash).
+/// client runs (no socket, a stale one left by a crash, or a client that
+/// died while we connected: nothing was asked of it yet).
 async fn connect(home: &Path) -> io::Result<Option<UnixStream>> {
     match UnixStream::connect(socket_path(home)).await {
         Ok(stream) => Ok(Some(stream)),
         Err(e)
             if matches!(
                 e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
             ) =>
         {
             Ok(None)
