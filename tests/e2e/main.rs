@@ -27,7 +27,6 @@ mod netlab;
 mod restart;
 mod servers;
 mod shell;
-mod storm;
 mod support;
 mod tunnels;
 mod window;

@@ -94,6 +94,10 @@ fn chat_sends_typed_lines_and_prints_replies() {
     for line in ["one", "two", "three"] {
         chat.write_stdin(&format!("{line}\n"));
     }
+    // The sender's side first: should delivery stall, its output says why.
+    chat.stdout.expect("the last line delivered", |l| {
+        l.ends_with("delivered to bob: three")
+    });
     for expected in ["one", "two", "three"] {
         let msg = bob_online.stdout.expect_event("message");
         assert_eq!(msg["text"], expected, "messages arrive in the order typed");

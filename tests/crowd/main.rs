@@ -1,0 +1,21 @@
+//! End-to-end tests with crowds of clients, in a test binary of their own:
+//! cargo runs test binaries one after another, so a crowd of thousands
+//! never takes the machine's cores from the timing of the other
+//! end-to-end tests (nor they from its bound).
+//!
+//! Run with `cargo test --workspace` so that cargo builds both binaries.
+
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
+// The bench's bare directory client, which the crowd is made of.
+#[path = "../../benches/suite/load.rs"]
+#[allow(dead_code)]
+mod load;
+// The end-to-end tests' process helpers.
+#[path = "../e2e/servers.rs"]
+#[allow(dead_code)]
+mod servers;
+mod storm;
+#[path = "../e2e/support.rs"]
+#[allow(dead_code)]
+mod support;
