@@ -17,5 +17,4 @@ mod load;
 mod servers;
 mod storm;
 #[path = "../e2e/support.rs"]
-#[allow(dead_code)]
 mod support;
