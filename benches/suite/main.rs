@@ -1,6 +1,6 @@
 //! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
 //! small sizes, `-- --only scale|round-trip|cold|directory|directory-sizes|cluster|window|files|tunnels|held` for one group,
-//! `--held-clients N` to hold another number of clients). Prints a table and writes the same figures as JSON to
+//! `--held-clients N` to hold another number of clients, `--directory-sizes 1000,10000` for other directory sizes). Prints a table and writes the same figures as JSON to
 //! `target/bench-results.json` (or `--json PATH`).
 
 mod figures;
@@ -40,6 +40,19 @@ fn main() {
         .and_then(|i| args.get(i + 1)?.parse().ok())
     {
         sizes.held_clients = n;
+    }
+    if let Some(list) = args
+        .iter()
+        .position(|a| a == "--directory-sizes")
+        .and_then(|i| args.get(i + 1))
+    {
+        sizes.directory_sizes = list
+            .split(',')
+            .map(|n| {
+                n.parse()
+                    .expect("--directory-sizes takes numbers: 1000,10000")
+            })
+            .collect();
     }
     // The binary under test, built in the same profile.
     let bin = std::env::current_exe()

@@ -62,6 +62,9 @@ pub enum IdentityError {
 #[derive(Clone)]
 pub struct Identity {
     signing: SigningKey,
+    /// Derived once: deriving it decodes the public key again, and it is
+    /// asked for with every record and certificate signed.
+    peer_id: PeerId,
 }
 
 impl std::fmt::Debug for Identity {
@@ -82,8 +85,10 @@ impl Identity {
 
     /// The identity with this 32-byte seed (tests use fixed seeds).
     pub fn from_seed(seed: [u8; 32]) -> Self {
+        let signing = SigningKey::from_bytes(&seed);
         Self {
-            signing: SigningKey::from_bytes(&seed),
+            peer_id: peer_id_of(&signing.verifying_key()),
+            signing,
         }
     }
 
@@ -199,7 +204,7 @@ impl Identity {
 
     /// The libp2p peer id of this identity.
     pub fn peer_id(&self) -> PeerId {
-        peer_id_of(&self.verifying_key())
+        self.peer_id
     }
 
     /// Signs `context || payload` (see [`crate::signed`]).
@@ -233,15 +238,56 @@ pub fn peer_id_of(key: &VerifyingKey) -> PeerId {
 /// The ed25519 public key inside a peer id, if it is an ed25519 peer id.
 ///
 /// Ed25519 peer ids embed the key itself (identity multihash), so any
-/// signature by a peer can be checked from its peer id alone.
+/// signature by a peer can be checked from its peer id alone. Decoding a
+/// key costs about a quarter of a signature check (a square root on the
+/// curve): to check many signatures of one peer, decode once ([`PeerKey`]).
 pub fn verifying_key_of(peer: &PeerId) -> Option<VerifyingKey> {
     let hash: &libp2p::multihash::Multihash<64> = peer.as_ref();
     if hash.code() != 0 {
         return None;
     }
+    // The one encoding libp2p gives an ed25519 key (key type 1, then 32
+    // bytes), read directly so that the point is decoded once, not twice.
+    if let Some(key) = hash.digest().strip_prefix(&ED25519_PROTOBUF_PREFIX) {
+        let bytes: &[u8; 32] = key.try_into().ok()?;
+        return VerifyingKey::from_bytes(bytes).ok();
+    }
     let pk = identity::PublicKey::try_decode_protobuf(hash.digest()).ok()?;
     let ed = pk.try_into_ed25519().ok()?;
     VerifyingKey::from_bytes(&ed.to_bytes()).ok()
+}
+
+/// The protobuf fields before an ed25519 key in a peer id: `Type =
+/// Ed25519` (field 1, varint 1), then `Data` (field 2, 32 bytes).
+const ED25519_PROTOBUF_PREFIX: [u8; 4] = [0x08, 0x01, 0x12, 0x20];
+
+/// A peer id with its ed25519 key decoded once: for checking many
+/// signatures of the same peer (a node checks every registration of a
+/// session against the session's peer).
+#[derive(Debug, Clone)]
+pub struct PeerKey {
+    peer_id: PeerId,
+    key: VerifyingKey,
+}
+
+impl PeerKey {
+    /// The key of `peer_id`, if it is an ed25519 peer id.
+    pub fn of(peer_id: PeerId) -> Option<Self> {
+        Some(Self {
+            key: verifying_key_of(&peer_id)?,
+            peer_id,
+        })
+    }
+
+    /// The peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Its decoded key.
+    pub fn key(&self) -> &VerifyingKey {
+        &self.key
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +300,18 @@ mod tests {
         assert_eq!(id.peer_id(), id.keypair().public().to_peer_id());
         assert_eq!(verifying_key_of(&id.peer_id()), Some(id.verifying_key()));
         assert_eq!(verifying_key_of(&PeerId::random()), None);
+        let key = PeerKey::of(id.peer_id()).unwrap();
+        assert_eq!(
+            (key.peer_id(), *key.key()),
+            (id.peer_id(), id.verifying_key())
+        );
+        // The same key in another protobuf field order is still read.
+        let mut reordered = vec![0x12, 0x20];
+        reordered.extend_from_slice(id.verifying_key().as_bytes());
+        reordered.extend_from_slice(&[0x08, 0x01]);
+        let hash = libp2p::multihash::Multihash::<64>::wrap(0, &reordered).unwrap();
+        let odd = PeerId::from_multihash(hash).unwrap();
+        assert_eq!(verifying_key_of(&odd), Some(id.verifying_key()));
     }
 
     #[test]

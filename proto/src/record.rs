@@ -8,7 +8,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Identity, verifying_key_of};
+use crate::identity::{Identity, PeerKey, verifying_key_of};
 use crate::name::{NameError, ScreenName};
 use crate::presence::{Status, StatusError, check_status_text};
 use crate::signed::{REGISTRATION_CONTEXT, Signed, SignedError};
@@ -133,6 +133,17 @@ impl SignedRecord {
     ///
     /// Does not check expiry or sequence: those depend on the reader's state.
     pub fn open(&self) -> Result<Registration, RecordError> {
+        self.open_with(None)
+    }
+
+    /// As [`SignedRecord::open`], with the key of the peer expected to have
+    /// signed it already decoded (a record naming another peer is checked
+    /// against the key it names, as by `open`).
+    pub fn open_as(&self, signer: &PeerKey) -> Result<Registration, RecordError> {
+        self.open_with(Some(signer))
+    }
+
+    fn open_with(&self, signer: Option<&PeerKey>) -> Result<Registration, RecordError> {
         let claimed: Registration = match self.0.decode_unverified() {
             Ok(claimed) => claimed,
             Err(e) => {
@@ -144,8 +155,13 @@ impl SignedRecord {
                 return Err(e.into());
             }
         };
-        let key = verifying_key_of(&claimed.peer_id).ok_or(SignedError::NotEd25519)?;
-        self.0.verify(REGISTRATION_CONTEXT, &key)?;
+        match signer.filter(|s| s.peer_id() == claimed.peer_id) {
+            Some(signer) => self.0.verify(REGISTRATION_CONTEXT, signer.key())?,
+            None => {
+                let key = verifying_key_of(&claimed.peer_id).ok_or(SignedError::NotEd25519)?;
+                self.0.verify(REGISTRATION_CONTEXT, &key)?;
+            }
+        }
         claimed.check_limits()?;
         Ok(claimed)
     }
@@ -183,6 +199,25 @@ mod tests {
             signed.open(),
             Err(RecordError::Signed(SignedError::BadSignature))
         ));
+        // Nor does a known signer's key let one through: the record is
+        // checked against the key it names.
+        for signer in [id.peer_id(), mallory.peer_id()] {
+            let signer = PeerKey::of(signer).unwrap();
+            assert!(matches!(
+                signed.open_as(&signer),
+                Err(RecordError::Signed(SignedError::BadSignature))
+            ));
+        }
+        let own = record(&mallory).sign(&mallory);
+        assert_eq!(
+            own.open_as(&PeerKey::of(id.peer_id()).unwrap()).unwrap(),
+            record(&mallory)
+        );
+        assert_eq!(
+            own.open_as(&PeerKey::of(mallory.peer_id()).unwrap())
+                .unwrap(),
+            record(&mallory)
+        );
     }
 
     #[test]

@@ -14,9 +14,10 @@ use messenger_proto::directory::{
     ErrorCode, MAX_RECORD_TTL_MS, MAX_VISIBLE_TO, MAX_WATCH_PER_REQUEST, MAX_WATCHED, Reply,
     Resolution,
 };
+use messenger_proto::identity::PeerKey;
 use messenger_proto::name::ScreenName;
 use messenger_proto::presence::{Presence, Status};
-use messenger_proto::record::{RecordError, SignedRecord};
+use messenger_proto::record::{RecordError, Registration, SignedRecord};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Notify;
@@ -226,6 +227,26 @@ impl LiveState {
     }
 }
 
+/// Who sends a registration: the session's peer, with its key decoded
+/// once for the session when it is an ed25519 key.
+#[derive(Debug, Clone, Copy)]
+pub struct Signer<'a> {
+    /// The peer at the other end of the connection.
+    pub peer: PeerId,
+    /// Its key, if decoded.
+    pub key: Option<&'a PeerKey>,
+}
+
+/// A registration that passed every check but its claim.
+struct CheckedRegistration {
+    record: Registration,
+    signed: SignedRecord,
+    visible_to: Vec<PeerId>,
+    session: SessionId,
+    /// Not a renewal within its session: the store must accept the claim.
+    needs_claim: bool,
+}
+
 /// The directory: durable claims plus live presence and watchers.
 #[derive(Debug)]
 pub struct Registry<S: ?Sized = dyn ClaimStore> {
@@ -333,7 +354,65 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
         visible_to: Vec<PeerId>,
         now: u64,
     ) -> Reply {
-        let record = match signed.open() {
+        let key = PeerKey::of(peer);
+        let signer = Signer {
+            peer,
+            key: key.as_ref(),
+        };
+        let checked = match self.check_registration(signer, session, signed, visible_to, now) {
+            Ok(checked) => checked,
+            Err(refused) => return *refused,
+        };
+        let claimed = checked.needs_claim.then(|| {
+            let record = &checked.record;
+            self.store
+                .claim(&record.name, record.peer_id, record.seq, now)
+        });
+        self.settle_registration(checked, claimed, now)
+    }
+
+    /// [`Registry::register`] for async callers: the claim, if one is
+    /// needed, is awaited without holding a thread while it commits.
+    pub async fn register_async(
+        &self,
+        signer: Signer<'_>,
+        session: SessionId,
+        signed: SignedRecord,
+        visible_to: Vec<PeerId>,
+        now: u64,
+    ) -> Reply {
+        let checked = match self.check_registration(signer, session, signed, visible_to, now) {
+            Ok(checked) => checked,
+            Err(refused) => return *refused,
+        };
+        let claimed = match checked.needs_claim {
+            true => {
+                let record = &checked.record;
+                let claim = self
+                    .store
+                    .claim_async(&record.name, record.peer_id, record.seq, now);
+                Some(claim.await)
+            }
+            false => None,
+        };
+        self.settle_registration(checked, claimed, now)
+    }
+
+    /// Every check of a registration that needs no claim: signature,
+    /// limits, who registers, expiry, and a renewal's sequence number.
+    fn check_registration(
+        &self,
+        signer: Signer<'_>,
+        session: SessionId,
+        signed: SignedRecord,
+        visible_to: Vec<PeerId>,
+        now: u64,
+    ) -> Result<CheckedRegistration, Box<Reply>> {
+        let opened = match signer.key {
+            Some(key) => signed.open_as(key),
+            None => signed.open(),
+        };
+        let record = match opened {
             Ok(record) => record,
             Err(e) => {
                 let code = ErrorCode::from(&e);
@@ -348,80 +427,103 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
                     }
                     _ => e.to_string(),
                 };
-                return Reply::error(code, message);
+                return Err(Box::new(Reply::error(code, message)));
             }
         };
         if visible_to.len() > MAX_VISIBLE_TO {
-            return Reply::error(
+            return Err(Box::new(Reply::error(
                 ErrorCode::LimitExceeded,
                 format!(
                     "visible_to lists {} peers; at most {MAX_VISIBLE_TO} are allowed",
                     visible_to.len()
                 ),
-            );
+            )));
         }
+        let peer = signer.peer;
         if record.peer_id != peer {
-            return Reply::error(
+            return Err(Box::new(Reply::error(
                 ErrorCode::WrongPeer,
                 format!(
                     "the record names peer {} but this connection is peer {peer}; a peer registers only itself",
                     record.peer_id
                 ),
-            );
+            )));
         }
         if record.expires_at <= now || record.expires_at > now + MAX_RECORD_TTL_MS + CLOCK_SKEW_MS {
-            return Reply::error(
+            return Err(Box::new(Reply::error(
                 ErrorCode::BadExpiry,
                 format!(
                     "the record expires at {} ms but the node's clock says {now} ms; expiry must be in the future and at most {} hours ahead (check your clock)",
                     record.expires_at,
                     MAX_RECORD_TTL_MS / 3_600_000
                 ),
-            );
+            )));
         }
-        let name = record.name.clone();
-
         // A renewal within the same session is checked and kept in memory;
         // the first registration of a session goes to disk.
         let renewal = {
             let live = self.live();
-            match live.by_name.get(&name) {
+            match live.by_name.get(&record.name) {
                 Some(l) if l.owner == peer && l.session == session => {
                     if record.seq <= l.seq {
-                        return stale(&name, record.seq, l.seq);
+                        return Err(Box::new(stale(&record.name, record.seq, l.seq)));
                     }
                     true
                 }
                 _ => false,
             }
         };
+        Ok(CheckedRegistration {
+            record,
+            signed,
+            visible_to,
+            session,
+            needs_claim: !renewal,
+        })
+    }
+
+    /// Takes in a checked registration once its claim, if it needed one,
+    /// is answered: the record goes live, watchers are told.
+    fn settle_registration(
+        &self,
+        checked: CheckedRegistration,
+        claimed: Option<Result<ClaimOutcome, StoreError>>,
+        now: u64,
+    ) -> Reply {
+        let CheckedRegistration {
+            record,
+            signed,
+            visible_to,
+            session,
+            needs_claim: _,
+        } = checked;
+        let (name, peer) = (record.name, record.peer_id);
         let mut new_claim = false;
-        if !renewal {
-            match self.store.claim(&name, peer, record.seq, now) {
-                Ok(ClaimOutcome::Created(claim)) => {
-                    info!(%name, %peer, "name claimed");
-                    self.remember(&name, claim);
-                    new_claim = true;
-                }
-                Ok(ClaimOutcome::Renewed(claim)) => self.remember(&name, claim),
-                Ok(ClaimOutcome::Taken(_)) => {
-                    return Reply::error(
-                        ErrorCode::NameTaken,
-                        format!("name taken: {name} is owned by another key"),
-                    );
-                }
-                Ok(ClaimOutcome::Stale(claim)) => return stale(&name, record.seq, claim.seq),
-                Ok(ClaimOutcome::TooMany(held)) => {
-                    warn!(%name, %peer, held, "claim refused: the key holds the most names allowed");
-                    return Reply::error(
-                        ErrorCode::LimitExceeded,
-                        format!(
-                            "this key already holds {held} names, the most one key may hold on this node; release one to claim {name}"
-                        ),
-                    );
-                }
-                Err(e) => return internal(e),
+        match claimed {
+            None => {}
+            Some(Ok(ClaimOutcome::Created(claim))) => {
+                info!(%name, %peer, "name claimed");
+                self.remember(&name, claim);
+                new_claim = true;
             }
+            Some(Ok(ClaimOutcome::Renewed(claim))) => self.remember(&name, claim),
+            Some(Ok(ClaimOutcome::Taken(_))) => {
+                return Reply::error(
+                    ErrorCode::NameTaken,
+                    format!("name taken: {name} is owned by another key"),
+                );
+            }
+            Some(Ok(ClaimOutcome::Stale(claim))) => return stale(&name, record.seq, claim.seq),
+            Some(Ok(ClaimOutcome::TooMany(held))) => {
+                warn!(%name, %peer, held, "claim refused: the key holds the most names allowed");
+                return Reply::error(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "this key already holds {held} names, the most one key may hold on this node; release one to claim {name}"
+                    ),
+                );
+            }
+            Some(Err(e)) => return internal(e),
         }
 
         let expires_at = record.expires_at;

@@ -24,7 +24,7 @@ use messenger_proto::Identity;
 use messenger_proto::accept;
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
-use messenger_proto::identity::{IdentityError, create_private_dir};
+use messenger_proto::identity::{IdentityError, PeerKey, create_private_dir};
 use messenger_proto::liveness::Liveness;
 use messenger_proto::metrics::MetricsServer;
 use messenger_proto::time::now_ms;
@@ -39,7 +39,7 @@ use crate::gate::{GateLimits, Gated, HandshakeGate};
 use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
 use crate::metrics::{CounterSnapshot, NodeMetrics};
 use crate::quic::{QuicConfig, QuicTransport};
-use crate::registry::{Registry, SessionId};
+use crate::registry::{Registry, SessionId, Signer};
 use crate::store::{ClaimStore, RedbStore, StoreError};
 
 /// How long a finished session may take to flush its last frames.
@@ -872,6 +872,8 @@ async fn serve_session(
     let _open = env.metrics.session_opened();
     let registry = &env.registry;
     let budget = env.requests.session(peer);
+    // Decoded once: every registration of the session is checked with it.
+    let key = PeerKey::of(peer);
     let (mut reader, writer) = stream.split();
     let pushes = registry.open_session(session);
     // Boxed: a tokio channel allocates slots in blocks of 32, and a block of
@@ -911,7 +913,13 @@ async fn serve_session(
         };
         let op = request.op.kind();
         let reply = match budget.spend() {
-            Ok(()) => handle(peer, session, request.op, &env).await,
+            Ok(()) => {
+                let signer = Signer {
+                    peer,
+                    key: key.as_ref(),
+                };
+                handle(signer, session, request.op, &env).await
+            }
             Err(wait) => rate_limited(&budget, wait),
         };
         env.metrics.answered(op, &reply);
@@ -1002,18 +1010,16 @@ fn rate_limited(budget: &PeerBudget, wait: Duration) -> Reply {
     )
 }
 
-async fn handle(peer: PeerId, session: SessionId, op: Op, env: &SessionEnv) -> Reply {
+async fn handle(signer: Signer<'_>, session: SessionId, op: Op, env: &SessionEnv) -> Reply {
     let registry = &env.registry;
+    let peer = signer.peer;
     match op {
-        // Registration and release may write to disk: keep them off the
-        // async workers.
+        // A claim is committed by the store's own writer (or database)
+        // while this task waits on its answer, holding no thread.
         Op::Register { record, visible_to } => {
-            let registry = registry.clone();
-            let reply = tokio::task::spawn_blocking(move || {
-                registry.register(peer, session, record, visible_to, now_ms())
-            })
-            .await
-            .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "registration failed"));
+            let reply = registry
+                .register_async(signer, session, record, visible_to, now_ms())
+                .await;
             match reply {
                 Reply::Registered {
                     name,

@@ -5,9 +5,11 @@
 //! last accepted sequence number, last seen). Addresses and presence are
 //! live state in [`crate::registry`].
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use libp2p::PeerId;
 use messenger_proto::codec;
@@ -18,6 +20,7 @@ use redb::{
     ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
 const NAMES_BY_OWNER: MultimapTableDefinition<&[u8], &str> =
@@ -99,8 +102,13 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(e.into())
 }
 
-/// Where claims are kept. Plain and synchronous: callers that must not
-/// block run it on a blocking thread.
+/// The answer to a claim, to be awaited (see [`ClaimStore::claim_async`]).
+pub type ClaimFuture = Pin<Box<dyn Future<Output = Result<ClaimOutcome, StoreError>> + Send>>;
+
+/// Where claims are kept. Plain and synchronous, callers that must not
+/// block running it on a blocking thread; except claims, the one write on
+/// a registration's path, which an async caller awaits without holding a
+/// thread ([`ClaimStore::claim_async`]).
 pub trait ClaimStore: Send + Sync + std::fmt::Debug + 'static {
     /// The claim on `name`, if any.
     fn get(&self, name: &ScreenName) -> Result<Option<Claim>, StoreError>;
@@ -113,6 +121,10 @@ pub trait ClaimStore: Send + Sync + std::fmt::Debug + 'static {
         seq: u64,
         now: u64,
     ) -> Result<ClaimOutcome, StoreError>;
+    /// [`ClaimStore::claim`], answered on a future: the claim is under way
+    /// once this returns, and the future needs no runtime thread of its
+    /// own while the claim waits for its commit.
+    fn claim_async(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture;
     /// Records when the owner was last online.
     fn set_last_seen(&self, name: &ScreenName, at: u64) -> Result<(), StoreError>;
     /// Deletes the claim if `owner` owns it; returns whether it did.
@@ -170,7 +182,11 @@ struct PendingClaim {
     owner: PeerId,
     seq: u64,
     now: u64,
-    answer: mpsc::SyncSender<Result<ClaimOutcome, StoreError>>,
+    answer: oneshot::Sender<Result<ClaimOutcome, StoreError>>,
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Commit("the claims writer stopped".into())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -210,6 +226,27 @@ impl RedbStore {
     pub fn with_max_names_per_key(self, n: usize) -> Self {
         self.claims.max_names_per_key.store(n, Ordering::Relaxed);
         self
+    }
+
+    /// Queues a claim for the writer's next commit; its answer comes on
+    /// the returned channel.
+    fn enqueue(
+        &self,
+        name: &ScreenName,
+        owner: PeerId,
+        seq: u64,
+        now: u64,
+    ) -> oneshot::Receiver<Result<ClaimOutcome, StoreError>> {
+        let (answer, answered) = oneshot::channel();
+        lock(&self.claims.state).claims.push(PendingClaim {
+            name: name.clone(),
+            owner,
+            seq,
+            now,
+            answer,
+        });
+        self.claims.work.notify_one();
+        answered
     }
 
     /// Number of claims held (for logs and benchmarks).
@@ -367,18 +404,14 @@ impl ClaimStore for RedbStore {
         seq: u64,
         now: u64,
     ) -> Result<ClaimOutcome, StoreError> {
-        let (answer, answered) = mpsc::sync_channel(1);
-        lock(&self.claims.state).claims.push(PendingClaim {
-            name: name.clone(),
-            owner,
-            seq,
-            now,
-            answer,
-        });
-        self.claims.work.notify_one();
-        answered
-            .recv()
-            .unwrap_or_else(|_| Err(StoreError::Commit("the claims writer stopped".into())))
+        self.enqueue(name, owner, seq, now)
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(writer_stopped()))
+    }
+
+    fn claim_async(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture {
+        let answered = self.enqueue(name, owner, seq, now);
+        Box::pin(async move { answered.await.unwrap_or_else(|_| Err(writer_stopped())) })
     }
 
     fn set_last_seen(&self, name: &ScreenName, at: u64) -> Result<(), StoreError> {

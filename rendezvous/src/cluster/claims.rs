@@ -14,8 +14,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::runtime::Handle;
 use tokio_postgres::Row;
 
-use super::postgres::{block_on, from_ms, from_seq, ms, pg_err, pool_err, seq};
-use crate::store::{Claim, ClaimOutcome, ClaimStore, DEFAULT_MAX_NAMES_PER_KEY, StoreError};
+use super::postgres::{block_on, from_ms, from_seq, ms, pg_err, pool_err, seq, timed};
+use crate::store::{
+    Claim, ClaimFuture, ClaimOutcome, ClaimStore, DEFAULT_MAX_NAMES_PER_KEY, StoreError,
+};
 
 /// The claim store in PostgreSQL.
 #[derive(Debug, Clone)]
@@ -53,6 +55,59 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    /// One claim, committed by the database's own `claim_name` (one
+    /// statement, so one transaction); its time is observed when it worked.
+    async fn claim_now(
+        &self,
+        name: &ScreenName,
+        owner: PeerId,
+        new_seq: u64,
+        now: u64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let max = i32::try_from(self.max_names_per_key).unwrap_or(i32::MAX);
+        let started = std::time::Instant::now();
+        let outcome = async {
+            let client = self.pool.get().await.map_err(pool_err)?;
+            let statement = client
+                .prepare_cached("SELECT * FROM claim_name($1, $2, $3, $4, $5)")
+                .await
+                .map_err(pg_err)?;
+            let row = client
+                .query_one(
+                    &statement,
+                    &[
+                        &name.as_str(),
+                        &owner.to_bytes(),
+                        &seq(new_seq),
+                        &ms(now),
+                        &max,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            let outcome: String = row.try_get(0).map_err(pg_err)?;
+            if outcome == "too_many" {
+                let held: i64 = row.try_get(6).map_err(pg_err)?;
+                return Ok(ClaimOutcome::TooMany(usize::try_from(held).unwrap_or(0)));
+            }
+            let claim = claim_from(name.as_str(), &row, 1)?;
+            match outcome.as_str() {
+                "created" => Ok(ClaimOutcome::Created(claim)),
+                "renewed" => Ok(ClaimOutcome::Renewed(claim)),
+                "taken" => Ok(ClaimOutcome::Taken(claim)),
+                "stale" => Ok(ClaimOutcome::Stale(claim)),
+                other => Err(StoreError::Postgres(format!(
+                    "claim_name answered {other:?}, not an outcome this node knows"
+                ))),
+            }
+        }
+        .await;
+        if outcome.is_ok() {
+            self.commit_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        outcome
     }
 
     fn run<T>(
@@ -121,47 +176,14 @@ impl ClaimStore for PgStore {
         new_seq: u64,
         now: u64,
     ) -> Result<ClaimOutcome, StoreError> {
-        let max = i32::try_from(self.max_names_per_key).unwrap_or(i32::MAX);
-        let started = std::time::Instant::now();
-        let outcome = self.run("claiming a name", async {
-            let client = self.pool.get().await.map_err(pool_err)?;
-            let statement = client
-                .prepare_cached("SELECT * FROM claim_name($1, $2, $3, $4, $5)")
-                .await
-                .map_err(pg_err)?;
-            let row = client
-                .query_one(
-                    &statement,
-                    &[
-                        &name.as_str(),
-                        &owner.to_bytes(),
-                        &seq(new_seq),
-                        &ms(now),
-                        &max,
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            let outcome: String = row.try_get(0).map_err(pg_err)?;
-            if outcome == "too_many" {
-                let held: i64 = row.try_get(6).map_err(pg_err)?;
-                return Ok(ClaimOutcome::TooMany(usize::try_from(held).unwrap_or(0)));
-            }
-            let claim = claim_from(name.as_str(), &row, 1)?;
-            match outcome.as_str() {
-                "created" => Ok(ClaimOutcome::Created(claim)),
-                "renewed" => Ok(ClaimOutcome::Renewed(claim)),
-                "taken" => Ok(ClaimOutcome::Taken(claim)),
-                "stale" => Ok(ClaimOutcome::Stale(claim)),
-                other => Err(StoreError::Postgres(format!(
-                    "claim_name answered {other:?}, not an outcome this node knows"
-                ))),
-            }
-        });
-        if outcome.is_ok() {
-            self.commit_seconds.observe(started.elapsed().as_secs_f64());
-        }
-        outcome
+        self.run("claiming a name", self.claim_now(name, owner, new_seq, now))
+    }
+
+    fn claim_async(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture {
+        let (store, name) = (self.clone(), name.clone());
+        Box::pin(
+            async move { timed("claiming a name", store.claim_now(&name, owner, seq, now)).await },
+        )
     }
 
     fn commit_latency(&self) -> Option<Histogram> {
