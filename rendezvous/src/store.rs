@@ -98,6 +98,17 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// This error as told to each of the claims of a batch it failed.
+    pub fn for_one(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+            StoreError::Postgres(why) => StoreError::Postgres(why.clone()),
+            other => StoreError::Commit(other.to_string()),
+        }
+    }
+}
+
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(e.into())
 }

@@ -77,7 +77,9 @@ fn one_name_claimed_through_three_nodes_at_once_has_one_owner() {
     };
     for round in 0..5 {
         let name = format!("contested{round}");
-        let users: Vec<User> = (0..3).map(|i| cluster.user_on(i)).collect();
+        // Two users per node: a node sends claims arriving together in
+        // one statement, so a batch may hold the same name twice.
+        let users: Vec<User> = (0..6).map(|i| cluster.user_on(i % 3)).collect();
         let codes: Vec<i32> = std::thread::scope(|s| {
             let claims: Vec<_> = users
                 .iter()
@@ -95,7 +97,7 @@ fn one_name_claimed_through_three_nodes_at_once_has_one_owner() {
                 })
                 .collect()
         });
-        let winners: Vec<usize> = (0..3).filter(|&i| codes[i] == 0).collect();
+        let winners: Vec<usize> = (0..6).filter(|&i| codes[i] == 0).collect();
         assert_eq!(
             winners.len(),
             1,

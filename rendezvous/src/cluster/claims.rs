@@ -5,13 +5,15 @@
 //! statements), sequence numbers grow (`claim_name` in the migrations),
 //! so two nodes never give one name to two keys. PostgreSQL commits
 //! concurrent claims together (its own group commit), each durably before
-//! it is answered.
+//! it is answered. Claims arriving together go to it together: one
+//! statement, so one transaction and one commit, per batch.
 
 use deadpool_postgres::Pool;
 use libp2p::PeerId;
 use messenger_proto::name::ScreenName;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
 
 use super::postgres::{block_on, from_ms, from_seq, ms, pg_err, pool_err, seq, timed};
@@ -27,17 +29,48 @@ pub struct PgStore {
     max_names_per_key: usize,
     /// Seconds per claim statement (each commits on its own).
     commit_seconds: Histogram,
+    /// Claims awaited by async callers, for the batching task.
+    batches: mpsc::Sender<QueuedClaim>,
 }
+
+/// A claim waiting for the next batch.
+#[derive(Debug)]
+struct QueuedClaim {
+    name: ScreenName,
+    owner: PeerId,
+    seq: u64,
+    now: u64,
+    max: usize,
+    answer: oneshot::Sender<Result<ClaimOutcome, StoreError>>,
+}
+
+/// The most claims one statement carries.
+const MAX_BATCH: usize = 512;
+
+/// How many times a batch that lost a deadlock to another node's batch is
+/// sent again (PostgreSQL undoes the loser's whole transaction).
+const CONFLICT_RETRIES: usize = 3;
 
 impl PgStore {
     /// Claims in the database `pool` reaches (its schema migrated), used
     /// from code running on `runtime`.
+    ///
+    /// Starts the task that sends async claims in batches; it ends when
+    /// the last clone of the store is dropped.
     pub fn new(pool: Pool, runtime: Handle) -> Self {
+        let commit_seconds = crate::metrics::commit_histogram();
+        let (batches, queue) = mpsc::channel(MAX_BATCH);
+        runtime.spawn(claim_in_batches(
+            pool.clone(),
+            queue,
+            commit_seconds.clone(),
+        ));
         Self {
             pool,
             runtime,
             max_names_per_key: DEFAULT_MAX_NAMES_PER_KEY,
-            commit_seconds: crate::metrics::commit_histogram(),
+            commit_seconds,
+            batches,
         }
     }
 
@@ -87,21 +120,7 @@ impl PgStore {
                 )
                 .await
                 .map_err(pg_err)?;
-            let outcome: String = row.try_get(0).map_err(pg_err)?;
-            if outcome == "too_many" {
-                let held: i64 = row.try_get(6).map_err(pg_err)?;
-                return Ok(ClaimOutcome::TooMany(usize::try_from(held).unwrap_or(0)));
-            }
-            let claim = claim_from(name.as_str(), &row, 1)?;
-            match outcome.as_str() {
-                "created" => Ok(ClaimOutcome::Created(claim)),
-                "renewed" => Ok(ClaimOutcome::Renewed(claim)),
-                "taken" => Ok(ClaimOutcome::Taken(claim)),
-                "stale" => Ok(ClaimOutcome::Stale(claim)),
-                other => Err(StoreError::Postgres(format!(
-                    "claim_name answered {other:?}, not an outcome this node knows"
-                ))),
-            }
+            outcome_from(name.as_str(), &row, 0)
         }
         .await;
         if outcome.is_ok() {
@@ -116,6 +135,113 @@ impl PgStore {
         work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         block_on(&self.runtime, what, work)
+    }
+}
+
+/// Sends the claims queued by async callers, every claim that arrived
+/// while the last statement ran in the next one, until the store is gone.
+async fn claim_in_batches(pool: Pool, mut queue: mpsc::Receiver<QueuedClaim>, seconds: Histogram) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // One order of names for every node: two nodes' batches then
+        // lock the names they share in the same order.
+        batch.sort_by(|a, b| a.name.cmp(&b.name));
+        let started = std::time::Instant::now();
+        match timed("claiming names", claim_batch(&pool, &batch)).await {
+            Ok(outcomes) => {
+                seconds.observe(started.elapsed().as_secs_f64());
+                for (claim, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = claim.answer.send(outcome);
+                }
+            }
+            Err(e) => {
+                for claim in batch.drain(..) {
+                    let _ = claim.answer.send(Err(e.for_one()));
+                }
+            }
+        }
+    }
+}
+
+/// One statement claiming every name of `batch`; the outcomes in its order.
+async fn claim_batch(
+    pool: &Pool,
+    batch: &[QueuedClaim],
+) -> Result<Vec<Result<ClaimOutcome, StoreError>>, StoreError> {
+    let names: Vec<&str> = batch.iter().map(|c| c.name.as_str()).collect();
+    let owners: Vec<Vec<u8>> = batch.iter().map(|c| c.owner.to_bytes()).collect();
+    let seqs: Vec<i64> = batch.iter().map(|c| seq(c.seq)).collect();
+    let nows: Vec<i64> = batch.iter().map(|c| ms(c.now)).collect();
+    let maxes: Vec<i32> = batch
+        .iter()
+        .map(|c| i32::try_from(c.max).unwrap_or(i32::MAX))
+        .collect();
+    let client = pool.get().await.map_err(pool_err)?;
+    let statement = client
+        .prepare_cached("SELECT * FROM claim_names($1, $2, $3, $4, $5)")
+        .await
+        .map_err(pg_err)?;
+    let mut retries = 0;
+    let rows = loop {
+        match client
+            .query(&statement, &[&names, &owners, &seqs, &nows, &maxes])
+            .await
+        {
+            Ok(rows) => break rows,
+            Err(e) if retries < CONFLICT_RETRIES && lost_a_conflict(&e) => retries += 1,
+            Err(e) => return Err(pg_err(e)),
+        }
+    };
+    if rows.len() != batch.len() {
+        return Err(StoreError::Postgres(format!(
+            "claim_names answered {} rows for {} claims",
+            rows.len(),
+            batch.len()
+        )));
+    }
+    Ok(rows
+        .iter()
+        .zip(batch)
+        .enumerate()
+        .map(|(i, (row, claim))| {
+            let k: i32 = row.try_get(0).map_err(pg_err)?;
+            if usize::try_from(k).ok() != Some(i + 1) {
+                return Err(StoreError::Postgres(format!(
+                    "claim_names answered row {k} in place {}",
+                    i + 1
+                )));
+            }
+            outcome_from(claim.name.as_str(), row, 1)
+        })
+        .collect())
+}
+
+/// A transaction PostgreSQL undid to break a deadlock or a serialization
+/// conflict with another: worth sending again.
+fn lost_a_conflict(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// A claim's outcome from a row of `claim_name`'s columns starting at `at`:
+/// (outcome, owner, claimed_at, last_seen, seq, renewed_at, held).
+fn outcome_from(name: &str, row: &Row, at: usize) -> Result<ClaimOutcome, StoreError> {
+    let outcome: String = row.try_get(at).map_err(pg_err)?;
+    if outcome == "too_many" {
+        let held: i64 = row.try_get(at + 6).map_err(pg_err)?;
+        return Ok(ClaimOutcome::TooMany(usize::try_from(held).unwrap_or(0)));
+    }
+    let claim = claim_from(name, row, at + 1)?;
+    match outcome.as_str() {
+        "created" => Ok(ClaimOutcome::Created(claim)),
+        "renewed" => Ok(ClaimOutcome::Renewed(claim)),
+        "taken" => Ok(ClaimOutcome::Taken(claim)),
+        "stale" => Ok(ClaimOutcome::Stale(claim)),
+        other => Err(StoreError::Postgres(format!(
+            "claim_name answered {other:?}, not an outcome this node knows"
+        ))),
     }
 }
 
@@ -180,10 +306,21 @@ impl ClaimStore for PgStore {
     }
 
     fn claim_async(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture {
-        let (store, name) = (self.clone(), name.clone());
-        Box::pin(
-            async move { timed("claiming a name", store.claim_now(&name, owner, seq, now)).await },
-        )
+        let (answer, answered) = oneshot::channel();
+        let queued = QueuedClaim {
+            name: name.clone(),
+            owner,
+            seq,
+            now,
+            max: self.max_names_per_key,
+            answer,
+        };
+        let batches = self.batches.clone();
+        Box::pin(async move {
+            let gone = || StoreError::Unavailable("the claim batching task stopped".into());
+            batches.send(queued).await.map_err(|_| gone())?;
+            answered.await.unwrap_or_else(|_| Err(gone()))
+        })
     }
 
     fn commit_latency(&self) -> Option<Histogram> {

@@ -17,6 +17,7 @@ pub mod claims;
 pub mod live;
 pub mod postgres;
 pub mod presence;
+mod recent;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -101,11 +102,18 @@ struct Link {
     table: LiveTable,
     runtime: Handle,
     outbox: Arc<Outbox>,
+    recent: recent::RecentLookups,
 }
 
 impl Shared for Link {
     fn lookup(&self, name: &ScreenName) -> Result<Option<Held>, StoreError> {
-        postgres::block_on(&self.runtime, "looking a name up", self.table.lookup(name))
+        let now = std::time::Instant::now();
+        if let Some(held) = self.recent.get(name, now) {
+            return Ok(held);
+        }
+        let held = postgres::block_on(&self.runtime, "looking a name up", self.table.lookup(name))?;
+        self.recent.put(name, held.clone(), now);
+        Ok(held)
     }
 
     fn lookup_owner(&self, owner: &PeerId) -> Result<Vec<(ScreenName, Held)>, StoreError> {
@@ -117,6 +125,7 @@ impl Shared for Link {
     }
 
     fn changed(&self, name: &ScreenName, live: Option<SharedLive>) {
+        self.recent.forget(name);
         self.outbox.queue(|p| {
             p.live.insert(name.clone(), live);
         });
@@ -129,6 +138,7 @@ impl Shared for Link {
     }
 
     fn released(&self, name: &ScreenName) {
+        self.recent.forget(name);
         self.outbox.queue(|p| {
             p.released.insert(name.clone());
         });
@@ -194,6 +204,7 @@ impl Cluster {
             table: self.table.clone(),
             runtime: Handle::current(),
             outbox: self.outbox.clone(),
+            recent: recent::RecentLookups::default(),
         })
     }
 
