@@ -16,6 +16,7 @@
 //! - [`server`]: the libp2p node: an event loop owning the swarm, and one
 //!   task per directory session.
 
+mod boxed;
 pub mod certify;
 pub mod cluster;
 pub mod gate;

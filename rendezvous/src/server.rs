@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, instrument, warn};
 
+use crate::boxed::BoxedHandlers;
 use crate::certify::Certifier;
 use crate::cluster::claims::PgStore;
 use crate::cluster::{Cluster, ClusterError};
@@ -433,7 +434,7 @@ fn build_swarm(
     gate: &Arc<HandshakeGate>,
 ) -> Result<
     (
-        Swarm<Behaviour>,
+        Swarm<BoxedHandlers<Behaviour>>,
         futures::channel::mpsc::Receiver<accept::Incoming>,
     ),
     BindError,
@@ -490,33 +491,38 @@ fn build_swarm(
             ))
         })
         .map_err(|e| BindError::Transport(e.to_string()))?
-        .with_behaviour(|key| Behaviour {
-            // Pending connections are bounded by the handshake gate, which
-            // sheds instead of refusing newcomers.
-            connection_limits: connection_limits::Behaviour::new(
-                ConnectionLimits::default()
-                    .with_max_established_incoming(Some(limits.max_connections))
-                    .with_max_established_per_peer(Some(limits.max_connections_per_peer)),
-            ),
-            per_ip: limits::PerIpLimit::new(limits.max_connections_per_ip),
-            memory: memory_connection_limits::Behaviour::with_max_bytes(limits.max_memory),
-            identify: identify::Behaviour::new(
-                identify::Config::new(messenger_proto::IDENTIFY_PROTOCOL.to_owned(), key.public())
+        .with_behaviour(|key| {
+            BoxedHandlers(Behaviour {
+                // Pending connections are bounded by the handshake gate, which
+                // sheds instead of refusing newcomers.
+                connection_limits: connection_limits::Behaviour::new(
+                    ConnectionLimits::default()
+                        .with_max_established_incoming(Some(limits.max_connections))
+                        .with_max_established_per_peer(Some(limits.max_connections_per_peer)),
+                ),
+                per_ip: limits::PerIpLimit::new(limits.max_connections_per_ip),
+                memory: memory_connection_limits::Behaviour::with_max_bytes(limits.max_memory),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(
+                        messenger_proto::IDENTIFY_PROTOCOL.to_owned(),
+                        key.public(),
+                    )
                     .with_agent_version(format!("rendezvous/{}", env!("CARGO_PKG_VERSION"))),
-            ),
-            ping: ping::Behaviour::new(ping),
-            sessions,
-            relay: relay::Behaviour::new(key.public().to_peer_id(), config.relay.config()),
-            autonat: autonat::Behaviour::new(
-                key.public().to_peer_id(),
-                autonat::Config {
-                    // The node only answers probes; it does not probe itself.
-                    use_connected: false,
-                    // Clients on private networks get honest answers too.
-                    only_global_ips: false,
-                    ..autonat::Config::default()
-                },
-            ),
+                ),
+                ping: ping::Behaviour::new(ping),
+                sessions,
+                relay: relay::Behaviour::new(key.public().to_peer_id(), config.relay.config()),
+                autonat: autonat::Behaviour::new(
+                    key.public().to_peer_id(),
+                    autonat::Config {
+                        // The node only answers probes; it does not probe itself.
+                        use_connected: false,
+                        // Clients on private networks get honest answers too.
+                        only_global_ips: false,
+                        ..autonat::Config::default()
+                    },
+                ),
+            })
         })
         .map_err(|e| BindError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
@@ -526,7 +532,7 @@ fn build_swarm(
 
 /// Starts every listener and waits for the addresses they bound.
 async fn listen(
-    swarm: &mut Swarm<Behaviour>,
+    swarm: &mut Swarm<BoxedHandlers<Behaviour>>,
     addrs: &[Multiaddr],
 ) -> Result<Vec<Multiaddr>, BindError> {
     let mut waiting: HashSet<ListenerId> = HashSet::new();
@@ -610,7 +616,7 @@ async fn listen(
 }
 
 struct EventLoop {
-    swarm: Swarm<Behaviour>,
+    swarm: Swarm<BoxedHandlers<Behaviour>>,
     /// Connections that stopped answering pings are closed by this, not by
     /// libp2p-ping's report (which needs two failures in a row).
     liveness: Liveness,
@@ -918,7 +924,10 @@ async fn serve_session(
                     peer,
                     key: key.as_ref(),
                 };
-                handle(signer, session, request.op, &env).await
+                // Boxed: the future of a request (a registration holds
+                // its record and claim) would otherwise be part of every
+                // idle session's state.
+                Box::pin(handle(signer, session, request.op, &env)).await
             }
             Err(wait) => rate_limited(&budget, wait),
         };
@@ -1059,5 +1068,24 @@ async fn handle(signer: Signer<'_>, session: SessionId, op: Op, env: &SessionEnv
         Op::ResolvePeer { peer_id } => registry.resolve_peer(peer_id, peer, now_ms()),
         Op::Watch { names } => registry.watch(session, &names),
         Op::Unwatch { names } => registry.unwatch(session, &names),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::swarm::THandler;
+
+    /// Each connection's task holds its handler more than once (see
+    /// `boxed`): the node's handler must stay a pointer there.
+    #[test]
+    fn a_connection_s_task_holds_a_pointer_to_its_handler() {
+        let boxed = std::mem::size_of::<THandler<BoxedHandlers<Behaviour>>>();
+        let unboxed = std::mem::size_of::<THandler<Behaviour>>();
+        assert_eq!(boxed, std::mem::size_of::<usize>());
+        assert!(
+            unboxed > 1024,
+            "the handlers are worth boxing: {unboxed} bytes"
+        );
     }
 }
