@@ -73,7 +73,17 @@ impl Lines {
 
     /// Waits for a line matching `pred`; panics with everything seen on timeout.
     pub fn expect(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + TIMEOUT;
+        self.expect_within(TIMEOUT, what, pred)
+    }
+
+    /// [`Lines::expect`] with a time-out of its own.
+    pub fn expect_within(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
@@ -406,6 +416,17 @@ impl User {
     /// Starts a long-running command (online, chat).
     pub fn spawn(&self, args: &[&str]) -> Proc {
         Proc::spawn(self.command(args))
+    }
+
+    /// [`User::spawn`], logging at `filter` to the test's stderr (unless
+    /// E2E_RUST_LOG says otherwise): for a test whose failures must show
+    /// what the client was doing.
+    pub fn spawn_logging(&self, args: &[&str], filter: &str) -> Proc {
+        let mut cmd = self.command(args);
+        if std::env::var_os("E2E_RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", filter);
+        }
+        Proc::spawn(cmd)
     }
 
     /// Starts `online --json` on loopback and waits until it is registered.
