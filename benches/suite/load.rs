@@ -222,6 +222,17 @@ impl BareConnection {
                 }
             }
         });
+        // Owned before the dial's outcome is awaited: a failed attempt
+        // drops it, and its drop stops the swarm's task (a detached one
+        // kept its swarm and listener for ever: thousands of them after a
+        // reconnect storm, until the worker ran out of files).
+        let connection = Self {
+            identity,
+            node,
+            control,
+            task,
+            gone: Some(gone),
+        };
         tokio::time::timeout(Duration::from_secs(20), connected)
             .await
             .map_err(|_| Failed {
@@ -229,13 +240,7 @@ impl BareConnection {
                 message: "no answer to the dial".into(),
             })?
             .map_err(|_| Failed::turned_away("the swarm stopped"))??;
-        Ok(Self {
-            identity,
-            node,
-            control,
-            task,
-            gone: Some(gone),
-        })
+        Ok(connection)
     }
 
     /// Opens a raw directory stream.
