@@ -132,9 +132,9 @@ pub trait ClaimStore: Send + Sync + std::fmt::Debug + 'static {
         seq: u64,
         now: u64,
     ) -> Result<ClaimOutcome, StoreError>;
-    /// [`ClaimStore::claim`], answered on a future: the claim is under way
-    /// once this returns, and the future needs no runtime thread of its
-    /// own while the claim waits for its commit.
+    /// [`ClaimStore::claim`], answered on a future that holds no thread
+    /// while the claim waits for its commit (claims waiting together are
+    /// committed together).
     fn claim_async(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture;
     /// Records when the owner was last online.
     fn set_last_seen(&self, name: &ScreenName, at: u64) -> Result<(), StoreError>;
