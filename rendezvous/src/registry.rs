@@ -345,7 +345,9 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
         queue
     }
 
-    /// Handles a registration from `peer` on `session`. May block on disk.
+    /// Handles a registration from `peer` on `session`, blocking until
+    /// its claim (if any) is committed: for synchronous callers, never
+    /// from async code ([`Registry::register_async`]).
     pub fn register(
         &self,
         peer: PeerId,
@@ -359,20 +361,11 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
             peer,
             key: key.as_ref(),
         };
-        let checked = match self.check_registration(signer, session, signed, visible_to, now) {
-            Ok(checked) => checked,
-            Err(refused) => return *refused,
-        };
-        let claimed = checked.needs_claim.then(|| {
-            let record = &checked.record;
-            self.store
-                .claim(&record.name, record.peer_id, record.seq, now)
-        });
-        self.settle_registration(checked, claimed, now)
+        futures::executor::block_on(self.register_async(signer, session, signed, visible_to, now))
     }
 
-    /// [`Registry::register`] for async callers: the claim, if one is
-    /// needed, is awaited without holding a thread while it commits.
+    /// Handles a registration from `signer` on `session`; the claim, if
+    /// one is needed, is awaited without holding a thread while it commits.
     pub async fn register_async(
         &self,
         signer: Signer<'_>,
@@ -390,7 +383,7 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
                 let record = &checked.record;
                 let claim = self
                     .store
-                    .claim_async(&record.name, record.peer_id, record.seq, now);
+                    .claim(&record.name, record.peer_id, record.seq, now);
                 Some(claim.await)
             }
             false => None,

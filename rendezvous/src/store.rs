@@ -113,29 +113,20 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(e.into())
 }
 
-/// The answer to a claim, to be awaited (see [`ClaimStore::claim_async`]).
+/// The answer to a claim, to be awaited (see [`ClaimStore::claim`]).
 pub type ClaimFuture = Pin<Box<dyn Future<Output = Result<ClaimOutcome, StoreError>> + Send>>;
 
 /// Where claims are kept. Plain and synchronous, callers that must not
 /// block running it on a blocking thread; except claims, the one write on
-/// a registration's path, which an async caller awaits without holding a
-/// thread ([`ClaimStore::claim_async`]).
+/// a registration's path, which are answered on a future that holds no
+/// thread while the claim waits for its commit ([`ClaimStore::claim`]).
 pub trait ClaimStore: Send + Sync + std::fmt::Debug + 'static {
     /// The claim on `name`, if any.
     fn get(&self, name: &ScreenName) -> Result<Option<Claim>, StoreError>;
     /// Atomically claims `name` for `owner`, or renews the owner's claim
-    /// with `seq` if it is above the stored one.
-    fn claim(
-        &self,
-        name: &ScreenName,
-        owner: PeerId,
-        seq: u64,
-        now: u64,
-    ) -> Result<ClaimOutcome, StoreError>;
-    /// [`ClaimStore::claim`], answered on a future that holds no thread
-    /// while the claim waits for its commit (claims waiting together are
-    /// committed together).
-    fn claim_async(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture;
+    /// with `seq` if it is above the stored one. Claims waiting together
+    /// are committed together.
+    fn claim(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture;
     /// Records when the owner was last online.
     fn set_last_seen(&self, name: &ScreenName, at: u64) -> Result<(), StoreError>;
     /// Deletes the claim if `owner` owns it; returns whether it did.
@@ -324,9 +315,8 @@ fn commit_batch(db: &Database, batch: Vec<PendingClaim>, max_names_per_key: usiz
             }
         }
         Err(e) => {
-            let message = e.to_string();
             for p in batch {
-                let _ = p.answer.send(Err(StoreError::Commit(message.clone())));
+                let _ = p.answer.send(Err(e.for_one()));
             }
         }
     }
@@ -408,19 +398,7 @@ impl ClaimStore for RedbStore {
         read_claim(&table, name)
     }
 
-    fn claim(
-        &self,
-        name: &ScreenName,
-        owner: PeerId,
-        seq: u64,
-        now: u64,
-    ) -> Result<ClaimOutcome, StoreError> {
-        self.enqueue(name, owner, seq, now)
-            .blocking_recv()
-            .unwrap_or_else(|_| Err(writer_stopped()))
-    }
-
-    fn claim_async(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture {
+    fn claim(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture {
         let answered = self.enqueue(name, owner, seq, now);
         Box::pin(async move { answered.await.unwrap_or_else(|_| Err(writer_stopped())) })
     }
@@ -536,6 +514,7 @@ impl ClaimStore for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::executor::block_on;
 
     fn name(s: &str) -> ScreenName {
         ScreenName::parse(s).unwrap()
@@ -549,18 +528,18 @@ mod tests {
         {
             let store = RedbStore::open(&path).unwrap();
             assert!(matches!(
-                store.claim(&name("alice"), alice, 1, 10).unwrap(),
+                block_on(store.claim(&name("alice"), alice, 1, 10)).unwrap(),
                 ClaimOutcome::Created(_)
             ));
             assert!(
-                matches!(store.claim(&name("alice"), mallory, 5, 11).unwrap(), ClaimOutcome::Taken(c) if c.owner == alice)
+                matches!(block_on(store.claim(&name("alice"), mallory, 5, 11)).unwrap(), ClaimOutcome::Taken(c) if c.owner == alice)
             );
             assert!(matches!(
-                store.claim(&name("alice"), alice, 1, 12).unwrap(),
+                block_on(store.claim(&name("alice"), alice, 1, 12)).unwrap(),
                 ClaimOutcome::Stale(_)
             ));
             assert!(
-                matches!(store.claim(&name("alice"), alice, 2, 13).unwrap(), ClaimOutcome::Renewed(c) if c.seq == 2)
+                matches!(block_on(store.claim(&name("alice"), alice, 2, 13)).unwrap(), ClaimOutcome::Renewed(c) if c.seq == 2)
             );
         }
         let store = RedbStore::open(&path).unwrap();
@@ -586,12 +565,11 @@ mod tests {
                 let store = store.clone();
                 std::thread::spawn(move || {
                     for i in 0..50 {
-                        let outcome = store
-                            .claim(&name(&format!("p{t}n{i}")), peer, 1, 1)
-                            .unwrap();
+                        let outcome =
+                            block_on(store.claim(&name(&format!("p{t}n{i}")), peer, 1, 1)).unwrap();
                         assert!(matches!(outcome, ClaimOutcome::Created(_)));
                     }
-                    let shared = store.claim(&name("contested"), peer, 1, 1).unwrap();
+                    let shared = block_on(store.claim(&name("contested"), peer, 1, 1)).unwrap();
                     matches!(shared, ClaimOutcome::Created(_))
                 })
             })
@@ -616,14 +594,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("claims.redb")).unwrap();
         let (alice, mallory) = (PeerId::random(), PeerId::random());
-        store.claim(&name("alice"), alice, 1, 10).unwrap();
+        block_on(store.claim(&name("alice"), alice, 1, 10)).unwrap();
         assert!(!store.release(&name("alice"), &mallory).unwrap());
         assert!(store.get(&name("alice")).unwrap().is_some());
         assert!(store.release(&name("alice"), &alice).unwrap());
         assert!(store.get(&name("alice")).unwrap().is_none());
         assert!(store.names_of(&alice).unwrap().is_empty());
         assert!(matches!(
-            store.claim(&name("alice"), mallory, 1, 20).unwrap(),
+            block_on(store.claim(&name("alice"), mallory, 1, 20)).unwrap(),
             ClaimOutcome::Created(_)
         ));
     }
@@ -637,23 +615,23 @@ mod tests {
         let owner = PeerId::random();
         for n in ["one", "two"] {
             assert!(matches!(
-                store.claim(&name(n), owner, 1, 10).unwrap(),
+                block_on(store.claim(&name(n), owner, 1, 10)).unwrap(),
                 ClaimOutcome::Created(_)
             ));
         }
         assert_eq!(
-            store.claim(&name("three"), owner, 1, 10).unwrap(),
+            block_on(store.claim(&name("three"), owner, 1, 10)).unwrap(),
             ClaimOutcome::TooMany(2)
         );
         // Renewing a held name is not a new name.
         assert!(matches!(
-            store.claim(&name("one"), owner, 2, 11).unwrap(),
+            block_on(store.claim(&name("one"), owner, 2, 11)).unwrap(),
             ClaimOutcome::Renewed(_)
         ));
         // Giving one up makes room.
         assert!(store.release(&name("two"), &owner).unwrap());
         assert!(matches!(
-            store.claim(&name("three"), owner, 1, 12).unwrap(),
+            block_on(store.claim(&name("three"), owner, 1, 12)).unwrap(),
             ClaimOutcome::Created(_)
         ));
     }
@@ -668,12 +646,12 @@ mod tests {
             PeerId::random(),
             PeerId::random(),
         );
-        store.claim(&name("old"), old, 1, 100).unwrap();
-        store.claim(&name("renewed"), renewed, 1, 100).unwrap();
-        store.claim(&name("renewed"), renewed, 2, 900).unwrap();
-        store.claim(&name("seen"), seen, 1, 100).unwrap();
+        block_on(store.claim(&name("old"), old, 1, 100)).unwrap();
+        block_on(store.claim(&name("renewed"), renewed, 1, 100)).unwrap();
+        block_on(store.claim(&name("renewed"), renewed, 2, 900)).unwrap();
+        block_on(store.claim(&name("seen"), seen, 1, 100)).unwrap();
         store.set_last_seen(&name("seen"), 950).unwrap();
-        store.claim(&name("online"), online, 1, 100).unwrap();
+        block_on(store.claim(&name("online"), online, 1, 100)).unwrap();
         let released = store
             .release_unused(500, &|n: &ScreenName| n.as_str() == "online")
             .unwrap();
@@ -688,9 +666,7 @@ mod tests {
         }
         // A released name is free for a new key.
         assert!(matches!(
-            store
-                .claim(&name("old"), PeerId::random(), 1, 1000)
-                .unwrap(),
+            block_on(store.claim(&name("old"), PeerId::random(), 1, 1000)).unwrap(),
             ClaimOutcome::Created(_)
         ));
     }

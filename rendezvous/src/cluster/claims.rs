@@ -3,10 +3,9 @@
 //! The rules of a claim are the database's: first claim wins on the
 //! primary key, only the owner renews or releases (conditions in the
 //! statements), sequence numbers grow (`claim_name` in the migrations),
-//! so two nodes never give one name to two keys. PostgreSQL commits
-//! concurrent claims together (its own group commit), each durably before
-//! it is answered. Claims arriving together go to it together: one
-//! statement, so one transaction and one commit, per batch.
+//! so two nodes never give one name to two keys. Claims arriving together
+//! go to it together (`claim_names`: one statement, so one transaction and
+//! one durable commit, per batch), each answered once its batch committed.
 
 use deadpool_postgres::Pool;
 use libp2p::PeerId;
@@ -27,9 +26,9 @@ pub struct PgStore {
     pool: Pool,
     runtime: Handle,
     max_names_per_key: usize,
-    /// Seconds per claim statement (each commits on its own).
+    /// Seconds per batch of claims (one statement, one commit).
     commit_seconds: Histogram,
-    /// Claims awaited by async callers, for the batching task.
+    /// Claims waiting for the batching task.
     batches: mpsc::Sender<QueuedClaim>,
 }
 
@@ -55,7 +54,7 @@ impl PgStore {
     /// Claims in the database `pool` reaches (its schema migrated), used
     /// from code running on `runtime`.
     ///
-    /// Starts the task that sends async claims in batches; it ends when
+    /// Starts the task that sends claims in batches; it ends when
     /// the last clone of the store is dropped.
     pub fn new(pool: Pool, runtime: Handle) -> Self {
         let commit_seconds = crate::metrics::commit_histogram();
@@ -90,45 +89,6 @@ impl PgStore {
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
-    /// One claim, committed by the database's own `claim_name` (one
-    /// statement, so one transaction); its time is observed when it worked.
-    async fn claim_now(
-        &self,
-        name: &ScreenName,
-        owner: PeerId,
-        new_seq: u64,
-        now: u64,
-    ) -> Result<ClaimOutcome, StoreError> {
-        let max = i32::try_from(self.max_names_per_key).unwrap_or(i32::MAX);
-        let started = std::time::Instant::now();
-        let outcome = async {
-            let client = self.pool.get().await.map_err(pool_err)?;
-            let statement = client
-                .prepare_cached("SELECT * FROM claim_name($1, $2, $3, $4, $5)")
-                .await
-                .map_err(pg_err)?;
-            let row = client
-                .query_one(
-                    &statement,
-                    &[
-                        &name.as_str(),
-                        &owner.to_bytes(),
-                        &seq(new_seq),
-                        &ms(now),
-                        &max,
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-            outcome_from(name.as_str(), &row, 0)
-        }
-        .await;
-        if outcome.is_ok() {
-            self.commit_seconds.observe(started.elapsed().as_secs_f64());
-        }
-        outcome
-    }
-
     fn run<T>(
         &self,
         what: &str,
@@ -138,8 +98,8 @@ impl PgStore {
     }
 }
 
-/// Sends the claims queued by async callers, every claim that arrived
-/// while the last statement ran in the next one, until the store is gone.
+/// Sends the queued claims, every claim that arrived while the last
+/// statement ran in the next one, until the store is gone.
 async fn claim_in_batches(pool: Pool, mut queue: mpsc::Receiver<QueuedClaim>, seconds: Histogram) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -295,17 +255,7 @@ impl ClaimStore for PgStore {
         })
     }
 
-    fn claim(
-        &self,
-        name: &ScreenName,
-        owner: PeerId,
-        new_seq: u64,
-        now: u64,
-    ) -> Result<ClaimOutcome, StoreError> {
-        self.run("claiming a name", self.claim_now(name, owner, new_seq, now))
-    }
-
-    fn claim_async(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture {
+    fn claim(&self, name: &ScreenName, owner: PeerId, seq: u64, now: u64) -> ClaimFuture {
         let (answer, answered) = oneshot::channel();
         let queued = QueuedClaim {
             name: name.clone(),
