@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::{AsyncReadExt, StreamExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, StreamExt};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use messenger_proto::certificate::SignedCertificate;
@@ -162,12 +162,14 @@ impl DirectorySession {
         ))
     }
 
-    /// Runs a session over a directory stream already open to `node`.
-    /// `gone` resolves when the connection under it is lost: a stream on a
-    /// connection closed locally never sees end-of-file.
+    /// Runs a session over a directory stream already open to `node`
+    /// (a libp2p stream, or any byte stream that negotiated
+    /// [`directory::PROTOCOL`]). `gone` resolves when the connection under
+    /// it is lost: a stream on a connection closed locally never sees
+    /// end-of-file.
     pub fn over_stream(
         node: PeerId,
-        stream: libp2p::Stream,
+        stream: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
         pushes: Option<mpsc::Sender<Resolution>>,
         gone: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Self {
@@ -338,7 +340,7 @@ struct SessionTask {
 impl SessionTask {
     async fn run(
         mut self,
-        stream: libp2p::Stream,
+        stream: impl AsyncRead + AsyncWrite + Send + Unpin,
         mut calls: mpsc::Receiver<Call>,
         gone: impl std::future::Future<Output = ()>,
         closed: watch::Sender<bool>,

@@ -1240,7 +1240,8 @@ impl HeldCrowd {
                 0,
                 n,
                 &counts,
-            );
+            )
+            .expect("start the crowd");
             return Self {
                 workers: Vec::new(),
                 in_process: Some((tasks, counts)),

@@ -21,6 +21,10 @@ use messenger::proto::record::Registration;
 use messenger::reconnect::{Backoff, Setback};
 use tokio::sync::oneshot;
 
+/// Light QUIC clients on one shared endpoint (the held figure's QUIC load).
+#[path = "quic_load.rs"]
+pub mod quic;
+
 /// How the light clients reach the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -92,7 +96,7 @@ pub struct Failed {
 
 impl Failed {
     /// The node answered and turned us away (or something of ours failed).
-    fn turned_away(message: impl ToString) -> Self {
+    pub fn turned_away(message: impl ToString) -> Self {
         Self {
             setback: Setback::TurnedAway,
             message: message.to_string(),
@@ -273,16 +277,20 @@ impl BareConnection {
 
     /// A registration of `name` by this key, online, valid for 10 minutes.
     pub fn record(&self, name: ScreenName, seq: u64) -> Registration {
-        let now_ms = messenger::proto::time::now_ms();
-        Registration {
-            name,
-            peer_id: self.identity.peer_id(),
-            addrs: Vec::new(),
-            seq,
-            expires_at: now_ms + 10 * 60 * 1000,
-            status: Status::Online,
-            status_text: String::new(),
-        }
+        online_record(&self.identity, name, seq)
+    }
+}
+
+/// A registration of `name` by `identity`, online, valid for 10 minutes.
+fn online_record(identity: &Identity, name: ScreenName, seq: u64) -> Registration {
+    Registration {
+        name,
+        peer_id: identity.peer_id(),
+        addrs: Vec::new(),
+        seq,
+        expires_at: messenger::proto::time::now_ms() + 10 * 60 * 1000,
+        status: Status::Online,
+        status_text: String::new(),
     }
 }
 
@@ -398,22 +406,57 @@ pub async fn stay_online(
     name: ScreenName,
     counts: std::sync::Arc<CrowdCounts>,
 ) {
-    use std::sync::atomic::Ordering;
     let Ok(identity) = Identity::generate() else {
         return;
     };
+    keep_registered(&identity, &name, &counts, || async {
+        let mut connection =
+            BareConnection::connect_as(identity.clone(), &node_addr, bind, transport).await?;
+        let session = connection.session().await.map_err(Failed::turned_away)?;
+        Ok((connection, session))
+    })
+    .await
+}
+
+/// As [`stay_online`], over QUIC from `load`'s shared endpoint.
+pub async fn stay_online_quic(
+    load: quic::QuicLoad,
+    name: ScreenName,
+    counts: std::sync::Arc<CrowdCounts>,
+) {
+    let Ok(identity) = Identity::generate() else {
+        return;
+    };
+    keep_registered(&identity, &name, &counts, || load.connect(&identity)).await
+}
+
+/// Registers `name` for `identity` on sessions `connect` opens, one after
+/// another for ever: while one lives the name is online; when it ends, the
+/// next attempt follows the client's backoff, as after any failed attempt.
+/// What `connect` returns besides the session (the connection) is kept
+/// while the session lives.
+async fn keep_registered<C, F, Held>(
+    identity: &Identity,
+    name: &ScreenName,
+    counts: &CrowdCounts,
+    mut connect: C,
+) where
+    C: FnMut() -> F,
+    F: std::future::Future<Output = Result<(Held, DirectorySession), Failed>>,
+{
+    use std::sync::atomic::Ordering;
     let mut backoff = Backoff::new();
     loop {
+        let connecting = connect();
         let attempt = async {
-            let mut connection =
-                BareConnection::connect_as(identity.clone(), &node_addr, bind, transport).await?;
-            let session = connection.session().await.map_err(Failed::turned_away)?;
-            let record = connection.record(name.clone(), messenger::proto::time::now_ms() * 1000);
+            let (held, session) = connecting.await?;
+            let seq = messenger::proto::time::now_ms() * 1000;
+            let record = online_record(identity, name.clone(), seq);
             session
-                .register(record.sign(&connection.identity), Vec::new())
+                .register(record.sign(identity), Vec::new())
                 .await
                 .map_err(Failed::turned_away)?;
-            Ok::<_, Failed>((connection, session))
+            Ok::<_, Failed>((held, session))
         };
         // A real client's requests time out; so does an attempt here, so
         // that an answer that never comes is a failure, not a hang.
@@ -429,7 +472,7 @@ pub async fn stay_online(
                 })
         };
         let pause = match attempt.await {
-            Ok((_connection, session)) => {
+            Ok((_held, session)) => {
                 backoff.succeeded();
                 counts.registered.fetch_add(1, Ordering::Relaxed);
                 counts.online.fetch_add(1, Ordering::Relaxed);
@@ -443,7 +486,9 @@ pub async fn stay_online(
     }
 }
 
-/// Starts `count` [`stay_online`] clients named `held{first}`… at once.
+/// Starts `count` clients named `held{first}`… at once, each staying
+/// online by itself ([`stay_online`]). Over QUIC they share one endpoint
+/// on `bind` ([`quic::QuicLoad`]), as the held figure's workers do.
 pub fn crowd(
     tasks: &mut tokio::task::JoinSet<()>,
     node_addr: &Multiaddr,
@@ -452,19 +497,25 @@ pub fn crowd(
     first: usize,
     count: usize,
     counts: &std::sync::Arc<CrowdCounts>,
-) {
+) -> Result<(), String> {
+    let quic = match transport {
+        Transport::Quic => Some(quic::QuicLoad::new(node_addr, bind)?),
+        Transport::Tcp => None,
+    };
     for i in first..first + count {
-        let Ok(name) = ScreenName::parse(&format!("held{i}")) else {
-            continue;
+        let name = ScreenName::parse(&format!("held{i}")).map_err(|e| e.to_string())?;
+        match &quic {
+            Some(load) => tasks.spawn(stay_online_quic(load.clone(), name, counts.clone())),
+            None => tasks.spawn(stay_online(
+                node_addr.clone(),
+                bind,
+                transport,
+                name,
+                counts.clone(),
+            )),
         };
-        tasks.spawn(stay_online(
-            node_addr.clone(),
-            bind,
-            transport,
-            name,
-            counts.clone(),
-        ));
     }
+    Ok(())
 }
 
 /// `suite --held-worker NODE_ADDR FIRST COUNT BIND_IP tcp|quic`: starts a
@@ -492,7 +543,10 @@ pub fn worker(args: &[String]) -> ! {
     let code = runtime.block_on(async move {
         let counts = std::sync::Arc::new(CrowdCounts::default());
         let mut tasks = tokio::task::JoinSet::new();
-        crowd(&mut tasks, &addr, bind, transport, first, count, &counts);
+        if let Err(e) = crowd(&mut tasks, &addr, bind, transport, first, count, &counts) {
+            eprintln!("held worker: {e}");
+            return 1;
+        }
         // Held until the parent closes our stdin.
         let mut closed = tokio::task::spawn_blocking(|| {
             let mut buf = String::new();

@@ -73,7 +73,8 @@ fn a_crowd_comes_back_by_itself_after_the_node_is_killed() {
             0,
             CROWD,
             &counts,
-        );
+        )
+        .expect("start the crowd");
     }
     // The first arrival is a storm too: all at once.
     let first = wait_online(&counts, CROWD, RECOVERY_BOUND);
