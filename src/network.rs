@@ -21,7 +21,7 @@ use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
 use messenger_proto::Identity;
 use messenger_proto::accept;
-use messenger_proto::liveness::Liveness;
+use messenger_proto::liveness::{Liveness, transport_keeps_watch};
 use messenger_proto::record::without_peer_suffix;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -62,7 +62,9 @@ pub enum NetworkError {
 /// Knobs of the client network.
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
-    /// How often connections are pinged.
+    /// How often connections are pinged (TCP and relayed ones: over QUIC
+    /// the transport's keep-alives and idle time-out, libp2p-quic's 5 and
+    /// 10 s, do that job).
     pub ping_interval: Duration,
     /// A ping unanswered this long closes the connection. Generous: a busy
     /// machine must not drop healthy connections (a vanished address of
@@ -213,7 +215,9 @@ struct Behaviour {
     /// spend anything on it.
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
-    ping: ping::Behaviour,
+    /// Pings TCP connections and relayed circuits; direct QUIC ones keep
+    /// watch themselves (keep-alives and an idle time-out).
+    ping: messenger_proto::liveness::ping::Behaviour,
     /// Outbound streams of every protocol.
     stream: libp2p_stream::Behaviour,
     /// Inbound chat streams (libp2p-stream would drop some under a burst).
@@ -535,7 +539,7 @@ fn behaviour(
             identify::Config::new(messenger_proto::IDENTIFY_PROTOCOL.to_owned(), key.public())
                 .with_agent_version(format!("messenger/{}", env!("CARGO_PKG_VERSION"))),
         ),
-        ping: ping::Behaviour::new(
+        ping: messenger_proto::liveness::ping::Behaviour::new(
             ping::Config::new()
                 .with_interval(config.ping_interval)
                 .with_timeout(config.ping_timeout),
@@ -770,8 +774,10 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                self.liveness
-                    .alive(connection_id, std::time::Instant::now());
+                if !transport_keeps_watch(&endpoint) {
+                    self.liveness
+                        .watch(connection_id, std::time::Instant::now());
+                }
                 let relayed = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => is_relayed(address),
                     ConnectedPoint::Listener { local_addr, .. } => is_relayed(local_addr),

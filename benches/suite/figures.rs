@@ -1397,9 +1397,9 @@ pub async fn held_connections(
     // Every client at once: the first arrival.
     let n = sizes.held_clients;
     let crowd = HeldCrowd::start(sizes, &load_addr, transport, worker);
-    let (node_cpu, load_cpu) = (cpu_ticks(node.child.id()), crowd.cpu_ticks());
+    let phase = Phase::start(&node, &crowd);
     let (arrival, arrived) = crowd.wait_registered(0, n, HELD_ARRIVAL_LIMIT).await;
-    let bound_by = bounding_process(&node, &crowd, node_cpu, load_cpu, arrival);
+    let bound_by = phase.describe(&node, &crowd, arrival);
     eprintln!(
         "held: {arrived} of {n} {} clients online {:.1} s after starting together ({bound_by})",
         transport.as_str(),
@@ -1410,14 +1410,32 @@ pub async fn held_connections(
     let grown_kib = after.saturating_sub(before) as f64;
     // What holding them costs the node in CPU, idle: pings, keep-alives.
     let cpu_before = cpu_ticks(node.child.id());
+    let load_cpu_before = crowd.cpu_ticks();
     let idle = Instant::now();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let drops = udp_receive_drops();
+    // BENCH_HELD_SECS=60 holds them longer (to profile the node meanwhile).
+    let hold = std::env::var("BENCH_HELD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    tokio::time::sleep(Duration::from_secs(hold)).await;
     let cpu_share = (cpu_ticks(node.child.id()) - cpu_before) as f64
         / clock_ticks_per_second()
         / idle.elapsed().as_secs_f64();
+    let load_share = crowd.cpu_ticks().saturating_sub(load_cpu_before) as f64
+        / clock_ticks_per_second()
+        / idle.elapsed().as_secs_f64();
+    let dropped = match (drops, udp_receive_drops()) {
+        (Some(before), Some(after)) => format!(
+            "; UDP datagrams dropped for a full receive buffer meanwhile: {}",
+            after.saturating_sub(before)
+        ),
+        _ => String::new(),
+    };
     eprintln!(
-        "held: node RSS {before} -> {after} KiB; node CPU while holding them {:.0}% of one core",
-        cpu_share * 100.0
+        "held: node RSS {before} -> {after} KiB; CPU while holding them: node {:.0}% of one core, load generators {:.0}%{dropped}",
+        cpu_share * 100.0,
+        load_share * 100.0,
     );
 
     // Presence latency at this load: a watcher and a watched user online.
@@ -1468,11 +1486,11 @@ pub async fn held_connections(
     let killed = Instant::now();
     let mut node = HeldNode::start(rendezvous_bin, dir.path(), ports);
     let down = killed.elapsed();
-    let (node_cpu, load_cpu) = (cpu_ticks(node.child.id()), crowd.cpu_ticks());
+    let phase = Phase::start(&node, &crowd);
     let (storm, back) = crowd
         .wait_registered(registered_before, n, HELD_ARRIVAL_LIMIT)
         .await;
-    let bound_by = bounding_process(&node, &crowd, node_cpu, load_cpu, storm);
+    let bound_by = phase.describe(&node, &crowd, storm);
     eprintln!(
         "held: node down {:.2} s; {back} of {n} clients registered again {:.1} s after it was back ({bound_by})",
         down.as_secs_f64(),
@@ -1534,23 +1552,53 @@ pub async fn held_connections(
     ]
 }
 
-/// Which side bounded an arrival: the node, if it used most of a core's
-/// worth per core it could have (two here), else the load generator.
-fn bounding_process(
-    node: &HeldNode,
-    crowd: &HeldCrowd,
-    node_ticks_before: u64,
-    load_ticks_before: u64,
-    took: Duration,
-) -> String {
-    let per_second = clock_ticks_per_second() * took.as_secs_f64().max(0.001);
-    let node_share = (cpu_ticks(node.child.id()) - node_ticks_before) as f64 / per_second;
-    let load_share = crowd.cpu_ticks().saturating_sub(load_ticks_before) as f64 / per_second;
-    format!(
-        "node CPU {:.0}% of one core, load generators {:.0}%",
-        node_share * 100.0,
-        load_share * 100.0
-    )
+/// What the node, the load and the kernel spent over one phase of the
+/// held figure (the first arrival, the storm): which process bounded it,
+/// and whether the kernel dropped datagrams (a full UDP receive buffer
+/// shows up as clients timing out, not as CPU).
+struct Phase {
+    node_ticks: u64,
+    load_ticks: u64,
+    udp_drops: Option<u64>,
+}
+
+impl Phase {
+    fn start(node: &HeldNode, crowd: &HeldCrowd) -> Self {
+        Self {
+            node_ticks: cpu_ticks(node.child.id()),
+            load_ticks: crowd.cpu_ticks(),
+            udp_drops: udp_receive_drops(),
+        }
+    }
+
+    fn describe(&self, node: &HeldNode, crowd: &HeldCrowd, took: Duration) -> String {
+        let per_second = clock_ticks_per_second() * took.as_secs_f64().max(0.001);
+        let node_share =
+            cpu_ticks(node.child.id()).saturating_sub(self.node_ticks) as f64 / per_second;
+        let load_share = crowd.cpu_ticks().saturating_sub(self.load_ticks) as f64 / per_second;
+        let drops = match (self.udp_drops, udp_receive_drops()) {
+            (Some(before), Some(after)) => format!(
+                ", UDP datagrams dropped for a full receive buffer: {}",
+                after.saturating_sub(before)
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "node CPU {:.0}% of one core, load generators {:.0}%{drops}",
+            node_share * 100.0,
+            load_share * 100.0
+        )
+    }
+}
+
+/// Datagrams this machine's kernel dropped because a socket's receive
+/// buffer was full, since boot (`RcvbufErrors` of /proc/net/snmp).
+fn udp_receive_drops() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let column = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(column)?.parse().ok()
 }
 
 /// The whole `messenger send` command as a process (reported, no target).

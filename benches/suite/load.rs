@@ -427,7 +427,10 @@ pub async fn stay_online_quic(
     let Ok(identity) = Identity::generate() else {
         return;
     };
-    keep_registered(&identity, &name, &counts, || load.connect(&identity)).await
+    let Ok(config) = load.client_config(&identity) else {
+        return;
+    };
+    keep_registered(&identity, &name, &counts, || load.connect(&config)).await
 }
 
 /// Registers `name` for `identity` on sessions `connect` opens, one after

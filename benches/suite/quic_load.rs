@@ -6,12 +6,13 @@
 //! clients ran out of memory before the node did. Here every client of a
 //! worker is one quinn connection on the worker's one endpoint, with its
 //! own key and libp2p TLS certificate, speaking to the node exactly what a
-//! libp2p client speaks on the wire: multistream-select on every stream,
-//! the directory protocol on one, libp2p's ping both ways (the node pings
-//! every client; the client pings the node every 15 s, libp2p's default),
-//! and "not available" to anything else the node asks (identify), as a
-//! client without that behaviour answers. Transport parameters are
-//! libp2p-quic's defaults (keep-alive 5 s, idle time-out 10 s).
+//! messenger client speaks on the wire: multistream-select on every stream,
+//! the directory protocol on one, libp2p's ping as the client does over
+//! QUIC (one ping when the connection opens, and every ping of the node's
+//! answered), and "not available" to anything else the node asks
+//! (identify), as a client without that behaviour answers. Transport
+//! parameters are libp2p-quic's defaults, the client's (keep-alive 5 s,
+//! idle time-out 10 s): over QUIC they, not pings, keep watch.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -32,13 +33,14 @@ use super::Failed;
 /// libp2p's ping protocol: 32 bytes echoed.
 const PING: &str = "/ipfs/ping/1.0.0";
 const PING_SIZE: usize = 32;
-/// libp2p's ping defaults (what the swarm-based light clients used).
-const PING_INTERVAL: Duration = Duration::from_secs(15);
-const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the first ping may take (the client's ping time-out).
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// libp2p-quic's defaults.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT_MS: u32 = 10_000;
+/// What the shared socket asks for each way.
+const SOCKET_BUFFER_BYTES: usize = 16 << 20;
 /// The first message on every multistream-select stream.
 const MULTISTREAM: &str = "/multistream/1.0.0";
 /// The longest multistream-select message read: protocol names are short.
@@ -70,6 +72,13 @@ impl QuicLoad {
             return Err(format!("{node_addr} is not an IPv4 QUIC address"));
         };
         let socket = std::net::UdpSocket::bind((bind, 0)).map_err(|e| e.to_string())?;
+        // Thousands of connections' packets arrive on this one socket: with
+        // the default buffer (about 200 KiB) the kernel drops them in
+        // bursts and the clients die of time-outs the node did not cause.
+        // (The kernel grants at most net.core.rmem_max, wmem_max.)
+        let buffers = socket2::SockRef::from(&socket);
+        let _ = buffers.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = buffers.set_send_buffer_size(SOCKET_BUFFER_BYTES);
         let mut config = quinn::EndpointConfig::default();
         config.supported_versions(vec![1]);
         let endpoint = quinn::Endpoint::new(config, None, socket, Arc::new(quinn::TokioRuntime))
@@ -81,16 +90,16 @@ impl QuicLoad {
         })
     }
 
-    /// Connects `identity` to the node and opens a directory session on
-    /// the connection; the client lives until the returned holder drops.
+    /// Connects with `config` (a client's [`Self::client_config`]) and
+    /// opens a directory session on the connection; the client lives until
+    /// the returned holder drops.
     pub async fn connect(
         &self,
-        identity: &Identity,
+        config: &quinn::ClientConfig,
     ) -> Result<(QuicClient, DirectorySession), Failed> {
-        let config = self.client_config(identity)?;
         let connecting = self
             .endpoint
-            .connect_with(config, self.node_addr, "l")
+            .connect_with(config.clone(), self.node_addr, "l")
             .map_err(|e| Failed::turned_away(format!("cannot dial: {e}")))?;
         let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
             Ok(Ok(connection)) => connection,
@@ -125,8 +134,10 @@ impl QuicLoad {
     }
 
     /// libp2p's TLS (a certificate of `identity`'s, the node's peer id
-    /// checked) with libp2p-quic's transport parameters.
-    fn client_config(&self, identity: &Identity) -> Result<quinn::ClientConfig, Failed> {
+    /// checked) with libp2p-quic's transport parameters. Made once per
+    /// client, as libp2p-quic makes it once per transport: a certificate
+    /// costs a key pair and a signature.
+    pub fn client_config(&self, identity: &Identity) -> Result<quinn::ClientConfig, Failed> {
         let tls = libp2p_tls::make_client_config(&identity.keypair(), Some(self.node))
             .map_err(Failed::turned_away)?;
         let crypto =
@@ -191,35 +202,27 @@ async fn answer_streams(connection: quinn::Connection) {
     }
 }
 
-/// Pings the node on one stream, as libp2p's ping does, until a ping
-/// fails (the connection's idle time-out then tells whether the node is
-/// gone).
+/// Pings the node once, as the client does when a QUIC connection opens
+/// (the round trip is a metric), and keeps the stream, as libp2p does.
 async fn ping_node(connection: quinn::Connection) {
-    let Ok(stream) = open(&connection, PING).await else {
+    let Ok(QuicStream { mut send, mut recv }) = open(&connection, PING).await else {
         return;
     };
-    let QuicStream {
-        mut send, mut recv, ..
-    } = stream;
-    let mut tick = tokio::time::interval(PING_INTERVAL);
-    loop {
-        tick.tick().await;
-        let mut payload = [0; PING_SIZE];
-        if getrandom::fill(&mut payload).is_err() {
-            return;
-        }
-        let round = async {
-            send.write_all(&payload).await.ok()?;
-            let mut echo = [0; PING_SIZE];
-            recv.read_exact(&mut echo).await.ok()?;
-            (echo == payload).then_some(())
-        };
-        if !matches!(
-            tokio::time::timeout(PING_TIMEOUT, round).await,
-            Ok(Some(()))
-        ) {
-            return;
-        }
+    let mut payload = [0; PING_SIZE];
+    if getrandom::fill(&mut payload).is_err() {
+        return;
+    }
+    let round = async {
+        send.write_all(&payload).await.ok()?;
+        let mut echo = [0; PING_SIZE];
+        recv.read_exact(&mut echo).await.ok()?;
+        (echo == payload).then_some(())
+    };
+    if matches!(
+        tokio::time::timeout(PING_TIMEOUT, round).await,
+        Ok(Some(()))
+    ) {
+        connection.closed().await;
     }
 }
 

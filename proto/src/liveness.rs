@@ -1,6 +1,12 @@
 //! Which connections have gone silent: the rule both the node and the
 //! client apply on top of libp2p's ping.
 //!
+//! Only connections whose transport does not watch them itself are
+//! watched here: TCP and relayed circuits. A direct QUIC connection has
+//! keep-alives and an idle time-out of its own, which close it as soon as
+//! its peer went silent for that long; pinging it too would only double
+//! what holding it costs (see [`ping`]).
+//!
 //! libp2p-ping reports a failure only after two consecutive failed pings,
 //! and the second one may first wait for a new stream to be negotiated on
 //! the dead connection, so a silent peer (cable pulled, NAT mapping gone:
@@ -14,7 +20,35 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use libp2p::Multiaddr;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
+
+pub mod ping;
+
+/// Whether the transport under a connection notices by itself that its
+/// peer went silent: true for a direct QUIC connection (its keep-alives
+/// and idle time-out), false for TCP and for circuits through a relay
+/// (even over QUIC to the relay: the relay's keep-alives say nothing of
+/// the peer at the far end).
+pub fn transport_keeps_watch(endpoint: &ConnectedPoint) -> bool {
+    match endpoint {
+        ConnectedPoint::Dialer { address, .. } => direct_quic(address, None),
+        ConnectedPoint::Listener {
+            local_addr,
+            send_back_addr,
+        } => direct_quic(send_back_addr, Some(local_addr)),
+    }
+}
+
+/// `remote` is a QUIC address, and neither it nor `local` a circuit.
+fn direct_quic(remote: &Multiaddr, local: Option<&Multiaddr>) -> bool {
+    let circuit = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+    remote.iter().any(|p| matches!(p, Protocol::QuicV1))
+        && !circuit(remote)
+        && !local.is_some_and(circuit)
+}
 
 /// When each open connection last showed it was alive.
 #[derive(Debug)]
@@ -39,9 +73,18 @@ impl Liveness {
         (self.deadline / 40).clamp(Duration::from_millis(50), Duration::from_millis(250))
     }
 
-    /// The connection is alive now (established, or answered a ping).
-    pub fn alive(&mut self, connection: ConnectionId, now: Instant) {
+    /// Starts watching a connection just established (one whose
+    /// transport does not keep watch itself: [`transport_keeps_watch`]).
+    pub fn watch(&mut self, connection: ConnectionId, now: Instant) {
         self.last_alive.insert(connection, now);
+    }
+
+    /// A watched connection answered a ping: alive now. Connections not
+    /// watched are left alone.
+    pub fn alive(&mut self, connection: ConnectionId, now: Instant) {
+        if let Some(at) = self.last_alive.get_mut(&connection) {
+            *at = now;
+        }
     }
 
     /// The connection closed: nothing to watch any more.
@@ -89,8 +132,8 @@ mod tests {
             ConnectionId::new_unchecked(2),
         );
         let t0 = Instant::now();
-        live.alive(a, t0);
-        live.alive(b, t0);
+        live.watch(a, t0);
+        live.watch(b, t0);
         // b answers its pings every interval plus a round trip.
         for k in 1..=3 {
             live.alive(b, t0 + Duration::from_millis(5_010 * k));
@@ -106,5 +149,42 @@ mod tests {
         assert_eq!(live.len(), 1);
         live.closed(b);
         assert!(live.is_empty());
+        // A ping answered on a connection not watched starts nothing.
+        live.alive(a, late);
+        assert!(live.is_empty());
+    }
+
+    #[test]
+    fn only_direct_quic_connections_are_left_to_their_transport() {
+        let dialer = |a: &str| ConnectedPoint::Dialer {
+            address: a.parse().unwrap(),
+            role_override: libp2p::core::Endpoint::Dialer,
+            port_use: libp2p::core::transport::PortUse::Reuse,
+        };
+        let listener = |local: &str, remote: &str| ConnectedPoint::Listener {
+            local_addr: local.parse().unwrap(),
+            send_back_addr: remote.parse().unwrap(),
+        };
+        let relay = "/ip4/10.0.0.1/udp/4001/quic-v1/p2p/12D3KooWGzBcDCKoDgXs3Ve4UX9oA5wRS8VVCPf6hpf7HfXJStCY";
+        assert!(transport_keeps_watch(&dialer(
+            "/ip4/10.0.0.1/udp/4001/quic-v1"
+        )));
+        assert!(transport_keeps_watch(&listener(
+            "/ip4/10.0.0.2/udp/4001/quic-v1",
+            "/ip4/10.0.0.1/udp/5555/quic-v1"
+        )));
+        assert!(!transport_keeps_watch(&dialer("/ip4/10.0.0.1/tcp/4001")));
+        assert!(!transport_keeps_watch(&listener(
+            "/ip4/10.0.0.2/tcp/4001",
+            "/ip4/10.0.0.1/tcp/5555"
+        )));
+        // Through a relay reached over QUIC: the peer is not the relay.
+        assert!(!transport_keeps_watch(&dialer(&format!(
+            "{relay}/p2p-circuit/p2p/12D3KooWHLuDkWbWPgNp8zzYjazZQKLjbwoUAYt4b2tGe6pMuk8n"
+        ))));
+        assert!(!transport_keeps_watch(&listener(
+            &format!("{relay}/p2p-circuit"),
+            "/p2p/12D3KooWHLuDkWbWPgNp8zzYjazZQKLjbwoUAYt4b2tGe6pMuk8n"
+        )));
     }
 }

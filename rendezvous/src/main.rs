@@ -138,12 +138,15 @@ struct Args {
     #[arg(long, value_name = "DAYS", default_value_t = 180.0)]
     name_lease_days: f64,
 
-    /// Seconds between pings on each connection: a client whose network
+    /// Seconds between pings on each TCP connection (over QUIC: between
+    /// keep-alives when nothing else was heard). A client whose network
     /// went silent is shown offline after at most interval + timeout.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     ping_interval: f64,
 
-    /// Seconds a ping may go unanswered before the connection is closed.
+    /// Seconds a ping may go unanswered before the connection is closed
+    /// (over QUIC: the connection is closed once silent for interval +
+    /// timeout).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     ping_timeout: f64,
 

@@ -11,11 +11,15 @@
 //!   stateless Retry (it must echo a token from its real address, which a
 //!   spoofed or fire-and-forget flood cannot do, and the node keeps nothing
 //!   meanwhile);
-//! - from a validated address at its own per-address bound, the newcomer
-//!   is dropped without an answer (shedding an older handshake, as TCP
-//!   does, would leave a closing connection behind for seconds);
 //! - at the total bound, a validated newcomer from an address below its
-//!   bound takes the place of the oldest handshake of the busiest address.
+//!   bound takes the place of the oldest handshake of the busiest address
+//!   when that address holds clearly more, as over TCP;
+//! - otherwise a validated newcomer is refused at once: a stateless
+//!   CONNECTION_REFUSED, so that the client knows the node is alive and
+//!   busy and backs off for longer than after silence (dropping it without
+//!   an answer left every client of a reconnect storm waiting out its
+//!   handshake time-out, taking the node for unreachable). The address is
+//!   proven, so the answer cannot be aimed at a third party.
 //!
 //! The node never hole-punches, so dialling is plain (for AutoNAT
 //! dial-backs, from the listening port when there is one).
@@ -44,11 +48,9 @@ pub struct QuicConfig {
     pub handshake_timeout: Duration,
     /// A connection silent for this long is closed.
     pub idle_timeout: Duration,
-    /// How often the node sends a keep-alive on a quiet connection, if it
-    /// must: not when its pings already go more often than half the idle
-    /// timeout (a keep-alive more is a packet each way per client, which
-    /// with tens of thousands of clients is most of what holding them
-    /// costs).
+    /// How long a connection may hear nothing before the node sends a
+    /// keep-alive (the peer's keep-alives, if they come sooner, make the
+    /// node's unneeded: one packet each way per interval in all).
     pub keep_alive: Option<Duration>,
     /// Streams a peer may have open at once on one connection.
     pub max_streams: u32,
@@ -112,16 +114,28 @@ impl std::fmt::Debug for QuicTransport {
 /// (`wmem_max` for sending): raise those on a busy node.
 const UDP_BUFFER_BYTES: usize = 16 << 20;
 
-/// Asks for [`UDP_BUFFER_BYTES`] each way; says what it got.
+/// Asks for [`UDP_BUFFER_BYTES`] each way; warns when the kernel grants
+/// less (Linux reports twice what it grants, its bookkeeping included).
 fn widen_buffers(socket: &UdpSocket) {
     let socket = socket2::SockRef::from(socket);
     let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
-    debug!(
-        receive = socket.recv_buffer_size().ok(),
-        send = socket.send_buffer_size().ok(),
-        "QUIC socket buffers"
+    let (receive, send) = (
+        socket.recv_buffer_size().unwrap_or(0) / 2,
+        socket.send_buffer_size().unwrap_or(0) / 2,
     );
+    if receive < UDP_BUFFER_BYTES || send < UDP_BUFFER_BYTES {
+        tracing::warn!(
+            "the QUIC socket's buffers are {} KiB to receive and {} KiB to send, of {} KiB \
+             asked: with thousands of clients the kernel will drop their packets in bursts; \
+             raise net.core.rmem_max and net.core.wmem_max to {UDP_BUFFER_BYTES}",
+            receive / 1024,
+            send / 1024,
+            UDP_BUFFER_BYTES / 1024,
+        );
+    } else {
+        debug!(receive, send, "QUIC socket buffers");
+    }
 }
 
 /// The key of the node's QUIC stateless resets, derived from its identity
@@ -517,8 +531,8 @@ impl QuicTransport {
                     continue;
                 }
                 Admission::ProveAddress | Admission::Refused => {
-                    debug!(%remote, "QUIC handshake not admitted: its address is at its limit");
-                    incoming.ignore();
+                    debug!(%remote, "QUIC handshake refused: too many handshakes");
+                    incoming.refuse();
                     continue;
                 }
             };

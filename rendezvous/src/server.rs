@@ -25,7 +25,7 @@ use messenger_proto::accept;
 use messenger_proto::codec::{self, CodecError};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
 use messenger_proto::identity::{IdentityError, PeerKey, create_private_dir};
-use messenger_proto::liveness::Liveness;
+use messenger_proto::liveness::{Liveness, transport_keeps_watch};
 use messenger_proto::metrics::MetricsServer;
 use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, oneshot};
@@ -52,10 +52,6 @@ const SESSION_BACKLOG: usize = 1024;
 /// How long the node tries to dial a client back for an AutoNAT probe.
 const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// A QUIC connection that hears nothing for this long is gone (keep-alive
-/// packets go every half of it); the node's pings notice sooner.
-const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Everything the node needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -63,10 +59,12 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// Where the node keeps its key and its claims.
     pub data_dir: PathBuf,
-    /// How often each connection is pinged.
+    /// How often each TCP connection is pinged, and a QUIC connection sent
+    /// a keep-alive when it has heard nothing for that long.
     pub ping_interval: Duration,
-    /// A ping unanswered this long closes the connection (and so ends the
-    /// sessions on it: the owner goes offline).
+    /// A connection silent for `ping_interval` + this is closed (and so
+    /// are the sessions on it: the owner goes offline): over TCP when no
+    /// ping was answered in that time, over QUIC by its idle time-out.
     pub ping_timeout: Duration,
     /// A connection without any open stream is closed after this long.
     pub idle_timeout: Duration,
@@ -231,7 +229,8 @@ struct Behaviour {
     per_ip: limits::PerIpLimit,
     memory: memory_connection_limits::Behaviour,
     identify: identify::Behaviour,
-    ping: ping::Behaviour,
+    /// Pings TCP connections; QUIC ones keep watch themselves.
+    ping: messenger_proto::liveness::ping::Behaviour,
     /// Directory sessions, handed to the session tasks.
     sessions: accept::Behaviour,
     /// Circuit relay v2 server for clients behind NAT.
@@ -474,11 +473,11 @@ fn build_swarm(
                 QuicConfig {
                     // As for TCP: a dial-back into a silent NAT fails fast.
                     handshake_timeout: DIAL_BACK_TIMEOUT,
-                    idle_timeout: QUIC_IDLE_TIMEOUT,
-                    // The node's pings keep a connection from idling out
-                    // when they go often enough.
-                    keep_alive: (config.ping_interval >= QUIC_IDLE_TIMEOUT / 2)
-                        .then_some(QUIC_IDLE_TIMEOUT / 2),
+                    // The same promise as the pings over TCP: silent for
+                    // interval + timeout, closed. The node does not ping
+                    // QUIC connections (see `liveness::ping`).
+                    idle_timeout: config.ping_interval + config.ping_timeout,
+                    keep_alive: Some(config.ping_interval),
                     max_streams: limits.max_streams_per_connection,
                 },
                 gate,
@@ -509,7 +508,7 @@ fn build_swarm(
                     )
                     .with_agent_version(format!("rendezvous/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: ping::Behaviour::new(ping),
+                ping: messenger_proto::liveness::ping::Behaviour::new(ping),
                 sessions,
                 relay: relay::Behaviour::new(key.public().to_peer_id(), config.relay.config()),
                 autonat: autonat::Behaviour::new(
@@ -802,8 +801,10 @@ impl EventLoop {
                 connection_id,
                 ..
             } => {
-                self.liveness
-                    .alive(connection_id, std::time::Instant::now());
+                if !transport_keeps_watch(&endpoint) {
+                    self.liveness
+                        .watch(connection_id, std::time::Instant::now());
+                }
                 debug!(%peer_id, addr = %endpoint.get_remote_address(), "connection established")
             }
             SwarmEvent::ConnectionClosed {
