@@ -138,9 +138,10 @@ struct Args {
     #[arg(long, value_name = "DAYS", default_value_t = 180.0)]
     name_lease_days: f64,
 
-    /// Seconds between pings on each TCP connection (over QUIC: between
-    /// keep-alives when nothing else was heard). A client whose network
-    /// went silent is shown offline after at most interval + timeout.
+    /// Seconds between pings on each TCP connection. A client whose
+    /// network went silent is shown offline after at most interval +
+    /// timeout (over QUIC, that sum is the idle time-out: keep it above
+    /// the clients' keep-alive interval, libp2p's 5 s).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     ping_interval: f64,
 

@@ -49,8 +49,10 @@ pub struct QuicConfig {
     /// A connection silent for this long is closed.
     pub idle_timeout: Duration,
     /// How long a connection may hear nothing before the node sends a
-    /// keep-alive (the peer's keep-alives, if they come sooner, make the
-    /// node's unneeded: one packet each way per interval in all).
+    /// keep-alive, if it does. The node's listeners do not: a keep-alive
+    /// sent restarts the idle count (QUIC's rule), which would put off
+    /// noticing a silent client by that much; clients keep their
+    /// connections alive themselves.
     pub keep_alive: Option<Duration>,
     /// Streams a peer may have open at once on one connection.
     pub max_streams: u32,

@@ -59,8 +59,7 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// Where the node keeps its key and its claims.
     pub data_dir: PathBuf,
-    /// How often each TCP connection is pinged, and a QUIC connection sent
-    /// a keep-alive when it has heard nothing for that long.
+    /// How often each TCP connection is pinged.
     pub ping_interval: Duration,
     /// A connection silent for `ping_interval` + this is closed (and so
     /// are the sessions on it: the owner goes offline): over TCP when no
@@ -475,9 +474,13 @@ fn build_swarm(
                     handshake_timeout: DIAL_BACK_TIMEOUT,
                     // The same promise as the pings over TCP: silent for
                     // interval + timeout, closed. The node does not ping
-                    // QUIC connections (see `liveness::ping`).
+                    // QUIC connections (see `liveness::ping`), nor send
+                    // keep-alives: under QUIC's idle rule a keep-alive of
+                    // its own would restart that count (silence noticed
+                    // only after keep-alive + time-out), and clients send
+                    // theirs (libp2p-quic's: every 5 s).
                     idle_timeout: config.ping_interval + config.ping_timeout,
-                    keep_alive: Some(config.ping_interval),
+                    keep_alive: None,
                     max_streams: limits.max_streams_per_connection,
                 },
                 gate,
