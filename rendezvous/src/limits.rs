@@ -35,7 +35,11 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Connections from one peer id.
     pub max_connections_per_peer: u32,
-    /// Streams open at once on one connection (all protocols).
+    /// Streams open at once on one connection (all protocols). A client
+    /// needs about 20 at most (4 directory sessions, 8 relayed circuits,
+    /// ping, identify, AutoNAT, its reservation); QUIC keeps state for
+    /// every stream a peer may open (quinn allocates the table up front:
+    /// 5 KiB per connection at 64), so the bound is not set higher.
     pub max_streams_per_connection: u32,
     /// Directory sessions open at once on one connection.
     pub max_sessions_per_connection: usize,
@@ -61,7 +65,7 @@ impl Default for Limits {
             max_pending_per_ip: 8,
             max_connections_per_ip: 64,
             max_connections_per_peer: 4,
-            max_streams_per_connection: 64,
+            max_streams_per_connection: 32,
             max_sessions_per_connection: 4,
             requests: Rate::new(20.0, 100),
             max_names_per_key: 3,
