@@ -56,6 +56,20 @@ impl Behaviour {
 }
 
 type Handler = THandler<ping::Behaviour>;
+/// Puts a ping handler on its side of [`Behaviour`]'s handler.
+type Side = fn(Handler) -> Either<Handler, Handler>;
+
+impl Behaviour {
+    /// The schedule a connection gets, and which side of the handler its
+    /// handler is.
+    fn schedule_for(&mut self, endpoint: &ConnectedPoint) -> (&mut ping::Behaviour, Side) {
+        if transport_keeps_watch(endpoint) {
+            (&mut self.answering, Either::Right)
+        } else {
+            (&mut self.pinging, Either::Left)
+        }
+    }
+}
 
 impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = Either<Handler, Handler>;
@@ -72,12 +86,7 @@ impl NetworkBehaviour for Behaviour {
             local_addr: local_addr.clone(),
             send_back_addr: remote_addr.clone(),
         };
-        let (behaviour, side): (_, fn(Handler) -> THandler<Self>) =
-            if transport_keeps_watch(&endpoint) {
-                (&mut self.answering, Either::Right)
-            } else {
-                (&mut self.pinging, Either::Left)
-            };
+        let (behaviour, side) = self.schedule_for(&endpoint);
         behaviour
             .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
             .map(side)
@@ -96,12 +105,7 @@ impl NetworkBehaviour for Behaviour {
             role_override,
             port_use,
         };
-        let (behaviour, side): (_, fn(Handler) -> THandler<Self>) =
-            if transport_keeps_watch(&endpoint) {
-                (&mut self.answering, Either::Right)
-            } else {
-                (&mut self.pinging, Either::Left)
-            };
+        let (behaviour, side) = self.schedule_for(&endpoint);
         behaviour
             .handle_established_outbound_connection(
                 connection_id,
