@@ -1414,35 +1414,17 @@ pub async fn held_connections(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(node.child.id());
     let grown_kib = after.saturating_sub(before) as f64;
-    // What holding them costs the node in CPU, idle: pings, keep-alives.
-    let cpu_before = cpu_ticks(node.child.id());
-    let load_cpu_before = crowd.cpu_ticks();
+    // What holding them costs in CPU, idle: keep-alives, pings over TCP.
+    let phase = Phase::start(&node, &crowd);
     let idle = Instant::now();
-    let drops = udp_receive_drops();
     // BENCH_HELD_SECS=60 holds them longer (to profile the node meanwhile).
     let hold = std::env::var("BENCH_HELD_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     tokio::time::sleep(Duration::from_secs(hold)).await;
-    let cpu_share = (cpu_ticks(node.child.id()) - cpu_before) as f64
-        / clock_ticks_per_second()
-        / idle.elapsed().as_secs_f64();
-    let load_share = crowd.cpu_ticks().saturating_sub(load_cpu_before) as f64
-        / clock_ticks_per_second()
-        / idle.elapsed().as_secs_f64();
-    let dropped = match (drops, udp_receive_drops()) {
-        (Some(before), Some(after)) => format!(
-            "; UDP datagrams dropped for a full receive buffer meanwhile: {}",
-            after.saturating_sub(before)
-        ),
-        _ => String::new(),
-    };
-    eprintln!(
-        "held: node RSS {before} -> {after} KiB; CPU while holding them: node {:.0}% of one core, load generators {:.0}%{dropped}",
-        cpu_share * 100.0,
-        load_share * 100.0,
-    );
+    let holding = phase.describe(&node, &crowd, idle.elapsed());
+    eprintln!("held: node RSS {before} -> {after} KiB; while holding them: {holding}");
 
     // Presence latency at this load: a watcher and a watched user online.
     let watched = Bare::connect(&addr, None).await;

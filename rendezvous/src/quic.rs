@@ -50,14 +50,11 @@ use crate::gate::{Admission, HandshakeGate, Source, Ticket};
 pub struct QuicConfig {
     /// A handshake must finish within this.
     pub handshake_timeout: Duration,
-    /// A connection silent for this long is closed.
+    /// A connection silent for this long is closed. The node sends no
+    /// keep-alives: under QUIC's idle rule a keep-alive sent restarts that
+    /// count, which would put off noticing a silent client by as much;
+    /// clients keep their connections alive themselves.
     pub idle_timeout: Duration,
-    /// How long a connection may hear nothing before the node sends a
-    /// keep-alive, if it does. The node's listeners do not: a keep-alive
-    /// sent restarts the idle count (QUIC's rule), which would put off
-    /// noticing a silent client by that much; clients keep their
-    /// connections alive themselves.
-    pub keep_alive: Option<Duration>,
     /// Streams a peer may have open at once on one connection.
     pub max_streams: u32,
 }
@@ -200,7 +197,7 @@ impl QuicTransport {
             .max_concurrent_uni_streams(0u32.into())
             .max_concurrent_bidi_streams(config.max_streams.into())
             .datagram_receive_buffer_size(None)
-            .keep_alive_interval(config.keep_alive)
+            .keep_alive_interval(None)
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| tls_err(&e))?,
             ))

@@ -378,15 +378,14 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
             Ok(checked) => checked,
             Err(refused) => return *refused,
         };
-        let claimed = match checked.needs_claim {
-            true => {
-                let record = &checked.record;
-                let claim = self
-                    .store
-                    .claim(&record.name, record.peer_id, record.seq, now);
-                Some(claim.await)
-            }
-            false => None,
+        let claimed = if checked.needs_claim {
+            let record = &checked.record;
+            let claim = self
+                .store
+                .claim(&record.name, record.peer_id, record.seq, now);
+            Some(claim.await)
+        } else {
+            None
         };
         self.settle_registration(checked, claimed, now)
     }

@@ -480,7 +480,6 @@ fn build_swarm(
                     // only after keep-alive + time-out), and clients send
                     // theirs (libp2p-quic's: every 5 s).
                     idle_timeout: config.ping_interval + config.ping_timeout,
-                    keep_alive: None,
                     max_streams: limits.max_streams_per_connection,
                 },
                 gate,
