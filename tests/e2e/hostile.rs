@@ -279,3 +279,115 @@ fn forged_sender_names_and_signatures_are_rejected() {
         .collect();
     assert_eq!(texts, ["hello from mallory"], "only what verified is kept");
 }
+
+/// A registered stranger, "mallory": her key, network, directory session
+/// and bob as the node resolves him.
+async fn mallory_near_bob(
+    node_addr: &Multiaddr,
+    status_text: &str,
+) -> (Identity, Network, DirectorySession, PeerInfo) {
+    let mallory_id = Identity::generate().unwrap();
+    let (network, _task, _streams) = Network::start(&mallory_id, NetworkConfig::default()).unwrap();
+    let session = DirectorySession::open(&network, node_addr, None)
+        .await
+        .unwrap();
+    let record = Registration {
+        name: ScreenName::parse("mallory").unwrap(),
+        peer_id: mallory_id.peer_id(),
+        addrs: vec![],
+        seq: now_ms() * 1000,
+        expires_at: now_ms() + 60_000,
+        status: Status::Online,
+        status_text: status_text.into(),
+    }
+    .sign(&mallory_id);
+    session.register(record, vec![]).await.unwrap();
+    let bob = PeerInfo::from_resolution(&session.resolve("bob").await.unwrap()).unwrap();
+    network.dial(bob.peer_id, bob.addrs.clone()).await.unwrap();
+    (mallory_id, network, session, bob)
+}
+
+#[test]
+fn what_strangers_write_cannot_steer_the_terminal_or_forge_lines() {
+    let (_dir, node, alice, bob) = alice_and_bob();
+    // Bob reads as a person does: plain text output, not JSON.
+    let mut bob_online = bob.spawn(&["online", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    bob_online
+        .stdout
+        .expect("bob online", |l| l.starts_with("online as bob"));
+    let node_addr: Multiaddr = node.addr.parse().unwrap();
+    // Clear screen, a title, an OSC 52 clipboard write, a C1 byte, a
+    // carriage return, a bidi override, and a line that looks like alice's.
+    let hostile = "hi\x1b[2J\x1b]0;owned\x07\x1b]52;c;ZXZpbA==\x07\u{9b}\rX\u{202e}txt.exe\n[12:03:00] alice: my new wallet is 1Abc";
+    let whois = runtime().block_on(async {
+        let (mallory_id, network, session, bob_info) =
+            mallory_near_bob(&node_addr, "away \u{202e}evil").await;
+        let link = ChatLink::open(
+            &network,
+            bob_info.peer_id,
+            tokio::sync::watch::channel(None).1,
+        )
+        .await
+        .unwrap();
+        let m = Message {
+            id: MessageId::random(),
+            from: ScreenName::parse("mallory").unwrap(),
+            to: ScreenName::parse("bob").unwrap(),
+            sent_at: now_ms(),
+            text: hostile.into(),
+            file: None,
+            invite: None,
+        };
+        link.deliver(m.id, Signed::sign(&mallory_id, MESSAGE_CONTEXT, &m))
+            .await
+            .unwrap();
+        // Her status, while she is online (a blocking call: this runtime
+        // has other threads for mallory's network).
+        let whois = bob.ok(&["whois", "mallory"]).stdout;
+        session.close().await;
+        whois
+    });
+    alice.ok(&["send", "bob", "the real alice"]);
+    bob_online
+        .stdout
+        .expect("alice's line", |l| l.contains("alice: the real alice"));
+    let printed = bob_online.stdout.seen.join("\n");
+    let check = |printed: &str, what: &str| {
+        assert!(
+            !printed
+                .chars()
+                .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+            "{what}: a control character or override reached the terminal: {printed:?}"
+        );
+        assert!(
+            printed.contains("\\x1b[2J") && printed.contains("\\u{202e}"),
+            "{what}: shown escaped: {printed}"
+        );
+        let forged: Vec<&str> = printed
+            .lines()
+            .filter(|l| l.contains("alice: my new wallet"))
+            .collect();
+        assert_eq!(forged.len(), 1, "{what}: {printed}");
+        assert!(
+            forged[0].starts_with("   "),
+            "{what}: the second line of mallory's message is indented under it: {printed}"
+        );
+        assert!(
+            printed
+                .lines()
+                .filter(|l| !l.starts_with(' '))
+                .all(|l| !l.contains("wallet")),
+            "{what}: {printed}"
+        );
+    };
+    check(&printed, "online");
+    let history = bob.ok(&["history", "mallory"]).stdout;
+    check(&history, "history");
+    assert!(
+        whois.contains("away \\u{202e}evil") && !whois.contains('\u{202e}'),
+        "a status message is escaped too: {whois}"
+    );
+    // JSON stays exact.
+    let json = bob.ok(&["--json", "history", "mallory"]).json();
+    assert_eq!(json["text"], hostile);
+}

@@ -6,6 +6,7 @@
 //!   their own for the one request.
 //! - [`render`]: how replies and events read, for people and as JSON.
 //! - [`output`]: where they are printed.
+//! - [`printable`]: what peers wrote, made safe for a terminal.
 //! - [`exit`]: exit statuses, mapped from the library's failure kinds.
 //! - [`demo`]: a node and two users in one process.
 //! - [`running`]: the home's running client (`online`, `chat`, the window).
@@ -18,6 +19,7 @@ mod commands;
 mod demo;
 mod exit;
 mod output;
+mod printable;
 mod render;
 mod running;
 mod transfer;

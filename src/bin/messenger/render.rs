@@ -14,6 +14,7 @@ use messenger::time;
 use serde_json::json;
 
 use crate::output::Output;
+use crate::printable::{inline, message_line};
 use crate::{Failure, exit};
 
 /// Prints an event; returns a failure if the client cannot go on.
@@ -117,10 +118,8 @@ pub(crate) fn show_event(
             };
             out.emit(
                 format!(
-                    "[{}] {}: {}{via}{offer}",
-                    time::clock(msg.sent_at),
-                    msg.from,
-                    msg.text
+                    "{}{via}{offer}",
+                    message_line(&time::clock(msg.sent_at), msg.from.as_str(), &msg.text)
                 ),
                 event,
             );
@@ -130,7 +129,7 @@ pub(crate) fn show_event(
             let human = match (info.presence, info.status_text.is_empty()) {
                 (Presence::Offline, _) => format!("* {} is offline", info.name),
                 (p, true) => format!("* {} is {p}", info.name),
-                (p, false) => format!("* {} is {p}: {}", info.name, info.status_text),
+                (p, false) => format!("* {} is {p}: {}", info.name, inline(&info.status_text)),
             };
             out.emit(
                 human,
@@ -156,7 +155,7 @@ pub(crate) fn show_event(
                     "  NOT delivered to {}: {} ({})",
                     m.message.to,
                     preview(&m.message.text),
-                    m.error.as_deref().unwrap_or("refused")
+                    inline(m.error.as_deref().unwrap_or("refused"))
                 ),
                 message_json("failed", &m),
             );
@@ -205,6 +204,7 @@ pub(crate) fn show_event(
         }
         Event::Transfer(t) => {
             let what = t.describe();
+            let what = inline(&what);
             out.emit(
                 format!("* file {}: {what}", t.id),
                 json!({"event": "transfer", "transfer": t}),
@@ -336,10 +336,12 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
                         preview(&m.message.text)
                     ),
                     _ => format!(
-                        "[{}] {}: {}{}",
-                        time::date_clock(m.message.sent_at),
-                        m.message.from,
-                        m.message.text,
+                        "{}{}",
+                        message_line(
+                            &time::date_clock(m.message.sent_at),
+                            m.message.from.as_str(),
+                            &m.message.text
+                        ),
                         match m.direction {
                             Direction::Out => format!("  ({})", m.state),
                             Direction::In => String::new(),
@@ -415,7 +417,7 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
                     (Direction::Out, _) => ("to", String::new()),
                 };
                 let detail = match (&t.path, &t.error) {
-                    (_, Some(error)) => format!(": {error}"),
+                    (_, Some(error)) => format!(": {}", inline(error)),
                     (Some(path), None) if t.direction == Direction::In => {
                         format!(": {}", path.display())
                     }
@@ -434,7 +436,10 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
                 out.emit(
                     format!(
                         "{}  {} {arrow} {}{progress}  {}{detail}{hint}",
-                        t.id, t.offer.name, t.peer, t.state
+                        t.id,
+                        inline(&t.offer.name),
+                        t.peer,
+                        t.state
                     ),
                     json!({"event": "transfer", "transfer": view}),
                 );
@@ -489,6 +494,7 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
     }
 }
 
+/// The start of a message's first line, escaped for the terminal.
 pub(crate) fn preview(text: &str) -> String {
     let first: String = text
         .lines()
@@ -497,10 +503,11 @@ pub(crate) fn preview(text: &str) -> String {
         .chars()
         .take(60)
         .collect();
+    let shown = inline(&first);
     if first.len() < text.len() {
-        format!("{first}…")
+        format!("{shown}…")
     } else {
-        first
+        shown.into_owned()
     }
 }
 
@@ -515,7 +522,9 @@ pub(crate) fn message_json(event: &str, m: &StoredMessage) -> serde_json::Value 
 
 pub(crate) fn describe_contact(c: &ContactView) -> String {
     let presence = match c.presence {
-        Some(p) if p.is_online() && !c.status_text.is_empty() => format!("{p}: {}", c.status_text),
+        Some(p) if p.is_online() && !c.status_text.is_empty() => {
+            format!("{p}: {}", inline(&c.status_text))
+        }
         Some(p) if p.is_online() => p.to_string(),
         Some(_) => match c.last_seen {
             Some(ms) => format!("offline, last seen {}", time::describe(ms)),
@@ -581,7 +590,7 @@ pub(crate) fn peer_reach(info: &PeerInfo) -> &'static str {
 
 pub(crate) fn describe_peer(info: &PeerInfo) -> String {
     let status = match (info.presence, info.status_text.is_empty()) {
-        (p, false) if p.is_online() => format!("{p}: {}", info.status_text),
+        (p, false) if p.is_online() => format!("{p}: {}", inline(&info.status_text)),
         (p, _) => p.to_string(),
     };
     let last_seen = match (info.online(), info.last_seen) {

@@ -70,7 +70,7 @@ pub(crate) async fn follow(home: &Path, id: MessageId, out: &Output) -> Result<(
         first_received.get_or_insert((Instant::now(), received));
         bar.set_position(received);
         let peer = &transfer.peer;
-        let name = &transfer.offer.name;
+        let name = crate::printable::inline(&transfer.offer.name);
         bar.set_message(match (transfer.direction, transfer.state) {
             (Direction::Out, TransferState::Offered) => {
                 format!("{name}: offered; waiting for {peer} to accept and fetch it")
