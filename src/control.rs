@@ -9,7 +9,7 @@
 //! bytes ([`attach`]).
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -114,6 +114,11 @@ pub async fn call(home: &Path, request: &Request) -> Result<Option<Response>, Ca
 
 /// Binds the control socket, replacing a stale one. Fails if another
 /// client answers on it.
+///
+/// The socket is private from its first instant: it is bound inside a
+/// directory of its own that only this user may enter, made owner-only
+/// there, and only then moved into place. (Bound in place, it would be
+/// reachable with the umask's mode until its mode was changed.)
 pub async fn bind(home: &Path) -> io::Result<UnixListener> {
     let path = socket_path(home);
     if path.exists() {
@@ -133,9 +138,39 @@ pub async fn bind(home: &Path) -> io::Result<UnixListener> {
             }
         }
     }
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let staging = home.join(format!(".control-{}", std::process::id()));
+    // Left by a crash of a process that had our pid.
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let bound = (|| {
+        let inside = staging.join("control.sock");
+        let listener = UnixListener::bind(&inside)?;
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inside, &path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
+/// Whether the other end of a control connection runs as this user: the
+/// socket is owner-only, but a file's mode is one barrier and the kernel's
+/// word on who connected is another (a home on a file system that ignores
+/// modes, a socket moved or opened up by mistake).
+fn same_user(stream: &UnixStream) -> Result<(), String> {
+    let ours = rustix::process::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == ours => Ok(()),
+        Ok(cred) => Err(format!(
+            "a process of user id {} connected to the control socket (only user id {ours} may)",
+            cred.uid()
+        )),
+        Err(e) => Err(format!(
+            "cannot tell who connected to the control socket: {e}"
+        )),
+    }
 }
 
 /// Serves requests through `agent` until `cancel` fires (or the listener
@@ -152,6 +187,10 @@ pub async fn serve(listener: UnixListener, agent: Agent, cancel: CancellationTok
                         break;
                     }
                 };
+                if let Err(why) = same_user(&stream) {
+                    warn!("refused: {why}");
+                    continue;
+                }
                 let agent = agent.clone();
                 connections.spawn(answer(stream, agent));
             }
@@ -284,4 +323,53 @@ pub async fn attach(home: &Path, request: &Request) -> Result<Option<Attached>, 
     Ok(Some(Attached {
         socket: BufReader::new(stream),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn the_socket_is_private_and_serves_only_its_user() {
+        let home = tempfile::tempdir().unwrap();
+        let listener = bind(home.path()).await.unwrap();
+        let meta = std::fs::metadata(socket_path(home.path())).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(home.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, ["control.sock"], "the staging directory is gone");
+        // Bound twice: the first one answers, so the second is refused.
+        assert!(bind(home.path()).await.is_err());
+        let (probe, _) = listener.accept().await.unwrap();
+        drop(probe);
+
+        let _own = UnixStream::connect(socket_path(home.path())).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert_eq!(same_user(&accepted), Ok(()));
+
+        // Another user, if this test may become one: a thread of ours
+        // takes another user id (per thread: the raw system call), and
+        // connects through a socket opened up by mistake.
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("*** SKIPPED: connecting as another user needs root ***");
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            return;
+        }
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = socket_path(home.path());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let stranger = std::thread::spawn(move || {
+            rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(65534)).unwrap();
+            std::os::unix::net::UnixStream::connect(path).unwrap()
+        })
+        .join()
+        .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let refused = same_user(&accepted).unwrap_err();
+        assert!(refused.contains("user id 65534"), "{refused}");
+        drop(stranger);
+    }
 }

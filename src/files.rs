@@ -566,7 +566,14 @@ pub(crate) async fn tell_declined(env: &FileEnv, transfer: &Transfer) {
 
 /// Opens (or starts) the partial file and hashes what it holds: the file,
 /// the hash so far, and its length. Longer than the offer: started over.
+///
+/// The downloads directory may be shared with other local users (or be
+/// writable by them), who could put a link where the partial file goes
+/// and have us truncate or write into a file of their choosing. So the
+/// file is opened without following a symbolic link, and used only if it
+/// is a plain file of ours with no other name.
 fn open_partial(path: &Path, size: u64) -> std::io::Result<(std::fs::File, blake3::Hasher, u64)> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -575,8 +582,30 @@ fn open_partial(path: &Path, size: u64) -> std::io::Result<(std::fs::File, blake
         .truncate(false)
         .read(true)
         .write(true)
-        .open(path)?;
-    let mut len = file.metadata()?.len();
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                not_ours(path, "a symbolic link")
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(not_ours(path, "not a plain file"));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(not_ours(path, "owned by another user"));
+    }
+    if meta.nlink() != 1 {
+        return Err(not_ours(
+            path,
+            "another name of an existing file (a hard link)",
+        ));
+    }
+    let mut len = meta.len();
     if len > size {
         file.set_len(0)?;
         len = 0;
@@ -596,6 +625,18 @@ fn open_partial(path: &Path, size: u64) -> std::io::Result<(std::fs::File, blake
     }
     file.seek(SeekFrom::Start(read))?;
     Ok((file, hasher, read))
+}
+
+/// Refuses a partial file that something else was put in place of.
+fn not_ours(path: &Path, what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "{} is {what}, not the partial file this client started: not touching it \
+             (remove it, or choose another downloads directory)",
+            path.display()
+        ),
+    )
 }
 
 /// Gives the checked partial file its name in `dir`, never replacing a
@@ -672,6 +713,34 @@ mod tests {
         assert_eq!(std::fs::read(&saved).unwrap(), b"theirs");
         assert_eq!(std::fs::read(dir.path().join("a.txt")).unwrap(), b"mine");
         assert!(!partial.exists());
+    }
+
+    #[test]
+    fn a_partial_file_put_there_by_someone_else_is_not_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("precious.txt");
+        std::fs::write(&victim, "keep me").unwrap();
+        let partial = dir.path().join(".s.part");
+        std::os::unix::fs::symlink(&victim, &partial).unwrap();
+        let err = open_partial(&partial, 10).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        std::fs::remove_file(&partial).unwrap();
+        std::fs::hard_link(&victim, &partial).unwrap();
+        let err = open_partial(&partial, 3).unwrap_err();
+        assert!(err.to_string().contains("hard link"), "{err}");
+        std::fs::remove_file(&partial).unwrap();
+        let fifo = dir.path().join(".f.part");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let err = open_partial(&fifo, 3).unwrap_err();
+        assert!(err.to_string().contains("not a plain file"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
     }
 
     #[test]

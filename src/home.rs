@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use libp2p::Multiaddr;
@@ -40,6 +41,19 @@ pub enum HomeError {
     /// The key file is unusable.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// Other users may write in the home: they could replace the key, the
+    /// store or the control socket.
+    #[error(
+        "the home {} can be written by other users (mode {mode:o}); \
+         only its owner may write there (e.g. `chmod 700 {}`)",
+        .path.display(), .path.display()
+    )]
+    Unsafe {
+        /// The home.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// Settings remembered between runs.
@@ -94,6 +108,25 @@ impl Config {
     }
 }
 
+/// Refuses a home others may write in; warns when they may look inside.
+fn check_mode(dir: &Path, mode: u32) -> Result<(), HomeError> {
+    let mode = mode & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(HomeError::Unsafe {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    if mode & 0o055 != 0 {
+        tracing::warn!(
+            "the home {} can be listed by other users (mode {mode:o}); `chmod 700` it to keep \
+             what is in it private",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A user's home directory.
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -106,12 +139,17 @@ impl Home {
         directories::ProjectDirs::from("", "", "messenger").map(|d| d.data_dir().to_owned())
     }
 
-    /// Opens `dir`, creating it (owner-only) if needed.
+    /// Opens `dir`, creating it (owner-only) if needed. A home that others
+    /// may write in is refused; one they may read is used with a warning
+    /// (the key file itself is owner-only).
     pub fn open(dir: &Path) -> Result<Self, HomeError> {
-        create_private_dir(dir).map_err(|source| HomeError::Io {
+        let io = |source| HomeError::Io {
             path: dir.to_owned(),
             source,
-        })?;
+        };
+        create_private_dir(dir).map_err(io)?;
+        let meta = fs::metadata(dir).map_err(io)?;
+        check_mode(dir, meta.permissions().mode())?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -235,6 +273,29 @@ mod tests {
         assert_eq!(home.config().unwrap(), config);
         fs::write(dir.path().join("config.json"), b"{\"name\": \"9bad\"}").unwrap();
         assert!(matches!(home.config(), Err(HomeError::BadConfig { .. })));
+    }
+
+    #[test]
+    fn a_home_others_may_write_in_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = |mode| fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode)).unwrap();
+        for mode in [0o777, 0o770, 0o1777, 0o702] {
+            set(mode);
+            match Home::open(dir.path()) {
+                Err(HomeError::Unsafe { mode: m, .. }) => assert_eq!(m, mode),
+                other => panic!("mode {mode:o}: {other:?}"),
+            }
+        }
+        for mode in [0o700, 0o750, 0o755] {
+            set(mode);
+            assert!(Home::open(dir.path()).is_ok(), "mode {mode:o}");
+        }
+        let made = dir.path().join("new");
+        Home::open(&made).unwrap();
+        assert_eq!(
+            fs::metadata(&made).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]

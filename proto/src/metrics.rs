@@ -51,10 +51,17 @@ pub struct MetricsError {
 
 /// A metrics endpoint that is listening; it serves until the owner's
 /// future ([`MetricsServer::run`]) is dropped.
+///
+/// It answers only requests whose `Host` names an IP address, `localhost`
+/// or a name allowed with [`MetricsServer::allow_hosts`]. A web page the
+/// user opens cannot read it through DNS rebinding (its own name made to
+/// resolve to 127.0.0.1: the browser then sends that name as the Host),
+/// which would tell it how busy the process is and whom it talks to.
 #[derive(Debug)]
 pub struct MetricsServer {
     listener: TcpListener,
     registry: Arc<Registry>,
+    allowed_hosts: Arc<Vec<String>>,
 }
 
 impl MetricsServer {
@@ -64,7 +71,18 @@ impl MetricsServer {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| MetricsError { addr, source })?;
-        Ok(Self { listener, registry })
+        Ok(Self {
+            listener,
+            registry,
+            allowed_hosts: Arc::default(),
+        })
+    }
+
+    /// Also answers requests whose `Host` is one of `names` (any case,
+    /// without a port): the names a scraper reaches the endpoint by.
+    pub fn allow_hosts(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.allowed_hosts = Arc::new(names.into_iter().map(|n| n.to_ascii_lowercase()).collect());
+        self
     }
 
     /// The address it listens on.
@@ -91,10 +109,12 @@ impl MetricsServer {
                         }
                     };
                     let registry = self.registry.clone();
+                    let allowed = self.allowed_hosts.clone();
                     connections.spawn(async move {
                         let service = service_fn(move |request| {
                             let registry = registry.clone();
-                            async move { Ok::<_, Infallible>(answer(&request, &registry)) }
+                            let allowed = allowed.clone();
+                            async move { Ok::<_, Infallible>(answer(&request, &registry, &allowed)) }
                         });
                         let served = hyper::server::conn::http1::Builder::new()
                             .timer(hyper_util::rt::TokioTimer::new())
@@ -112,7 +132,45 @@ impl MetricsServer {
     }
 }
 
-fn answer(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+/// Whether a request's `Host` header (absent: not from a browser) names
+/// this endpoint in a way a DNS-rebinding page cannot.
+fn host_allowed(host: Option<&HeaderValue>, allowed: &[String]) -> Result<(), String> {
+    let Some(host) = host else { return Ok(()) };
+    let host = host
+        .to_str()
+        .map_err(|_| "a Host header that is not text".to_owned())?;
+    // Without the port: `[::1]:9464`, `127.0.0.1:9464`, `name:9464`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let lower = name.to_ascii_lowercase();
+    if name.parse::<std::net::IpAddr>().is_ok()
+        || lower == "localhost"
+        || allowed.contains(&lower)
+    {
+        Ok(())
+    } else {
+        Err(format!("the Host header names {name:?}"))
+    }
+}
+
+fn answer(
+    request: &Request<Incoming>,
+    registry: &Registry,
+    allowed: &[String],
+) -> Response<Full<Bytes>> {
+    if let Err(why) = host_allowed(request.headers().get(hyper::header::HOST), allowed) {
+        debug!("metrics request refused: {why}");
+        return plain(
+            StatusCode::FORBIDDEN,
+            format!(
+                "refused: {why}, which is not an IP address, localhost or a name this \
+                 endpoint was told to answer to (a page in a browser must not read it \
+                 through DNS rebinding)\n"
+            ),
+        );
+    }
     let path = request.uri().path();
     if request.method() != Method::GET || !(path == "/metrics" || path == "/") {
         return plain(
@@ -231,6 +289,36 @@ fn cpu_time() -> Option<std::time::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ip_literals_localhost_and_allowed_names_are_answered() {
+        let allowed = vec!["node1.internal".to_owned()];
+        let check =
+            |host: &str| host_allowed(Some(&HeaderValue::from_str(host).unwrap()), &allowed);
+        for ok in [
+            "127.0.0.1:9464",
+            "127.0.0.1",
+            "[::1]:9464",
+            "[::1]",
+            "10.1.2.3:80",
+            "localhost:9464",
+            "LOCALHOST",
+            "node1.internal:9464",
+            "Node1.Internal",
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "evil.example:9464",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:9464",
+            "node1.internal.evil:9464",
+        ] {
+            assert!(check(refused).is_err(), "{refused}");
+        }
+        assert_eq!(host_allowed(None, &allowed), Ok(()), "not a browser");
+    }
 
     #[test]
     fn process_figures_are_encoded() {

@@ -67,6 +67,13 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
 
+    /// A host name the metrics endpoint answers to, besides IP addresses
+    /// and localhost (the name a scraper uses in its target). Requests
+    /// naming any other host are refused, so that a web page cannot read
+    /// the metrics through DNS rebinding. Repeatable.
+    #[arg(long, value_name = "NAME", requires = "metrics")]
+    metrics_host: Vec<String>,
+
     /// An address at which others reach this node, if its listen addresses
     /// are not it (e.g. behind port forwarding). Repeatable.
     #[arg(long, value_name = "MULTIADDR")]
@@ -261,6 +268,7 @@ async fn run(args: Args) -> Result<()> {
     config.presence = args.presence;
     config.certificate_key = args.certificate_key;
     config.metrics = args.metrics;
+    config.metrics_hosts = args.metrics_host;
     config.limits = Limits {
         max_connections: args.max_connections,
         max_pending_connections: args.max_pending_connections,

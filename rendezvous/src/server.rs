@@ -90,6 +90,9 @@ pub struct Config {
     pub presence: Option<String>,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Host names the metrics endpoint answers to, besides IP addresses
+    /// and localhost.
+    pub metrics_hosts: Vec<String>,
 }
 
 /// What the node's circuit relay v2 server allows. The defaults carry
@@ -165,6 +168,7 @@ impl Config {
             store: None,
             presence: None,
             metrics: None,
+            metrics_hosts: Vec::new(),
         }
     }
 
@@ -281,7 +285,11 @@ impl Server {
         // Bound before the node listens, so that a taken port fails the
         // start instead of leaving a node nobody can watch.
         let scrapes = match config.metrics {
-            Some(addr) => Some(MetricsServer::bind(addr, Arc::new(metrics_registry)).await?),
+            Some(addr) => Some(
+                MetricsServer::bind(addr, Arc::new(metrics_registry))
+                    .await?
+                    .allow_hosts(config.metrics_hosts.iter().cloned()),
+            ),
             None => None,
         };
         let metrics_addr = scrapes.as_ref().and_then(MetricsServer::local_addr);

@@ -425,7 +425,7 @@ fn a_client_whose_network_vanishes_waits_quietly_and_comes_back_by_itself() {
     );
     let user = |ns: String, name: &str| {
         let user = User {
-            home: tempfile::tempdir().unwrap(),
+            home: crate::support::private_tempdir(),
             rendezvous: node.addr.clone(),
             netns: Some(ns),
         };

@@ -48,7 +48,7 @@ fn partition_while(transport: &str, listen: &str, node_flags: &[&str], bound: Du
     };
     let user = |ns: String, name: &str| {
         let user = User {
-            home: tempfile::tempdir().unwrap(),
+            home: crate::support::private_tempdir(),
             rendezvous: node_addr.clone(),
             netns: Some(ns),
         };

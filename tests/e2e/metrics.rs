@@ -275,3 +275,69 @@ fn node_and_client_metrics_are_scraped_under_load() {
     assert!(alice.get("process_resident_memory_bytes") > 1e6);
     drop(crowd);
 }
+
+/// The status line of `GET /metrics` at `url` sent with `Host: host`.
+fn status_with_host(url: &str, host: &str) -> String {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (addr, _) = rest.split_once('/').expect("a path");
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn metrics_answer_no_web_page_through_dns_rebinding() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start_with(
+        dir.path(),
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--metrics-host",
+            "node1.internal",
+        ],
+    );
+    let node_url = node_metrics_url(&mut node);
+    let port = node_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/metrics");
+    for (host, expected) in [
+        (format!("rebind.evil.example:{port}"), "403"),
+        ("evil.example".to_owned(), "403"),
+        (format!("127.0.0.1:{port}"), "200"),
+        (format!("localhost:{port}"), "200"),
+        (format!("node1.internal:{port}"), "200"),
+    ] {
+        let status = status_with_host(&node_url, &host);
+        assert!(
+            status.starts_with(&format!("HTTP/1.1 {expected}")),
+            "node, Host {host}: {status}"
+        );
+    }
+    let alice = User::new(&node);
+    alice.register("alice");
+    let mut online = alice.spawn(&[
+        "--json",
+        "online",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let url = online.stdout.expect_event("metrics")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    assert!(status_with_host(&url, "rebind.evil.example").starts_with("HTTP/1.1 403"));
+    assert!(status_with_host(&url, "node1.internal").starts_with("HTTP/1.1 403"));
+    assert!(status_with_host(&url, "[::1]:9").starts_with("HTTP/1.1 200"));
+}

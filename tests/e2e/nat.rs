@@ -76,7 +76,7 @@ fn world(test: &str) -> Option<World> {
 
 fn user(world: &World, netns: String, name: &str) -> User {
     let mut user = User {
-        home: tempfile::tempdir().unwrap(),
+        home: crate::support::private_tempdir(),
         rendezvous: world.node_addr.clone(),
         netns: Some(netns),
     };
@@ -319,7 +319,7 @@ fn a_user_behind_nat_at_one_node_is_reached_from_another_node_through_its_relay(
     );
     let at = |node: &Node, ns: String, name: &str| {
         let user = User {
-            home: tempfile::tempdir().unwrap(),
+            home: crate::support::private_tempdir(),
             rendezvous: node.addr.clone(),
             netns: Some(ns),
         };

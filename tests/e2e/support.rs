@@ -316,6 +316,16 @@ pub fn in_netns(netns: Option<&str>, bin: PathBuf) -> Command {
     }
 }
 
+/// A temporary directory only its owner may enter, as a home should be
+/// (the client warns about one that others may list).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod 700");
+    dir
+}
+
 /// A user: a temporary home and the node it talks to.
 pub struct User {
     pub home: tempfile::TempDir,
@@ -327,7 +337,7 @@ pub struct User {
 impl User {
     pub fn new(node: &Node) -> Self {
         Self {
-            home: tempfile::tempdir().expect("tempdir"),
+            home: private_tempdir(),
             rendezvous: node.addr.clone(),
             netns: None,
         }
