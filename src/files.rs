@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::agent::Trust;
 use crate::api::{Event, EventSender};
 use crate::direct::{self, DirectError};
 use crate::directory::DirectorySession;
@@ -89,6 +90,9 @@ pub(crate) struct FileEnv {
     pub network: Network,
     pub session: watch::Receiver<Option<DirectorySession>>,
     pub events: EventSender,
+    /// The pins and blocks in force: a blocked name, or a contact's old
+    /// key, is served nothing.
+    pub trust: watch::Receiver<Arc<Trust>>,
 }
 
 impl FileEnv {
@@ -288,13 +292,16 @@ async fn offered_to(env: &FileEnv, id: MessageId, peer: PeerId) -> Result<Transf
     if transfer.direction != Direction::Out || !acknowledged_by_peer {
         return Err(FileRefusal::NoSuchOffer);
     }
-    if matches!(
-        transfer.state,
-        TransferState::Completed | TransferState::Declined
-    ) {
-        return Err(FileRefusal::Settled);
+    // Blocked since, or a contact now pinned to another key: withdrawn.
+    if env.trust.borrow().refuse(&transfer.peer, &peer).is_some() {
+        return Err(FileRefusal::NoSuchOffer);
     }
-    Ok(transfer)
+    match transfer.state {
+        TransferState::Completed | TransferState::Declined => Err(FileRefusal::Settled),
+        // Failed on my side: the file changed, or the offer was withdrawn.
+        TransferState::Failed => Err(FileRefusal::NoSuchOffer),
+        TransferState::Offered | TransferState::Accepted => Ok(transfer),
+    }
 }
 
 // ---- fetching what I accepted ----

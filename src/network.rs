@@ -250,6 +250,8 @@ enum Command {
     /// Close every connection to a peer that goes to none of `addrs` (it
     /// moved).
     DisconnectMoved { peer: PeerId, addrs: Vec<Multiaddr> },
+    /// Close every connection to a peer.
+    Disconnect { peer: PeerId },
     /// The client moved to another rendezvous node.
     UseNode { node: PeerId, addr: Multiaddr },
     /// How we are connected to a peer.
@@ -489,6 +491,13 @@ impl Network {
             .await;
     }
 
+    /// Closes every connection to `peer`, and with them every stream on
+    /// them (tunnels, transfers, chat): its key is no longer trusted with
+    /// what it had. It may connect again, and is then judged anew.
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Disconnect { peer }).await;
+    }
+
     /// From now on the rendezvous node is `node` at `addr` (the one we
     /// were given stopped answering).
     pub async fn use_node(&self, node: PeerId, addr: Multiaddr) {
@@ -708,6 +717,9 @@ impl EventLoop {
                 for id in stale {
                     self.swarm.close_connection(id);
                 }
+            }
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Path { peer, reply } => {
                 let _ = reply.send(self.paths.get(&peer).and_then(path_of));

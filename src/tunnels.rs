@@ -303,6 +303,24 @@ fn invited(
     }
 }
 
+/// Which of my invitations lets `peer` reach `port` now: invited, and
+/// still the key pinned for that contact, who is not blocked. (Removing,
+/// re-pinning or blocking a contact also withdraws the invitations; this
+/// holds even for one made before that was so.)
+fn welcome(
+    invitations: &[Invitation],
+    trust: &Trust,
+    peer: PeerId,
+    port: u16,
+) -> Result<ScreenName, TunnelRefusal> {
+    let name = invited(invitations, peer, port)?;
+    if trust.contact_of(&peer).as_ref() == Some(&name) {
+        Ok(name)
+    } else {
+        Err(TunnelRefusal::NotInvited)
+    }
+}
+
 fn decide(
     request: Option<TunnelRequest>,
     peer: PeerId,
@@ -311,14 +329,11 @@ fn decide(
 ) -> Decision {
     match request {
         None => Decision::Refuse(TunnelRefusal::Unsupported),
-        // Blocking a contact shuts their invitations too.
-        Some(TunnelRequest::Connect { port }) => match invited(invitations, peer, port) {
-            Ok(name) if trust.is_blocked(&name) => Decision::Refuse(TunnelRefusal::NotInvited),
+        Some(TunnelRequest::Connect { port }) => match welcome(invitations, trust, peer, port) {
             Ok(name) => Decision::Connect { port, name },
             Err(code) => Decision::Refuse(code),
         },
-        Some(TunnelRequest::Check { port }) => match invited(invitations, peer, port) {
-            Ok(name) if trust.is_blocked(&name) => Decision::Refuse(TunnelRefusal::NotInvited),
+        Some(TunnelRequest::Check { port }) => match welcome(invitations, trust, peer, port) {
             Ok(name) => Decision::Allow { name },
             Err(code) => Decision::Refuse(code),
         },
@@ -381,7 +396,8 @@ pub(crate) async fn serve(
                 server.tasks.spawn(read_request(incoming));
             }
             Some(command) = commands.recv() => server.on_command(command),
-            Ok(()) = server.env.invitations.changed() => server.close_uninvited(),
+            Ok(()) = server.env.invitations.changed() => server.close_unwelcome(),
+            Ok(()) = server.env.trust.changed() => server.close_unwelcome(),
             Some(done) = server.tasks.join_next(), if !server.tasks.is_empty() => match done {
                 Ok(Done::Read { incoming, request }) => server.on_request(*incoming, request),
                 Ok(Done::Ended { id, closed }) => {
@@ -419,11 +435,13 @@ impl Server {
         }
     }
 
-    /// A withdrawn invitation closes the tunnels it let in.
-    fn close_uninvited(&mut self) {
+    /// A withdrawn invitation, or a contact removed, re-pinned or
+    /// blocked, closes the tunnels it let in.
+    fn close_unwelcome(&mut self) {
         let invitations = self.env.invitations.borrow_and_update().clone();
+        let trust = self.env.trust.borrow_and_update().clone();
         for tunnel in self.served.values() {
-            if invited(&invitations, tunnel.peer, tunnel.port).is_err() {
+            if welcome(&invitations, &trust, tunnel.peer, tunnel.port).is_err() {
                 tunnel.cancel.cancel();
             }
         }
@@ -701,6 +719,56 @@ mod tests {
             Err(TunnelRefusal::NotInvited),
             "a name is nothing: the key decides"
         );
+    }
+
+    #[test]
+    fn an_invitation_counts_only_while_its_key_is_the_pinned_contacts() {
+        let (bob, new_bob) = (PeerId::random(), PeerId::random());
+        let name = ScreenName::parse("bob").unwrap();
+        let invitations = [invitation("bob", bob, 8080, true)];
+        let pinned_to = |key| {
+            vec![Contact {
+                name: name.clone(),
+                pinned: key,
+                added_at: 0,
+                key_changed_to: None,
+                auto_accept_below: None,
+            }]
+        };
+        let connect = Some(TunnelRequest::Connect { port: 8080 });
+        let refused = Decision::Refuse(TunnelRefusal::NotInvited);
+        let trusted = Trust::new(&pinned_to(bob), &[]);
+        assert_eq!(
+            decide(connect, bob, &invitations, &trusted),
+            Decision::Connect {
+                port: 8080,
+                name: name.clone()
+            }
+        );
+        for (trust, what) in [
+            (Trust::new(&pinned_to(new_bob), &[]), "re-pinned"),
+            (Trust::new(&[], &[]), "removed"),
+            (
+                Trust::new(&pinned_to(bob), std::slice::from_ref(&name)),
+                "blocked",
+            ),
+        ] {
+            assert_eq!(
+                decide(connect, bob, &invitations, &trust),
+                refused,
+                "{what}"
+            );
+            assert_eq!(
+                decide(
+                    Some(TunnelRequest::Check { port: 8080 }),
+                    bob,
+                    &invitations,
+                    &trust
+                ),
+                refused,
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -145,9 +145,7 @@ fn host_allowed(host: Option<&HeaderValue>, allowed: &[String]) -> Result<(), St
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
     let lower = name.to_ascii_lowercase();
-    if name.parse::<std::net::IpAddr>().is_ok()
-        || lower == "localhost"
-        || allowed.contains(&lower)
+    if name.parse::<std::net::IpAddr>().is_ok() || lower == "localhost" || allowed.contains(&lower)
     {
         Ok(())
     } else {

@@ -737,15 +737,82 @@ impl Core {
 
     async fn remove_contact(&mut self, name: ScreenName) -> Response {
         let n = name.clone();
-        match self.store.call(move |s| s.remove_contact(&n)).await {
-            Ok(true) => {}
-            Ok(false) => return failed(FailureKind::Other, format!("{name} is not a contact")),
+        let removed = self
+            .store
+            .call(move |s| {
+                let contact = s.contact(&n)?;
+                s.remove_contact(&n)?;
+                Ok(contact)
+            })
+            .await;
+        let contact = match removed {
+            Ok(Some(contact)) => contact,
+            Ok(None) => return failed(FailureKind::Other, format!("{name} is not a contact")),
             Err(e) => return Response::Failed(Failure::from(&e)),
-        }
+        };
         self.after_contacts_change(&name, false).await;
+        let withdrawn = self
+            .withdraw_access(&name, Some(contact.pinned), "no longer a contact")
+            .await;
         Response::Done {
-            message: format!("removed {name}"),
+            message: format!("removed {name}{withdrawn}"),
         }
+    }
+
+    /// Ends what `name` (under `key`, the key that was trusted) may do on
+    /// this machine, once its contact is removed, re-pinned to another key
+    /// or blocked: its invitations are withdrawn, its transfers that are
+    /// not settled fail, and every connection of that key is closed, with
+    /// its tunnels, pipes and transfers. (The tunnel and file servers also
+    /// check the pins and blocks in force at every request.) Returns what
+    /// was withdrawn, as the end of a sentence.
+    pub(super) async fn withdraw_access(
+        &mut self,
+        name: &ScreenName,
+        key: Option<PeerId>,
+        why: &str,
+    ) -> String {
+        let (n, reason) = (name.clone(), format!("withdrawn: {name} is {why}"));
+        let withdrawn = self
+            .store
+            .call(move |s| {
+                let now = now_ms();
+                Ok((
+                    s.revoke_invitations_of(&n, now)?,
+                    s.fail_transfers_with(&n, &reason, now)?,
+                ))
+            })
+            .await;
+        let (invitations, transfers) = match withdrawn {
+            Ok(withdrawn) => withdrawn,
+            Err(e) => {
+                warn!("cannot withdraw {name}'s invitations and transfers: {e}");
+                (0, Vec::new())
+            }
+        };
+        if invitations > 0 {
+            self.reload_invitations().await;
+        }
+        for transfer in &transfers {
+            if let Some(fetch) = self.fetches.remove(&transfer.id) {
+                fetch.cancel();
+            }
+            self.emit(Event::Transfer(transfer.clone()));
+        }
+        let key = key.or_else(|| self.presence.get(name).map(|info| info.peer_id));
+        if let (Some(network), Some(key)) = (&self.network, key) {
+            network.disconnect(key).await;
+        }
+        let mut told = String::new();
+        if invitations > 0 {
+            told.push_str(&format!(
+                "; {invitations} invitation(s) to connect withdrawn"
+            ));
+        }
+        if !transfers.is_empty() {
+            told.push_str(&format!("; {} file transfer(s) stopped", transfers.len()));
+        }
+        told
     }
 
     async fn set_blocked(&mut self, raw: &str, blocked: bool) -> Response {
@@ -763,9 +830,15 @@ impl Core {
             Err(e) => return Response::Failed(Failure::from(&e)),
         };
         self.reload_trust().await;
+        let withdrawn = if blocked {
+            let key = self.trust.borrow().pinned(&name);
+            self.withdraw_access(&name, key, "blocked").await
+        } else {
+            String::new()
+        };
         Response::Done {
             message: match (blocked, changed) {
-                (true, true) => format!("blocked {name}: their messages are refused"),
+                (true, true) => format!("blocked {name}: their messages are refused{withdrawn}"),
                 (true, false) => format!("{name} was already blocked"),
                 (false, true) => format!("unblocked {name}"),
                 (false, false) => format!("{name} was not blocked"),
@@ -1674,6 +1747,16 @@ impl Core {
             return Response::Failed(Failure::from(&e));
         }
         self.after_contacts_change(&name, true).await;
+        let message = match existing {
+            // The old key is trusted with nothing any more.
+            Some(old) if old.pinned != info.peer_id => {
+                let withdrawn = self
+                    .withdraw_access(&name, Some(old.pinned), "pinned to another key")
+                    .await;
+                format!("{message}{withdrawn}")
+            }
+            _ => message,
+        };
         Response::Done { message }
     }
 

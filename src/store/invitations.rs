@@ -92,6 +92,29 @@ impl Store {
         })
     }
 
+    /// Withdraws every open invitation of `name` (their key is no longer
+    /// trusted, or they are no longer a contact); returns how many.
+    pub fn revoke_invitations_of(&self, name: &ScreenName, now: u64) -> Result<usize, StoreError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(INVITATIONS)?;
+            let mut open: Vec<Invitation> = Vec::new();
+            for entry in table.iter()? {
+                let invitation: Invitation = decode(entry?.1.value())?;
+                if invitation.name == *name && invitation.open() {
+                    open.push(invitation);
+                }
+            }
+            for mut invitation in open.iter().cloned() {
+                invitation.revoked_at = Some(now);
+                table.insert(
+                    key(&invitation.name, invitation.port).as_str(),
+                    codec::to_cbor(&invitation).as_slice(),
+                )?;
+            }
+            Ok(open.len())
+        })
+    }
+
     /// The invitation of `name` to `port`, if any (open or withdrawn).
     pub fn invitation(
         &self,

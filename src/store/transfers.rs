@@ -238,6 +238,38 @@ impl Store {
         })
     }
 
+    /// Fails every transfer with `peer` that is not settled, both ways,
+    /// with `reason`; returns them as they are now.
+    pub fn fail_transfers_with(
+        &self,
+        peer: &ScreenName,
+        reason: &str,
+        now: u64,
+    ) -> Result<Vec<Transfer>, StoreError> {
+        self.write(|txn| {
+            let table = txn.open_table(TRANSFERS)?;
+            let mut open: Vec<Transfer> = Vec::new();
+            for entry in table.iter()? {
+                let transfer: Transfer = decode(entry?.1.value())?;
+                let settled = matches!(
+                    transfer.state,
+                    TransferState::Completed | TransferState::Declined | TransferState::Failed
+                );
+                if transfer.peer == *peer && !settled {
+                    open.push(transfer);
+                }
+            }
+            drop(table);
+            for transfer in &mut open {
+                transfer.state = TransferState::Failed;
+                transfer.error = Some(reason.to_owned());
+                transfer.updated_at = now;
+                put(txn, transfer)?;
+            }
+            Ok(open)
+        })
+    }
+
     /// Changes a transfer with `change` (which says whether it changed
     /// anything); returns it as it is now, `None` if there is none.
     pub fn update_transfer(

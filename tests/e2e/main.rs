@@ -30,3 +30,4 @@ mod shell;
 mod support;
 mod tunnels;
 mod window;
+mod withdraw;

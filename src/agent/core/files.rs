@@ -28,6 +28,7 @@ impl Core {
             network: network.clone(),
             session: self.session.subscribe(),
             events: self.events.clone(),
+            trust: self.trust.subscribe(),
         });
         self.file_env = Some(env.clone());
         let cancel = self.cancel.child_token();
@@ -162,10 +163,15 @@ impl Core {
     }
 
     /// Whether offer `id` fits: under my size limit, and in the room left
-    /// on the disk `dir` is on (minus what arrived already).
+    /// on the disk `dir` is on, minus what arrived already and what the
+    /// transfers still running will need (an offer accepted unasked
+    /// while a large one is being fetched must not fill the disk).
     async fn may_take(&self, id: MessageId, dir: &std::path::Path) -> Result<(), Response> {
-        let Ok(Some(transfer)) = self.store.call(move |s| s.transfer(&id)).await else {
+        let Ok(transfers) = self.store.call(|s| s.transfers()).await else {
             // Whatever it is, accepting it says so.
+            return Ok(());
+        };
+        let Some(transfer) = transfers.iter().find(|t| t.id == id) else {
             return Ok(());
         };
         let size = transfer.offer.size;
@@ -182,17 +188,36 @@ impl Core {
                 ),
             ));
         }
-        let had = std::fs::metadata(crate::store::partial_path(dir, &id))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let needed = size.saturating_sub(had);
+        let still_to_come = |t: &Transfer, dir: &std::path::Path| {
+            let had = std::fs::metadata(crate::store::partial_path(dir, &t.id))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            t.offer.size.saturating_sub(had)
+        };
+        let needed = still_to_come(transfer, dir);
+        // Counted whatever disk they go to: erring on the side of room.
+        let running: u64 = transfers
+            .iter()
+            .filter(|t| {
+                t.id != id && t.direction == Direction::In && t.state == TransferState::Accepted
+            })
+            .map(|t| still_to_come(t, t.dir.as_deref().unwrap_or(dir)))
+            .sum();
         if let Some(room) = room_on(dir)
-            && needed > room
+            && needed.saturating_add(running) > room
         {
+            let others = if running > 0 {
+                format!(
+                    " (besides {} still to come for the transfers running)",
+                    human_size(running)
+                )
+            } else {
+                String::new()
+            };
             return Err(failed(
                 FailureKind::DiskFull,
                 format!(
-                    "{} needs {} more and the disk holding {} has {} left: free some space, or accept it into another directory (--to DIR)",
+                    "{} needs {} more{others} and the disk holding {} has {} left: free some space, or accept it into another directory (--to DIR)",
                     transfer.offer.name,
                     human_size(needed),
                     dir.display(),
