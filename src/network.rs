@@ -15,12 +15,15 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::core::ConnectedPoint;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
 use messenger_proto::Identity;
 use messenger_proto::accept;
+use messenger_proto::gate::{GateLimits, Gated, HandshakeGate};
 use messenger_proto::liveness::{Liveness, transport_keeps_watch};
 use messenger_proto::record::without_peer_suffix;
 use serde::{Deserialize, Serialize};
@@ -158,8 +161,16 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
 /// What a client accepts from the peers that connect to it, strangers
 /// included: enough for every contact at once, not for a flood.
 const MAX_INBOUND_CONNECTIONS: u32 = 512;
-const MAX_PENDING_INBOUND: u32 = 64;
 const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+
+/// Connections in their handshake (inbound), in all and from one source
+/// (an IPv4 address or an IPv6 /64): see [`HandshakeGate`].
+const MAX_PENDING_INBOUND: usize = 64;
+const MAX_PENDING_PER_SOURCE: usize = 8;
+
+/// Time for a handshake, inbound or out: shorter than the node's (10 s),
+/// since a client takes few connections and a stalled one holds a place.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_STREAMS_PER_CONNECTION: usize = 64;
 
 /// A yamux configuration bounding the streams a peer may open.
@@ -363,17 +374,34 @@ impl Network {
                 .with_swarm_config(swarm_config)
                 .build()
         } else {
+            // Both listeners pass the handshake gate (as the node's do): a
+            // client's address is in its registration, so anyone who knows
+            // its screen name can open connections that never finish.
+            let gate = HandshakeGate::new(GateLimits {
+                per_source: MAX_PENDING_PER_SOURCE,
+                total: MAX_PENDING_INBOUND,
+                stale_after: HANDSHAKE_TIMEOUT / 2,
+            });
             builder
-                .with_tcp(
-                    tcp::Config::default().nodelay(true),
-                    noise::Config::new,
-                    muxer,
-                )
-                .map_err(|e| transport_err(&e))?
-                .with_quic_config(|mut quic| {
+                .with_other_transport(|key| {
+                    use libp2p::Transport as _;
+                    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(muxer());
+                    let tcp = TransportTimeout::with_ingoing_timeout(tcp, HANDSHAKE_TIMEOUT);
+                    let tcp = Gated::new(tcp, gate.clone())
+                        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+                    let mut quic = libp2p::quic::Config::new(key);
                     quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
-                    quic
+                    quic.handshake_timeout = HANDSHAKE_TIMEOUT;
+                    let quic = Gated::new(libp2p::quic::tokio::Transport::new(quic), gate)
+                        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                        tcp.or_transport(quic).map(|either, _| either.into_inner()),
+                    )
                 })
+                .map_err(|e| transport_err(&e))?
                 .with_relay_client(noise::Config::new, muxer)
                 .map_err(|e| transport_err(&e))?
                 .with_behaviour(|key, relay| behaviour(key, relay, acceptors, &config))
@@ -539,8 +567,9 @@ fn behaviour(
 ) -> Behaviour {
     Behaviour {
         limits: connection_limits::Behaviour::new(
+            // Connections in their handshake are bounded by the gate, which
+            // sheds a flood's instead of refusing newcomers.
             ConnectionLimits::default()
-                .with_max_pending_incoming(Some(MAX_PENDING_INBOUND))
                 .with_max_established_incoming(Some(MAX_INBOUND_CONNECTIONS))
                 .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
         ),

@@ -2,8 +2,9 @@
 //!
 //! Everything here is plain data and pure functions, apart from I/O: both
 //! sides of every protocol depend on the same types, so they cannot drift.
-//! The one exception is [`accept`], the libp2p behaviour both sides use to
-//! accept inbound streams without dropping any, and [`metrics`] (behind
+//! The exceptions are [`accept`], the libp2p behaviour both sides use to
+//! accept inbound streams without dropping any, [`gate`], the transport
+//! wrapper that bounds handshakes in progress, and [`metrics`] (behind
 //! the `metrics` feature), the HTTP endpoint both binaries serve their
 //! Prometheus metrics on.
 //!
@@ -21,6 +22,8 @@
 //! - [`codec`]: length-prefixed CBOR frames with hard size limits.
 //! - [`rate`]: the token bucket behind every rate limit.
 //! - [`liveness`]: which connections went silent (on top of libp2p's ping).
+//! - [`gate`]: what connections cost before they are authenticated; the
+//!   node and the client put their listeners behind it.
 //!
 //! `docs/protocol.md` in the repository describes the bytes on the wire.
 
@@ -30,6 +33,7 @@ pub mod chat;
 pub mod codec;
 pub mod directory;
 pub mod file;
+pub mod gate;
 pub mod identity;
 pub mod liveness;
 #[cfg(feature = "metrics")]

@@ -9,7 +9,8 @@
 //! - [`certify`]: the name certificates handed out with registrations.
 //! - [`metrics`]: what the node shows its operator (Prometheus).
 //! - [`limits`]: what one peer, one address and everyone may use.
-//! - [`gate`]: what connections cost before they are authenticated.
+//! - the handshake gate (`messenger_proto::gate`, shared with the client):
+//!   what connections cost before they are authenticated.
 //! - [`registry`]: the rules and live presence, plain synchronous state.
 //! - [`shared`]: what the registry shares with the other nodes of a
 //!   cluster; [`cluster`] does it over PostgreSQL and NATS.
@@ -19,7 +20,6 @@
 mod boxed;
 pub mod certify;
 pub mod cluster;
-pub mod gate;
 pub mod limits;
 pub mod metrics;
 pub mod quic;

@@ -18,7 +18,7 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId};
 use messenger_proto::rate::{Rate, TokenBucket};
 
-use crate::gate::Source;
+use messenger_proto::gate::Source;
 
 /// Every limit, with the defaults `rendezvous --help` shows.
 #[derive(Debug, Clone, PartialEq)]

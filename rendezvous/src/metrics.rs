@@ -26,9 +26,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::gate::HandshakeGate;
 use crate::limits::TooManyFromIp;
 use crate::registry::Registry as Directory;
+use messenger_proto::gate::HandshakeGate;
 
 /// A directory request's kind and how it ended (`ok` or the error code).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -43,7 +43,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use tracing::debug;
 
-use crate::gate::{Admission, HandshakeGate, Source, Ticket};
+use messenger_proto::gate::{Admission, HandshakeGate, Source, Ticket};
 
 /// What the transport needs to know.
 #[derive(Debug, Clone)]
@@ -580,8 +580,12 @@ impl Future for QuicUpgrade {
             return Poll::Ready(Err(QuicError::Shed));
         }
         let done = self.handshake.poll_unpin(cx);
-        if done.is_ready() {
-            self.ticket = None;
+        match (&done, self.ticket.take()) {
+            // Finished: it counts towards the pace and what handshakes take.
+            (Poll::Ready(Ok(_)), Some(ticket)) => ticket.finished(),
+            (Poll::Pending, ticket) => self.ticket = ticket,
+            (Poll::Ready(Err(_)), _) => {}
+            (Poll::Ready(Ok(_)), None) => {}
         }
         done
     }

@@ -36,12 +36,12 @@ use crate::boxed::BoxedHandlers;
 use crate::certify::Certifier;
 use crate::cluster::claims::PgStore;
 use crate::cluster::{Cluster, ClusterError};
-use crate::gate::{GateLimits, Gated, HandshakeGate};
 use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
 use crate::metrics::{CounterSnapshot, NodeMetrics};
 use crate::quic::{QuicConfig, QuicTransport};
 use crate::registry::{Registry, SessionId, Signer};
 use crate::store::{ClaimStore, RedbStore, StoreError};
+use messenger_proto::gate::{GateLimits, Gated, HandshakeGate};
 
 /// How long a finished session may take to flush its last frames.
 const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

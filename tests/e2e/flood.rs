@@ -44,6 +44,20 @@ impl Flood {
     /// again after a pause of a few seconds: a slow trickle that keeps
     /// whatever slots the node gives it full.
     fn start(node: SocketAddr, sources: &[Ipv4Addr], held: usize, noisy: usize) -> Self {
+        Self::start_with(node, sources, held, noisy, None)
+    }
+
+    /// [`Flood::start`], each connection given up after `recycle` (if
+    /// any) and opened again at once: a handshake that never finishes yet
+    /// always looks young. Their first connections are spread over one
+    /// `recycle`.
+    fn start_with(
+        node: SocketAddr,
+        sources: &[Ipv4Addr],
+        held: usize,
+        noisy: usize,
+        recycle: Option<Duration>,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -56,10 +70,13 @@ impl Flood {
             let source = sources[i % sources.len()];
             let (stop, open, made) = (stop.clone(), open.clone(), made.clone());
             runtime.spawn(attacker(
-                node,
-                source,
-                i >= held,
-                i as u64,
+                Slot {
+                    node,
+                    source,
+                    noisy: i >= held,
+                    seed: i as u64,
+                    recycle,
+                },
                 stop,
                 open,
                 made,
@@ -92,16 +109,27 @@ impl Drop for Flood {
     }
 }
 
-/// One attacking connection slot, reopened whenever the node closes it.
-async fn attacker(
+/// What one attacking connection slot does.
+#[derive(Clone, Copy)]
+struct Slot {
     node: SocketAddr,
     source: Ipv4Addr,
+    /// Sends random bytes (or stays silent).
     noisy: bool,
     seed: u64,
-    stop: Arc<AtomicBool>,
-    open: Arc<AtomicU64>,
-    made: Arc<AtomicU64>,
-) {
+    /// Gives its connection up after this long and opens another at once.
+    recycle: Option<Duration>,
+}
+
+/// One attacking connection slot, reopened whenever the target closes it.
+async fn attacker(slot: Slot, stop: Arc<AtomicBool>, open: Arc<AtomicU64>, made: Arc<AtomicU64>) {
+    let Slot {
+        node,
+        source,
+        noisy,
+        seed,
+        recycle,
+    } = slot;
     let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         // xorshift: random enough for garbage and jitter.
@@ -110,6 +138,10 @@ async fn attacker(
         rng ^= rng << 17;
         rng
     };
+    if let Some(every) = recycle {
+        let offset = next() % every.as_millis() as u64;
+        tokio::time::sleep(Duration::from_millis(offset)).await;
+    }
     while !stop.load(Ordering::Relaxed) {
         let socket = TcpSocket::new_v4().unwrap();
         if socket
@@ -123,9 +155,15 @@ async fn attacker(
         if let Ok(Ok(mut stream)) = connected {
             made.fetch_add(1, Ordering::Relaxed);
             open.fetch_add(1, Ordering::Relaxed);
+            let opened = Instant::now();
             let mut buf = [0u8; 1024];
+            let mut given_up = false;
             loop {
                 if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if recycle.is_some_and(|every| opened.elapsed() >= every) {
+                    given_up = true;
                     break;
                 }
                 if noisy {
@@ -142,6 +180,9 @@ async fn attacker(
                 }
             }
             open.fetch_sub(1, Ordering::Relaxed);
+            if given_up {
+                continue;
+            }
         }
         let pause = 1_000 + next() % 4_000;
         tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -364,4 +405,101 @@ fn a_burst_of_quic_initials_does_not_stop_honest_quic_clients() {
         peak_rss < RSS_CEILING_KIB,
         "the node grew to {peak_rss} KiB"
     );
+}
+
+/// Sources in 127.0.0.0/8 (all loopback on Linux), from 127.0.2.1 on.
+fn loopback_sources(n: usize) -> Vec<Ipv4Addr> {
+    (0..n)
+        .map(|i| Ipv4Addr::new(127, 0, 2 + (i / 250) as u8, 1 + (i % 250) as u8))
+        .collect()
+}
+
+#[test]
+fn handshakes_recycled_to_look_young_from_300_addresses_do_not_lock_honest_users_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let target = SocketAddr::from(([127, 0, 0, 1], node.port()));
+    let idle = median(tries_under(&node, "calm").0);
+    // Each of 300 addresses holds one handshake that never finishes and
+    // gives it up for a new one every 4 s: no address hoards, and each
+    // handshake is younger than the bound (5 s) a stalled one gets.
+    let flood = Flood::start_with(
+        target,
+        &loopback_sources(300),
+        300,
+        0,
+        Some(Duration::from_secs(4)),
+    );
+    flood.wait_made(600);
+    let (tries, _) = tries_under(&node, "recycled");
+    let made = flood.made.load(Ordering::Relaxed);
+    drop(flood);
+    let under = median(tries.clone());
+    let worst = tries.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "FLOOD RESULT: 300 addresses recycling one handshake each every 4 s ({made} made): honest \
+         register+whois median {under:?} (worst {worst:?}) vs idle {idle:?}"
+    );
+    assert!(under < Duration::from_secs(1), "honest median {under:?}");
+}
+
+/// A contact's `send` to bob: from its start to bob's acknowledgement,
+/// with a connection of its own (alice runs no client).
+fn honest_send(alice: &User, i: usize, phase: &str) -> Duration {
+    let started = Instant::now();
+    let sent = alice.run(&["send", "bob", &format!("{phase} {i}")]);
+    assert_eq!(sent.code, 0, "{phase}: send {i} not delivered: {sent:?}");
+    started.elapsed()
+}
+
+#[test]
+fn a_handshake_flood_against_a_client_does_not_keep_its_contacts_out() {
+    let (_dir, _node, alice, bob) = crate::support::alice_and_bob();
+    alice.ok(&["contacts", "add", "bob"]);
+    let mut bob_online = bob.spawn(&["--json", "online", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let online = bob_online.stdout.expect_event("online");
+    let port: u16 = online["addrs"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find_map(|a| a.as_str()?.strip_prefix("/ip4/127.0.0.1/tcp/"))
+        })
+        .and_then(|rest| rest.split('/').next()?.parse().ok())
+        .expect("bob's TCP port");
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    let sends = |phase: &str| -> Vec<Duration> {
+        (0..TRIES).map(|i| honest_send(&alice, i, phase)).collect()
+    };
+    let idle = median(sends("idle"));
+    let mut report = vec![format!("CLIENT FLOOD RESULT: idle: send median {idle:?}")];
+    let phases: [(&str, Vec<Ipv4Addr>); 2] = [
+        ("one", vec![Ipv4Addr::new(127, 0, 0, 100)]),
+        (
+            "fifty",
+            (1..=50).map(|i| Ipv4Addr::new(127, 0, 1, i)).collect(),
+        ),
+    ];
+    for (phase, sources) in phases {
+        let flood = Flood::start(target, &sources, HELD, 0);
+        flood.wait_made(HELD as u64);
+        let tries = sends(phase);
+        let made = flood.made.load(Ordering::Relaxed);
+        drop(flood);
+        let under = median(tries.clone());
+        let worst = tries.iter().max().copied().unwrap_or_default();
+        report.push(format!(
+            "CLIENT FLOOD RESULT: {phase} address(es), {HELD} idle connections ({made} made): \
+             a contact's send median {under:?} (worst {worst:?}) vs idle {idle:?}"
+        ));
+        assert!(
+            under < Duration::from_secs(1),
+            "{phase}: {}",
+            report.join("\n")
+        );
+    }
+    assert!(
+        bob_online.child.try_wait().unwrap().is_none(),
+        "bob's client carries on"
+    );
+    eprintln!("{}", report.join("\n"));
 }

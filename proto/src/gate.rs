@@ -1,11 +1,13 @@
 //! Admission of connections that have not finished their handshake.
 //!
 //! Until a connection is authenticated, nothing about it is known but the
-//! address it comes from, and it costs the node a socket, a task and the
-//! Noise or TLS state. A stranger can open thousands and never finish
-//! (or finish slowly), so this gate bounds them from the moment the
-//! transport hands a new connection over (the TCP accept, the first QUIC
-//! packet): at most a few per source and a bounded number in all.
+//! address it comes from, and it costs a socket, a task and the Noise or
+//! TLS state. A stranger can open thousands and never finish (or finish
+//! slowly), so this gate bounds them from the moment the transport hands a
+//! new connection over (the TCP accept, the first QUIC packet): at most a
+//! few per source and a bounded number in all. The rendezvous node puts
+//! its listeners behind it, and so does every client: a client's address
+//! is in its registration, so anyone who knows a screen name can knock.
 //!
 //! At a bound the gate has two duties that pull apart. Against a flood it
 //! must not let whoever came first hold every place, so it sheds an older
@@ -13,7 +15,9 @@
 //! when that source holds clearly more than the newcomer's (an honest
 //! client, whose handshake takes milliseconds, is thereby never the one
 //! shed by a flood from other addresses), and any handshake that has had
-//! its fair time ([`GateLimits::stale_after`]) without finishing. But in
+//! its fair time without finishing (see [`HandshakeGate::stale_after`]:
+//! a few times what handshakes take lately, at most
+//! [`GateLimits::stale_after`]). But in
 //! a reconnect storm, when thousands of honest clients come back at once,
 //! shedding handshakes that are merely waiting their turn would throw
 //! away work half done and let none finish: so a newcomer that would only
@@ -57,6 +61,22 @@ pub const PACE_TARGET: Duration = Duration::from_secs(1);
 /// long, has measured nothing yet.
 pub const MIN_PENDING: usize = 64;
 
+/// A handshake is stale once it has taken this many times what finished
+/// handshakes took lately (their median)...
+const STALE_FACTOR: u32 = 4;
+
+/// ...but never sooner than this (a slow link, a busy moment)...
+pub const MIN_STALE: Duration = Duration::from_millis(500);
+
+/// ...measured over this many finished handshakes, of the last minute.
+const DURATIONS_KEPT: usize = 64;
+const DURATIONS_FOR: Duration = Duration::from_secs(60);
+
+/// Stale, when no handshake finished lately to measure by: twice the wait
+/// the room is sized for. (A node under attack from its start, or after a
+/// quiet hour, must not wait for a measure that the attack prevents.)
+const UNMEASURED_STALE: Duration = Duration::from_secs(2);
+
 /// What one source address, and everyone together, may have in their
 /// handshake at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,13 +100,27 @@ impl Source {
     /// The source of a remote address, if it has an IP.
     pub fn of(addr: &Multiaddr) -> Option<Self> {
         addr.iter().find_map(|p| match p {
-            Protocol::Ip4(ip) => Some(Self(IpAddr::V4(ip))),
-            Protocol::Ip6(ip) => {
-                let prefix = u128::from(ip) & !((1u128 << 64) - 1);
-                Some(Self(IpAddr::V6(Ipv6Addr::from(prefix))))
-            }
+            Protocol::Ip4(ip) => Some(Self::of_ip(IpAddr::V4(ip))),
+            Protocol::Ip6(ip) => Some(Self::of_ip(IpAddr::V6(ip))),
             _ => None,
         })
+    }
+
+    /// The source of an IP address. An IPv4 peer on a dual-stack socket
+    /// arrives as `::ffff:a.b.c.d`: it is counted as the IPv4 address it
+    /// is (as one of `::ffff:0:0/96`'s /64, every IPv4 user would share
+    /// one source's bounds).
+    pub fn of_ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    Self(IpAddr::V6(Ipv6Addr::from(prefix)))
+                }
+            },
+        }
     }
 }
 
@@ -141,6 +175,9 @@ pub struct HandshakeGate {
 struct State {
     /// Handshakes finished lately, per second.
     pace: Pace,
+    /// When the last finished handshakes finished and how long each
+    /// took, newest last.
+    durations: VecDeque<(Instant, Duration)>,
     next_id: u64,
     /// Handshakes in progress, by ticket id (ids grow: oldest first).
     pending: HashMap<u64, Pending>,
@@ -149,7 +186,11 @@ struct State {
 }
 
 /// The rate at which handshakes finish: counted over windows of at least
-/// a second, smoothed (half the last window, half what came before).
+/// a second, smoothed (what came before weighs half per second of the new
+/// window). A window is closed when a handshake finishes and also when one
+/// arrives, so the pace decays when handshakes stop finishing (a gate
+/// whose every place is held by handshakes that never finish measures
+/// zero, not the pace it had before they came).
 #[derive(Debug, Default)]
 struct Pace {
     window_start: Option<Instant>,
@@ -160,18 +201,29 @@ struct Pace {
 impl Pace {
     fn finished(&mut self, now: Instant) {
         self.finished += 1;
-        let start = *self.window_start.get_or_insert(now);
+        self.window_start.get_or_insert(now);
+        self.roll(now);
+    }
+
+    /// Closes the window if it has lasted a second.
+    fn roll(&mut self, now: Instant) {
+        let Some(start) = self.window_start else {
+            return;
+        };
         let elapsed = now.saturating_duration_since(start);
-        if elapsed >= Duration::from_secs(1) {
-            let rate = f64::from(self.finished) / elapsed.as_secs_f64();
-            self.per_second = if self.per_second == 0.0 {
-                rate
-            } else {
-                (self.per_second + rate) / 2.0
-            };
-            self.finished = 0;
-            self.window_start = Some(now);
+        if elapsed < Duration::from_secs(1) {
+            return;
         }
+        let secs = elapsed.as_secs_f64();
+        let rate = f64::from(self.finished) / secs;
+        let kept = 0.5f64.powf(secs);
+        self.per_second = if self.per_second == 0.0 {
+            rate
+        } else {
+            self.per_second * kept + rate * (1.0 - kept)
+        };
+        self.finished = 0;
+        self.window_start = Some(now);
     }
 }
 
@@ -241,6 +293,7 @@ impl HandshakeGate {
     /// newcomer would, or is refused.
     pub fn try_admit(self: &Arc<Self>, source: Source, validated: bool) -> Admission {
         let mut state = self.state();
+        state.pace.roll(Instant::now());
         let from_source = state.count(source);
         let source_full = from_source >= self.limits.per_source;
         let total_full = state.pending.len() >= self.room(&state);
@@ -260,10 +313,12 @@ impl HandshakeGate {
     /// Makes a place for a newcomer from `source` if one is free or may be
     /// taken; false if the newcomer is to be turned away.
     fn make_room(&self, state: &mut State, source: Source, now: Instant) -> bool {
+        state.pace.roll(now);
+        let stale_after = self.stale_after_in(state);
         let from_source = state.count(source);
         if from_source >= self.limits.per_source {
             // Its own handshakes go first; the oldest only once stale.
-            if state.oldest_age(source, now) >= self.limits.stale_after {
+            if state.oldest_age(source, now) >= stale_after {
                 state.shed_oldest_of(source, Reason::PerSource, &self.shed);
                 return true;
             }
@@ -279,7 +334,7 @@ impl HandshakeGate {
         // flood does not crowd out a client); otherwise only a handshake
         // that has had its time does.
         let hoarding = state.count(busiest) >= from_source + 2;
-        if hoarding || state.oldest_age(busiest, now) >= self.limits.stale_after {
+        if hoarding || state.oldest_age(busiest, now) >= stale_after {
             state.shed_oldest_of(busiest, Reason::Total, &self.shed);
             return true;
         }
@@ -319,7 +374,39 @@ impl HandshakeGate {
 
     /// How many handshakes may be in progress now (see [`Self::room`]).
     pub fn room_now(&self) -> usize {
-        self.room(&self.state())
+        let mut state = self.state();
+        state.pace.roll(Instant::now());
+        self.room(&state)
+    }
+
+    /// How long a handshake may go before a newcomer may take its place:
+    /// [`STALE_FACTOR`] times the median of what the last finished ones
+    /// took, within [`MIN_STALE`] and [`GateLimits::stale_after`]. Honest
+    /// handshakes take milliseconds on an idle node and about a second's
+    /// wait in a crowd (see [`PACE_TARGET`]), so what is stale follows
+    /// the load: a place held by a connection that never finishes, and
+    /// given up and taken again every few seconds to look young, is
+    /// taken by a newcomer after half a second on an idle node, while in
+    /// a reconnect storm work still in its time is kept.
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after_in(&self.state())
+    }
+
+    fn stale_after_in(&self, state: &State) -> Duration {
+        let cap = self.limits.stale_after;
+        let now = Instant::now();
+        let mut lately: Vec<Duration> = state
+            .durations
+            .iter()
+            .filter(|(at, _)| now.saturating_duration_since(*at) < DURATIONS_FOR)
+            .map(|(_, took)| *took)
+            .collect();
+        if lately.is_empty() {
+            return UNMEASURED_STALE.min(cap);
+        }
+        lately.sort_unstable();
+        let median = lately[lately.len() / 2];
+        (median * STALE_FACTOR).clamp(MIN_STALE.min(cap), cap)
     }
 
     /// Handshakes in progress now.
@@ -337,7 +424,14 @@ impl HandshakeGate {
         if let Some(pending) = state.pending.remove(&id) {
             state.forget(pending.source, id);
             if finished {
-                state.pace.finished(Instant::now());
+                let now = Instant::now();
+                state.pace.finished(now);
+                if state.durations.len() == DURATIONS_KEPT {
+                    state.durations.pop_front();
+                }
+                state
+                    .durations
+                    .push_back((now, now.saturating_duration_since(pending.since)));
             }
         }
     }
@@ -412,15 +506,16 @@ pub struct Ticket {
 impl Ticket {
     /// Whether the gate shed this handshake. Registers `cx` to be woken
     /// when it does.
-    pub(crate) fn poll_shed(&self, cx: &Context<'_>) -> bool {
+    pub fn poll_shed(&self, cx: &Context<'_>) -> bool {
         self.signal.waker.register(cx.waker());
         self.signal.shed.load(Ordering::Acquire)
     }
 }
 
 impl Ticket {
-    /// The handshake finished: it counts towards the node's pace.
-    fn finished(self) {
+    /// The handshake finished: it counts towards the pace, and towards
+    /// what handshakes take.
+    pub fn finished(self) {
         self.gate.release(self.id, true);
     }
 }
@@ -716,6 +811,109 @@ mod tests {
         let counts = gate.shed_counts();
         assert_eq!(counts.retried.load(Ordering::Relaxed), 2);
         assert_eq!(counts.refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn ipv4_on_a_dual_stack_socket_is_counted_as_ipv4() {
+        let mapped: Multiaddr = "/ip6/::ffff:192.0.2.7/udp/1/quic-v1".parse().unwrap();
+        let plain: Multiaddr = "/ip4/192.0.2.7/tcp/2".parse().unwrap();
+        let other: Multiaddr = "/ip6/::ffff:192.0.2.8/udp/1/quic-v1".parse().unwrap();
+        assert_eq!(Source::of(&mapped), Source::of(&plain));
+        assert_ne!(
+            Source::of(&mapped),
+            Source::of(&other),
+            "two IPv4 users are two sources, not one ::ffff:0:0/64"
+        );
+        assert_eq!(Source::of(&mapped).unwrap().to_string(), "192.0.2.7");
+    }
+
+    #[test]
+    fn the_pace_decays_when_handshakes_stop_finishing() {
+        let mut pace = Pace::default();
+        let t0 = Instant::now();
+        for i in 0..200 {
+            pace.finished(t0 + Duration::from_millis(i * 5));
+        }
+        pace.roll(t0 + Duration::from_secs(1));
+        let busy = pace.per_second;
+        assert!((150.0..=250.0).contains(&busy), "{busy}");
+        // Nothing finishes for four seconds: the pace falls with time, as
+        // newcomers arrive and roll the window, not only when one finishes.
+        pace.roll(t0 + Duration::from_secs(5));
+        assert!(
+            pace.per_second < busy / 8.0,
+            "{} of {busy}",
+            pace.per_second
+        );
+        let gate = HandshakeGate::new(GateLimits {
+            per_source: 8,
+            total: 512,
+            stale_after: Duration::from_secs(5),
+        });
+        gate.state().pace = pace;
+        assert_eq!(gate.room_now(), MIN_PENDING);
+    }
+
+    #[test]
+    fn stale_follows_what_handshakes_take_lately() {
+        let gate = HandshakeGate::new(GateLimits {
+            per_source: 8,
+            total: 512,
+            stale_after: Duration::from_secs(5),
+        });
+        assert_eq!(gate.stale_after(), UNMEASURED_STALE, "nothing measured yet");
+        let now = Instant::now();
+        let took = |ms: u64| (now, Duration::from_millis(ms));
+        // An idle node: handshakes take milliseconds.
+        gate.state().durations = (0..64).map(|i| took(10 + i % 5)).collect();
+        assert_eq!(gate.stale_after(), MIN_STALE);
+        // A crowd: about a second's wait each.
+        gate.state().durations = (0..64).map(|i| took(900 + i * 5)).collect();
+        assert_eq!(gate.stale_after(), Duration::from_millis(4 * 1060));
+        gate.state().durations = (0..64).map(|_| took(2000)).collect();
+        assert_eq!(
+            gate.stale_after(),
+            Duration::from_secs(5),
+            "at most the bound"
+        );
+        gate.state().durations = (0..64).map(|_| took(300)).collect();
+        assert_eq!(gate.stale_after(), Duration::from_millis(1200));
+        // What was measured long ago does not count.
+        let Some(long_ago) = now.checked_sub(Duration::from_secs(120)) else {
+            return;
+        };
+        gate.state().durations = (0..64)
+            .map(|_| (long_ago, Duration::from_secs(2)))
+            .collect();
+        assert_eq!(gate.stale_after(), UNMEASURED_STALE);
+    }
+
+    #[test]
+    fn places_held_by_handshakes_recycled_to_look_young_go_to_newcomers() {
+        let gate = HandshakeGate::new(GateLimits {
+            per_source: 8,
+            total: 4,
+            stale_after: Duration::from_secs(5),
+        });
+        gate.state().durations = (0..64)
+            .map(|_| (Instant::now(), Duration::from_millis(20)))
+            .collect();
+        // Four sources hold one place each (as 300 would hold 300); none
+        // hoards, and they are young by the configured bound.
+        let held: Vec<Ticket> = (1..=4)
+            .map(|i| gate.admit(source(&format!("10.9.0.{i}"))).unwrap())
+            .collect();
+        assert!(
+            gate.admit(source("192.0.2.1")).is_none(),
+            "all young: turned away"
+        );
+        std::thread::sleep(MIN_STALE + Duration::from_millis(20));
+        let honest = gate.admit(source("192.0.2.1"));
+        assert!(
+            honest.is_some(),
+            "an idle node's handshake that lasted 0.5 s is stale"
+        );
+        assert!(shed(&held[0]) && !shed(&held[1]));
     }
 
     #[test]
