@@ -275,9 +275,25 @@ impl DirectorySession {
 
     /// Looks a name up (not yet verified: see [`Resolution::verified_record`]).
     pub async fn resolve(&self, name: &str) -> Result<Resolution, DirectoryError> {
+        self.resolve_as(name, false).await
+    }
+
+    /// Looks up who owns the name an inbound message came under (see
+    /// [`Op::Resolve`]'s `sender_check`): the node charges it to a budget
+    /// of its own, apart from this client's own requests.
+    pub async fn resolve_sender(&self, name: &str) -> Result<Resolution, DirectoryError> {
+        self.resolve_as(name, true).await
+    }
+
+    async fn resolve_as(
+        &self,
+        name: &str,
+        sender_check: bool,
+    ) -> Result<Resolution, DirectoryError> {
         match self
             .call(Op::Resolve {
                 name: name.to_owned(),
+                sender_check,
             })
             .await?
         {

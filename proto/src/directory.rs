@@ -63,6 +63,13 @@ pub enum Op {
     Resolve {
         /// The name, any case.
         name: String,
+        /// Asked to check who sent an inbound message (its sender's name
+        /// came without a valid certificate): charged to the peer's
+        /// sender-check budget, not to its own, so that what strangers
+        /// send a user never uses up the user's own requests. Absent:
+        /// false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sender_check: bool,
     },
     /// Which names does this peer own?
     ResolvePeer {
@@ -95,6 +102,9 @@ impl Op {
     pub fn kind(&self) -> &'static str {
         match self {
             Op::Register { .. } => "register",
+            Op::Resolve {
+                sender_check: true, ..
+            } => "resolve_sender",
             Op::Resolve { .. } => "resolve",
             Op::ResolvePeer { .. } => "resolve_peer",
             Op::Release { .. } => "release",

@@ -95,7 +95,10 @@ fn vectors() -> String {
     );
     let resolve = Request {
         id: 2,
-        op: Op::Resolve { name: "bob".into() },
+        op: Op::Resolve {
+            name: "bob".into(),
+            sender_check: false,
+        },
     };
     item(
         "Request {id: 2, resolve bob} as a frame",

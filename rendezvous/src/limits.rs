@@ -46,6 +46,10 @@ pub struct Limits {
     /// Directory requests (register, resolve, watch, release…) one peer
     /// may make: a token bucket over all its sessions.
     pub requests: Rate,
+    /// Resolves one peer may make to check who sent it a message (see
+    /// `Op::Resolve`'s `sender_check`): a bucket of their own, so that
+    /// strangers writing to a user cannot use up the user's requests.
+    pub sender_checks: Rate,
     /// Names one key may hold.
     pub max_names_per_key: usize,
     /// Largest directory frame the node reads, in bytes.
@@ -68,6 +72,7 @@ impl Default for Limits {
             max_streams_per_connection: 32,
             max_sessions_per_connection: 4,
             requests: Rate::new(20.0, 100),
+            sender_checks: Rate::new(10.0, 50),
             max_names_per_key: 3,
             max_frame: messenger_proto::directory::MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
@@ -185,20 +190,32 @@ impl NetworkBehaviour for PerIpLimit {
     }
 }
 
-/// Per-peer request budgets, shared by all of a peer's sessions. A peer's
-/// bucket lives while it has a session open.
+/// Per-peer request budgets, shared by all of a peer's sessions: its own
+/// requests, and its checks of who sent it messages. A peer's buckets live
+/// while it has a session open.
 #[derive(Debug)]
 pub struct RequestLimiter {
     rate: Rate,
+    sender_checks: Rate,
     epoch: Instant,
-    peers: Mutex<HashMap<PeerId, (TokenBucket, u32)>>,
+    peers: Mutex<HashMap<PeerId, Buckets>>,
+}
+
+/// One peer's buckets, and how many of its sessions are open.
+#[derive(Debug)]
+struct Buckets {
+    own: TokenBucket,
+    sender_checks: TokenBucket,
+    sessions: u32,
 }
 
 impl RequestLimiter {
-    /// Budgets of `rate` per peer.
-    pub fn new(rate: Rate) -> Arc<Self> {
+    /// Budgets of `rate` per peer, and `sender_checks` for its checks of
+    /// senders.
+    pub fn new(rate: Rate, sender_checks: Rate) -> Arc<Self> {
         Arc::new(Self {
             rate,
+            sender_checks,
             epoch: Instant::now(),
             peers: Mutex::default(),
         })
@@ -208,7 +225,7 @@ impl RequestLimiter {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn peers(&self) -> MutexGuard<'_, HashMap<PeerId, (TokenBucket, u32)>> {
+    fn peers(&self) -> MutexGuard<'_, HashMap<PeerId, Buckets>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -217,8 +234,12 @@ impl RequestLimiter {
         let now = self.now_ms();
         self.peers()
             .entry(peer)
-            .or_insert_with(|| (TokenBucket::new(self.rate, now), 0))
-            .1 += 1;
+            .or_insert_with(|| Buckets {
+                own: TokenBucket::new(self.rate, now),
+                sender_checks: TokenBucket::new(self.sender_checks, now),
+                sessions: 0,
+            })
+            .sessions += 1;
         PeerBudget {
             limiter: self.clone(),
             peer,
@@ -241,9 +262,18 @@ pub struct PeerBudget {
 impl PeerBudget {
     /// Spends one request; `Err` says how long until one is available.
     pub fn spend(&self) -> Result<(), Duration> {
+        self.take(|b| &mut b.own)
+    }
+
+    /// Spends one check of who sent a message.
+    pub fn spend_sender_check(&self) -> Result<(), Duration> {
+        self.take(|b| &mut b.sender_checks)
+    }
+
+    fn take(&self, which: impl FnOnce(&mut Buckets) -> &mut TokenBucket) -> Result<(), Duration> {
         let now = self.limiter.now_ms();
         match self.limiter.peers().get_mut(&self.peer) {
-            Some((bucket, _)) => bucket.take(now),
+            Some(buckets) => which(buckets).take(now),
             None => Ok(()),
         }
     }
@@ -252,14 +282,19 @@ impl PeerBudget {
     pub fn rate(&self) -> Rate {
         self.limiter.rate
     }
+
+    /// The rate the sender-check budget refills at.
+    pub fn sender_check_rate(&self) -> Rate {
+        self.limiter.sender_checks
+    }
 }
 
 impl Drop for PeerBudget {
     fn drop(&mut self) {
         let mut peers = self.limiter.peers();
         if let Entry::Occupied(mut entry) = peers.entry(self.peer) {
-            entry.get_mut().1 -= 1;
-            if entry.get().1 == 0 {
+            entry.get_mut().sessions -= 1;
+            if entry.get().sessions == 0 {
                 entry.remove();
             }
         }
@@ -272,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_peer_shares_one_budget_across_sessions_until_the_last_ends() {
-        let limiter = RequestLimiter::new(Rate::new(0.0, 3));
+        let limiter = RequestLimiter::new(Rate::new(0.0, 3), Rate::new(0.0, 2));
         let peer = PeerId::random();
         let a = limiter.session(peer);
         let b = limiter.session(peer);
@@ -280,6 +315,11 @@ mod tests {
         assert!(b.spend().is_ok());
         assert!(a.spend().is_ok());
         assert!(b.spend().is_err(), "three requests were the whole budget");
+        assert!(a.spend_sender_check().is_ok() && b.spend_sender_check().is_ok());
+        assert!(
+            a.spend_sender_check().is_err(),
+            "checks of senders have a budget of their own"
+        );
         drop(a);
         assert!(b.spend().is_err(), "the bucket outlives one session");
         drop(b);

@@ -119,6 +119,17 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Limits::default().requests.burst)]
     request_burst: u32,
 
+    /// Look-ups one peer may make per second to check who sent it a
+    /// message (a budget of their own, apart from --requests-per-second,
+    /// so that strangers writing to a user cannot use up the user's own
+    /// requests); more get a rate_limited answer.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().sender_checks.per_second)]
+    sender_checks_per_second: f64,
+
+    /// Look-ups to check senders one peer may make in a burst.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().sender_checks.burst)]
+    sender_check_burst: u32,
+
     /// Names one key may hold.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_names_per_key)]
     max_names_per_key: usize,
@@ -278,6 +289,7 @@ async fn run(args: Args) -> Result<()> {
         max_streams_per_connection: args.max_streams_per_connection,
         max_sessions_per_connection: args.max_sessions_per_connection,
         requests: Rate::new(args.requests_per_second, args.request_burst),
+        sender_checks: Rate::new(args.sender_checks_per_second, args.sender_check_burst),
         max_names_per_key: args.max_names_per_key,
         max_frame: args.max_frame_bytes,
         handshake_timeout: seconds("--handshake-timeout", args.handshake_timeout)?,

@@ -312,7 +312,7 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let sessions = Arc::new(SessionEnv {
             registry: registry.clone(),
-            requests: RequestLimiter::new(config.limits.requests),
+            requests: RequestLimiter::new(config.limits.requests, config.limits.sender_checks),
             max_frame: config.limits.max_frame,
             certifier: Certifier::new(signer, config.certificate_validity),
             metrics: metrics.clone(),
@@ -929,7 +929,22 @@ async fn serve_session(
             }
         };
         let op = request.op.kind();
-        let reply = match budget.spend() {
+        // Look-ups a client makes to check who sent it a message are
+        // charged apart: what strangers send a user must not use up the
+        // user's own requests (docs/protocol.md §5.3).
+        let sender_check = matches!(
+            request.op,
+            Op::Resolve {
+                sender_check: true,
+                ..
+            }
+        );
+        let spent = if sender_check {
+            budget.spend_sender_check()
+        } else {
+            budget.spend()
+        };
+        let reply = match spent {
             Ok(()) => {
                 let signer = Signer {
                     peer,
@@ -940,7 +955,7 @@ async fn serve_session(
                 // idle session's state.
                 Box::pin(handle(signer, session, request.op, &env)).await
             }
-            Err(wait) => rate_limited(&budget, wait),
+            Err(wait) => rate_limited(&budget, wait, sender_check),
         };
         env.metrics.answered(op, &reply);
         if answers
@@ -1016,13 +1031,17 @@ async fn write_session(
 }
 
 /// The answer to a request over the peer's budget.
-fn rate_limited(budget: &PeerBudget, wait: Duration) -> Reply {
-    let rate = budget.rate();
-    warn!("request refused: over the rate limit");
+fn rate_limited(budget: &PeerBudget, wait: Duration, sender_check: bool) -> Reply {
+    let (rate, what) = if sender_check {
+        (budget.sender_check_rate(), "sender checks")
+    } else {
+        (budget.rate(), "requests")
+    };
+    warn!(sender_check, "request refused: over the rate limit");
     Reply::error(
         ErrorCode::RateLimited,
         format!(
-            "too many requests: a peer may make {} per second, in bursts of up to {}; retry in {} ms",
+            "too many {what}: a peer may make {} per second, in bursts of up to {}; retry in {} ms",
             rate.per_second,
             rate.burst,
             wait.as_millis().min(u128::from(u32::MAX))
@@ -1063,7 +1082,7 @@ async fn handle(signer: Signer<'_>, session: SessionId, op: Op, env: &SessionEnv
         }
         // In a cluster, a name online elsewhere is read from the shared
         // store: off the async workers too.
-        Op::Resolve { name } if registry.is_clustered() => {
+        Op::Resolve { name, .. } if registry.is_clustered() => {
             let registry = registry.clone();
             tokio::task::spawn_blocking(move || registry.resolve(&name, peer, now_ms()))
                 .await
@@ -1075,7 +1094,7 @@ async fn handle(signer: Signer<'_>, session: SessionId, op: Op, env: &SessionEnv
                 .await
                 .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "resolve failed"))
         }
-        Op::Resolve { name } => registry.resolve(&name, peer, now_ms()),
+        Op::Resolve { name, .. } => registry.resolve(&name, peer, now_ms()),
         Op::ResolvePeer { peer_id } => registry.resolve_peer(peer_id, peer, now_ms()),
         Op::Watch { names } => registry.watch(session, &names),
         Op::Unwatch { names } => registry.unwatch(session, &names),

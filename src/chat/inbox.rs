@@ -13,6 +13,10 @@
 //! docs/security.md), and before the message is shown: the sink hears
 //! [`MessageSink::verified`] or [`MessageSink::forged`], and a forgery
 //! closes every stream of its peer.
+//!
+//! What a peer's own misbehaviour causes is logged at debug level only: a
+//! stranger must not be able to fill the user's log (the window writes
+//! it to a file in the home) by sending what is refused.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,18 +43,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::owners::{self, Owner, Owners};
 use super::{NUDGE_RATE, OWNER_CHECK_TIMEOUT, Signal, TYPING_RATE};
 use crate::directory::{DirectoryError, DirectorySession};
 use crate::network::ChatStreams;
 
 /// Chat streams one peer may have open to us at once.
 pub const MAX_STREAMS_PER_PEER: usize = 4;
-
-/// How long a receiver trusts the node's word on who owns a name.
-const NAME_CACHE_TTL: Duration = Duration::from_secs(300);
-
-/// Names whose owner one peer's task remembers at most.
-const OWNERS_PER_PEER: usize = 64;
 
 /// Who can resolve a sender's name: the current directory session, which
 /// changes when the client reconnects.
@@ -108,12 +107,14 @@ pub trait MessageSink: Send + Sync + 'static {
     }
 }
 
-/// What every peer's task shares (read-only).
+/// What every peer's task shares.
 struct Shared<S> {
     me: ScreenName,
     /// The keys whose name certificates we accept.
     trusted: TrustedIssuers,
     directory: DirectoryWatch,
+    /// What the node said owns senders' names, and the budget for asking.
+    owners: Owners,
     sink: S,
     rate: Rate,
 }
@@ -177,6 +178,7 @@ impl<S: MessageSink> Inbox<S> {
                 me,
                 trusted,
                 directory,
+                owners: Owners::new(),
                 sink,
                 rate,
             }),
@@ -200,7 +202,7 @@ impl<S: MessageSink> Inbox<S> {
                         match tx.try_send(new) {
                             Ok(()) => continue,
                             Err(mpsc::error::TrySendError::Full(_)) => {
-                                warn!(%peer, "too many chat streams from one peer at once; refusing one");
+                                debug!(%peer, "too many chat streams from one peer at once; refusing one");
                                 continue;
                             }
                             Err(mpsc::error::TrySendError::Closed(back)) => new = back,
@@ -259,9 +261,9 @@ struct PeerTask<S> {
     /// Typing signals and nudges taken, each within its own rate.
     typing: TokenBucket,
     nudges: TokenBucket,
+    /// Look-ups of who owns a name this peer's messages may cause.
+    lookups: TokenBucket,
     epoch: Instant,
-    /// What the node said owns a name, and when it said so.
-    owners: HashMap<ScreenName, (PeerId, Instant)>,
     streams: HashMap<usize, StreamState>,
 }
 
@@ -275,8 +277,8 @@ impl<S: MessageSink> PeerTask<S> {
             bucket: TokenBucket::new(rate, 0),
             typing: TokenBucket::new(TYPING_RATE, 0),
             nudges: TokenBucket::new(NUDGE_RATE, 0),
+            lookups: TokenBucket::new(owners::PER_SENDER, 0),
             epoch: Instant::now(),
-            owners: HashMap::new(),
             streams: HashMap::new(),
         }
     }
@@ -313,7 +315,7 @@ impl<S: MessageSink> PeerTask<S> {
                         if frames.is_empty() { break } else { continue }
                     };
                     if self.streams.len() >= MAX_STREAMS_PER_PEER {
-                        warn!(peer = %self.peer, limit = MAX_STREAMS_PER_PEER, "too many chat streams from one peer; refusing another");
+                        debug!(peer = %self.peer, limit = MAX_STREAMS_PER_PEER, "too many chat streams from one peer; refusing another");
                         continue;
                     }
                     let index = next_index;
@@ -372,7 +374,7 @@ impl<S: MessageSink> PeerTask<S> {
                         }
                     }
                     Ok(cert) => {
-                        warn!(%peer, owner = %cert.owner, "ignoring a name certificate issued to another key")
+                        debug!(%peer, owner = %cert.owner, "ignoring a name certificate issued to another key")
                     }
                     Err(e) => debug!(%peer, "ignoring a name certificate: {e}"),
                 }
@@ -388,7 +390,7 @@ impl<S: MessageSink> PeerTask<S> {
                 return After::Continue;
             }
             Ok(ChatFrame::Ack { .. } | ChatFrame::Reject { .. }) => {
-                warn!(%peer, "peer sent an acknowledgement on an inbound chat stream; closing it");
+                debug!(%peer, "peer sent an acknowledgement on an inbound chat stream; closing it");
                 return After::Close;
             }
             Err(CodecError::Io(e)) => {
@@ -396,7 +398,7 @@ impl<S: MessageSink> PeerTask<S> {
                 return After::Close;
             }
             Err(e) => {
-                warn!(%peer, "closing chat stream: {e}");
+                debug!(%peer, "closing chat stream: {e}");
                 return After::Close;
             }
         };
@@ -404,14 +406,18 @@ impl<S: MessageSink> PeerTask<S> {
         let (answer, fresh) = match self.accept(&signed, certified.as_ref()).await {
             Ok(Accepted { id, fresh }) => (ChatFrame::Ack { id }, fresh.map(|kept| (id, kept))),
             Err(Refusal::Reject(id, code)) => {
-                warn!(%peer, %id, "message refused: {code}");
+                debug!(%peer, %id, "message refused: {code}");
                 (ChatFrame::Reject { id, code }, None)
             }
             Err(Refusal::Close(why)) => {
-                warn!(%peer, "closing chat stream: {why}");
+                debug!(%peer, "closing chat stream: {why}");
                 return After::Close;
             }
         };
+        // A stream that earned a refusal is closed once it is told: a
+        // sender that keeps sending what is refused pays for a new stream
+        // each time (an honest one opens one for its next message).
+        let refused = matches!(answer, ChatFrame::Reject { .. });
         let Some(stream) = self.streams.get_mut(&index) else {
             return After::Close;
         };
@@ -431,7 +437,11 @@ impl<S: MessageSink> PeerTask<S> {
                 return After::CloseAll;
             }
         }
-        if written.is_err() {
+        if written.is_err() || refused {
+            if refused && let Some(stream) = self.streams.get_mut(&index) {
+                // The refusal reaches the sender before the stream goes.
+                let _ = futures::AsyncWriteExt::close(&mut stream.writer).await;
+            }
             return After::Close;
         }
         After::Continue
@@ -496,33 +506,31 @@ impl<S: MessageSink> PeerTask<S> {
         self.keep(message, signed).await
     }
 
-    /// Asks the node (or its recent answer) whether `from` belongs to the peer.
+    /// Asks the node (or its recent answer) whether `from` belongs to the
+    /// peer. A recent answer is used whatever it says (a name nobody owns,
+    /// or another key's, included); a new question is asked only within
+    /// this peer's budget and everyone's (see [`owners`]).
     async fn check_owner(&mut self, from: &ScreenName, id: MessageId) -> Result<(), Refusal> {
-        let mut owner = self.owner_of(from).await;
-        if matches!(&owner, Ok(o) if *o != self.peer) {
-            // The remembered owner may be stale (the name changed hands):
-            // ask the node once more before refusing for good.
-            self.owners.remove(from);
-            owner = self.owner_of(from).await;
-        }
+        let owner = match self.shared.owners.known(from, &self.peer) {
+            Some(owner) => owner,
+            None => self.ask_owner(from).await.map_err(|e| match e {
+                OwnerError::OverBudget => Refusal::Close(format!(
+                    "over the budget for asking the node who owns {from}; the sender may try again later"
+                )),
+                OwnerError::Unavailable(e) => Refusal::Close(format!(
+                    "cannot check that {from} is the sender's name: no valid certificate, and {e}"
+                )),
+            })?,
+        };
         match owner {
-            Ok(owner) if owner == self.peer => Ok(()),
-            Ok(_) | Err(OwnerError::NoSuchName) => {
-                Err(Refusal::Reject(id, RejectCode::SenderMismatch))
-            }
-            Err(OwnerError::Unavailable(e)) => Err(Refusal::Close(format!(
-                "cannot check that {from} is the sender's name: no valid certificate, and {e}"
-            ))),
+            Owner::Key(key) if key == self.peer => Ok(()),
+            Owner::Key(_) | Owner::Nobody => Err(Refusal::Reject(id, RejectCode::SenderMismatch)),
         }
     }
 
-    /// The key owning `name`, as the node says (or recently said).
-    async fn owner_of(&mut self, name: &ScreenName) -> Result<PeerId, OwnerError> {
-        if let Some((peer, at)) = self.owners.get(name)
-            && at.elapsed() < NAME_CACHE_TTL
-        {
-            return Ok(*peer);
-        }
+    /// Asks the node who owns `name`, if the budgets allow, and remembers
+    /// the answer.
+    async fn ask_owner(&mut self, name: &ScreenName) -> Result<Owner, OwnerError> {
         let session = self
             .shared
             .directory
@@ -532,25 +540,20 @@ impl<S: MessageSink> PeerTask<S> {
             .ok_or_else(|| {
                 OwnerError::Unavailable("not connected to the rendezvous node".into())
             })?;
-        match session.resolve(name.as_str()).await {
-            Ok(resolution) => {
-                if self.owners.len() >= OWNERS_PER_PEER {
-                    self.owners
-                        .retain(|_, (_, at)| at.elapsed() < NAME_CACHE_TTL);
-                    if self.owners.len() >= OWNERS_PER_PEER {
-                        self.owners.clear();
-                    }
-                }
-                self.owners
-                    .insert(name.clone(), (resolution.owner, Instant::now()));
-                Ok(resolution.owner)
-            }
+        if self.lookups.take(self.now_ms()).is_err() || !self.shared.owners.spend() {
+            debug!(peer = %self.peer, %name, "over the budget for sender look-ups");
+            return Err(OwnerError::OverBudget);
+        }
+        let owner = match session.resolve_sender(name.as_str()).await {
+            Ok(resolution) => Owner::Key(resolution.owner),
             Err(DirectoryError::Refused {
                 code: ErrorCode::NoSuchName,
                 ..
-            }) => Err(OwnerError::NoSuchName),
-            Err(e) => Err(OwnerError::Unavailable(e.to_string())),
-        }
+            }) => Owner::Nobody,
+            Err(e) => return Err(OwnerError::Unavailable(e.to_string())),
+        };
+        self.shared.owners.remember(name, owner);
+        Ok(owner)
     }
 
     /// The last checks (repeats, blocks, pins), then keeps the message.
@@ -581,6 +584,7 @@ impl<S: MessageSink> PeerTask<S> {
 }
 
 enum OwnerError {
-    NoSuchName,
+    /// The peer, or all senders together, asked too much lately.
+    OverBudget,
     Unavailable(String),
 }

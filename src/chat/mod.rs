@@ -6,7 +6,9 @@
 //! stream, matched by id. A receiver accepts a message only after checking
 //! the signature against the connection's key and that the sender's name
 //! belongs to that key: from the sender's certificate, or else by asking
-//! the rendezvous node.
+//! the rendezvous node ([`owners`]: answers kept for every sender, and
+//! look-ups budgeted, so that strangers cannot spend the user's budget at
+//! the node).
 //!
 //! Besides messages a stream carries ephemeral [`Signal`]s (typing, a
 //! nudge): neither stored nor acknowledged, rate-limited by the receiver,
@@ -14,6 +16,7 @@
 
 pub mod inbox;
 pub mod link;
+pub mod owners;
 
 use std::time::Duration;
 

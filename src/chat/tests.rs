@@ -108,6 +108,8 @@ struct Pair {
     alice_net: Network,
     _bob_net: Network,
     link: ChatLink,
+    bob_peer: PeerId,
+    cert_rx: watch::Receiver<Option<SignedCertificate>>,
     sink: TestSink,
     stop: CancellationToken,
     _tasks: (NetworkTask, NetworkTask),
@@ -148,7 +150,7 @@ async fn pair(sink: TestSink, rate: Rate, certified: Option<&str>) -> Pair {
         .sign(&node)
     });
     let (cert_tx, cert_rx) = watch::channel(cert);
-    let link = ChatLink::open(&alice_net, bob.peer_id(), cert_rx)
+    let link = ChatLink::open(&alice_net, bob.peer_id(), cert_rx.clone())
         .await
         .unwrap();
     Pair {
@@ -156,6 +158,8 @@ async fn pair(sink: TestSink, rate: Rate, certified: Option<&str>) -> Pair {
         alice_net,
         _bob_net: bob_net,
         link,
+        bob_peer: bob.peer_id(),
+        cert_rx,
         sink,
         stop,
         _tasks: (bob_task, alice_task),
@@ -182,8 +186,19 @@ fn message(from: &str, to: &str, text: &str) -> Message {
 
 impl Pair {
     async fn deliver(&self, m: &Message) -> Result<(), DeliveryError> {
+        self.deliver_on(&self.link, m).await
+    }
+
+    async fn deliver_on(&self, link: &ChatLink, m: &Message) -> Result<(), DeliveryError> {
         let signed = Signed::sign(&self.alice, MESSAGE_CONTEXT, m);
-        self.link.deliver(m.id, signed).await
+        link.deliver(m.id, signed).await
+    }
+
+    /// Another stream from alice to bob.
+    async fn new_link(&self) -> ChatLink {
+        ChatLink::open(&self.alice_net, self.bob_peer, self.cert_rx.clone())
+            .await
+            .unwrap()
     }
 }
 
@@ -209,31 +224,36 @@ async fn a_certified_sender_is_acknowledged_once_per_message_and_repeats_are_ack
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusals_carry_their_code_and_the_link_goes_on() {
+async fn refusals_carry_their_code_and_close_the_stream() {
     let sink = TestSink {
         refused: vec![name("alice")],
         ..TestSink::default()
     };
     let p = pair(sink, super::DEFAULT_MESSAGE_RATE, Some("alice")).await;
     let blocked = message("alice", "bob", "let me in");
-    assert_eq!(
-        p.deliver(&blocked).await,
-        Err(DeliveryError::Rejected(RejectCode::NotDelivered))
-    );
     let elsewhere = message("alice", "carol", "not for bob");
-    assert_eq!(
-        p.deliver(&elsewhere).await,
-        Err(DeliveryError::Rejected(RejectCode::WrongRecipient))
-    );
     let empty = Message {
         text: String::new(),
         ..message("alice", "bob", "")
     };
-    assert_eq!(
-        p.deliver(&empty).await,
-        Err(DeliveryError::Rejected(RejectCode::BadText))
-    );
-    assert!(!p.link.is_closed(), "refusals do not end the stream");
+    for (m, code) in [
+        (blocked, RejectCode::NotDelivered),
+        (elsewhere, RejectCode::WrongRecipient),
+        (empty, RejectCode::BadText),
+    ] {
+        let link = p.new_link().await;
+        assert_eq!(
+            p.deliver_on(&link, &m).await,
+            Err(DeliveryError::Rejected(code))
+        );
+        // A stream that earned a refusal is closed: a sender that keeps
+        // sending what is refused pays for a new stream each time.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !link.is_closed() {
+            assert!(tokio::time::Instant::now() < deadline, "{code}: still open");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     assert!(p.sink.kept.lock().unwrap().is_empty());
     p.stop.cancel();
 }

@@ -163,6 +163,7 @@ async fn burst_of_requests(stream: libp2p::Stream, count: u64) -> (u64, u64) {
                 id,
                 op: Op::Resolve {
                     name: "alice".into(),
+                    sender_check: false,
                 },
             };
             if codec::write_frame(&mut writer, &request, directory::MAX_FRAME)

@@ -147,9 +147,8 @@ fn forged_sender_names_and_signatures_are_rejected() {
         }
         .sign(&mallory_id);
         let (_keep, forged_watch) = tokio::sync::watch::channel(Some(forged));
-        let link = ChatLink::open(&network, bob_info.peer_id, forged_watch.clone())
-            .await
-            .unwrap();
+        // A stream that earned a refusal is closed: each try on a new one.
+        let fresh = || ChatLink::open(&network, bob_info.peer_id, forged_watch.clone());
         let message = |from: &str, text: &str| Message {
             id: MessageId::random(),
             from: ScreenName::parse(from).unwrap(),
@@ -162,6 +161,7 @@ fn forged_sender_names_and_signatures_are_rejected() {
 
         // Mallory claims to be alice.
         let m = message("alice", "it's me, alice");
+        let link = fresh().await.unwrap();
         let err = link
             .deliver(m.id, Signed::sign(&mallory_id, MESSAGE_CONTEXT, &m))
             .await
@@ -182,6 +182,7 @@ fn forged_sender_names_and_signatures_are_rejected() {
             text: &'a str,
         }
         let id = MessageId::random();
+        let link = fresh().await.unwrap();
         let upper = Loose {
             id,
             from: "mallory",
@@ -201,6 +202,7 @@ fn forged_sender_names_and_signatures_are_rejected() {
         // Dated two days ahead.
         let mut m = message("mallory", "from the future");
         m.sent_at = now_ms() + 2 * 24 * 3600 * 1000;
+        let link = fresh().await.unwrap();
         let err = link
             .deliver(m.id, Signed::sign(&mallory_id, MESSAGE_CONTEXT, &m))
             .await

@@ -27,6 +27,7 @@ mod netlab;
 mod restart;
 mod servers;
 mod shell;
+mod strangers;
 mod support;
 mod tunnels;
 mod window;

@@ -15,7 +15,7 @@ use prometheus_parse::{Scrape, Value};
 use crate::support::{Node, TIMEOUT, User};
 
 /// One scrape, parsed: each sample by its name and sorted labels.
-struct Scraped {
+pub(crate) struct Scraped {
     samples: HashMap<String, f64>,
     histograms: HashMap<String, f64>,
 }
@@ -23,12 +23,22 @@ struct Scraped {
 impl Scraped {
     /// The sample `name{labels}` (labels as `k="v"` joined by commas, in
     /// name order), or 0 if absent (a counter never touched).
-    fn get(&self, key: &str) -> f64 {
+    pub(crate) fn get(&self, key: &str) -> f64 {
         self.samples.get(key).copied().unwrap_or(0.0)
     }
 
+    /// The sum over the label sets of `name` that contain `labels` (e.g.
+    /// `op="resolve"`).
+    pub(crate) fn sum_matching(&self, name: &str, labels: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(labels))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     /// The sum over every label set of `name`.
-    fn sum(&self, name: &str) -> f64 {
+    pub(crate) fn sum(&self, name: &str) -> f64 {
         self.samples
             .iter()
             .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
@@ -39,7 +49,7 @@ impl Scraped {
 
 /// `GET /metrics` at `url` (http://host:port/metrics), over a plain TCP
 /// connection, and the body parsed.
-fn scrape(url: &str) -> Scraped {
+pub(crate) fn scrape(url: &str) -> Scraped {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest.split_once('/').expect("a path");
     let mut stream = TcpStream::connect(host).expect("connect to the metrics endpoint");
@@ -101,7 +111,7 @@ fn scrape(url: &str) -> Scraped {
 }
 
 /// The `metrics http://…` line a node prints after its addresses.
-fn node_metrics_url(node: &mut Node) -> String {
+pub(crate) fn node_metrics_url(node: &mut Node) -> String {
     let line = node
         .proc
         .stdout
