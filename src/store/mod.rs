@@ -39,6 +39,15 @@ const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
 const BLOCKED: TableDefinition<&str, u64> = TableDefinition::new("blocked");
 /// (peer name, sequence) → message: one conversation is one key range.
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
+/// (sequence, piece) → the body of a message, in pieces of at most
+/// [`BODY_PIECE`] bytes: a received message's signed payload, or the
+/// CBOR of one of mine. Kept apart from its record (in [`HISTORY`]) so
+/// that the body is written once, whatever becomes of the message's state,
+/// and in pieces that each fill a page of the file nearly whole: redb
+/// gives a value larger than a page a region rounded up to a power of two
+/// of pages (a 64 KiB text took 128 KiB), and a received text kept both as
+/// the message and inside its signed payload was on disk twice.
+const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bodies");
 /// message id → (peer name, sequence): finds a message, and drops repeats.
 const BY_ID: TableDefinition<&[u8], (&str, u64)> = TableDefinition::new("by_id");
 /// (recipient, sequence) → (): what is still to be delivered, in order.
@@ -54,6 +63,10 @@ const INVITATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invitati
 /// Invitations others told me of, by "name:port".
 const INVITED_ME: TableDefinition<&str, &[u8]> = TableDefinition::new("invited_me");
 const NEXT_SEQ: &str = "next_seq";
+
+/// The largest piece of a body: with its key and redb's bookkeeping, one
+/// piece fills a 4 KiB page to 98%, alone (two never fit in one).
+const BODY_PIECE: usize = 4000;
 
 /// Why the store failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -323,6 +336,113 @@ impl StoredMessage {
     }
 }
 
+/// How a message's record is kept in the history table: what changes
+/// (state, error, the key that answered) apart from its body, which is
+/// kept once in [`BODIES`]. A record written before bodies were kept apart
+/// carries its message (and its signed copy) itself, and is read as such.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    /// Position in this home's history.
+    pub seq: u64,
+    /// Mine or theirs.
+    pub direction: Direction,
+    /// Its state.
+    pub state: MessageState,
+    /// When the state last changed (ms since epoch).
+    pub updated_at: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// The key at the other end.
+    #[serde(default)]
+    pub peer_id: Option<PeerId>,
+    /// The sender's signature over the body (a received message).
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Vec<u8>>,
+    /// The body's length in bytes, kept in [`BODIES`]; absent in a record
+    /// that carries its message itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_len: Option<u32>,
+    /// The message, in a record written before bodies were kept apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Message>,
+    /// Its signed copy, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<Signed>,
+}
+
+impl StoredRecord {
+    /// The record of `stored`, whose body is kept apart (`body_len`).
+    fn of(stored: &StoredMessage, body_len: u32) -> Self {
+        Self {
+            seq: stored.seq,
+            direction: stored.direction,
+            state: stored.state,
+            updated_at: stored.updated_at,
+            error: stored.error.clone(),
+            peer_id: stored.peer_id,
+            signature: stored.signed.as_ref().map(|s| s.signature.clone()),
+            body_len: Some(body_len),
+            message: None,
+            signed: None,
+        }
+    }
+
+    /// The message again, from this record and its body (read with
+    /// `body` if it is kept apart: `body(seq, len)`).
+    fn load(
+        self,
+        body: impl FnOnce(u64, u32) -> Result<Vec<u8>, Raw>,
+    ) -> Result<StoredMessage, Raw> {
+        let (message, signed) = match (self.body_len, self.message) {
+            (None, Some(message)) => (message, self.signed),
+            (Some(len), _) => {
+                let body = body(self.seq, len)?;
+                let message: Message = decode(&body)?;
+                let signed = self.signature.map(|signature| Signed {
+                    payload: body,
+                    signature,
+                });
+                (message, signed)
+            }
+            (None, None) => {
+                return Err(Raw::Decode(format!(
+                    "message {} has neither a body nor a message",
+                    self.seq
+                )));
+            }
+        };
+        Ok(StoredMessage {
+            seq: self.seq,
+            message,
+            direction: self.direction,
+            state: self.state,
+            updated_at: self.updated_at,
+            error: self.error,
+            peer_id: self.peer_id,
+            signed,
+        })
+    }
+}
+
+/// The body of message `seq`, `len` bytes long, from its pieces.
+fn read_body(
+    bodies: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    seq: u64,
+    len: u32,
+) -> Result<Vec<u8>, Raw> {
+    let mut body = Vec::with_capacity(len as usize);
+    for piece in bodies.range((seq, 0)..=(seq, u32::MAX))? {
+        body.extend_from_slice(piece?.1.value());
+    }
+    if body.len() != len as usize {
+        return Err(Raw::Decode(format!(
+            "the body of message {seq} has {} of its {len} bytes",
+            body.len()
+        )));
+    }
+    Ok(body)
+}
+
 /// Reads every table through once, so that damage inside shows now, as
 /// an error, rather than later in the middle of something.
 fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
@@ -343,7 +463,18 @@ fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
         };
     }
     each!(CONTACTS, |e| decode::<Contact>(e.1.value())?);
-    each!(HISTORY, |e| decode::<StoredMessage>(e.1.value())?);
+    let bodies = match txn.open_table(BODIES) {
+        Ok(bodies) => Some(bodies),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    each!(HISTORY, |e| {
+        let record = decode::<StoredRecord>(e.1.value())?;
+        drop(record.load(|seq, len| match &bodies {
+            Some(bodies) => read_body(bodies, seq, len),
+            None => Err(Raw::Decode(format!("the body of message {seq} is missing"))),
+        })?)
+    });
     each!(BY_ID, |e| drop(e));
     each!(OUTBOX, |e| drop(e));
     each!(UNVERIFIED, |e| drop(e));
@@ -514,6 +645,7 @@ impl Store {
             exists(txn.open_table(CONTACTS).map(drop))?
                 && exists(txn.open_table(BLOCKED).map(drop))?
                 && exists(txn.open_table(HISTORY).map(drop))?
+                && exists(txn.open_table(BODIES).map(drop))?
                 && exists(txn.open_table(BY_ID).map(drop))?
                 && exists(txn.open_table(OUTBOX).map(drop))?
                 && exists(txn.open_table(UNVERIFIED).map(drop))?
@@ -529,6 +661,7 @@ impl Store {
         txn.open_table(CONTACTS)?;
         txn.open_table(BLOCKED)?;
         txn.open_table(HISTORY)?;
+        txn.open_table(BODIES)?;
         txn.open_table(BY_ID)?;
         txn.open_table(OUTBOX)?;
         txn.open_table(UNVERIFIED)?;
@@ -690,11 +823,39 @@ impl Store {
         Ok(seq)
     }
 
+    /// Keeps a new message: its body in pieces, then its record.
     fn put(txn: &WriteTransaction, stored: &StoredMessage) -> Result<(), Raw> {
+        let body = match &stored.signed {
+            Some(signed) => std::borrow::Cow::Borrowed(signed.payload.as_slice()),
+            None => std::borrow::Cow::Owned(codec::to_cbor(&stored.message)),
+        };
+        let len = u32::try_from(body.len())
+            .map_err(|_| Raw::Decode("a message body of more than 4 GiB".into()))?;
+        let mut bodies = txn.open_table(BODIES)?;
+        for (i, piece) in body.chunks(BODY_PIECE).enumerate() {
+            bodies.insert((stored.seq, i as u32), piece)?;
+        }
+        Self::put_record(txn, stored.peer(), &StoredRecord::of(stored, len))
+    }
+
+    /// Writes a message's record (its body, kept apart, is not touched).
+    fn put_record(
+        txn: &WriteTransaction,
+        peer: &ScreenName,
+        record: &StoredRecord,
+    ) -> Result<(), Raw> {
         txn.open_table(HISTORY)?.insert(
-            (stored.peer().as_str(), stored.seq),
-            codec::to_cbor(stored).as_slice(),
+            (peer.as_str(), record.seq),
+            codec::to_cbor(record).as_slice(),
         )?;
+        Ok(())
+    }
+
+    /// Removes a message's record and its body.
+    fn remove(txn: &WriteTransaction, peer: &str, seq: u64) -> Result<(), Raw> {
+        txn.open_table(HISTORY)?.remove((peer, seq))?;
+        txn.open_table(BODIES)?
+            .retain_in((seq, 0)..=(seq, u32::MAX), |_, _| false)?;
         Ok(())
     }
 
@@ -705,8 +866,10 @@ impl Store {
         };
         let (name, seq) = key.value();
         let history = txn.open_table(HISTORY)?;
+        let bodies = txn.open_table(BODIES)?;
         let v = history.get((name, seq))?;
-        v.map(|v| decode(v.value())).transpose()
+        v.map(|v| decode::<StoredRecord>(v.value())?.load(|seq, len| read_body(&bodies, seq, len)))
+            .transpose()
     }
 
     /// Stores a message I am sending, queued for delivery. The id decides:
@@ -808,22 +971,26 @@ impl Store {
             if unverified.remove((name.as_str(), seq))?.is_none() {
                 return Ok(None);
             }
-            let mut history = txn.open_table(HISTORY)?;
             if !good {
-                history.remove((name.as_str(), seq))?;
+                Self::remove(txn, &name, seq)?;
                 by_id.remove(id.0.as_slice())?;
                 return Ok(None);
             }
-            let Some(bytes) = history
+            let Some(bytes) = txn
+                .open_table(HISTORY)?
                 .get((name.as_str(), seq))?
                 .map(|v| v.value().to_vec())
             else {
                 return Ok(None);
             };
-            let mut stored: StoredMessage = decode(&bytes)?;
-            stored.state = MessageState::Received;
-            stored.updated_at = now;
-            history.insert((name.as_str(), seq), codec::to_cbor(&stored).as_slice())?;
+            let mut record: StoredRecord = decode(&bytes)?;
+            record.state = MessageState::Received;
+            record.updated_at = now;
+            let peer = ScreenName::parse_normal(&name).map_err(|e| Raw::Decode(e.to_string()))?;
+            Self::put_record(txn, &peer, &record)?;
+            let bodies = txn.open_table(BODIES)?;
+            let stored = record.load(|seq, len| read_body(&bodies, seq, len))?;
+            drop(bodies);
             // A verified offer becomes a transfer waiting for an answer.
             transfers::offered_to_me(txn, &stored, now)?;
             invitations::told_me(txn, &stored)?;
@@ -837,12 +1004,16 @@ impl Store {
         self.read(|txn| {
             let unverified = txn.open_table(UNVERIFIED)?;
             let history = txn.open_table(HISTORY)?;
+            let bodies = txn.open_table(BODIES)?;
             let mut out = Vec::new();
             for entry in unverified.iter()? {
                 let (k, _) = entry?;
                 let (name, seq) = k.value();
                 if let Some(v) = history.get((name, seq))? {
-                    out.push(decode(v.value())?);
+                    out.push(
+                        decode::<StoredRecord>(v.value())?
+                            .load(|seq, len| read_body(&bodies, seq, len))?,
+                    );
                 }
             }
             Ok(out)
@@ -858,8 +1029,12 @@ impl Store {
             };
             let (name, seq) = key.value();
             let history = txn.open_table(HISTORY)?;
+            let bodies = txn.open_table(BODIES)?;
             let v = history.get((name, seq))?;
-            v.map(|v| decode(v.value())).transpose()
+            v.map(|v| {
+                decode::<StoredRecord>(v.value())?.load(|seq, len| read_body(&bodies, seq, len))
+            })
+            .transpose()
         })
     }
 
@@ -877,6 +1052,7 @@ impl Store {
         self.write(|txn| {
             let by_id = txn.open_table(BY_ID)?;
             let mut history = txn.open_table(HISTORY)?;
+            let bodies = txn.open_table(BODIES)?;
             let mut outbox = txn.open_table(OUTBOX)?;
             let mut changed = Vec::new();
             for id in ids {
@@ -887,25 +1063,25 @@ impl Store {
                 let Some(bytes) = history.get((name, seq))?.map(|v| v.value().to_vec()) else {
                     continue;
                 };
-                let mut stored: StoredMessage = decode(&bytes)?;
-                if stored.direction != Direction::Out || stored.state == state {
+                let mut record: StoredRecord = decode(&bytes)?;
+                if record.direction != Direction::Out || record.state == state {
                     continue;
                 }
                 // Delivered is final: a late failure report does not undo it.
-                if stored.state == MessageState::Delivered {
+                if record.state == MessageState::Delivered {
                     continue;
                 }
-                stored.state = state;
-                stored.updated_at = now;
-                stored.error = error.map(str::to_owned);
+                record.state = state;
+                record.updated_at = now;
+                record.error = error.map(str::to_owned);
                 if peer.is_some() {
-                    stored.peer_id = peer;
+                    record.peer_id = peer;
                 }
-                history.insert((name, seq), codec::to_cbor(&stored).as_slice())?;
+                history.insert((name, seq), codec::to_cbor(&record).as_slice())?;
                 if matches!(state, MessageState::Delivered | MessageState::Failed) {
                     outbox.remove((name, seq))?;
                 }
-                changed.push(stored);
+                changed.push(record.load(|seq, len| read_body(&bodies, seq, len))?);
             }
             Ok(changed)
         })
@@ -917,6 +1093,7 @@ impl Store {
         self.read(|txn| {
             let outbox = txn.open_table(OUTBOX)?;
             let history = txn.open_table(HISTORY)?;
+            let bodies = txn.open_table(BODIES)?;
             let mut keys: Vec<(String, u64)> = Vec::new();
             let range = match to {
                 Some(name) => outbox.range((name.as_str(), 0)..=(name.as_str(), u64::MAX))?,
@@ -930,7 +1107,10 @@ impl Store {
             let mut out = Vec::with_capacity(keys.len());
             for (name, seq) in keys {
                 if let Some(v) = history.get((name.as_str(), seq))? {
-                    out.push(decode(v.value())?);
+                    out.push(
+                        decode::<StoredRecord>(v.value())?
+                            .load(|seq, len| read_body(&bodies, seq, len))?,
+                    );
                 }
             }
             out.sort_by_key(|m: &StoredMessage| m.seq);
@@ -946,6 +1126,7 @@ impl Store {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         self.read(|txn| {
             let history = txn.open_table(HISTORY)?;
+            let bodies = txn.open_table(BODIES)?;
             let mut out = Vec::new();
             for entry in history
                 .range((peer.as_str(), 0)..=(peer.as_str(), u64::MAX))?
@@ -954,10 +1135,10 @@ impl Store {
                 if out.len() == limit {
                     break;
                 }
-                let stored: StoredMessage = decode(entry?.1.value())?;
+                let record: StoredRecord = decode(entry?.1.value())?;
                 // Not shown before its signature is checked.
-                if stored.state != MessageState::Unverified {
-                    out.push(stored);
+                if record.state != MessageState::Unverified {
+                    out.push(record.load(|seq, len| read_body(&bodies, seq, len))?);
                 }
             }
             out.reverse();
@@ -1166,5 +1347,118 @@ mod tests {
         assert_eq!(store.blocked().unwrap(), vec![name("eve")]);
         assert!(store.set_blocked(&name("eve"), false, 1).unwrap());
         assert!(store.blocked().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod legacy {
+    use super::*;
+
+    #[test]
+    fn records_written_before_bodies_were_kept_apart_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path, false).unwrap();
+        let message = Message {
+            id: MessageId::random(),
+            from: ScreenName::parse("bob").unwrap(),
+            to: ScreenName::parse("alice").unwrap(),
+            sent_at: 1,
+            text: "from an older version".into(),
+            file: None,
+            invite: None,
+        };
+        let old = StoredMessage {
+            seq: 1,
+            message: message.clone(),
+            direction: Direction::In,
+            state: MessageState::Received,
+            updated_at: 1,
+            error: None,
+            peer_id: None,
+            signed: None,
+        };
+        store
+            .write(|txn| {
+                txn.open_table(HISTORY)?
+                    .insert(("bob", 1), codec::to_cbor(&old).as_slice())?;
+                txn.open_table(BY_ID)?
+                    .insert(message.id.0.as_slice(), ("bob", 1))?;
+                Ok(())
+            })
+            .unwrap();
+        drop(store);
+        // Opening reads every record through; both ways of reading agree.
+        let store = Store::open(&path, true).unwrap();
+        assert_eq!(
+            store.history(&message.from, 10).unwrap(),
+            std::slice::from_ref(&old)
+        );
+        assert_eq!(store.message(&message.id).unwrap(), Some(old));
+    }
+}
+
+#[cfg(test)]
+mod room {
+    //! What the store takes on disk for what it keeps.
+    use super::*;
+    use messenger_proto::Identity;
+    use messenger_proto::signed::MESSAGE_CONTEXT;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Bytes the file takes on disk (allocated blocks), and its length.
+    fn on_disk(path: &Path) -> (u64, u64) {
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.blocks() * 512, meta.len())
+    }
+
+    /// Receives `n` messages of `len` bytes of text (kept, acknowledged,
+    /// then verified: the path every received message takes); returns
+    /// how much the file grew on disk, per byte of text kept.
+    fn growth_per_byte(n: usize, len: usize) -> (f64, f64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path, false).unwrap();
+        let (before, before_len) = on_disk(&path);
+        let sender = Identity::generate().unwrap();
+        let text: String = "x".repeat(len);
+        for i in 0..n {
+            let message = Message {
+                id: MessageId::random(),
+                from: ScreenName::parse(&format!("sender{}", i % 20)).unwrap(),
+                to: ScreenName::parse("myself").unwrap(),
+                sent_at: 1,
+                text: text.clone(),
+                file: None,
+                invite: None,
+            };
+            let signed = Signed::sign(&sender, MESSAGE_CONTEXT, &message);
+            store
+                .add_incoming(&message, signed, sender.peer_id(), 1)
+                .unwrap()
+                .unwrap();
+            store
+                .settle_incoming(&message.id, true, 2)
+                .unwrap()
+                .unwrap();
+        }
+        drop(store);
+        let (after, after_len) = on_disk(&path);
+        let kept = (n * len) as f64;
+        (
+            (after - before) as f64 / kept,
+            (after_len - before_len) as f64 / kept,
+        )
+    }
+
+    #[test]
+    fn received_messages_take_about_their_size_on_disk() {
+        let (large, large_len) = growth_per_byte(300, 64 * 1024);
+        let (small, small_len) = growth_per_byte(2_000, 100);
+        eprintln!(
+            "STORE RESULT: 64 KiB messages: {large:.2}x on disk ({large_len:.2}x file length); \
+             100-byte messages: {small:.2}x ({small_len:.2}x)"
+        );
+        assert!(large <= 1.5, "64 KiB messages take {large:.2}x their size");
     }
 }
