@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::{Path, Reachability};
 use crate::peer::PeerInfo;
-use crate::store::{Invitation, InvitedMe, StoredMessage, Transfer};
+use crate::store::{Invitation, InvitedMe, MessageRequest, StoredMessage, Transfer};
 use crate::tunnels::TunnelLog;
 
 /// What a front end asks.
@@ -199,6 +199,15 @@ pub enum Request {
         /// Whose pipe.
         from: Option<String>,
     },
+    /// The message requests waiting: senders not accepted yet (not
+    /// contacts, nobody I wrote to), with what each has stored.
+    Requests,
+    /// Decline the message request of `name` (everyone's when absent):
+    /// what they sent is removed.
+    RequestsDecline {
+        /// Whose.
+        name: Option<String>,
+    },
 }
 
 /// A transfer as shown: its record and how many bytes have arrived.
@@ -282,6 +291,11 @@ pub enum Response {
     Released {
         /// The name.
         name: ScreenName,
+    },
+    /// The message requests waiting, oldest first.
+    Requests {
+        /// One per sender.
+        requests: Vec<MessageRequest>,
     },
     /// It failed.
     Failed(Failure),
@@ -527,6 +541,12 @@ pub enum Event {
     Delivered(StoredMessage),
     /// A message of mine was refused for good.
     Failed(StoredMessage),
+    /// The message requests waiting changed: a message came from someone
+    /// not accepted yet, or requests were accepted or declined.
+    Requests {
+        /// One per sender, oldest first.
+        requests: Vec<MessageRequest>,
+    },
     /// A contact's key is not the pinned one.
     KeyChanged {
         /// The contact.

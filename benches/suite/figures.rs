@@ -337,7 +337,12 @@ impl MessageSink for Counting {
 
     type Kept = ();
 
-    async fn keep(&self, _: Message, _: Signed, _: libp2p::PeerId) -> Result<Option<()>, String> {
+    async fn keep(
+        &self,
+        _: Message,
+        _: Signed,
+        _: libp2p::PeerId,
+    ) -> Result<Option<()>, messenger::chat::KeepError> {
         Ok(Some(()))
     }
 

@@ -370,6 +370,13 @@ pub enum RejectCode {
     /// `sent_at` lies too far in the recipient's future.
     #[error("the message is dated more than a day ahead of the recipient's clock")]
     BadTime,
+    /// The sender is not accepted by the recipient yet (not a contact,
+    /// nobody it wrote to), and the recipient keeps no more from such
+    /// senders for now: from this one, from all of them together, or its
+    /// disk is nearly full. Nothing was stored; once the recipient accepts
+    /// the sender (adds it, or writes to it), its messages are taken in.
+    #[error("the recipient takes no more messages from people it has not accepted yet")]
+    RequestsFull,
     /// A code this version does not know (read, never written).
     #[serde(other)]
     #[error("refused (a reason this version does not know)")]

@@ -51,7 +51,7 @@ use crate::network::{
 };
 use crate::peer::PeerInfo;
 use crate::reconnect::{Backoff, Setback};
-use crate::store::{Contact, MessageState, StoreHandle, StoreThread};
+use crate::store::{Contact, MessageState, RequestLimits, StoreHandle, StoreThread};
 
 /// How long a registration record is valid; the online client renews it
 /// well before.
@@ -92,6 +92,8 @@ pub(super) struct CoreConfig {
     pub events: EventSender,
     pub network: NetworkConfig,
     pub message_rate: Rate,
+    /// What senders not accepted yet may store.
+    pub message_requests: RequestLimits,
     pub metrics: Option<Arc<ClientMetrics>>,
     pub trust: Trust,
     pub invitations: Vec<crate::store::Invitation>,
@@ -207,6 +209,7 @@ pub(super) struct Core {
     events: EventSender,
     network_config: NetworkConfig,
     message_rate: Rate,
+    message_requests: RequestLimits,
     metrics: Option<Arc<ClientMetrics>>,
 
     network: Option<Network>,
@@ -283,6 +286,7 @@ impl Core {
             events: config.events,
             network_config: config.network,
             message_rate: config.message_rate,
+            message_requests: config.message_requests,
             metrics: config.metrics,
             network: None,
             network_task: None,
@@ -410,6 +414,16 @@ impl Core {
                 self.invite(&name, port, revoke, reply).await;
             }
             Request::Invitations => self.list_invitations(reply).await,
+            Request::Requests => {
+                let requests = self.store.call(|s| s.requests()).await;
+                let _ = reply.send(store_response(requests, |requests| Response::Requests {
+                    requests,
+                }));
+            }
+            Request::RequestsDecline { name } => {
+                let response = self.decline_requests(name).await;
+                let _ = reply.send(response);
+            }
             Request::Tunnel { .. } | Request::PipeListen { .. } => {
                 let _ = reply.send(failed(
                     FailureKind::Invalid,
@@ -608,17 +622,28 @@ impl Core {
         }
         let to = message.to.clone();
         let id = message.id;
+        // Writing to someone accepts their message request, if they have one.
+        let stranger = !self.trust.borrow().is_contact(&to);
         let stored = self
             .store
-            .call(move |s| match source {
-                Some(FileSource { path, modified }) => {
-                    s.add_outgoing_file(message, path, modified, now_ms())
-                }
-                None => s.add_outgoing(message, now_ms()),
+            .call(move |s| {
+                let requested = stranger && s.requests()?.iter().any(|r| r.name == message.to);
+                let stored = match source {
+                    Some(FileSource { path, modified }) => {
+                        s.add_outgoing_file(message, path, modified, now_ms())
+                    }
+                    None => s.add_outgoing(message, now_ms()),
+                }?;
+                Ok((stored, requested))
             })
             .await;
         let stored = match stored {
-            Ok((stored, _)) => stored,
+            Ok(((stored, _), requested)) => {
+                if requested {
+                    self.tell_requests().await;
+                }
+                stored
+            }
             Err(e) => return self.refuse_send(reply, SendError::Store(e)),
         };
         // Stored before (the same request, repeated after its client died):
@@ -756,6 +781,49 @@ impl Core {
             .await;
         Response::Done {
             message: format!("removed {name}{withdrawn}"),
+        }
+    }
+
+    /// Declines the message request of `name` (everyone's if none): what
+    /// they sent is removed.
+    async fn decline_requests(&mut self, name: Option<String>) -> Response {
+        let name = match name.as_deref().map(ScreenName::parse).transpose() {
+            Ok(name) => name,
+            Err(e) => return failed(FailureKind::Invalid, e),
+        };
+        let asked = name.clone();
+        let declined = self
+            .store
+            .call(move |s| s.decline_requests(asked.as_ref()))
+            .await;
+        let declined = match declined {
+            Ok(declined) => declined,
+            Err(e) => return Response::Failed(Failure::from(&e)),
+        };
+        if declined.is_empty() {
+            return failed(
+                FailureKind::Invalid,
+                match name {
+                    Some(name) => format!("{name} has no message request"),
+                    None => "there are no message requests".to_owned(),
+                },
+            );
+        }
+        self.tell_requests().await;
+        let names: Vec<&str> = declined.iter().map(ScreenName::as_str).collect();
+        Response::Done {
+            message: format!(
+                "declined the message request(s) of {}: what they sent is removed",
+                names.join(", ")
+            ),
+        }
+    }
+
+    /// Tells the front ends what message requests wait now.
+    async fn tell_requests(&self) {
+        match self.store.call(|s| s.requests()).await {
+            Ok(requests) => self.emit(Event::Requests { requests }),
+            Err(e) => warn!("cannot read the message requests: {e}"),
         }
     }
 
@@ -1295,6 +1363,7 @@ impl Core {
                 self.events.clone(),
                 network.clone(),
                 self.notes.clone(),
+                self.message_requests,
             );
             self.publish_issuers();
             let inbox = Inbox::new(
@@ -1743,8 +1812,19 @@ impl Core {
             key_changed_to: None,
             auto_accept_below: None,
         };
-        if let Err(e) = self.store.call(move |s| s.put_contact(&contact)).await {
-            return Response::Failed(Failure::from(&e));
+        let n = name.clone();
+        let requested = self
+            .store
+            .call(move |s| {
+                let requested = s.requests()?.iter().any(|r| r.name == n);
+                s.put_contact(&contact)?;
+                Ok(requested)
+            })
+            .await;
+        match requested {
+            Ok(true) => self.tell_requests().await,
+            Ok(false) => {}
+            Err(e) => return Response::Failed(Failure::from(&e)),
         }
         self.after_contacts_change(&name, true).await;
         let message = match existing {

@@ -38,7 +38,7 @@ use crate::home::{Config, Home};
 use crate::metrics::ClientMetrics;
 use crate::network::NetworkConfig;
 use crate::peer::PeerInfo;
-use crate::store::{StoreHandle, StoreThread};
+use crate::store::{RequestLimits, StoreHandle, StoreThread};
 
 /// How many events may wait for the front end.
 const EVENT_BACKLOG: usize = 4096;
@@ -62,6 +62,9 @@ pub struct AgentConfig {
     pub network: NetworkConfig,
     /// How fast one peer may send us messages.
     pub message_rate: Rate,
+    /// What senders not accepted yet (not contacts, nobody we wrote to)
+    /// may store: message requests.
+    pub message_requests: RequestLimits,
     /// Where to count what the client does, if anywhere.
     pub metrics: Option<Arc<ClientMetrics>>,
 }
@@ -82,6 +85,7 @@ impl AgentConfig {
             store,
             network: NetworkConfig::default(),
             message_rate: DEFAULT_MESSAGE_RATE,
+            message_requests: RequestLimits::default(),
             metrics: None,
         })
     }
@@ -97,6 +101,7 @@ impl AgentConfig {
             store: StoreHandle::in_memory()?,
             network: NetworkConfig::default(),
             message_rate: DEFAULT_MESSAGE_RATE,
+            message_requests: RequestLimits::default(),
             metrics: None,
         })
     }
@@ -195,6 +200,7 @@ impl Agent {
             events,
             network: config.network,
             message_rate: config.message_rate,
+            message_requests: config.message_requests,
             metrics: config.metrics,
             trust: Trust::new(&contacts, &blocked),
             invitations,

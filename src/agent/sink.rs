@@ -15,13 +15,15 @@ use tokio::sync::{mpsc, watch};
 use super::Note;
 use super::trust::{Distrust, Trust};
 use crate::api::{Event, EventSender};
-use crate::chat::{MessageSink, Signal};
+use crate::chat::{KeepError, MessageSink, Signal};
 use crate::network::{Network, Path};
-use crate::store::{Direction, StoreHandle};
+use crate::store::{Direction, Received, RequestLimits, StoreHandle};
 
 /// Keeps accepted messages in the home's store.
 pub(super) struct StoreSink {
     store: StoreHandle,
+    /// What senders not accepted yet may store.
+    requests: RequestLimits,
     trust: watch::Receiver<Arc<Trust>>,
     events: EventSender,
     network: Network,
@@ -35,9 +37,11 @@ impl StoreSink {
         events: EventSender,
         network: Network,
         notes: mpsc::Sender<Note>,
+        requests: RequestLimits,
     ) -> Self {
         Self {
             store,
+            requests,
             trust,
             events,
             network,
@@ -75,19 +79,25 @@ impl MessageSink for StoreSink {
         message: Message,
         signed: Signed,
         peer: PeerId,
-    ) -> Result<Option<Kept>, String> {
+    ) -> Result<Option<Kept>, KeepError> {
         let id = message.id;
-        let kept = self
+        let limits = self.requests;
+        let received = self
             .store
-            .call(move |s| s.add_incoming(&message, signed, peer, now_ms()))
+            .call(move |s| s.receive(&message, signed, peer, now_ms(), Some(&limits)))
             .await
-            .map_err(|e| e.to_string())?;
-        if kept.is_none() {
-            return Ok(None);
-        }
+            .map_err(|e| KeepError::Failed(e.to_string()))?;
+        let request = match received {
+            Received::Kept { request, .. } => request,
+            Received::Repeat => return Ok(None),
+            Received::Refused(why) => {
+                tracing::debug!(%id, %peer, "a message request refused: {why}");
+                return Err(KeepError::Refused(RejectCode::RequestsFull));
+            }
+        };
         // How it came, while its connection is surely still there.
         let path = self.network.path(peer).await;
-        Ok(Some(Kept { id, path }))
+        Ok(Some(Kept { id, path, request }))
     }
 
     async fn verified(&self, kept: Kept) {
@@ -113,11 +123,13 @@ impl MessageSink for StoreSink {
 pub(super) struct Kept {
     id: MessageId,
     path: Option<Path>,
+    /// Whether it is a message request (its sender not accepted yet).
+    request: bool,
 }
 
 impl StoreSink {
     /// Records the verdict on a kept message's signature; shows it if good.
-    async fn settle(&self, Kept { id, path }: Kept, good: bool) {
+    async fn settle(&self, Kept { id, path, request }: Kept, good: bool) {
         let settled = self
             .store
             .call(move |s| s.settle_incoming(&id, good, now_ms()))
@@ -144,5 +156,15 @@ impl StoreSink {
                 path,
             })
             .await;
+        if request {
+            self.tell_requests().await;
+        }
+    }
+
+    /// Tells the front ends what requests wait now.
+    pub(super) async fn tell_requests(&self) {
+        if let Ok(requests) = self.store.call(|s| s.requests()).await {
+            let _ = self.events.send(Event::Requests { requests }).await;
+        }
     }
 }

@@ -63,6 +63,14 @@ async fn a_thousand_sends_to_a_contact_resolve_it_once_and_are_never_rate_limite
         .call(Request::ContactsAdd { name: "bob".into() })
         .await;
     assert!(matches!(added, Response::Done { .. }), "{added:?}");
+    // Alice is bob's contact too: more than a stranger's allowance of
+    // message requests comes in.
+    let added = bob
+        .call(Request::ContactsAdd {
+            name: "alice".into(),
+        })
+        .await;
+    assert!(matches!(added, Response::Done { .. }), "{added:?}");
     let before = node.counters();
     for i in 0..1_000 {
         let outcome = alice.send("bob", &format!("message {i}")).await.unwrap();
@@ -309,6 +317,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
         crate::api::EventSender::new(bob_events_tx, None),
         bob_net.clone(),
         mpsc::channel(16).0,
+        crate::store::RequestLimits::default(),
     );
     let inbox = Inbox::new(
         name("bob"),

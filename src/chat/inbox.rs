@@ -60,6 +60,17 @@ pub type DirectoryWatch = watch::Receiver<Option<DirectorySession>>;
 /// shared certificate key). Kept up to date by the agent.
 pub type TrustedIssuers = watch::Receiver<Vec<PeerId>>;
 
+/// Why a sink did not keep a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeepError {
+    /// Refused for good, with the code the sender is told (a message
+    /// request over its limits).
+    Refused(RejectCode),
+    /// It cannot be kept now (the store failed): the stream is reset and
+    /// the sender tries again later.
+    Failed(String),
+}
+
 /// Where the inbox keeps what it accepts, and whom it refuses.
 pub trait MessageSink: Send + Sync + 'static {
     /// Whether to refuse a message from `from` (owned by `peer`), e.g.
@@ -85,7 +96,7 @@ pub trait MessageSink: Send + Sync + 'static {
         message: Message,
         signed: Signed,
         peer: PeerId,
-    ) -> impl Future<Output = Result<Option<Self::Kept>, String>> + Send;
+    ) -> impl Future<Output = Result<Option<Self::Kept>, KeepError>> + Send;
 
     /// The signature of a kept message checked out: it may be shown now.
     fn verified(&self, kept: Self::Kept) -> impl Future<Output = ()> + Send;
@@ -578,7 +589,10 @@ impl<S: MessageSink> PeerTask<S> {
                 debug!(%id, "repeat of a message kept before; acknowledged again");
                 Ok(Accepted { id, fresh: None })
             }
-            Err(e) => Err(Refusal::Close(format!("cannot keep the message: {e}"))),
+            Err(KeepError::Refused(code)) => Err(Refusal::Reject(id, code)),
+            Err(KeepError::Failed(e)) => {
+                Err(Refusal::Close(format!("cannot keep the message: {e}")))
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use messenger_proto::chat::{ChatFrame, RejectCode};
 use messenger_proto::rate::Rate;
 
-pub use inbox::{Inbox, MessageSink, TrustedIssuers};
+pub use inbox::{Inbox, KeepError, MessageSink, TrustedIssuers};
 pub use link::{CertificateWatch, ChatLink};
 
 #[cfg(test)]

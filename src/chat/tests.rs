@@ -78,7 +78,7 @@ impl MessageSink for TestSink {
         message: Message,
         _: Signed,
         _: PeerId,
-    ) -> Result<Option<MessageId>, String> {
+    ) -> Result<Option<MessageId>, super::KeepError> {
         if self.stall {
             std::future::pending::<()>().await;
         }

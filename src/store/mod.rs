@@ -16,6 +16,7 @@
 
 mod handle;
 mod invitations;
+mod requests;
 mod transfers;
 
 use std::io;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 pub use handle::{StoreHandle, StoreThread};
 pub use invitations::{Invitation, InvitedMe};
+pub use requests::{MessageRequest, RequestCount, RequestLimits, RequestRefusal};
 pub use transfers::{Transfer, TransferState, partial_path};
 
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
@@ -62,6 +64,10 @@ const TRANSFERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transfers
 const INVITATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invitations");
 /// Invitations others told me of, by "name:port".
 const INVITED_ME: TableDefinition<&str, &[u8]> = TableDefinition::new("invited_me");
+/// Senders not accepted yet → what they have stored (see [`requests`]).
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+/// People I wrote to → when first: accepted, no longer requests.
+const WROTE_TO: TableDefinition<&str, u64> = TableDefinition::new("wrote_to");
 const NEXT_SEQ: &str = "next_seq";
 
 /// The largest piece of a body: with its key and redb's bookkeeping, one
@@ -443,6 +449,23 @@ fn read_body(
     Ok(body)
 }
 
+/// What became of a received message in [`Store::receive`].
+#[derive(Debug)]
+pub enum Received {
+    /// Kept (its signature to be checked); `request` when it counts as a
+    /// message request.
+    Kept {
+        /// The message as stored.
+        stored: Box<StoredMessage>,
+        /// Whether its sender is not accepted yet.
+        request: bool,
+    },
+    /// Kept before (the same id).
+    Repeat,
+    /// A request over the limits: nothing was stored.
+    Refused(RequestRefusal),
+}
+
 /// Reads every table through once, so that damage inside shows now, as
 /// an error, rather than later in the middle of something.
 fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
@@ -483,6 +506,8 @@ fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
     each!(TRANSFERS, |e| decode::<Transfer>(e.1.value())?);
     each!(INVITATIONS, |e| decode::<Invitation>(e.1.value())?);
     each!(INVITED_ME, |e| decode::<InvitedMe>(e.1.value())?);
+    each!(REQUESTS, |e| decode::<RequestCount>(e.1.value())?);
+    each!(WROTE_TO, |e| drop(e));
     Ok(())
 }
 
@@ -653,6 +678,8 @@ impl Store {
                 && exists(txn.open_table(TRANSFERS).map(drop))?
                 && exists(txn.open_table(INVITATIONS).map(drop))?
                 && exists(txn.open_table(INVITED_ME).map(drop))?
+                && exists(txn.open_table(REQUESTS).map(drop))?
+                && exists(txn.open_table(WROTE_TO).map(drop))?
         };
         if all_there {
             return Ok(());
@@ -669,6 +696,9 @@ impl Store {
         txn.open_table(TRANSFERS)?;
         txn.open_table(INVITATIONS)?;
         txn.open_table(INVITED_ME)?;
+        txn.open_table(REQUESTS)?;
+        txn.open_table(WROTE_TO)?;
+        requests::fill_wrote_to(&txn)?;
         txn.commit()?;
         Ok(())
     }
@@ -689,6 +719,16 @@ impl Store {
     fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, Raw>) -> Result<T, StoreError> {
         let run = || -> Result<T, Raw> { f(&self.db.begin_read()?) };
         run().map_err(|e| self.fail(e))
+    }
+
+    /// Bytes free for us on the store's disk, if it is on one and can tell.
+    fn free_space(&self) -> Option<u64> {
+        if !self.on_disk {
+            return None;
+        }
+        let dir = self.path.parent().unwrap_or(&self.path);
+        let vfs = rustix::fs::statvfs(dir).ok()?;
+        Some(vfs.f_bavail.saturating_mul(vfs.f_frsize))
     }
 
     /// Refuses a write up front when the disk is (nearly) full.
@@ -754,6 +794,8 @@ impl Store {
         self.write(|txn| {
             let mut t = txn.open_table(CONTACTS)?;
             t.insert(contact.name.as_str(), codec::to_cbor(contact).as_slice())?;
+            // A contact is accepted: what they sent is no longer a request.
+            txn.open_table(REQUESTS)?.remove(contact.name.as_str())?;
             Ok(())
         })
     }
@@ -905,6 +947,8 @@ impl Store {
                 signed: None,
             };
             Self::put(txn, &stored)?;
+            // Someone I write to is accepted.
+            requests::accept(txn, &stored.message.to, now)?;
             let to = stored.message.to.as_str();
             txn.open_table(BY_ID)?
                 .insert(stored.message.id.0.as_slice(), (to, seq))?;
@@ -916,6 +960,7 @@ impl Store {
     /// Stores a received message, signature not yet checked, unless its
     /// id was seen before. Returns the stored message if it is new; it is
     /// not shown (history leaves it out) until [`Store::settle_incoming`].
+    /// Counts nothing as a request (see [`Store::receive`]).
     pub fn add_incoming(
         &self,
         message: &Message,
@@ -923,11 +968,44 @@ impl Store {
         sender: PeerId,
         now: u64,
     ) -> Result<Option<StoredMessage>, StoreError> {
+        match self.receive(message, signed, sender, now, None)? {
+            Received::Kept { stored, .. } => Ok(Some(*stored)),
+            Received::Repeat | Received::Refused(_) => Ok(None),
+        }
+    }
+
+    /// Stores a received message as [`Store::add_incoming`] does; with
+    /// `limits`, one from a sender not accepted (not a contact, nobody I
+    /// wrote to) is a request, taken in only within those limits.
+    pub fn receive(
+        &self,
+        message: &Message,
+        signed: Signed,
+        sender: PeerId,
+        now: u64,
+        limits: Option<&RequestLimits>,
+    ) -> Result<Received, StoreError> {
+        let free = match limits {
+            Some(_) => self.free_space(),
+            None => None,
+        };
         self.write(|txn| {
             let mut by_id = txn.open_table(BY_ID)?;
             if by_id.get(message.id.0.as_slice())?.is_some() {
-                return Ok(None);
+                return Ok(Received::Repeat);
             }
+            let request = match limits {
+                Some(limits) if !requests::accepted(txn, &message.from)? => {
+                    let bytes = signed.payload.len() as u64;
+                    if let Err(refusal) =
+                        requests::admit(txn, &message.from, bytes, now, limits, free)?
+                    {
+                        return Ok(Received::Refused(refusal));
+                    }
+                    true
+                }
+                _ => false,
+            };
             let seq = Self::next_seq(txn)?;
             let from = message.from.as_str();
             by_id.insert(message.id.0.as_slice(), (from, seq))?;
@@ -943,8 +1021,24 @@ impl Store {
             };
             Self::put(txn, &stored)?;
             txn.open_table(UNVERIFIED)?.insert((from, seq), ())?;
-            Ok(Some(stored))
+            Ok(Received::Kept {
+                stored: Box::new(stored),
+                request,
+            })
         })
+    }
+
+    /// Message `seq` of the conversation with `peer`, read within `txn`.
+    fn load_record(
+        txn: &WriteTransaction,
+        peer: &str,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, Raw> {
+        let history = txn.open_table(HISTORY)?;
+        let bodies = txn.open_table(BODIES)?;
+        let v = history.get((peer, seq))?;
+        v.map(|v| decode::<StoredRecord>(v.value())?.load(|seq, len| read_body(&bodies, seq, len)))
+            .transpose()
     }
 
     /// The verdict on a received message's signature: a good one makes it
@@ -972,6 +1066,15 @@ impl Store {
                 return Ok(None);
             }
             if !good {
+                let body_len = txn
+                    .open_table(HISTORY)?
+                    .get((name.as_str(), seq))?
+                    .map(|v| decode::<StoredRecord>(v.value()))
+                    .transpose()?
+                    .and_then(|r| r.body_len);
+                if let Some(len) = body_len {
+                    requests::forget_one(txn, &name, u64::from(len))?;
+                }
                 Self::remove(txn, &name, seq)?;
                 by_id.remove(id.0.as_slice())?;
                 return Ok(None);

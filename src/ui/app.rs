@@ -39,6 +39,8 @@ pub enum Tag {
     Send(ScreenName),
     /// The contact list.
     Contacts,
+    /// The message requests.
+    Requests,
     /// A contact's details.
     Details(ScreenName),
     /// Something whose answer is shown as a notice, after which the
@@ -192,6 +194,8 @@ pub struct App {
     pub bell: bool,
     /// Whether to tell others I am typing.
     pub send_typing: bool,
+    /// The message requests waiting: people not accepted yet who wrote.
+    pub requests: Vec<crate::store::MessageRequest>,
     last_nudge: Option<Instant>,
 }
 
@@ -220,13 +224,17 @@ impl App {
             typing: HashMap::new(),
             bell: true,
             send_typing: true,
+            requests: Vec::new(),
             last_nudge: None,
         }
     }
 
-    /// What to ask first once online: the contacts.
+    /// What to ask first once online: the contacts, the message requests.
     pub fn start(&self) -> Vec<Action> {
-        vec![Action::Call(Tag::Contacts, Request::ContactsList)]
+        vec![
+            Action::Call(Tag::Contacts, Request::ContactsList),
+            Action::Call(Tag::Requests, Request::Requests),
+        ]
     }
 
     /// Signed in as `name`: the main window from now on.
@@ -383,6 +391,7 @@ impl App {
             Event::TransferWaiting { reason, .. } => self.notify(reason, false),
             // Whoever reaches a port of mine, and how it ended.
             Event::Tunnel(log) => self.notify(log.to_string(), false),
+            Event::Requests { requests } => self.requests = requests,
             Event::Nudge { name } => {
                 let i = self.open(&name, false, &mut actions);
                 let in_front = self.front == Some(i);
@@ -464,6 +473,7 @@ impl App {
                 self.update(message);
             }
             (Tag::Contacts, Response::Contacts { contacts }) => self.buddies.set(contacts),
+            (Tag::Requests, Response::Requests { requests }) => self.requests = requests,
             (Tag::Details(name), Response::Peer { peer, path }) => {
                 if matches!(&self.modal, Some(Modal::Details(n, _)) if *n == name) {
                     self.modal = Some(Modal::Details(name, Some((Box::new(peer), path))));

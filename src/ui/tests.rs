@@ -669,3 +669,29 @@ fn a_file_offered_in_a_conversation_is_accepted_there_and_its_arrival_told() {
         app.notice
     );
 }
+
+#[test]
+fn message_requests_show_in_the_list_as_they_change() {
+    let mut app = with_contacts();
+    let now = Instant::now();
+    assert!(!has(&screen(&mut app, 100, 24, now), "message request"));
+    let request = |n: &str, messages| crate::store::MessageRequest {
+        name: name(n),
+        count: crate::store::RequestCount {
+            messages,
+            bytes: 1_000,
+            since: 1,
+        },
+    };
+    app.on_event(
+        Event::Requests {
+            requests: vec![request("mallory", 3), request("trudy", 1)],
+        },
+        now,
+    );
+    let lines = screen(&mut app, 100, 24, now);
+    assert!(has(&lines, "✉ 4 message request(s): mal"), "{lines:#?}");
+    // Accepted or declined: gone.
+    app.on_event(Event::Requests { requests: vec![] }, now);
+    assert!(!has(&screen(&mut app, 100, 24, now), "message request"));
+}

@@ -102,8 +102,19 @@ fn draw_list(app: &App, frame: &mut Frame, area: Rect, now: Instant) {
         } else {
             cut(vec![Span::raw(format!("“{}”", app.me.text))], width)
         },
-        Line::styled("─".repeat(width), theme.dim()),
     ];
+    if !app.requests.is_empty() {
+        let messages: u32 = app.requests.iter().map(|r| r.count.messages).sum();
+        let names: Vec<&str> = app.requests.iter().map(|r| r.name.as_str()).collect();
+        header.push(cut(
+            vec![
+                Span::styled(format!("✉ {messages} message request(s)"), theme.strong()),
+                Span::styled(format!(": {}", names.join(", ")), theme.dim()),
+            ],
+            width,
+        ));
+    }
+    header.push(Line::styled("─".repeat(width), theme.dim()));
     let marks = app.marks(now);
     let (lines, selected) = app.buddies.lines(inner.width, &marks, theme);
     let room = usize::from(inner.height).saturating_sub(header.len());

@@ -90,6 +90,8 @@ fn an_invisible_user_still_receives_from_contacts() {
 fn a_message_to_an_offline_contact_is_delivered_when_it_comes_online() {
     let (_dir, _node, alice, bob) = alice_and_bob();
     alice.ok(&["contacts", "add", "bob"]);
+    // Each other's: more than a stranger's allowance comes in.
+    bob.ok(&["contacts", "add", "alice"]);
     let mut alice_online = alice.online();
 
     let n = 100;
@@ -138,6 +140,8 @@ fn a_message_to_an_offline_contact_is_delivered_when_it_comes_online() {
 #[test]
 fn a_burst_survives_the_receiver_being_killed_midway() {
     let (_dir, _node, alice, bob) = alice_and_bob();
+    // A contact of bob's: more than a stranger's allowance comes in.
+    bob.ok(&["contacts", "add", "alice"]);
     let mut bob_online = bob.online();
     let mut chat = alice.spawn(&["--json", "chat", "bob", "--listen", "/ip4/127.0.0.1/tcp/0"]);
     chat.stdout.expect_event("online");

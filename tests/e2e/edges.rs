@@ -175,6 +175,9 @@ fn fill(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn a_full_disk_is_said_plainly_loses_nothing_and_heals_by_itself() {
     let (_dir, node, alice, bob) = alice_and_bob();
+    // Alice is bob's contact: on a disk this small, strangers' messages
+    // are not taken in at all (below the floor of free space).
+    bob.ok(&["contacts", "add", "alice"]);
     // bob's home moves onto a 4 MiB disk, with everything it had.
     let small = tempfile::tempdir().unwrap();
     let Some(_disk) = SmallDisk::mount(small.path(), "4m", "a_full_disk_is_said_plainly") else {

@@ -456,6 +456,7 @@ fn honest_send(alice: &User, i: usize, phase: &str) -> Duration {
 fn a_handshake_flood_against_a_client_does_not_keep_its_contacts_out() {
     let (_dir, _node, alice, bob) = crate::support::alice_and_bob();
     alice.ok(&["contacts", "add", "bob"]);
+    bob.ok(&["contacts", "add", "alice"]);
     let mut bob_online = bob.spawn(&["--json", "online", "--listen", "/ip4/127.0.0.1/tcp/0"]);
     let online = bob_online.stdout.expect_event("online");
     let port: u16 = online["addrs"]

@@ -192,3 +192,165 @@ fn a_stranger_writing_under_other_names_spends_its_own_budget_not_the_users() {
         .count();
     assert_eq!(shown, 0);
 }
+
+/// A stranger with a name of its own (so that its messages pass every
+/// check but the allowance), connected to `victim`.
+async fn named_stranger(node: &Multiaddr, name: &str, victim: &str) -> Stranger {
+    let id = Identity::generate().unwrap();
+    let (network, task, _inbound) = Network::start(&id, NetworkConfig::default()).unwrap();
+    let session = DirectorySession::open(&network, node, None).await.unwrap();
+    let record = messenger::proto::record::Registration {
+        name: ScreenName::parse(name).unwrap(),
+        peer_id: id.peer_id(),
+        addrs: vec![],
+        seq: now_ms() * 1000,
+        expires_at: now_ms() + 600_000,
+        status: messenger::proto::presence::Status::Online,
+        status_text: String::new(),
+    }
+    .sign(&id);
+    session.register(record, vec![]).await.unwrap();
+    let info = PeerInfo::from_resolution(&session.resolve(victim).await.unwrap()).unwrap();
+    network.dial(info.peer_id, info.addrs).await.unwrap();
+    session.close().await;
+    Stranger {
+        id,
+        network,
+        victim: info.peer_id,
+        _task: task,
+    }
+}
+
+/// The store file's allocated bytes.
+fn store_bytes(home: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(home.join("messenger.redb"))
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
+}
+
+#[test]
+fn strangers_filling_the_disk_get_an_allowance_and_contacts_get_through() {
+    const STRANGERS: usize = 20;
+    const EACH: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    let bob = User::new(&node);
+    alice.register("alice");
+    bob.register("bob");
+    bob.ok(&["contacts", "add", "alice"]);
+    let mut bob_online = bob.online();
+    let before = store_bytes(bob.home.path());
+    let node_addr: Multiaddr = node.addr.parse().unwrap();
+
+    // Alice, a contact, writes all along; each of hers must arrive.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let contact = {
+        let flooding = flooding.clone();
+        std::thread::spawn(move || {
+            let mut took = Vec::new();
+            while flooding.load(Ordering::Relaxed) || took.len() < 3 {
+                let started = Instant::now();
+                alice.ok(&["send", "bob", &format!("from a contact {}", took.len())]);
+                took.push(started.elapsed());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            took
+        })
+    };
+
+    let text = "s".repeat(messenger::proto::chat::MAX_TEXT);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let (kept, refused, other) = runtime.block_on(async {
+        let tallies = Arc::new((AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)));
+        let mut tasks = Vec::new();
+        for i in 0..STRANGERS {
+            let stranger = named_stranger(&node_addr, &format!("spam{i:02}"), "bob").await;
+            let (tallies, text) = (tallies.clone(), text.clone());
+            tasks.push(tokio::spawn(async move {
+                let from = format!("spam{i:02}");
+                let mut link: Option<ChatLink> = None;
+                for _ in 0..EACH {
+                    let (id, signed) = stranger.message(&from, "bob", &text);
+                    // A stream closed under a message (the last one was
+                    // refused, and closed) is no answer: tried again.
+                    for attempt in 0.. {
+                        if attempt == 10 {
+                            tallies.2.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        if link.as_ref().is_none_or(ChatLink::is_closed) {
+                            link = stranger.link().await;
+                        }
+                        let Some(open) = &link else { continue };
+                        match open.deliver(id, signed.clone()).await {
+                            Ok(()) => tallies.0.fetch_add(1, Ordering::Relaxed),
+                            Err(DeliveryError::Rejected(RejectCode::RequestsFull)) => {
+                                tallies.1.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Err(DeliveryError::ConnectionLost) if attempt < 5 => {
+                                link = None;
+                                continue;
+                            }
+                            Err(_) => tallies.2.fetch_add(1, Ordering::Relaxed),
+                        };
+                        break;
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (
+            tallies.0.load(Ordering::Relaxed),
+            tallies.1.load(Ordering::Relaxed),
+            tallies.2.load(Ordering::Relaxed),
+        )
+    });
+    let took = started.elapsed();
+    flooding.store(false, Ordering::Relaxed);
+    let mut sends = contact
+        .join()
+        .expect("every message of alice's was delivered");
+    sends.sort();
+    let grew = store_bytes(bob.home.path()).saturating_sub(before);
+    let requests = bob.ok(&["--json", "requests"]).stdout;
+    let listed: Vec<serde_json::Value> = requests
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let waiting: u64 = listed
+        .iter()
+        .map(|r| r["messages"].as_u64().unwrap_or(0))
+        .sum();
+    let bound = 32.0 * 1.5 + 4.0;
+    eprintln!(
+        "REQUESTS RESULT: {STRANGERS} strangers x {EACH} messages of 64 KiB in {took:?}: {kept} \
+         taken in, {refused} refused as requests_full, {other} otherwise; {waiting} waiting from \
+         {} senders; bob's store grew {:.1} MiB (bound {bound} MiB); alice's {} sends all \
+         delivered, median {:?}",
+        listed.len(),
+        grew as f64 / (1 << 20) as f64,
+        sends.len(),
+        sends[sends.len() / 2]
+    );
+    assert_eq!(kept, waiting, "what was taken in is what is waiting");
+    assert!((100..=500).contains(&kept), "the allowance, no more: {kept}");
+    assert_eq!(kept + refused, STRANGERS as u64 * EACH, "{other} otherwise");
+    assert!(
+        (grew as f64) < bound * (1 << 20) as f64,
+        "the store grew by {grew} bytes"
+    );
+    // Bob was told, as it happened.
+    bob_online.stdout.expect("the requests told", |l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["event"] == "requests" && v["messages"].as_u64() == Some(kept))
+    });
+    // Declining them all removes what they sent.
+    bob.ok(&["requests", "decline", "--all"]);
+    let left = bob.ok(&["--json", "requests"]).stdout;
+    assert!(left.trim().is_empty(), "{left}");
+}

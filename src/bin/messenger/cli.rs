@@ -61,6 +61,20 @@ pub(crate) struct Args {
     pub(crate) command: Option<Command>,
 }
 
+/// What to do with message requests.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RequestsCommand {
+    /// Decline a request: what they sent is removed from the history.
+    Decline {
+        /// Whose request.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every request.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Show my peer id, and my screen name if registered.
@@ -147,6 +161,18 @@ pub(crate) enum Command {
     },
     /// List the messages waiting to be delivered.
     Outbox,
+    /// List the message requests: people who wrote to me whom I have not
+    /// accepted yet (not contacts, nobody I wrote to).
+    ///
+    /// Until I accept them, each may keep only a few messages here (50,
+    /// 1 MiB), all of them together 500 messages or 32 MiB, and none when
+    /// less than 256 MiB is free on the disk: beyond that they are told
+    /// their messages are not taken in. Accept someone by adding them
+    /// (`messenger contacts add NAME`) or writing to them.
+    Requests {
+        #[command(subcommand)]
+        action: Option<RequestsCommand>,
+    },
     /// Send a file directly, and answer files offered to me.
     ///
     /// Files go over the direct connection (never through the rendezvous

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::cli::{Args, Command, ContactsCommand, FileCommand};
+use crate::cli::{Args, Command, ContactsCommand, FileCommand, RequestsCommand};
 use crate::output::Output;
 use crate::render::{show_event, show_reply};
 use crate::running::{Running, Signals};
@@ -142,6 +142,10 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             ctx.request(Request::History { name, limit }).await
         }
         Command::Outbox => ctx.request(Request::Outbox).await,
+        Command::Requests { action: None } => ctx.request(Request::Requests).await,
+        Command::Requests {
+            action: Some(RequestsCommand::Decline { name, .. }),
+        } => ctx.request(Request::RequestsDecline { name }).await,
         Command::Files {
             downloads: None,
             max_size: None,

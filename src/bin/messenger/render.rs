@@ -9,7 +9,7 @@ use messenger::files::human_size;
 use messenger::network::{Path, Reachability, is_relayed};
 use messenger::peer::PeerInfo;
 use messenger::proto::presence::Presence;
-use messenger::store::{Direction, StoredMessage, TransferState};
+use messenger::store::{Direction, MessageRequest, StoredMessage, TransferState};
 use messenger::time;
 use serde_json::json;
 
@@ -250,6 +250,10 @@ pub(crate) fn show_event(
             );
             None
         }
+        Event::Requests { requests } => {
+            out.emit(describe_requests(&requests), requests_json(&requests));
+            None
+        }
         // Later kinds of events this front end does not show.
         _ => None,
     }
@@ -486,12 +490,57 @@ pub(crate) fn show_reply(out: &Output, request: &Request, reply: Response) -> Re
             }
             Ok(())
         }
+        Response::Requests { requests } => {
+            if requests.is_empty() && !out.is_json() {
+                out.emit("no message requests", json!({}));
+            }
+            for r in requests {
+                out.emit(
+                    format!(
+                        "{:<20} {} message(s), {}, since {}",
+                        r.name.as_str(),
+                        r.count.messages,
+                        human_size(r.count.bytes),
+                        time::describe(r.count.since)
+                    ),
+                    json!({"event": "request", "name": r.name.to_string(), "messages": r.count.messages,
+                           "bytes": r.count.bytes, "since": time::rfc3339(r.count.since)}),
+                );
+            }
+            Ok(())
+        }
         Response::Failed(failure) => Err(Failure::of(failure)),
         other => Err(Failure::new(
             exit::FAILURE,
             anyhow!("the client answered something unexpected: {other:?}"),
         )),
     }
+}
+
+/// The message requests waiting, in a line.
+pub(crate) fn describe_requests(requests: &[MessageRequest]) -> String {
+    if requests.is_empty() {
+        return "* no message requests".to_owned();
+    }
+    let messages: u32 = requests.iter().map(|r| r.count.messages).sum();
+    let names: Vec<&str> = requests.iter().take(5).map(|r| r.name.as_str()).collect();
+    let more = match requests.len().saturating_sub(names.len()) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    format!(
+        "* {messages} message request(s) from {}{more}: `messenger contacts add NAME` accepts, \
+         `messenger requests decline NAME` removes what they sent",
+        names.join(", ")
+    )
+}
+
+fn requests_json(requests: &[MessageRequest]) -> serde_json::Value {
+    json!({"event": "requests",
+           "messages": requests.iter().map(|r| r.count.messages).sum::<u32>(),
+           "requests": requests.iter().map(|r| json!({"name": r.name.to_string(),
+                "messages": r.count.messages, "bytes": r.count.bytes,
+                "since": time::rfc3339(r.count.since)})).collect::<Vec<_>>()})
 }
 
 /// The start of a message's first line, escaped for the terminal.
