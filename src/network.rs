@@ -276,6 +276,39 @@ enum Command {
 /// acknowledgements already on their way.
 const RELAYED_GRACE: Duration = Duration::from_secs(1);
 
+/// A dial someone waits for.
+#[derive(Debug)]
+struct PendingDial {
+    reply: oneshot::Sender<Result<(), NetworkError>>,
+    /// The peer and addresses to dial again from a new port, if the
+    /// listening port turns out to be taken (a dial that left from it).
+    again: Option<(PeerId, Vec<Multiaddr>)>,
+}
+
+/// Whether a dial failed only because its local port is in use (by a
+/// connection between the same ports that is still closing).
+fn address_in_use(error: &libp2p::swarm::DialError) -> bool {
+    let libp2p::swarm::DialError::Transport(errors) = error else {
+        return false;
+    };
+    !errors.is_empty() && errors.iter().all(|(_, e)| in_use(e))
+}
+
+/// Whether `error`, or an error it wraps, is an I/O error "address in
+/// use". (An `io::Error` wrapping another is walked into by hand: its
+/// `source` skips the error it wraps.)
+fn in_use(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::AddrInUse {
+            return true;
+        }
+        if let Some(inner) = io.get_ref() {
+            return in_use(inner);
+        }
+    }
+    error.source().is_some_and(in_use)
+}
+
 /// Handle to the client's network event loop.
 #[derive(Clone)]
 pub struct Network {
@@ -634,7 +667,7 @@ fn path_of(connections: &HashMap<ConnectionId, Conn>) -> Option<Path> {
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
-    pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<(), NetworkError>>>,
+    pending_dials: HashMap<ConnectionId, PendingDial>,
     pending_listens: HashMap<
         libp2p::core::transport::ListenerId,
         (Multiaddr, oneshot::Sender<Result<(), NetworkError>>),
@@ -710,6 +743,7 @@ impl EventLoop {
                     let _ = reply.send(Ok(()));
                     return;
                 }
+                let again = (!new_port).then(|| (peer, addrs.clone()));
                 let opts = DialOpts::peer_id(peer)
                     .addresses(addrs)
                     .condition(PeerCondition::Always);
@@ -721,7 +755,7 @@ impl EventLoop {
                 let id = opts.connection_id();
                 match self.swarm.dial(opts) {
                     Ok(()) => {
-                        self.pending_dials.insert(id, reply);
+                        self.pending_dials.insert(id, PendingDial { reply, again });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(NetworkError::Dial {
@@ -830,8 +864,8 @@ impl EventLoop {
                 if connections.len() == 1 {
                     self.follow_node(peer_id, true);
                 }
-                if let Some(reply) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Ok(()));
+                if let Some(pending) = self.pending_dials.remove(&connection_id) {
+                    let _ = pending.reply.send(Ok(()));
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -839,7 +873,38 @@ impl EventLoop {
                 peer_id,
                 error,
             } => {
-                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                if let Some(PendingDial { reply, again }) =
+                    self.pending_dials.remove(&connection_id)
+                {
+                    // TCP dials leave from the listening port (hole punching
+                    // needs that), and the kernel refuses one while an
+                    // earlier connection between the same two ports is
+                    // closing (TIME_WAIT, up to a minute: ports are reused
+                    // on a busy machine). Then once more from a new port.
+                    if let Some((peer, addrs)) = again.filter(|_| address_in_use(&error)) {
+                        debug!(%peer, "the listening port is held by a closing connection; dialling from a new port");
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(addrs)
+                            .condition(PeerCondition::Always)
+                            .allocate_new_port()
+                            .build();
+                        let id = opts.connection_id();
+                        match self.swarm.dial(opts) {
+                            Ok(()) => {
+                                self.pending_dials
+                                    .insert(id, PendingDial { reply, again: None });
+                                return;
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(NetworkError::Dial {
+                                    peer,
+                                    reason: e.to_string(),
+                                    setback: Setback::of_dial(&e),
+                                }));
+                                return;
+                            }
+                        }
+                    }
                     let peer = peer_id.unwrap_or(PeerId::random());
                     let _ = reply.send(Err(NetworkError::Dial {
                         peer,
@@ -981,5 +1046,42 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::TransportError;
+    use libp2p::swarm::DialError;
+
+    fn failed(kinds: &[std::io::ErrorKind]) -> DialError {
+        DialError::Transport(
+            kinds
+                .iter()
+                .map(|kind| {
+                    // As the TCP transport wraps it.
+                    let inner = std::io::Error::from(*kind);
+                    (
+                        "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+                        TransportError::Other(std::io::Error::other(inner)),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn only_a_port_held_by_a_closing_connection_makes_a_dial_leave_from_another() {
+        use std::io::ErrorKind::{AddrInUse, ConnectionRefused};
+        assert!(address_in_use(&failed(&[AddrInUse])));
+        assert!(address_in_use(&failed(&[AddrInUse, AddrInUse])));
+        assert!(
+            !address_in_use(&failed(&[AddrInUse, ConnectionRefused])),
+            "an address that refuses is no reason to try from another port"
+        );
+        assert!(!address_in_use(&failed(&[ConnectionRefused])));
+        assert!(!address_in_use(&failed(&[])));
+        assert!(!address_in_use(&DialError::Aborted));
     }
 }
