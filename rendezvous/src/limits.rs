@@ -265,6 +265,16 @@ impl PeerBudget {
         self.take(|b| &mut b.own)
     }
 
+    /// Spends `n` requests at once (a watch costs by the names it
+    /// carries); `Err` when the budget does not hold them all (what it
+    /// held is spent).
+    pub fn spend_n(&self, n: u32) -> Result<(), Duration> {
+        for _ in 0..n {
+            self.spend()?;
+        }
+        Ok(())
+    }
+
     /// Spends one check of who sent a message.
     pub fn spend_sender_check(&self) -> Result<(), Duration> {
         self.take(|b| &mut b.sender_checks)

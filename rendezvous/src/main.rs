@@ -43,13 +43,17 @@ struct Args {
     /// postgres://rendezvous:secret@db.example:5432/directory (or set
     /// RENDEZVOUS_STORE, which keeps the password out of process lists).
     /// Nodes given the same database share one directory of names; the
-    /// schema is created and migrated at start.
+    /// schema is created and migrated at start. TLS as libpq takes it:
+    /// ?sslmode=verify-full&sslrootcert=CA.pem (also verify-ca, require,
+    /// prefer); without sslmode the connection is plain.
     #[arg(long, value_name = "URL", env = "RENDEZVOUS_STORE")]
     store: Option<String>,
 
     /// Share presence with the other nodes on the same --store through
-    /// NATS, e.g. nats://nats.example:4222: a user online at any node is
-    /// resolved and watched from every node. Needs --store.
+    /// NATS, e.g. nats://nats.example:4222 (credentials in the URL,
+    /// tls:// for TLS): a user online at any node is resolved and watched
+    /// from every node. Needs --store and --certificate-key (the same file
+    /// on every node: what the nodes tell each other is signed with it).
     #[arg(long, value_name = "URL", env = "RENDEZVOUS_PRESENCE")]
     presence: Option<String>,
 

@@ -497,6 +497,9 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
                 info!(%name, %peer, "name claimed");
                 self.remember(&name, claim);
                 new_claim = true;
+                if let Some(shared) = &self.shared {
+                    shared.claimed(&name);
+                }
             }
             Some(Ok(ClaimOutcome::Renewed(claim))) => self.remember(&name, claim),
             Some(Ok(ClaimOutcome::Taken(_))) => {
@@ -1021,6 +1024,11 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
         live.remote.remove(name);
         live.last_seen.remove(name);
         live.notify(name);
+    }
+
+    /// Whether a session of this node watches `name` now.
+    pub fn is_watched(&self, name: &ScreenName) -> bool {
+        self.live().watchers.contains_key(name)
     }
 
     /// The names this node's sessions watch now.

@@ -267,9 +267,10 @@ impl Server {
             Some(path) => Identity::load_or_create(path)?,
             None => identity.clone(),
         };
-        let (registry, cluster) = open_directory(&config, &identity).await?;
+        let (registry, cluster) = open_directory(&config, &identity, &signer).await?;
         let registry = Arc::new(registry);
         let stop_cluster = tokio_util::sync::CancellationToken::new();
+        let followed = cluster.as_ref().map(|c| (c.followed(), c.unsigned()));
         let cluster = cluster
             .map(|cluster| tokio::spawn(cluster.run(registry.clone(), stop_cluster.clone())));
 
@@ -282,6 +283,20 @@ impl Server {
         });
         let mut metrics_registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(NodeMetrics::new(&mut metrics_registry, &registry, &gate));
+        if let Some((followed, unsigned)) = followed {
+            metrics_registry.register(
+                "rendezvous_cluster_followed_names",
+                "Names whose changes on other nodes this node follows (subscriptions on NATS): \
+                 names its sessions watch that somebody claimed",
+                followed,
+            );
+            metrics_registry.register(
+                "rendezvous_cluster_unsigned",
+                "Presence notes and announcements read from NATS and ignored: not signed with \
+                 the cluster's certificate key",
+                unsigned,
+            );
+        }
         // Bound before the node listens, so that a taken port fails the
         // start instead of leaving a node nobody can watch.
         let scrapes = match config.metrics {
@@ -390,6 +405,7 @@ impl Drop for Server {
 async fn open_directory(
     config: &Config,
     identity: &Identity,
+    signer: &Identity,
 ) -> Result<(Registry, Option<Cluster>), BindError> {
     let max_names = config.limits.max_names_per_key;
     let Some(url) = &config.store else {
@@ -419,7 +435,16 @@ async fn open_directory(
     match &config.presence {
         None => Ok((registry, None)),
         Some(nats) => {
-            let cluster = Cluster::join(pool, identity.peer_id().to_string(), nats).await?;
+            if config.certificate_key.is_none() {
+                return Err(BindError::Options(
+                    "presence across nodes needs the certificate key the nodes share \
+                     (--certificate-key FILE, the same file on every node): what they tell each \
+                     other over NATS is signed with it"
+                        .into(),
+                ));
+            }
+            let cluster =
+                Cluster::join(pool, identity.peer_id().to_string(), nats, signer.clone()).await?;
             let shared = cluster.shared();
             Ok((registry.with_shared(shared), Some(cluster)))
         }
@@ -939,10 +964,14 @@ async fn serve_session(
                 ..
             }
         );
-        let spent = if sender_check {
-            budget.spend_sender_check()
-        } else {
-            budget.spend()
+        let spent = match &request.op {
+            _ if sender_check => budget.spend_sender_check(),
+            // A watch costs by its names: one request, plus one for every
+            // WATCH_NAMES_PER_REQUEST names (256, the most one request
+            // carries: 17 of a burst of 100; a session's 1,024: 68), so
+            // that names watched cost their sessions, not the node.
+            Op::Watch { names } => budget.spend_n(watch_cost(names.len())),
+            _ => budget.spend(),
         };
         let reply = match spent {
             Ok(()) => {
@@ -1028,6 +1057,14 @@ async fn write_session(
         env.metrics.pushed(pushed);
     }
     let _ = futures::AsyncWriteExt::close(&mut writer).await;
+}
+
+/// Names a watch request carries for the price of one request.
+const WATCH_NAMES_PER_REQUEST: usize = 16;
+
+/// What a watch of `names` names costs of its peer's request budget.
+fn watch_cost(names: usize) -> u32 {
+    u32::try_from(1 + names / WATCH_NAMES_PER_REQUEST).unwrap_or(u32::MAX)
 }
 
 /// The answer to a request over the peer's budget.

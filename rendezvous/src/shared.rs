@@ -56,4 +56,7 @@ pub trait Shared: Send + Sync + Debug + 'static {
     fn interest(&self, name: &ScreenName, watching: bool);
     /// `name` was released here: other nodes forget its claim.
     fn released(&self, name: &ScreenName);
+    /// `name` was claimed here: other nodes whose sessions watch it start
+    /// hearing of it (nobody hears of a name nobody claimed).
+    fn claimed(&self, name: &ScreenName);
 }

@@ -19,12 +19,19 @@ struct Cluster {
     /// nodes share to sign name certificates.
     dirs: Vec<tempfile::TempDir>,
     key: tempfile::TempDir,
+    /// Flags every node gets besides the cluster's.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// Starts PostgreSQL, NATS and `n` nodes, or `None` when a server is
     /// not installed (the test then says so and skips; CI fails).
     fn start(n: usize) -> Option<Self> {
+        Self::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`], each node with `extra` flags too.
+    fn start_with(n: usize, extra: &[&str]) -> Option<Self> {
         let (pg, nats) = postgres_and_nats()?;
         let mut cluster = Self {
             nodes: Vec::new(),
@@ -32,6 +39,7 @@ impl Cluster {
             nats,
             dirs: Vec::new(),
             key: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|f| (*f).to_owned()).collect(),
         };
         for i in 0..n {
             cluster.dirs.push(tempfile::tempdir().unwrap());
@@ -43,7 +51,8 @@ impl Cluster {
 
     fn start_node(&mut self, i: usize) {
         let key = self.key.path().join("certificates.key");
-        let flags = cluster_flags(&self.pg, &self.nats, &key);
+        let mut flags = cluster_flags(&self.pg, &self.nats, &key);
+        flags.extend(self.extra.iter().cloned());
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         self.nodes[i] = Some(Node::start_with(self.dirs[i].path(), &flags));
     }
@@ -330,4 +339,212 @@ fn nats_restarted_presence_resumes() {
     let started = Instant::now();
     watcher.stdout.expect_presence("alice", "online");
     eprintln!("presence A -> B after the restart: {:?}", started.elapsed());
+}
+
+/// Publishes `payload` on `subject` of the NATS server at `nats`, as
+/// anyone who can reach it could: the text protocol, by hand.
+fn publish_raw(nats: &Nats, subject: &str, payload: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect((nats.host.as_str(), nats.port)).unwrap();
+    stream
+        .set_read_timeout(Some(crate::support::TIMEOUT))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    let mut writer = stream;
+    write!(
+        writer,
+        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n",
+        payload.len()
+    )
+    .unwrap();
+    writer.write_all(payload).unwrap();
+    writer.write_all(b"\r\nPING\r\n").unwrap();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(!line.starts_with("-ERR"), "{line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}
+
+#[test]
+fn names_nobody_claimed_cost_no_subscription_and_unsigned_notes_change_nothing() {
+    use messenger::directory::DirectorySession;
+    use messenger::network::{Network, NetworkConfig};
+    use messenger::proto::Identity;
+    use messenger::proto::codec;
+    use messenger::proto::signed::Signed;
+    use rendezvous::cluster::presence::{self, Note};
+
+    let Some(mut cluster) = Cluster::start_with(2, &["--metrics", "127.0.0.1:0"]) else {
+        return;
+    };
+    let metrics = crate::metrics::node_metrics_url(cluster.nodes[0].as_mut().unwrap());
+    let followed = || crate::metrics::scrape(&metrics).get("rendezvous_cluster_followed_names");
+    let watched = cluster.user_on(1);
+    watched.register("watched");
+    let node0: libp2p::Multiaddr = cluster.node(0).addr.parse().unwrap();
+    let node1: libp2p::Multiaddr = cluster.node(1).addr.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (pushes_tx, mut pushes) = tokio::sync::mpsc::channel(4096);
+    let (_network, session) = runtime.block_on(async {
+        let (network, _task, _inbound) =
+            Network::start(&Identity::generate().unwrap(), NetworkConfig::default()).unwrap();
+        let session = DirectorySession::open(&network, &node0, Some(pushes_tx))
+            .await
+            .unwrap();
+        // A session with no name of its own watches a thousand names
+        // nobody claimed, and one somebody did.
+        for chunk in 0..4 {
+            let names: Vec<String> = (0..250).map(|i| format!("ghost{chunk}x{i:03}")).collect();
+            session.watch(names).await.unwrap();
+        }
+        session.watch(vec!["watched".into()]).await.unwrap();
+        (network, session)
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while followed() < 1.0 {
+        assert!(Instant::now() < deadline, "the claimed name is followed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(followed(), 1.0, "the names nobody claimed cost nothing");
+
+    // Claimed on the other node: followed from then on, and pushed.
+    let ghost = cluster.user_on(1);
+    ghost.register("ghost2x007");
+    let mut ghost_online = ghost.spawn(&["--json", "online", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    ghost_online.stdout.expect_event("online");
+    // The presences pushed for ghost2x007 until `presence` is.
+    let until = |pushes: &mut tokio::sync::mpsc::Receiver<_>, what: &str, presence: &str| {
+        runtime.block_on(async {
+            let mut seen = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    let push: messenger::proto::directory::Resolution =
+                        pushes.recv().await.expect("pushes");
+                    if push.name.as_str() == "ghost2x007" {
+                        seen.push(push.presence.to_string());
+                        if seen.last().is_some_and(|p| p == presence) {
+                            return;
+                        }
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no push saying {presence} ({what}): {seen:?}"));
+            seen
+        })
+    };
+    until(
+        &mut pushes,
+        "claimed on the other node, then online",
+        "online",
+    );
+    assert_eq!(followed(), 2.0);
+
+    // Anyone who can publish on NATS, without the cluster's key: a note
+    // that ghost went offline (unsigned, then signed by another key),
+    // and a release of the name. None of them may be believed.
+    let note = Note {
+        name: messenger::proto::name::ScreenName::parse("ghost2x007").unwrap(),
+        node: cluster.node(1).peer_id(),
+        live: None,
+    };
+    let subject = presence::subject(&note.name);
+    let other = Identity::generate().unwrap();
+    publish_raw(&cluster.nats, &subject, &codec::to_cbor(&note));
+    let forged = Signed::sign(&other, presence::NOTE_CONTEXT, &note);
+    publish_raw(&cluster.nats, &subject, &codec::to_cbor(&forged));
+    let release = Signed::sign(&other, presence::RELEASED_CONTEXT, &note.name);
+    publish_raw(&cluster.nats, presence::RELEASED, &codec::to_cbor(&release));
+    let unsigned = || crate::metrics::scrape(&metrics).get("rendezvous_cluster_unsigned_total");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while unsigned() < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the node read the three forgeries"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Read and ignored: node 0 (which keeps a watched name's state from
+    // what NATS tells it) still has ghost online.
+    let now = runtime.block_on(session.resolve("ghost2x007")).unwrap();
+    assert_eq!(now.presence.to_string(), "online", "a forgery was believed");
+
+    // Watching costs by the names watched: a session that watches 256
+    // names again and again (17 requests' worth each) runs past its
+    // budget of 100 and is held back (its client waits and retries).
+    let metrics1 = crate::metrics::node_metrics_url(cluster.nodes[1].as_mut().unwrap());
+    runtime.block_on(async {
+        let (network, _task, _inbound) =
+            Network::start(&Identity::generate().unwrap(), NetworkConfig::default()).unwrap();
+        let greedy = DirectorySession::open(&network, &node1, None)
+            .await
+            .unwrap();
+        let names: Vec<String> = (0..256).map(|i| format!("want{i:03}")).collect();
+        for _ in 0..8 {
+            let _ = greedy.watch(names.clone()).await;
+            let _ = greedy.unwatch(names.clone()).await;
+        }
+    });
+    let limited = crate::metrics::scrape(&metrics1)
+        .get(r#"rendezvous_directory_requests_total{op="watch",result="rate_limited"}"#);
+    assert!(limited >= 1.0, "eight watches of 256 names went unchecked");
+    drop(session);
+}
+
+#[test]
+fn a_node_reaches_postgres_over_tls_when_its_url_asks_and_checks_who_answers() {
+    use crate::servers::TestCertificates;
+    let certs = TestCertificates::new();
+    let Some(pg) = crate::servers::Postgres::start_tls(&certs) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &certs.ca).unwrap();
+    let stranger_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&stranger_ca, TestCertificates::new().ca).unwrap();
+    let url = |query: &str| format!("{}?{query}", pg.url());
+
+    // Checked all the way (the authority, and the name 127.0.0.1): works,
+    // and the connections are encrypted.
+    let verified = url(&format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+    let node = Node::start_with(&dir.path().join("a"), &["--store", &verified]);
+    let alice = User::new(&node);
+    alice.register("alice");
+    let encrypted: u32 = pg
+        .sql("SELECT count(*) FROM pg_stat_ssl WHERE ssl")
+        .parse()
+        .unwrap();
+    assert!(encrypted >= 1, "the node's connections use TLS");
+    drop(node);
+
+    // A server whose certificate another authority signed is refused,
+    // and the node says why.
+    let wrong = url(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        stranger_ca.display()
+    ));
+    let refused = std::process::Command::new(crate::support::rendezvous_bin())
+        .args(["--store", &wrong, "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("b"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.to_lowercase().contains("certificate"),
+        "the refusal names the certificate: {said}"
+    );
+
+    // Encrypted without checking (libpq's require): works too.
+    let node = Node::start_with(&dir.path().join("c"), &["--store", &url("sslmode=require")]);
+    User::new(&node).register("bob");
 }

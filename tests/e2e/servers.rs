@@ -153,6 +153,42 @@ pub struct Postgres {
     pub host: String,
     pub port: u16,
     server: Option<Server>,
+    /// Serves TLS (server.crt and server.key in the data directory).
+    tls: bool,
+}
+
+/// A certificate authority and a server certificate it signed, for TLS
+/// tests: PEM text.
+pub struct TestCertificates {
+    pub ca: String,
+    pub server_cert: String,
+    pub server_key: String,
+}
+
+impl TestCertificates {
+    /// A new authority, and a certificate of it for `127.0.0.1` and
+    /// `localhost`.
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "messenger test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("the CA certificate");
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("params");
+        let cert = params
+            .signed_by(&key, &ca, &ca_key)
+            .expect("the server certificate");
+        Self {
+            ca: ca.pem(),
+            server_cert: cert.pem(),
+            server_key: key.serialize_pem(),
+        }
+    }
 }
 
 impl Postgres {
@@ -162,8 +198,21 @@ impl Postgres {
         Self::start_on(None, "127.0.0.1")
     }
 
+    /// [`Postgres::start`], serving TLS with `certs`' server certificate.
+    pub fn start_tls(certs: &TestCertificates) -> Option<Self> {
+        Self::start_with(None, "127.0.0.1", Some(certs))
+    }
+
     /// The same in network namespace `netns` (a test host), on `host`.
     pub fn start_on(netns: Option<&str>, host: &str) -> Option<Self> {
+        Self::start_with(netns, host, None)
+    }
+
+    fn start_with(
+        netns: Option<&str>,
+        host: &str,
+        certs: Option<&TestCertificates>,
+    ) -> Option<Self> {
         let Some(bin) = postgres_bin_dir() else {
             missing("PostgreSQL (initdb, postgres)");
             return None;
@@ -185,6 +234,7 @@ impl Postgres {
             host: host.to_owned(),
             port: free_port(),
             server: None,
+            tls: certs.is_some(),
         };
         let status = pg
             .command("initdb")
@@ -201,6 +251,22 @@ impl Postgres {
         let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
         rules.push_str("host all all 0.0.0.0/0 trust\n");
         std::fs::write(&hba, rules).expect("write pg_hba.conf");
+        if let Some(certs) = certs {
+            use std::os::unix::fs::PermissionsExt;
+            for (file, pem) in [
+                ("server.crt", &certs.server_cert),
+                ("server.key", &certs.server_key),
+            ] {
+                let path = pg.data().join(file);
+                std::fs::write(&path, pem).expect("write a certificate file");
+                // PostgreSQL refuses a key others may read.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                if let Some((uid, gid)) = pg.account {
+                    chown(&path, Some(uid), Some(gid)).expect("chown a certificate file");
+                }
+            }
+        }
         pg.resume();
         Some(pg)
     }
@@ -259,6 +325,10 @@ impl Postgres {
             // Tests do not outlive the machine: commits reach the kernel
             // (they survive the server's death), not the platter.
             .args(["-c", "fsync=off", "-c", "max_connections=200"]);
+        if self.tls {
+            // server.crt and server.key in the data directory.
+            cmd.args(["-c", "ssl=on"]);
+        }
         // The server logs on stderr; read it as the lines to wait on.
         // Its own process group, so that a crash takes the backends too.
         cmd.process_group(0);

@@ -338,7 +338,10 @@ fn strangers_filling_the_disk_get_an_allowance_and_contacts_get_through() {
         sends[sends.len() / 2]
     );
     assert_eq!(kept, waiting, "what was taken in is what is waiting");
-    assert!((100..=500).contains(&kept), "the allowance, no more: {kept}");
+    assert!(
+        (100..=500).contains(&kept),
+        "the allowance, no more: {kept}"
+    );
     assert_eq!(kept + refused, STRANGERS as u64 * EACH, "{other} otherwise");
     assert!(
         (grew as f64) < bound * (1 << 20) as f64,

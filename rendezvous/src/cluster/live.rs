@@ -121,6 +121,44 @@ impl LiveTable {
             .transpose()
     }
 
+    /// Of `names`, the ones claimed, each with where it is online now (on
+    /// a live node other than this one): one statement for them all, so
+    /// that watching many names costs one round trip, and a name nobody
+    /// claimed is left out (and costs no subscription).
+    pub async fn claimed_among(
+        &self,
+        names: &[ScreenName],
+    ) -> Result<Vec<(ScreenName, Option<Held>)>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let asked: Vec<&str> = names.iter().map(ScreenName::as_str).collect();
+        let rows = client
+            .query(
+                "SELECT c.name, l.node, l.entry FROM claims c \
+                 LEFT JOIN live l ON l.name = c.name AND l.node <> $2 AND l.expires_at > $3 \
+                 AND EXISTS (SELECT 1 FROM nodes n WHERE n.node = l.node \
+                             AND n.beat_at > now() - make_interval(secs => $4)) \
+                 WHERE c.name = ANY($1)",
+                &[&asked, &self.node, &ms(now_ms()), &grace_secs()],
+            )
+            .await
+            .map_err(pg_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let raw: String = row.try_get(0).map_err(pg_err)?;
+            let name = ScreenName::parse_normal(&raw).map_err(|e| corrupt(&raw, e))?;
+            let node: Option<String> = row.try_get(1).map_err(pg_err)?;
+            let held = match node {
+                Some(node) => Some(held_from(&raw, Ok(node), row.try_get(2))?),
+                None => None,
+            };
+            out.push((name, held));
+        }
+        Ok(out)
+    }
+
     /// The registrations of `owner` on live nodes other than this one.
     pub async fn lookup_owner(
         &self,

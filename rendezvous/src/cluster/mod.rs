@@ -5,8 +5,12 @@
 //! [`claims::PgStore`] (the database keeps every rule of a claim); each
 //! registration it holds is written to the [`live::LiveTable`] and
 //! published on the name's subject ([`presence`]); it subscribes to the
-//! subjects of the names its sessions watch, and asks the table for names
-//! it is asked to resolve. Nodes beat in the table; the users of a node
+//! subjects of the names its sessions watch that somebody claimed (a name
+//! nobody claimed costs nothing until it is claimed, which is announced),
+//! and asks the table for names it is asked to resolve. What watched names
+//! are (claimed, and online where) is read in one statement per batch,
+//! by a task of its own: never one by one, and never in the way of
+//! publishing the node's own changes. Nodes beat in the table; the users of a node
 //! that stops beating are offline everywhere within [`live::NODE_GRACE`]
 //! plus one beat.
 //!
@@ -18,6 +22,7 @@ pub mod live;
 pub mod postgres;
 pub mod presence;
 mod recent;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,9 +31,13 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use futures::StreamExt;
 use libp2p::PeerId;
+use messenger_proto::Identity;
 use messenger_proto::codec;
 use messenger_proto::name::ScreenName;
+use messenger_proto::signed::Signed;
 use messenger_proto::time::now_ms;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
@@ -50,6 +59,14 @@ const NATS_EVENT_BACKLOG: usize = 64;
 /// Presence notes received and not yet applied; past it, subscriptions
 /// wait (NATS then counts this node a slow consumer and says so).
 const NOTE_BACKLOG: usize = 4096;
+
+/// Names one node subscribes to at most: past it, a watched name's
+/// changes on other nodes are not pushed to this node's watchers (they
+/// still resolve it), and the node says so.
+pub const MAX_SUBSCRIPTIONS: usize = 65_536;
+
+/// Names read from the database in one statement at most.
+const LOOKUP_BATCH: usize = 1_000;
 
 /// Why the node cannot join its cluster.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +96,7 @@ struct Pending {
     live: HashMap<ScreenName, Option<SharedLive>>,
     interest: HashMap<ScreenName, bool>,
     released: HashSet<ScreenName>,
+    claimed: HashSet<ScreenName>,
 }
 
 impl Outbox {
@@ -143,6 +161,12 @@ impl Shared for Link {
             p.released.insert(name.clone());
         });
     }
+
+    fn claimed(&self, name: &ScreenName) {
+        self.outbox.queue(|p| {
+            p.claimed.insert(name.clone());
+        });
+    }
 }
 
 /// This node's membership of a cluster.
@@ -153,12 +177,28 @@ pub struct Cluster {
     nats: async_nats::Client,
     nats_events: mpsc::Receiver<async_nats::Event>,
     released: async_nats::Subscriber,
+    claimed: async_nats::Subscriber,
+    /// The cluster's certificate key: signs what this node publishes, and
+    /// checks what the others do.
+    signer: Identity,
+    /// How many names this node follows (for the metrics).
+    followed: Gauge,
+    /// What was ignored for want of the cluster's signature.
+    unsigned: Counter,
 }
 
 impl Cluster {
     /// Joins the cluster as `node`: the live table in `pool`'s database
-    /// (rows of this node's previous run are dropped) and NATS at `nats`.
-    pub async fn join(pool: Pool, node: NodeId, nats_url: &str) -> Result<Self, ClusterError> {
+    /// (rows of this node's previous run are dropped) and NATS at `nats`;
+    /// what it publishes there is signed by `signer`, the certificate key
+    /// every node of the cluster shares, and what it reads is checked
+    /// against it.
+    pub async fn join(
+        pool: Pool,
+        node: NodeId,
+        nats_url: &str,
+        signer: Identity,
+    ) -> Result<Self, ClusterError> {
         let table = LiveTable::new(pool, node.clone());
         postgres::timed("leaving the live table", table.leave()).await?;
         postgres::timed("beating", table.beat()).await?;
@@ -187,6 +227,10 @@ impl Cluster {
             .subscribe(presence::RELEASED)
             .await
             .map_err(|e| nats_err(e.to_string()))?;
+        let claimed = nats
+            .subscribe(presence::CLAIMED)
+            .await
+            .map_err(|e| nats_err(e.to_string()))?;
         info!(node = %node, "joined the cluster");
         Ok(Self {
             table,
@@ -194,7 +238,22 @@ impl Cluster {
             nats,
             nats_events,
             released,
+            claimed,
+            signer,
+            followed: Gauge::default(),
+            unsigned: Counter::default(),
         })
+    }
+
+    /// How many names the node follows across the cluster, as it changes.
+    pub fn followed(&self) -> Gauge {
+        self.followed.clone()
+    }
+
+    /// How many notes and announcements were ignored, not signed with the
+    /// cluster's certificate key.
+    pub fn unsigned(&self) -> Counter {
+        self.unsigned.clone()
     }
 
     /// What the registry uses to reach the cluster; look-ups block the
@@ -217,17 +276,30 @@ impl Cluster {
             nats,
             mut nats_events,
             mut released,
+            mut claimed,
+            signer,
+            followed,
+            unsigned,
         } = self;
+        let verifier = signer.verifying_key();
         let mut node = Member {
             table,
             nats,
             registry,
+            signer,
+            verifier,
             subscriptions: HashMap::new(),
             forwarders: JoinSet::new(),
+            lookups: JoinSet::new(),
             notes: mpsc::channel(NOTE_BACKLOG),
             out_of_step: false,
             dead: HashSet::new(),
             beating_since: None,
+            said: Said::default(),
+            followed,
+            unsigned,
+            notes_applied: 0,
+            last_note: HashMap::new(),
         };
         let mut beat = tokio::time::interval(BEAT_EVERY);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -237,6 +309,12 @@ impl Cluster {
                 () = outbox.notify.notified() => node.flush(outbox.take()).await,
                 Some(message) = node.notes.1.recv() => node.on_note(&message),
                 Some(message) = released.next() => node.on_released(&message),
+                Some(message) = claimed.next() => node.on_claimed(&message).await,
+                Some(done) = node.lookups.join_next(), if !node.lookups.is_empty() => {
+                    if let Ok(done) = done {
+                        node.on_looked_up(done).await;
+                    }
+                }
                 Some(event) = nats_events.recv() => node.on_nats_event(event).await,
                 _ = beat.tick() => node.beat().await,
                 Some(_) = node.forwarders.join_next(), if !node.forwarders.is_empty() => {}
@@ -250,18 +328,51 @@ impl Cluster {
             warn!("cannot remove this node's users from the live table: {e}");
         }
         node.forwarders.shutdown().await;
+        node.lookups.shutdown().await;
         info!("left the cluster");
     }
 }
+
+/// What a look-up task of the cluster's brings back.
+enum LookedUp {
+    /// Which of the names asked about are claimed: those are subscribed
+    /// to, then read again.
+    Claimed(Result<Vec<(ScreenName, Option<Held>)>, StoreError>),
+    /// Where names now subscribed to are online (`asked`: every name the
+    /// statement was about; one not in `found` is not claimed any more),
+    /// as read after note `since` was applied.
+    Refreshed {
+        asked: Vec<ScreenName>,
+        found: Result<Vec<(ScreenName, Option<Held>)>, StoreError>,
+        since: u64,
+    },
+}
+
+/// When the node last said something that could repeat without end.
+#[derive(Debug, Default)]
+struct Said {
+    full: Option<tokio::time::Instant>,
+    forged: Option<tokio::time::Instant>,
+    forged_since: u64,
+}
+
+/// How often such a thing is said at most.
+const SAY_EVERY: Duration = Duration::from_secs(10);
 
 /// The cluster task's state.
 struct Member {
     table: LiveTable,
     nats: async_nats::Client,
     registry: Arc<Registry>,
+    /// Signs what this node publishes.
+    signer: Identity,
+    /// Checks what the others publish: the shared certificate key.
+    verifier: ed25519_dalek::VerifyingKey,
     /// One forwarding task per watched name's subject.
     subscriptions: HashMap<ScreenName, AbortHandle>,
     forwarders: JoinSet<()>,
+    /// Batched reads of watched names, off the publishing path.
+    lookups: JoinSet<LookedUp>,
     notes: (
         mpsc::Sender<async_nats::Message>,
         mpsc::Receiver<async_nats::Message>,
@@ -275,17 +386,31 @@ struct Member {
     /// Until that is [`live::NODE_GRACE`] ago the others may not have
     /// beaten since the database came back, and are not judged.
     beating_since: Option<tokio::time::Instant>,
+    said: Said,
+    followed: Gauge,
+    unsigned: Counter,
+    /// Notes applied so far, and the count when each followed name's
+    /// last one was: a read that started before a name's last note is
+    /// older than what that note said, and is not applied to it.
+    notes_applied: u64,
+    last_note: HashMap<ScreenName, u64>,
 }
 
 impl Member {
     async fn flush(&mut self, pending: Pending) {
+        let mut wanted = Vec::new();
         for (name, watching) in pending.interest {
             if watching {
-                self.subscribe(name).await;
+                if !self.subscriptions.contains_key(&name) {
+                    wanted.push(name);
+                }
             } else if let Some(forwarder) = self.subscriptions.remove(&name) {
                 forwarder.abort();
+                self.last_note.remove(&name);
             }
         }
+        self.followed.set(self.subscriptions.len() as i64);
+        self.look_up_claims(wanted);
         let changes: Vec<(ScreenName, Option<SharedLive>)> = pending.live.into_iter().collect();
         for (name, live) in &changes {
             self.publish(name, live.clone()).await;
@@ -301,13 +426,27 @@ impl Member {
             }
             self.out_of_step = true;
         }
-        for name in pending.released {
-            if let Err(e) = self
-                .nats
-                .publish(presence::RELEASED, name.as_str().to_owned().into())
-                .await
-            {
-                warn!(%name, "cannot announce a released name: {e}");
+        for (subject, context, names) in [
+            (
+                presence::RELEASED,
+                presence::RELEASED_CONTEXT,
+                pending.released,
+            ),
+            (
+                presence::CLAIMED,
+                presence::CLAIMED_CONTEXT,
+                pending.claimed,
+            ),
+        ] {
+            for name in names {
+                let signed = Signed::sign(&self.signer, context, &name);
+                if let Err(e) = self
+                    .nats
+                    .publish(subject, codec::to_cbor(&signed).into())
+                    .await
+                {
+                    warn!(%name, subject, "cannot announce a name: {e}");
+                }
             }
         }
     }
@@ -318,51 +457,157 @@ impl Member {
             node: self.table.node().to_owned(),
             live,
         };
+        let signed = Signed::sign(&self.signer, presence::NOTE_CONTEXT, &note);
         if let Err(e) = self
             .nats
-            .publish(presence::subject(name), codec::to_cbor(&note).into())
+            .publish(presence::subject(name), codec::to_cbor(&signed).into())
             .await
         {
             warn!(%name, "cannot publish a presence change: {e}");
         }
     }
 
-    /// Starts hearing of `name`, then reads where it is now.
-    async fn subscribe(&mut self, name: ScreenName) {
-        if self.subscriptions.contains_key(&name) {
-            return;
-        }
-        match self.nats.subscribe(presence::subject(&name)).await {
-            Ok(mut subscriber) => {
-                let notes = self.notes.0.clone();
-                let forwarder = self.forwarders.spawn(async move {
-                    while let Some(message) = subscriber.next().await {
-                        if notes.send(message).await.is_err() {
-                            break;
-                        }
+    /// What a look-up task found.
+    async fn on_looked_up(&mut self, done: LookedUp) {
+        match done {
+            LookedUp::Claimed(Ok(claimed)) => {
+                let mut subscribed = Vec::new();
+                for (name, _) in claimed {
+                    // Still watched, and not subscribed since.
+                    if self.registry.is_watched(&name) && self.subscribe(&name).await {
+                        subscribed.push(name);
                     }
-                });
-                self.subscriptions.insert(name.clone(), forwarder);
+                }
+                self.refresh(subscribed);
             }
-            Err(e) => warn!(%name, "cannot subscribe to presence changes: {e}"),
+            LookedUp::Refreshed {
+                asked,
+                found: Ok(found),
+                since,
+            } => {
+                let now = now_ms();
+                let mut found: HashMap<ScreenName, Option<Held>> = found.into_iter().collect();
+                for name in asked {
+                    let held = found.remove(&name).flatten();
+                    if self.last_note.get(&name).is_some_and(|at| *at > since) {
+                        continue;
+                    }
+                    self.registry.remote_refreshed(&name, held, now);
+                }
+            }
+            LookedUp::Claimed(Err(e)) | LookedUp::Refreshed { found: Err(e), .. } => {
+                warn!("cannot read watched names from the database: {e}");
+            }
         }
-        self.refresh(&name).await;
     }
 
-    async fn refresh(&self, name: &ScreenName) {
-        match postgres::timed("looking a watched name up", self.table.lookup(name)).await {
-            Ok(held) => self.registry.remote_refreshed(name, held, now_ms()),
-            Err(e) => warn!(%name, "cannot read where a watched name is online: {e}"),
+    /// Reads, in batches apart, which of `names` anybody claimed (those
+    /// are then followed).
+    fn look_up_claims(&mut self, names: Vec<ScreenName>) {
+        for batch in names.chunks(LOOKUP_BATCH) {
+            let (table, names) = (self.table.clone(), batch.to_vec());
+            self.lookups.spawn(async move {
+                LookedUp::Claimed(
+                    postgres::timed("looking watched names up", table.claimed_among(&names)).await,
+                )
+            });
         }
     }
 
-    fn on_note(&self, message: &async_nats::Message) {
-        let note: Note = match codec::from_cbor(&message.payload) {
-            Ok(note) => note,
+    /// Reads again, in batches apart, where `names` are online.
+    fn refresh(&mut self, names: Vec<ScreenName>) {
+        let since = self.notes_applied;
+        for batch in names.chunks(LOOKUP_BATCH) {
+            let (table, asked) = (self.table.clone(), batch.to_vec());
+            self.lookups.spawn(async move {
+                let found =
+                    postgres::timed("reading watched names", table.claimed_among(&asked)).await;
+                LookedUp::Refreshed {
+                    asked,
+                    found,
+                    since,
+                }
+            });
+        }
+    }
+
+    /// Starts hearing of `name` (claimed, and watched here). False when it
+    /// was heard of already, or cannot be.
+    async fn subscribe(&mut self, name: &ScreenName) -> bool {
+        if self.subscriptions.contains_key(name) {
+            return false;
+        }
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            if self.said.full.is_none_or(|at| at.elapsed() >= SAY_EVERY) {
+                warn!(
+                    limit = MAX_SUBSCRIPTIONS,
+                    "this node's sessions watch more names than it follows across the cluster; \
+                     changes of the others on other nodes are not pushed here"
+                );
+                self.said.full = Some(tokio::time::Instant::now());
+            }
+            return false;
+        }
+        // Subscribing only hands a line to the connection's task: it is
+        // in place before the names are read again.
+        let mut subscriber = match self.nats.subscribe(presence::subject(name)).await {
+            Ok(subscriber) => subscriber,
             Err(e) => {
-                warn!(subject = %message.subject, "a presence note does not decode; ignored: {e}");
-                return;
+                warn!(%name, "cannot subscribe to presence changes: {e}");
+                return false;
             }
+        };
+        let notes = self.notes.0.clone();
+        let forwarder = self.forwarders.spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                if notes.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        self.subscriptions.insert(name.clone(), forwarder);
+        self.followed.set(self.subscriptions.len() as i64);
+        true
+    }
+
+    /// What another node signed with the cluster's key, or `None` (said,
+    /// at most every few seconds: anyone who can publish on the NATS
+    /// server may send these).
+    fn opened<T: serde::de::DeserializeOwned>(
+        &mut self,
+        message: &async_nats::Message,
+        context: &[u8],
+    ) -> Option<T> {
+        let opened = codec::from_cbor::<Signed>(&message.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|signed| {
+                signed
+                    .open::<T>(context, &self.verifier)
+                    .map_err(|e| e.to_string())
+            });
+        match opened {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.unsigned.inc();
+                self.said.forged_since += 1;
+                if self.said.forged.is_none_or(|at| at.elapsed() >= SAY_EVERY) {
+                    warn!(
+                        subject = %message.subject,
+                        ignored = self.said.forged_since,
+                        "ignoring what was published on NATS without the cluster's certificate key's \
+                         signature (do the nodes share --certificate-key?): {e}"
+                    );
+                    self.said.forged = Some(tokio::time::Instant::now());
+                    self.said.forged_since = 0;
+                }
+                None
+            }
+        }
+    }
+
+    fn on_note(&mut self, message: &async_nats::Message) {
+        let Some(note) = self.opened::<Note>(message, presence::NOTE_CONTEXT) else {
+            return;
         };
         if note.node == self.table.node() {
             return;
@@ -371,14 +616,28 @@ impl Member {
             warn!(name = %note.name, subject = %message.subject, "a presence note on another name's subject; ignored");
             return;
         }
+        self.notes_applied += 1;
+        if self.subscriptions.contains_key(&note.name) {
+            self.last_note.insert(note.name.clone(), self.notes_applied);
+        }
         self.registry
             .remote_changed(&note.name, &note.node, note.live, now_ms());
     }
 
-    fn on_released(&self, message: &async_nats::Message) {
-        match std::str::from_utf8(&message.payload).map(ScreenName::parse) {
-            Ok(Ok(name)) => self.registry.claim_released(&name),
-            _ => warn!("an announced release does not name a screen name; ignored"),
+    fn on_released(&mut self, message: &async_nats::Message) {
+        if let Some(name) = self.opened::<ScreenName>(message, presence::RELEASED_CONTEXT) {
+            self.registry.claim_released(&name);
+        }
+    }
+
+    /// A name was claimed on another node: watched here, it is heard of
+    /// from now on.
+    async fn on_claimed(&mut self, message: &async_nats::Message) {
+        if let Some(name) = self.opened::<ScreenName>(message, presence::CLAIMED_CONTEXT)
+            && self.registry.is_watched(&name)
+            && self.subscribe(&name).await
+        {
+            self.refresh(vec![name]);
         }
     }
 
@@ -390,9 +649,14 @@ impl Member {
                 for (name, live) in self.registry.held_here() {
                     self.publish(&name, Some(live)).await;
                 }
-                for name in self.registry.watched_names() {
-                    self.refresh(&name).await;
-                }
+                let (followed, unfollowed): (Vec<ScreenName>, Vec<ScreenName>) = self
+                    .registry
+                    .watched_names()
+                    .into_iter()
+                    .partition(|name| self.subscriptions.contains_key(name));
+                self.refresh(followed);
+                // Claims announced meanwhile were missed: asked again.
+                self.look_up_claims(unfollowed);
             }
             async_nats::Event::Disconnected => {
                 warn!("lost NATS: presence changes on other nodes wait until it is back");

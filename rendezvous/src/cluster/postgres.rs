@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::info;
 
 use crate::store::StoreError;
@@ -30,19 +31,23 @@ mod embedded {
 
 /// A pool of connections to the cluster's database, its schema migrated.
 pub async fn connect(url: &str) -> Result<Pool, StoreError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+    let url = super::tls::parse(url)?;
+    let mut config = tokio_postgres::Config::from_str(&url.url).map_err(|e| {
         StoreError::Unavailable(format!(
             "{e}: the store must be a PostgreSQL URL, e.g. postgres://user:password@host:5432/db"
         ))
     })?;
     config.connect_timeout(CONNECT_TIMEOUT);
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match super::tls::client_config(&url)? {
+        Some(tls) => {
+            info!(mode = ?url.mode, "PostgreSQL over TLS");
+            Manager::from_config(config, MakeRustlsConnect::new(tls), manager_config)
+        }
+        None => Manager::from_config(config, NoTls, manager_config),
+    };
     let pool = Pool::builder(manager)
         .max_size(POOL_SIZE)
         .runtime(Runtime::Tokio1)

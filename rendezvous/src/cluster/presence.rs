@@ -2,8 +2,15 @@
 //!
 //! A node publishes every change of a registration it holds on the name's
 //! subject, and subscribes only to the subjects of names its own sessions
-//! watch. Subjects carry a hash of the name, not the name: what travels is
-//! what watchers are shown anyway, and the subject space says nothing.
+//! watch and somebody claimed. Subjects carry a hash of the name, not the
+//! name: what travels is what watchers are shown anyway, and the subject
+//! space says nothing.
+//!
+//! Every note and announcement is signed with the cluster's certificate
+//! key (which the nodes share: `--certificate-key`) and checked on
+//! receipt, so that whoever can publish on the NATS server, but holds no
+//! node's key, cannot mark users offline, move them, or forge a claim or
+//! a release.
 
 use messenger_proto::name::ScreenName;
 use serde::{Deserialize, Serialize};
@@ -12,6 +19,17 @@ use crate::shared::{NodeId, SharedLive};
 
 /// Where releases of names are announced (every node listens).
 pub const RELEASED: &str = "messenger.directory.released";
+
+/// Where new claims are announced (every node listens).
+pub const CLAIMED: &str = "messenger.directory.claimed";
+
+/// Signature contexts: a presence note, and announcements of a name
+/// released or claimed.
+pub const NOTE_CONTEXT: &[u8] = b"messenger/cluster-note/v1\0";
+/// See [`NOTE_CONTEXT`].
+pub const RELEASED_CONTEXT: &[u8] = b"messenger/cluster-released/v1\0";
+/// See [`NOTE_CONTEXT`].
+pub const CLAIMED_CONTEXT: &[u8] = b"messenger/cluster-claimed/v1\0";
 
 /// The subject of `name`'s presence changes.
 pub fn subject(name: &ScreenName) -> String {
