@@ -188,21 +188,7 @@ impl Core {
                 ),
             ));
         }
-        let still_to_come = |t: &Transfer, dir: &std::path::Path| {
-            let had = std::fs::metadata(crate::store::partial_path(dir, &t.id))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            t.offer.size.saturating_sub(had)
-        };
-        let needed = still_to_come(transfer, dir);
-        // Counted whatever disk they go to: erring on the side of room.
-        let running: u64 = transfers
-            .iter()
-            .filter(|t| {
-                t.id != id && t.direction == Direction::In && t.state == TransferState::Accepted
-            })
-            .map(|t| still_to_come(t, t.dir.as_deref().unwrap_or(dir)))
-            .sum();
+        let (needed, running) = bytes_to_come(&transfers, transfer, dir);
         if let Some(room) = room_on(dir)
             && needed.saturating_add(running) > room
         {
@@ -420,6 +406,28 @@ impl Core {
     }
 }
 
+/// What accepting `transfer` into `dir` needs of the disk: its bytes not
+/// here yet, and those the other transfers being fetched still need
+/// (counted whatever disk they go to: erring on the side of room).
+fn bytes_to_come(transfers: &[Transfer], transfer: &Transfer, dir: &std::path::Path) -> (u64, u64) {
+    let still_to_come = |t: &Transfer, dir: &std::path::Path| {
+        let had = std::fs::metadata(crate::store::partial_path(dir, &t.id))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        t.offer.size.saturating_sub(had)
+    };
+    let running = transfers
+        .iter()
+        .filter(|t| {
+            t.id != transfer.id
+                && t.direction == Direction::In
+                && t.state == TransferState::Accepted
+        })
+        .map(|t| still_to_come(t, t.dir.as_deref().unwrap_or(dir)))
+        .sum();
+    (still_to_come(transfer, dir), running)
+}
+
 /// Bytes free for us on the disk holding `dir` (or its nearest existing
 /// parent); `None` if it cannot be told.
 fn room_on(dir: &std::path::Path) -> Option<u64> {
@@ -447,4 +455,52 @@ fn view(transfer: Transfer) -> TransferView {
         (_, Direction::Out) => 0,
     };
     TransferView { transfer, received }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messenger_proto::file::{ContentHash, FileOffer};
+
+    fn transfer(size: u64, state: TransferState, dir: Option<&std::path::Path>) -> Transfer {
+        Transfer {
+            id: MessageId::random(),
+            direction: Direction::In,
+            peer: ScreenName::parse("alice").unwrap(),
+            offer: FileOffer {
+                name: "a.bin".into(),
+                size,
+                hash: ContentHash([0; 32]),
+            },
+            state,
+            path: None,
+            dir: dir.map(std::path::Path::to_owned),
+            modified: None,
+            error: None,
+            peer_id: None,
+            updated_at: 1,
+            completed_at: None,
+            started_at: None,
+        }
+    }
+
+    #[test]
+    fn a_file_accepted_counts_what_the_transfers_running_still_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = transfer(1_000, TransferState::Accepted, Some(dir.path()));
+        // 400 of its 1,000 bytes are here already.
+        std::fs::write(
+            crate::store::partial_path(dir.path(), &running.id),
+            [0u8; 400],
+        )
+        .unwrap();
+        let done = transfer(5_000, TransferState::Completed, Some(dir.path()));
+        let asked = transfer(300, TransferState::Offered, None);
+        let all = [running, done, asked.clone()];
+        assert_eq!(
+            bytes_to_come(&all, &asked, dir.path()),
+            (300, 600),
+            "its own 300 bytes, and the 600 still to come of the one running"
+        );
+    }
 }
