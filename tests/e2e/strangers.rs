@@ -89,21 +89,28 @@ fn a_stranger_writing_under_other_names_spends_its_own_budget_not_the_users() {
     let node_addr: Multiaddr = node.addr.parse().unwrap();
 
     // Bob goes on with his day while the stranger writes: renewals,
-    // look-ups and sends to a contact, each of which must succeed.
+    // look-ups and sends to a contact, each of which must succeed; a
+    // round of the three, timed, before the stranger starts and during.
+    let round = |bob: &User, i: usize| {
+        let started = Instant::now();
+        bob.ok(&["register", "bob"]);
+        bob.ok(&["whois", "alice"]);
+        bob.ok(&["send", "alice", &format!("still here {i}")]);
+        started.elapsed()
+    };
+    let mut idle: Vec<Duration> = (0..5).map(|i| round(&bob, i)).collect();
+    idle.sort();
     let attacking = Arc::new(AtomicBool::new(true));
     let user = {
         let attacking = attacking.clone();
         std::thread::spawn(move || {
-            let mut rounds = 0;
-            while attacking.load(Ordering::Relaxed) || rounds < 3 {
-                bob.ok(&["register", "bob"]);
-                bob.ok(&["whois", "alice"]);
-                bob.ok(&["send", "alice", &format!("still here {rounds}")]);
-                rounds += 1;
+            let mut took = Vec::new();
+            while attacking.load(Ordering::Relaxed) || took.len() < 3 {
+                took.push(round(&bob, took.len()));
                 // A busy user, well within his own budget at the node.
                 std::thread::sleep(Duration::from_millis(250));
             }
-            (bob, rounds)
+            took
         })
     };
 
@@ -155,9 +162,10 @@ fn a_stranger_writing_under_other_names_spends_its_own_budget_not_the_users() {
     });
     let took = started.elapsed();
     attacking.store(false, Ordering::Relaxed);
-    let (_bob, rounds) = user
+    let mut rounds = user
         .join()
         .expect("every one of bob's own requests succeeded");
+    rounds.sort();
 
     let scraped = scrape(&metrics);
     let requests = "rendezvous_directory_requests_total";
@@ -168,10 +176,13 @@ fn a_stranger_writing_under_other_names_spends_its_own_budget_not_the_users() {
     let bound = 20.0 + 5.0 * took.as_secs_f64() + 5.0;
     eprintln!(
         "STRANGER RESULT: {MESSAGES} messages under made-up and others' names in {took:?} \
-         ({:?}); bob's own rounds (renew, whois, send) meanwhile: {rounds}, all succeeded; the \
-         node answered {sender_checks} sender checks for bob (bound {bound:.0}), {lookups} resolves \
-         of everyone's own, {own_limited} rate-limited",
-        answers
+         ({:?}); bob's own rounds (renew, whois, send) meanwhile: {}, all succeeded, median {:?} \
+         against {:?} before; the node answered {sender_checks} sender checks for bob (bound \
+         {bound:.0}), {lookups} resolves of everyone's own, {own_limited} rate-limited",
+        answers,
+        rounds.len(),
+        rounds[rounds.len() / 2],
+        idle[idle.len() / 2]
     );
     assert!(
         sender_checks <= bound,
@@ -245,6 +256,14 @@ fn strangers_filling_the_disk_get_an_allowance_and_contacts_get_through() {
     let node_addr: Multiaddr = node.addr.parse().unwrap();
 
     // Alice, a contact, writes all along; each of hers must arrive.
+    let mut idle: Vec<Duration> = (0..5)
+        .map(|i| {
+            let started = Instant::now();
+            alice.ok(&["send", "bob", &format!("before {i}")]);
+            started.elapsed()
+        })
+        .collect();
+    idle.sort();
     let flooding = Arc::new(AtomicBool::new(true));
     let contact = {
         let flooding = flooding.clone();
@@ -331,11 +350,12 @@ fn strangers_filling_the_disk_get_an_allowance_and_contacts_get_through() {
         "REQUESTS RESULT: {STRANGERS} strangers x {EACH} messages of 64 KiB in {took:?}: {kept} \
          taken in, {refused} refused as requests_full, {other} otherwise; {waiting} waiting from \
          {} senders; bob's store grew {:.1} MiB (bound {bound} MiB); alice's {} sends all \
-         delivered, median {:?}",
+         delivered, median {:?} against {:?} before",
         listed.len(),
         grew as f64 / (1 << 20) as f64,
         sends.len(),
-        sends[sends.len() / 2]
+        sends[sends.len() / 2],
+        idle[idle.len() / 2]
     );
     assert_eq!(kept, waiting, "what was taken in is what is waiting");
     assert!(
