@@ -25,6 +25,7 @@ use messenger_proto::Identity;
 use messenger_proto::accept;
 use messenger_proto::gate::{GateLimits, Gated, HandshakeGate};
 use messenger_proto::liveness::{Liveness, transport_keeps_watch};
+use messenger_proto::quic::{QuicConfig, QuicTransport};
 use messenger_proto::record::without_peer_suffix;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -66,7 +67,7 @@ pub enum NetworkError {
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
     /// How often connections are pinged (TCP and relayed ones: over QUIC
-    /// the transport's keep-alives and idle time-out, libp2p-quic's 5 and
+    /// the transport's keep-alives and idle time-out, 5 and
     /// 10 s, do that job).
     pub ping_interval: Duration,
     /// A ping unanswered this long closes the connection. Generous: a busy
@@ -171,6 +172,11 @@ const MAX_PENDING_PER_SOURCE: usize = 8;
 /// Time for a handshake, inbound or out: shorter than the node's (10 s),
 /// since a client takes few connections and a stalled one holds a place.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A direct QUIC connection silent this long is gone; one quiet this long
+/// sends a keep-alive (the transport keeps watch: see `liveness`).
+const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(5);
 const MAX_STREAMS_PER_CONNECTION: usize = 64;
 
 /// A yamux configuration bounding the streams a peer may open.
@@ -425,11 +431,23 @@ impl Network {
                     let tcp = TransportTimeout::with_ingoing_timeout(tcp, HANDSHAKE_TIMEOUT);
                     let tcp = Gated::new(tcp, gate.clone())
                         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-                    let mut quic = libp2p::quic::Config::new(key);
-                    quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
-                    quic.handshake_timeout = HANDSHAKE_TIMEOUT;
-                    let quic = Gated::new(libp2p::quic::tokio::Transport::new(quic), gate)
-                        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+                    // The gate decides on every Initial before any TLS work:
+                    // under load an unproven sender must answer a Retry.
+                    let quic = QuicTransport::new(
+                        key,
+                        QuicConfig {
+                            handshake_timeout: HANDSHAKE_TIMEOUT,
+                            // What libp2p-quic did: silent for 10 s is gone,
+                            // and a keep-alive after 5 s of quiet keeps an
+                            // idle connection (the node sends none).
+                            idle_timeout: QUIC_IDLE_TIMEOUT,
+                            max_streams: MAX_STREAMS_PER_CONNECTION as u32,
+                            keep_alive: Some(QUIC_KEEP_ALIVE),
+                            reset_label: b"messenger client: QUIC stateless reset",
+                        },
+                        gate,
+                    )?
+                    .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
                     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                         tcp.or_transport(quic).map(|either, _| either.into_inner()),
                     )

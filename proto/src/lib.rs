@@ -24,6 +24,8 @@
 //! - [`liveness`]: which connections went silent (on top of libp2p's ping).
 //! - [`gate`]: what connections cost before they are authenticated; the
 //!   node and the client put their listeners behind it.
+//! - `quic` (feature `quic`): libp2p over quinn, the gate deciding on every
+//!   Initial before any TLS work (a stateless Retry under load).
 //!
 //! `docs/protocol.md` in the repository describes the bytes on the wire.
 
@@ -40,6 +42,8 @@ pub mod liveness;
 pub mod metrics;
 pub mod name;
 pub mod presence;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod rate;
 pub mod record;
 pub mod signed;

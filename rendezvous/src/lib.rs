@@ -22,7 +22,6 @@ pub mod certify;
 pub mod cluster;
 pub mod limits;
 pub mod metrics;
-pub mod quic;
 pub mod registry;
 pub mod server;
 pub mod shared;

@@ -38,10 +38,10 @@ use crate::cluster::claims::PgStore;
 use crate::cluster::{Cluster, ClusterError};
 use crate::limits::{self, Limits, PeerBudget, RequestLimiter};
 use crate::metrics::{CounterSnapshot, NodeMetrics};
-use crate::quic::{QuicConfig, QuicTransport};
 use crate::registry::{Registry, SessionId, Signer};
 use crate::store::{ClaimStore, RedbStore, StoreError};
 use messenger_proto::gate::{GateLimits, Gated, HandshakeGate};
+use messenger_proto::quic::{QuicConfig, QuicTransport};
 
 /// How long a finished session may take to flush its last frames.
 const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -511,9 +511,11 @@ fn build_swarm(
                     // keep-alives: under QUIC's idle rule a keep-alive of
                     // its own would restart that count (silence noticed
                     // only after keep-alive + time-out), and clients send
-                    // theirs (libp2p-quic's: every 5 s).
+                    // theirs (after 5 s of quiet).
                     idle_timeout: config.ping_interval + config.ping_timeout,
                     max_streams: limits.max_streams_per_connection,
+                    keep_alive: None,
+                    reset_label: b"messenger rendezvous: QUIC stateless reset",
                 },
                 gate,
             )?

@@ -1,9 +1,9 @@
-//! The node's QUIC transport: libp2p over quinn, with a say over every
-//! new connection before it costs anything.
+//! QUIC for the node and the clients: libp2p over quinn, with a say over
+//! every new connection before it costs anything.
 //!
 //! libp2p-quic accepts every Initial packet it receives, so a burst of
-//! Initials from fresh source ports makes the node run a TLS handshake and
-//! keep connection state for each. This transport looks at quinn's
+//! Initials from fresh source ports makes the listener run a TLS handshake
+//! and keep connection state for each. This transport looks at quinn's
 //! [`quinn::Incoming`] first, with the same [`HandshakeGate`] as TCP:
 //!
 //! - below the gate's bounds, the connection is accepted;
@@ -25,25 +25,35 @@
 //! from a node that turned it away (from 2 s, doubling), and still 32-45 s
 //! with a schedule of its own for a busy gate (from 1 s, at most 8 s).
 //!
-//! The node never hole-punches, so dialling is plain (for AutoNAT
-//! dial-backs, from the listening port when there is one).
+//! Dials leave from the listening port when there is one (a NAT then maps
+//! one port for both ways, and the node's AutoNAT dial-backs come from the
+//! address clients know). A client behind NAT takes part in hole punching
+//! (libp2p's DCUtR) as libp2p-quic does: dialled "as the listener", it
+//! sends random datagrams to the other side from its listening socket
+//! until that side's connection arrives there, and hands that connection
+//! to the dial (it passes no gate: it was asked for).
 
-use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures::channel::oneshot;
 use futures::future::BoxFuture;
 use futures::{AsyncRead, AsyncWrite, FutureExt};
+use libp2p::core::Endpoint;
 use libp2p::core::muxing::{StreamMuxer, StreamMuxerEvent};
-use libp2p::core::transport::{DialOpts, ListenerId, Transport, TransportError, TransportEvent};
+use libp2p::core::transport::{
+    DialOpts, ListenerId, PortUse, Transport, TransportError, TransportEvent,
+};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use tracing::debug;
 
-use messenger_proto::gate::{Admission, HandshakeGate, Source, Ticket};
+use crate::gate::{Admission, HandshakeGate, Source, Ticket};
 
 /// What the transport needs to know.
 #[derive(Debug, Clone)]
@@ -57,6 +67,12 @@ pub struct QuicConfig {
     pub idle_timeout: Duration,
     /// Streams a peer may have open at once on one connection.
     pub max_streams: u32,
+    /// Sends a keep-alive after this long without sending (a client's, so
+    /// that its idle connections stay open; the node sends none).
+    pub keep_alive: Option<Duration>,
+    /// What the stateless-reset key is derived from the identity with
+    /// (one purpose, one label).
+    pub reset_label: &'static [u8],
 }
 
 /// Why a QUIC connection failed.
@@ -83,7 +99,16 @@ pub enum QuicError {
     /// The TLS configuration could not be made.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// Hole punching needs a listening socket of the other side's family.
+    #[error("no QUIC listener to punch a hole from to {0}")]
+    NoListenerToPunchFrom(SocketAddr),
+    /// A hole punch to that address is going on already.
+    #[error("already punching a hole to {0}")]
+    HolePunchInProgress(SocketAddr),
 }
+
+/// A dial under way: the peer and its connection, once established.
+pub type QuicDial = BoxFuture<'static, Result<(PeerId, QuicMuxer), QuicError>>;
 
 /// The transport: one quinn endpoint per listen address.
 pub struct QuicTransport {
@@ -97,6 +122,9 @@ pub struct QuicTransport {
     listeners: Vec<Listener>,
     /// An endpoint for dialling when no listener fits.
     dialer: Option<quinn::Endpoint>,
+    /// Hole punches waiting for the other side's connection, by its
+    /// address.
+    hole_punches: HashMap<SocketAddr, oneshot::Sender<QuicUpgrade>>,
     waker: Option<Waker>,
 }
 
@@ -197,7 +225,7 @@ impl QuicTransport {
             .max_concurrent_uni_streams(0u32.into())
             .max_concurrent_bidi_streams(config.max_streams.into())
             .datagram_receive_buffer_size(None)
-            .keep_alive_interval(None)
+            .keep_alive_interval(config.keep_alive)
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| tls_err(&e))?,
             ))
@@ -224,8 +252,8 @@ impl QuicTransport {
         let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
         client.transport_config(transport);
         let reset_key = keypair
-            .derive_secret(b"messenger rendezvous: QUIC stateless reset")
-            .ok_or_else(|| QuicError::Tls("the node's key cannot derive secrets".into()))?;
+            .derive_secret(config.reset_label)
+            .ok_or_else(|| QuicError::Tls("the key cannot derive secrets".into()))?;
         Ok(Self {
             config,
             reset_key: Arc::new(ResetKey(reset_key)),
@@ -234,6 +262,7 @@ impl QuicTransport {
             gate,
             listeners: Vec::new(),
             dialer: None,
+            hole_punches: HashMap::new(),
             waker: None,
         })
     }
@@ -319,6 +348,8 @@ fn establish(connection: quinn::Connection) -> Result<(PeerId, QuicMuxer), QuicE
 struct Listener {
     id: ListenerId,
     endpoint: quinn::Endpoint,
+    /// The listening socket, for hole punching.
+    punch_from: UdpSocket,
     local: SocketAddr,
     accept: BoxFuture<'static, Option<quinn::Incoming>>,
     /// Events to hand out before accepting more.
@@ -337,7 +368,7 @@ impl Transport for QuicTransport {
     type Output = (PeerId, QuicMuxer);
     type Error = QuicError;
     type ListenerUpgrade = QuicUpgrade;
-    type Dial = BoxFuture<'static, Result<Self::Output, Self::Error>>;
+    type Dial = QuicDial;
 
     fn listen_on(
         &mut self,
@@ -351,6 +382,10 @@ impl Transport for QuicTransport {
         widen_buffers(&socket);
         let local = socket
             .local_addr()
+            .map_err(|e| TransportError::Other(e.into()))?;
+        // Kept for hole punching: datagrams from the listening port.
+        let punch_from = socket
+            .try_clone()
             .map_err(|e| TransportError::Other(e.into()))?;
         let endpoint = self.endpoint(socket, true).map_err(TransportError::Other)?;
         let mut queued = VecDeque::new();
@@ -370,6 +405,7 @@ impl Transport for QuicTransport {
             id,
             accept: accept_next(&endpoint),
             endpoint,
+            punch_from,
             local,
             queued,
             interfaces,
@@ -400,21 +436,27 @@ impl Transport for QuicTransport {
     fn dial(
         &mut self,
         addr: Multiaddr,
-        _opts: DialOpts,
+        opts: DialOpts,
     ) -> Result<Self::Dial, TransportError<Self::Error>> {
         let Some(remote) = socket_addr(&addr) else {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
+        if opts.role == Endpoint::Listener && opts.port_use == PortUse::New {
+            return self.punch(remote).map_err(TransportError::Other);
+        }
         // From a listening port of the same family, so that the dialled
-        // peer sees the node's usual address.
-        let endpoint = match self
+        // peer sees the usual address (a new port if asked).
+        let listening = self
             .listeners
             .iter()
             .find(|l| !l.closed && l.local.is_ipv4() == remote.is_ipv4())
-        {
+            .filter(|_| opts.port_use == PortUse::Reuse);
+        let endpoint = match listening {
             Some(listener) => listener.endpoint.clone(),
             None => match &self.dialer {
-                Some(dialer) if remote.is_ipv4() => dialer.clone(),
+                Some(dialer) if remote.is_ipv4() && opts.port_use == PortUse::Reuse => {
+                    dialer.clone()
+                }
                 _ => {
                     let any: SocketAddr = if remote.is_ipv4() {
                         ([0, 0, 0, 0], 0).into()
@@ -426,7 +468,7 @@ impl Transport for QuicTransport {
                     let endpoint = self
                         .endpoint(socket, false)
                         .map_err(TransportError::Other)?;
-                    if remote.is_ipv4() {
+                    if remote.is_ipv4() && opts.port_use == PortUse::Reuse {
                         self.dialer = Some(endpoint.clone());
                     }
                     endpoint
@@ -461,6 +503,59 @@ impl Transport for QuicTransport {
 }
 
 impl QuicTransport {
+    /// Hole punching, dialled "as the listener": random datagrams to
+    /// `remote` from the listening socket until its connection arrives
+    /// there (or the handshake time runs out).
+    fn punch(
+        &mut self,
+        remote: SocketAddr,
+    ) -> Result<QuicDial, QuicError> {
+        let socket = self
+            .listeners
+            .iter()
+            .find(|l| !l.closed && l.local.is_ipv4() == remote.is_ipv4())
+            .ok_or(QuicError::NoListenerToPunchFrom(remote))?
+            .punch_from
+            .try_clone()?;
+        let (sender, arrived) = oneshot::channel();
+        match self.hole_punches.entry(remote) {
+            // One that failed earlier leaves its sender behind.
+            Entry::Occupied(entry) if !entry.get().is_canceled() => {
+                return Err(QuicError::HolePunchInProgress(remote));
+            }
+            Entry::Occupied(mut entry) => {
+                entry.insert(sender);
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(sender);
+            }
+        }
+        let timeout = self.config.handshake_timeout;
+        debug!(%remote, "punching a hole");
+        Ok(async move {
+            let socket = tokio::net::UdpSocket::from_std(socket)?;
+            let punching = async {
+                loop {
+                    let mut noise = [0u8; 64];
+                    let _ = getrandom::fill(&mut noise);
+                    // Lost or refused datagrams are what hole punching is.
+                    let _ = socket.send_to(&noise, remote).await;
+                    let pause = 10 + u64::from(noise[0]) * 190 / 255;
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            };
+            tokio::select! {
+                arrived = arrived => match arrived {
+                    Ok(upgrade) => upgrade.await,
+                    Err(_) => Err(QuicError::HandshakeTimedOut),
+                },
+                () = punching => Err(QuicError::HandshakeTimedOut),
+                () = tokio::time::sleep(timeout) => Err(QuicError::HandshakeTimedOut),
+            }
+        }
+        .boxed())
+    }
+
     fn poll_listener(
         &mut self,
         index: usize,
@@ -521,6 +616,19 @@ impl QuicTransport {
             listener.accept = accept_next(&listener.endpoint);
             let (id, local) = (listener.id, listener.local);
             let remote = incoming.remote_address();
+            // The connection a hole punch waits for: asked for, so no gate.
+            if let Some(waiting) = self.hole_punches.remove(&remote)
+                && !waiting.is_canceled()
+            {
+                match incoming.accept() {
+                    Ok(connecting) => {
+                        debug!(%remote, "the connection a hole punch waited for");
+                        let _ = waiting.send(self.handshake(connecting, None));
+                    }
+                    Err(e) => debug!(%remote, "a hole-punched connection failed at once: {e}"),
+                }
+                continue;
+            }
             let Some(source) = Source::of(&multiaddr(remote)) else {
                 incoming.ignore();
                 continue;
@@ -711,6 +819,144 @@ impl AsyncWrite for QuicStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gate::GateLimits;
+    use futures::StreamExt;
+
+    fn transport(gate: Arc<HandshakeGate>) -> (PeerId, QuicTransport) {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let config = QuicConfig {
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            max_streams: 8,
+            keep_alive: Some(Duration::from_secs(5)),
+            reset_label: b"test",
+        };
+        (
+            key.public().to_peer_id(),
+            QuicTransport::new(&key, config, gate).unwrap(),
+        )
+    }
+
+    fn roomy() -> Arc<HandshakeGate> {
+        HandshakeGate::new(GateLimits {
+            per_source: 8,
+            total: 64,
+            stale_after: Duration::from_secs(5),
+        })
+    }
+
+    /// Listens on loopback; the address it got.
+    async fn listening(t: &mut QuicTransport) -> Multiaddr {
+        t.listen_on(
+            ListenerId::next(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        )
+        .unwrap();
+        loop {
+            let event = futures::future::poll_fn(|cx| Pin::new(&mut *t).poll(cx)).await;
+            if let TransportEvent::NewAddress { listen_addr, .. } = event {
+                return listen_addr;
+            }
+        }
+    }
+
+    /// Drives `t`'s listeners, handing over every connection they get.
+    fn serve(mut t: QuicTransport) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut upgrades = futures::stream::FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    event = futures::future::poll_fn(|cx| Pin::new(&mut t).poll(cx)) => {
+                        if let TransportEvent::Incoming { upgrade, .. } = event {
+                            upgrades.push(upgrade);
+                        }
+                    }
+                    Some(_) = upgrades.next(), if !upgrades.is_empty() => {}
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_hole_punch_takes_the_connection_the_other_side_dials() {
+        let (a_peer, mut a) = transport(roomy());
+        let (b_peer, mut b) = transport(roomy());
+        let a_addr = listening(&mut a).await;
+        let b_addr = listening(&mut b).await;
+        // A, "the listener", punches towards B's listening port; B dials A
+        // from it, as DCUtR has them do at once.
+        let punched = a
+            .dial(
+                b_addr,
+                DialOpts {
+                    role: Endpoint::Listener,
+                    port_use: PortUse::New,
+                },
+            )
+            .unwrap();
+        let dialled = b
+            .dial(
+                a_addr,
+                DialOpts {
+                    role: Endpoint::Dialer,
+                    port_use: PortUse::Reuse,
+                },
+            )
+            .unwrap();
+        let (_a_task, _b_task) = (serve(a), serve(b));
+        let (punched, dialled) = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::future::join(punched, dialled),
+        )
+        .await
+        .expect("both ends of the punched hole in time");
+        assert_eq!(
+            punched.unwrap().0,
+            b_peer,
+            "A's dial ends with B's connection"
+        );
+        assert_eq!(dialled.unwrap().0, a_peer);
+    }
+
+    #[tokio::test]
+    async fn a_full_gate_asks_an_unproven_sender_to_prove_its_address_and_then_admits_it() {
+        // No room at all for unproven senders: every first Initial gets a
+        // Retry, and only the echoed token gets a handshake.
+        let tight = HandshakeGate::new(GateLimits {
+            per_source: 1,
+            total: 1,
+            stale_after: Duration::from_secs(5),
+        });
+        let _held = tight.admit(Source::of(&"/ip4/192.0.2.1/tcp/1".parse().unwrap()).unwrap());
+        let (server_peer, mut server) = transport(tight.clone());
+        let server_addr = listening(&mut server).await;
+        let _server_task = serve(server);
+        let (_, mut client) = transport(roomy());
+        let client_addr = listening(&mut client).await;
+        let _ = client_addr;
+        let dialled = client
+            .dial(
+                server_addr,
+                DialOpts {
+                    role: Endpoint::Dialer,
+                    port_use: PortUse::Reuse,
+                },
+            )
+            .unwrap();
+        let _client_task = serve(client);
+        let connected = tokio::time::timeout(Duration::from_secs(10), dialled)
+            .await
+            .expect("in time");
+        assert_eq!(connected.unwrap().0, server_peer);
+        assert!(
+            tight
+                .shed_counts()
+                .retried
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 1,
+            "the first Initial was answered with a Retry"
+        );
+    }
 
     #[test]
     fn quic_multiaddrs_map_to_socket_addresses_and_back() {
