@@ -506,10 +506,7 @@ impl QuicTransport {
     /// Hole punching, dialled "as the listener": random datagrams to
     /// `remote` from the listening socket until its connection arrives
     /// there (or the handshake time runs out).
-    fn punch(
-        &mut self,
-        remote: SocketAddr,
-    ) -> Result<QuicDial, QuicError> {
+    fn punch(&mut self, remote: SocketAddr) -> Result<QuicDial, QuicError> {
         let socket = self
             .listeners
             .iter()
