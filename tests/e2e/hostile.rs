@@ -18,6 +18,7 @@ use messenger::proto::record::Registration;
 use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger::proto::time::now_ms;
 
+use crate::inproc::Key;
 use crate::support::alice_and_bob;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -282,33 +283,6 @@ fn forged_sender_names_and_signatures_are_rejected() {
     assert_eq!(texts, ["hello from mallory"], "only what verified is kept");
 }
 
-/// A registered stranger, "mallory": her key, network, directory session
-/// and bob as the node resolves him.
-async fn mallory_near_bob(
-    node_addr: &Multiaddr,
-    status_text: &str,
-) -> (Identity, Network, DirectorySession, PeerInfo) {
-    let mallory_id = Identity::generate().unwrap();
-    let (network, _task, _streams) = Network::start(&mallory_id, NetworkConfig::default()).unwrap();
-    let session = DirectorySession::open(&network, node_addr, None)
-        .await
-        .unwrap();
-    let record = Registration {
-        name: ScreenName::parse("mallory").unwrap(),
-        peer_id: mallory_id.peer_id(),
-        addrs: vec![],
-        seq: now_ms() * 1000,
-        expires_at: now_ms() + 60_000,
-        status: Status::Online,
-        status_text: status_text.into(),
-    }
-    .sign(&mallory_id);
-    session.register(record, vec![]).await.unwrap();
-    let bob = PeerInfo::from_resolution(&session.resolve("bob").await.unwrap()).unwrap();
-    network.dial(bob.peer_id, bob.addrs.clone()).await.unwrap();
-    (mallory_id, network, session, bob)
-}
-
 #[test]
 fn what_strangers_write_cannot_steer_the_terminal_or_forge_lines() {
     let (_dir, node, alice, bob) = alice_and_bob();
@@ -322,31 +296,15 @@ fn what_strangers_write_cannot_steer_the_terminal_or_forge_lines() {
     // carriage return, a bidi override, and a line that looks like alice's.
     let hostile = "hi\x1b[2J\x1b]0;owned\x07\x1b]52;c;ZXZpbA==\x07\u{9b}\rX\u{202e}txt.exe\n[12:03:00] alice: my new wallet is 1Abc";
     let whois = runtime().block_on(async {
-        let (mallory_id, network, session, bob_info) =
-            mallory_near_bob(&node_addr, "away \u{202e}evil").await;
-        let link = ChatLink::open(
-            &network,
-            bob_info.peer_id,
-            tokio::sync::watch::channel(None).1,
-        )
-        .await
-        .unwrap();
-        let m = Message {
-            id: MessageId::random(),
-            from: ScreenName::parse("mallory").unwrap(),
-            to: ScreenName::parse("bob").unwrap(),
-            sent_at: now_ms(),
-            text: hostile.into(),
-            file: None,
-            invite: None,
-        };
-        link.deliver(m.id, Signed::sign(&mallory_id, MESSAGE_CONTEXT, &m))
-            .await
-            .unwrap();
+        let mallory = Key::named(&node_addr, "mallory", "away \u{202e}evil").await;
+        let bob_peer = mallory.reach("bob").await.peer_id;
+        let link = mallory.link(bob_peer).await.unwrap();
+        let (id, signed) = mallory.message("mallory", "bob", hostile);
+        link.deliver(id, signed).await.unwrap();
         // Her status, while she is online (a blocking call: this runtime
         // has other threads for mallory's network).
         let whois = bob.ok(&["whois", "mallory"]).stdout;
-        session.close().await;
+        mallory.session.close().await;
         whois
     });
     alice.ok(&["send", "bob", "the real alice"]);

@@ -15,6 +15,7 @@ mod edges;
 mod files;
 mod flood;
 mod hostile;
+mod inproc;
 mod liveness;
 // The bench's bare directory client, which the attackers are made of.
 #[path = "../../benches/suite/load.rs"]

@@ -8,63 +8,11 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use messenger::chat::{ChatLink, DeliveryError};
-use messenger::directory::DirectorySession;
-use messenger::network::{Network, NetworkConfig, NetworkTask};
-use messenger::peer::PeerInfo;
-use messenger::proto::Identity;
-use messenger::proto::chat::{Message, MessageId, RejectCode};
-use messenger::proto::name::ScreenName;
-use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
-use messenger::proto::time::now_ms;
+use messenger::proto::chat::RejectCode;
 
+use crate::inproc::Key;
 use crate::metrics::{node_metrics_url, scrape};
 use crate::support::{Node, User};
-
-/// A key with no name of its own, connected to `victim`.
-struct Stranger {
-    id: Identity,
-    network: Network,
-    victim: PeerId,
-    _task: NetworkTask,
-}
-
-impl Stranger {
-    /// A fresh key that looks `victim` up through the node and dials it.
-    async fn near(node: &Multiaddr, victim: &str) -> Self {
-        let id = Identity::generate().unwrap();
-        let (network, task, _inbound) = Network::start(&id, NetworkConfig::default()).unwrap();
-        let session = DirectorySession::open(&network, node, None).await.unwrap();
-        let info = PeerInfo::from_resolution(&session.resolve(victim).await.unwrap()).unwrap();
-        network.dial(info.peer_id, info.addrs).await.unwrap();
-        session.close().await;
-        Self {
-            id,
-            network,
-            victim: info.peer_id,
-            _task: task,
-        }
-    }
-
-    /// A message to `to` signed by this key, claiming to be `from`.
-    fn message(&self, from: &str, to: &str, text: &str) -> (MessageId, Signed) {
-        let m = Message {
-            id: MessageId::random(),
-            from: ScreenName::parse(from).unwrap(),
-            to: ScreenName::parse(to).unwrap(),
-            sent_at: now_ms(),
-            text: text.into(),
-            file: None,
-            invite: None,
-        };
-        (m.id, Signed::sign(&self.id, MESSAGE_CONTEXT, &m))
-    }
-
-    /// A chat stream to the victim, with no certificate.
-    async fn link(&self) -> Option<ChatLink> {
-        let (_keep, none) = tokio::sync::watch::channel(None);
-        ChatLink::open(&self.network, self.victim, none).await.ok()
-    }
-}
 
 /// How the victim's client answered a stranger's messages.
 #[derive(Debug, Default)]
@@ -119,7 +67,9 @@ fn a_stranger_writing_under_other_names_spends_its_own_budget_not_the_users() {
     let answers = Arc::new(Answers::default());
     let started = Instant::now();
     runtime.block_on(async {
-        let stranger = Arc::new(Stranger::near(&node_addr, "bob").await);
+        let stranger = Key::new(&node_addr).await;
+        let bob = stranger.reach("bob").await.peer_id;
+        let stranger = Arc::new(stranger);
         let sent = Arc::new(AtomicU64::new(0));
         // Four streams at once (what a peer may have), as fast as bob lets.
         let tasks: Vec<_> = (0..4)
@@ -139,7 +89,7 @@ fn a_stranger_writing_under_other_names_spends_its_own_budget_not_the_users() {
                             _ => "bob".to_owned(),
                         };
                         if link.as_ref().is_none_or(ChatLink::is_closed) {
-                            link = stranger.link().await;
+                            link = stranger.link(bob).await;
                         }
                         let Some(open) = &link else { continue };
                         let (id, signed) = stranger.message(&from, "bob", "buy my coin");
@@ -205,31 +155,12 @@ fn a_stranger_writing_under_other_names_spends_its_own_budget_not_the_users() {
 }
 
 /// A stranger with a name of its own (so that its messages pass every
-/// check but the allowance), connected to `victim`.
-async fn named_stranger(node: &Multiaddr, name: &str, victim: &str) -> Stranger {
-    let id = Identity::generate().unwrap();
-    let (network, task, _inbound) = Network::start(&id, NetworkConfig::default()).unwrap();
-    let session = DirectorySession::open(&network, node, None).await.unwrap();
-    let record = messenger::proto::record::Registration {
-        name: ScreenName::parse(name).unwrap(),
-        peer_id: id.peer_id(),
-        addrs: vec![],
-        seq: now_ms() * 1000,
-        expires_at: now_ms() + 600_000,
-        status: messenger::proto::presence::Status::Online,
-        status_text: String::new(),
-    }
-    .sign(&id);
-    session.register(record, vec![]).await.unwrap();
-    let info = PeerInfo::from_resolution(&session.resolve(victim).await.unwrap()).unwrap();
-    network.dial(info.peer_id, info.addrs).await.unwrap();
-    session.close().await;
-    Stranger {
-        id,
-        network,
-        victim: info.peer_id,
-        _task: task,
-    }
+/// check but the allowance), connected to `victim`: the key, and the
+/// victim's.
+async fn named_stranger(node: &Multiaddr, name: &str, victim: &str) -> (Key, PeerId) {
+    let key = Key::named(node, name, "").await;
+    let victim = key.reach(victim).await.peer_id;
+    (key, victim)
 }
 
 /// The store file's allocated bytes.
@@ -286,7 +217,7 @@ fn strangers_filling_the_disk_get_an_allowance_and_contacts_get_through() {
         let tallies = Arc::new((AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)));
         let mut tasks = Vec::new();
         for i in 0..STRANGERS {
-            let stranger = named_stranger(&node_addr, &format!("spam{i:02}"), "bob").await;
+            let (stranger, bob) = named_stranger(&node_addr, &format!("spam{i:02}"), "bob").await;
             let (tallies, text) = (tallies.clone(), text.clone());
             tasks.push(tokio::spawn(async move {
                 let from = format!("spam{i:02}");
@@ -301,7 +232,7 @@ fn strangers_filling_the_disk_get_an_allowance_and_contacts_get_through() {
                             break;
                         }
                         if link.as_ref().is_none_or(ChatLink::is_closed) {
-                            link = stranger.link().await;
+                            link = stranger.link(bob).await;
                         }
                         let Some(open) = &link else { continue };
                         match open.deliver(id, signed.clone()).await {

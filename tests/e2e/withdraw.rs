@@ -11,19 +11,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p::{Multiaddr, PeerId};
-use messenger::directory::DirectorySession;
-use messenger::network::{Network, NetworkConfig, NetworkTask};
-use messenger::peer::PeerInfo;
-use messenger::proto::Identity;
+use libp2p::Multiaddr;
 use messenger::proto::codec;
-use messenger::proto::name::ScreenName;
-use messenger::proto::presence::Status;
-use messenger::proto::record::Registration;
-use messenger::proto::time::now_ms;
 use messenger::proto::tunnel::{self, TunnelAnswer, TunnelRequest};
 use serde_json::Value;
 
+use crate::inproc::Key;
 use crate::support::{Lines, Node, User, alice_and_bob};
 
 /// How soon "at once" must be: a contact's streams close within this of
@@ -46,64 +39,22 @@ fn echo_server() -> u16 {
     port
 }
 
-/// A key holding the name "bob", in this process.
-struct OldKey {
-    network: Network,
-    session: DirectorySession,
-    _task: NetworkTask,
-}
-
-impl OldKey {
-    async fn register(node: &Multiaddr, name: &str) -> Self {
-        let id = Identity::generate().unwrap();
-        let (network, task, _inbound) = Network::start(&id, NetworkConfig::default()).unwrap();
-        let session = DirectorySession::open(&network, node, None).await.unwrap();
-        let record = Registration {
-            name: ScreenName::parse(name).unwrap(),
-            peer_id: id.peer_id(),
-            addrs: vec![],
-            seq: now_ms() * 1000,
-            expires_at: now_ms() + 600_000,
-            status: Status::Online,
-            status_text: String::new(),
-        }
-        .sign(&id);
-        session.register(record, vec![]).await.unwrap();
-        Self {
-            network,
-            session,
-            _task: task,
-        }
-    }
-
-    /// Alice as the node resolves her.
-    async fn alice(&self) -> (PeerId, Vec<Multiaddr>) {
-        let info =
-            PeerInfo::from_resolution(&self.session.resolve("alice").await.unwrap()).unwrap();
-        (info.peer_id, info.addrs)
-    }
-
-    /// Asks alice for a tunnel: the open stream, or her refusal.
-    async fn ask(&self, request: TunnelRequest) -> Result<libp2p::Stream, String> {
-        let (alice, addrs) = self.alice().await;
-        self.network
-            .dial(alice, addrs)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut stream = self
-            .network
-            .control()
-            .open_stream(alice, tunnel::PROTOCOL)
-            .await
-            .map_err(|e| e.to_string())?;
-        codec::write_frame(&mut stream, &request, tunnel::MAX_FRAME)
-            .await
-            .map_err(|e| e.to_string())?;
-        match codec::read_frame::<_, TunnelAnswer>(&mut stream, tunnel::MAX_FRAME).await {
-            Ok(Some(TunnelAnswer::Open)) => Ok(stream),
-            Ok(Some(TunnelAnswer::Refused { code })) => Err(code.to_string()),
-            other => Err(format!("answered {other:?}")),
-        }
+/// Asks alice for a tunnel as `key`: the open stream, or her refusal.
+async fn ask(key: &Key, request: TunnelRequest) -> Result<libp2p::Stream, String> {
+    let alice = key.reach("alice").await.peer_id;
+    let mut stream = key
+        .network
+        .control()
+        .open_stream(alice, tunnel::PROTOCOL)
+        .await
+        .map_err(|e| e.to_string())?;
+    codec::write_frame(&mut stream, &request, tunnel::MAX_FRAME)
+        .await
+        .map_err(|e| e.to_string())?;
+    match codec::read_frame::<_, TunnelAnswer>(&mut stream, tunnel::MAX_FRAME).await {
+        Ok(Some(TunnelAnswer::Open)) => Ok(stream),
+        Ok(Some(TunnelAnswer::Refused { code })) => Err(code.to_string()),
+        other => Err(format!("answered {other:?}")),
     }
 }
 
@@ -158,7 +109,7 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
     let port_arg = port.to_string();
     let node_addr: Multiaddr = node.addr.parse().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let old = runtime.block_on(OldKey::register(&node_addr, "bob"));
+    let old = runtime.block_on(Key::named(&node_addr, "bob", ""));
     let connect = TunnelRequest::Connect { port };
     let mut took = Vec::new();
 
@@ -175,10 +126,9 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
     let mut said = Lines::spawn(listener.stderr.take().unwrap());
     said.expect("the listener waiting", |l| l.contains("waiting for a pipe"));
     let (mut tunnel, mut pipe) = runtime.block_on(async {
-        let mut tunnel = old.ask(connect).await.expect("invited: the tunnel opens");
+        let mut tunnel = ask(&old, connect).await.expect("invited: the tunnel opens");
         echoes(&mut tunnel).await;
-        let pipe = old
-            .ask(TunnelRequest::Pipe)
+        let pipe = ask(&old, TunnelRequest::Pipe)
             .await
             .expect("a contact's pipe opens");
         (tunnel, pipe)
@@ -200,7 +150,7 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
             "removed: pipe",
             ended(&mut pipe, since, "removed: pipe").await,
         ));
-        let again = old.ask(connect).await.unwrap_err();
+        let again = ask(&old, connect).await.unwrap_err();
         assert!(
             again.contains("withdrew") || again.contains("have not invited you"),
             "{again}"
@@ -214,7 +164,7 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
     alice.ok(&["contacts", "add", "bob"]);
     alice.ok(&["invite", "bob", "--port", &port_arg]);
     let mut tunnel = runtime.block_on(async {
-        let mut tunnel = old.ask(connect).await.expect("invited again");
+        let mut tunnel = ask(&old, connect).await.expect("invited again");
         echoes(&mut tunnel).await;
         tunnel
     });
@@ -225,7 +175,7 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
             "blocked: tunnel",
             ended(&mut tunnel, since, "blocked").await,
         ));
-        let again = old.ask(connect).await.unwrap_err();
+        let again = ask(&old, connect).await.unwrap_err();
         assert!(
             again.contains("withdrew") || again.contains("have not invited you"),
             "{again}"
@@ -238,7 +188,7 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
     // old key loses its tunnel while it still holds it open.
     alice.ok(&["invite", "bob", "--port", &port_arg]);
     let mut tunnel = runtime.block_on(async {
-        let mut tunnel = old.ask(connect).await.expect("invited once more");
+        let mut tunnel = ask(&old, connect).await.expect("invited once more");
         echoes(&mut tunnel).await;
         old.session.release("bob").await.unwrap();
         tunnel
@@ -253,7 +203,7 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
             "re-pinned: tunnel",
             ended(&mut tunnel, since, "re-pinned").await,
         ));
-        let again = old.ask(connect).await.unwrap_err();
+        let again = ask(&old, connect).await.unwrap_err();
         assert!(
             again.contains("withdrew") || again.contains("have not invited you"),
             "{again}"
