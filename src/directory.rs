@@ -126,20 +126,12 @@ impl DirectorySession {
         pushes: Option<mpsc::Sender<Resolution>>,
     ) -> Result<Self, DirectoryError> {
         let node = node_peer_id(addr)?;
-        // A dial can fail on our side alone: TCP dials leave from the
-        // listening port (hole punching needs that), and the kernel
-        // refuses such a connect while an earlier connection with the
-        // same ports is closing, which lasts up to a minute (TIME_WAIT:
-        // the listening port was an earlier command's outgoing one). A
-        // quick second try, then one from a new port.
+        // A few quick tries: a node that has just started, or a moment's
+        // loss. (A listening port held by a closing connection is the
+        // network's to get round: it dials again from a new port.)
         let mut pause = DIAL_RETRY_PAUSE;
         for attempt in 1.. {
-            let dialled = if attempt < DIAL_ATTEMPTS {
-                network.dial(node, vec![addr.clone()]).await
-            } else {
-                network.dial_from_new_port(node, vec![addr.clone()]).await
-            };
-            match dialled {
+            match network.dial(node, vec![addr.clone()]).await {
                 Ok(()) => break,
                 Err(e) if attempt >= DIAL_ATTEMPTS => return Err(DirectoryError::Unreachable(e)),
                 Err(e) => {

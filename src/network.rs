@@ -256,8 +256,6 @@ enum Command {
     Dial {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
-        /// Leave from a new port rather than the listening one.
-        new_port: bool,
         reply: oneshot::Sender<Result<(), NetworkError>>,
     },
     Listen {
@@ -523,37 +521,13 @@ impl Network {
     }
 
     /// Connects to `peer` at `addrs` (all tried concurrently), unless
-    /// already connected.
+    /// already connected. A TCP dial leaves from the listening port (hole
+    /// punching needs that), or, when the kernel refuses that port because
+    /// a closing connection still holds the same ports, from a new one.
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetworkError> {
-        self.dial_with(peer, addrs, false).await
-    }
-
-    /// Like [`Network::dial`], but a TCP connection leaves from a new port
-    /// instead of the listening one: for when the kernel refuses the
-    /// listening port because a closing connection still holds the same
-    /// ports (hole punching through this connection is then less likely).
-    pub async fn dial_from_new_port(
-        &self,
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-    ) -> Result<(), NetworkError> {
-        self.dial_with(peer, addrs, true).await
-    }
-
-    async fn dial_with(
-        &self,
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        new_port: bool,
-    ) -> Result<(), NetworkError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Dial {
-                peer,
-                addrs,
-                new_port,
-                reply,
-            })
+            .send(Command::Dial { peer, addrs, reply })
             .await
             .map_err(|_| NetworkError::Stopped)?;
         rx.await.map_err(|_| NetworkError::Stopped)?
@@ -751,25 +725,16 @@ impl EventLoop {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Dial {
-                peer,
-                addrs,
-                new_port,
-                reply,
-            } => {
+            Command::Dial { peer, addrs, reply } => {
                 if self.swarm.is_connected(&peer) {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                let again = (!new_port).then(|| (peer, addrs.clone()));
+                let again = Some((peer, addrs.clone()));
                 let opts = DialOpts::peer_id(peer)
                     .addresses(addrs)
-                    .condition(PeerCondition::Always);
-                let opts = if new_port {
-                    opts.allocate_new_port().build()
-                } else {
-                    opts.build()
-                };
+                    .condition(PeerCondition::Always)
+                    .build();
                 let id = opts.connection_id();
                 match self.swarm.dial(opts) {
                     Ok(()) => {

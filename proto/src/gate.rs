@@ -314,11 +314,10 @@ impl HandshakeGate {
     /// taken; false if the newcomer is to be turned away.
     fn make_room(&self, state: &mut State, source: Source, now: Instant) -> bool {
         state.pace.roll(now);
-        let stale_after = self.stale_after_in(state);
         let from_source = state.count(source);
         if from_source >= self.limits.per_source {
             // Its own handshakes go first; the oldest only once stale.
-            if state.oldest_age(source, now) >= stale_after {
+            if state.oldest_age(source, now) >= self.stale_after_in(state) {
                 state.shed_oldest_of(source, Reason::PerSource, &self.shed);
                 return true;
             }
@@ -334,7 +333,7 @@ impl HandshakeGate {
         // flood does not crowd out a client); otherwise only a handshake
         // that has had its time does.
         let hoarding = state.count(busiest) >= from_source + 2;
-        if hoarding || state.oldest_age(busiest, now) >= stale_after {
+        if hoarding || state.oldest_age(busiest, now) >= self.stale_after_in(state) {
             state.shed_oldest_of(busiest, Reason::Total, &self.shed);
             return true;
         }

@@ -515,14 +515,11 @@ impl QuicTransport {
             .punch_from
             .try_clone()?;
         let (sender, arrived) = oneshot::channel();
+        // Punches that ended (in time-outs) leave their senders behind.
+        self.hole_punches
+            .retain(|_, waiting| !waiting.is_canceled());
         match self.hole_punches.entry(remote) {
-            // One that failed earlier leaves its sender behind.
-            Entry::Occupied(entry) if !entry.get().is_canceled() => {
-                return Err(QuicError::HolePunchInProgress(remote));
-            }
-            Entry::Occupied(mut entry) => {
-                entry.insert(sender);
-            }
+            Entry::Occupied(_) => return Err(QuicError::HolePunchInProgress(remote)),
             Entry::Vacant(entry) => {
                 entry.insert(sender);
             }

@@ -985,10 +985,6 @@ impl Store {
         now: u64,
         limits: Option<&RequestLimits>,
     ) -> Result<Received, StoreError> {
-        let free = match limits {
-            Some(_) => self.free_space(),
-            None => None,
-        };
         self.write(|txn| {
             let mut by_id = txn.open_table(BY_ID)?;
             if by_id.get(message.id.0.as_slice())?.is_some() {
@@ -997,6 +993,8 @@ impl Store {
             let request = match limits {
                 Some(limits) if !requests::accepted(txn, &message.from)? => {
                     let bytes = signed.payload.len() as u64;
+                    // The disk's room is asked only for a request.
+                    let free = self.free_space();
                     if let Err(refusal) =
                         requests::admit(txn, &message.from, bytes, now, limits, free)?
                     {

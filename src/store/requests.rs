@@ -288,6 +288,19 @@ mod tests {
             Self(Identity::generate().unwrap())
         }
 
+        /// Added by `store`'s user as the contact `as_name`.
+        fn is_contact_of(&self, store: &Store, as_name: &str) {
+            store
+                .put_contact(&Contact {
+                    name: name(as_name),
+                    pinned: self.0.peer_id(),
+                    added_at: 1,
+                    key_changed_to: None,
+                    auto_accept_below: None,
+                })
+                .unwrap();
+        }
+
         /// Receives a message of `len` bytes from `from` into `store`.
         fn send(&self, store: &Store, from: &str, len: usize, limits: &RequestLimits) -> Received {
             let m = Message {
@@ -355,15 +368,7 @@ mod tests {
             Received::Refused(RequestRefusal::All)
         ));
         // A contact is never a request, however full the requests are.
-        store
-            .put_contact(&Contact {
-                name: name("bob"),
-                pinned: bob.0.peer_id(),
-                added_at: 1,
-                key_changed_to: None,
-                auto_accept_below: None,
-            })
-            .unwrap();
+        bob.is_contact_of(&store, "bob");
         for _ in 0..10 {
             assert_eq!(kept(&bob.send(&store, "bob", 900, &limits)), Some(false));
         }
@@ -427,15 +432,7 @@ mod tests {
             Received::Refused(RequestRefusal::Disk)
         ));
         let bob = Sender::new();
-        store
-            .put_contact(&Contact {
-                name: name("bob"),
-                pinned: bob.0.peer_id(),
-                added_at: 1,
-                key_changed_to: None,
-                auto_accept_below: None,
-            })
-            .unwrap();
+        bob.is_contact_of(&store, "bob");
         assert_eq!(kept(&bob.send(&store, "bob", 10, &limits)), Some(false));
     }
 

@@ -47,12 +47,14 @@ impl Scraped {
     }
 }
 
-/// `GET /metrics` at `url` (http://host:port/metrics), over a plain TCP
-/// connection, and the body parsed.
-pub(crate) fn scrape(url: &str) -> Scraped {
+/// The whole response to `GET` of `url` (http://host:port/path) sent
+/// with `Host: host` (the URL's own when `None`), over a plain TCP
+/// connection.
+fn get(url: &str, host: Option<&str>) -> String {
     let rest = url.strip_prefix("http://").expect("an http URL");
-    let (host, path) = rest.split_once('/').expect("a path");
-    let mut stream = TcpStream::connect(host).expect("connect to the metrics endpoint");
+    let (addr, path) = rest.split_once('/').expect("a path");
+    let host = host.unwrap_or(addr);
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     write!(
         stream,
@@ -61,6 +63,12 @@ pub(crate) fn scrape(url: &str) -> Scraped {
     .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// `GET /metrics` at `url` (http://host:port/metrics), and the body parsed.
+pub(crate) fn scrape(url: &str) -> Scraped {
+    let response = get(url, None);
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "scrape failed: {head}");
     assert!(
@@ -288,18 +296,11 @@ fn node_and_client_metrics_are_scraped_under_load() {
 
 /// The status line of `GET /metrics` at `url` sent with `Host: host`.
 fn status_with_host(url: &str, host: &str) -> String {
-    let rest = url.strip_prefix("http://").expect("an http URL");
-    let (addr, _) = rest.split_once('/').expect("a path");
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.lines().next().unwrap_or_default().to_owned()
+    get(url, Some(host))
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]

@@ -58,6 +58,15 @@ async fn ask(key: &Key, request: TunnelRequest) -> Result<libp2p::Stream, String
     }
 }
 
+/// What `key` asks next is refused: not invited (any more).
+async fn refused(key: &Key, request: TunnelRequest) {
+    let why = ask(key, request).await.unwrap_err();
+    assert!(
+        why.contains("withdrew") || why.contains("have not invited you"),
+        "{why}"
+    );
+}
+
 /// Bytes go through the tunnel to alice's echo server and back.
 async fn echoes(stream: &mut libp2p::Stream) {
     stream.write_all(b"ping").await.unwrap();
@@ -150,11 +159,7 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
             "removed: pipe",
             ended(&mut pipe, since, "removed: pipe").await,
         ));
-        let again = ask(&old, connect).await.unwrap_err();
-        assert!(
-            again.contains("withdrew") || again.contains("have not invited you"),
-            "{again}"
-        );
+        refused(&old, connect).await;
     });
     assert_eq!(invitation(&alice, port)["open"], false);
     let _ = listener.kill();
@@ -175,11 +180,7 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
             "blocked: tunnel",
             ended(&mut tunnel, since, "blocked").await,
         ));
-        let again = ask(&old, connect).await.unwrap_err();
-        assert!(
-            again.contains("withdrew") || again.contains("have not invited you"),
-            "{again}"
-        );
+        refused(&old, connect).await;
     });
     assert_eq!(invitation(&alice, port)["open"], false);
     alice.ok(&["unblock", "bob"]);
@@ -203,11 +204,7 @@ fn a_contact_removed_re_pinned_or_blocked_loses_tunnels_pipes_and_invitations_at
             "re-pinned: tunnel",
             ended(&mut tunnel, since, "re-pinned").await,
         ));
-        let again = ask(&old, connect).await.unwrap_err();
-        assert!(
-            again.contains("withdrew") || again.contains("have not invited you"),
-            "{again}"
-        );
+        refused(&old, connect).await;
     });
     assert_eq!(invitation(&alice, port)["open"], false);
     eprintln!("closed after the command began: {took:?}");
