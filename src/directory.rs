@@ -127,7 +127,7 @@ impl DirectorySession {
     ) -> Result<Self, DirectoryError> {
         let node = node_peer_id(addr)?;
         // A few quick tries: a node that has just started, or a moment's
-        // loss. (A listening port held by a closing connection is the
+        // loss. (A listening port another socket holds is the
         // network's to get round: it dials again from a new port.)
         let mut pause = DIAL_RETRY_PAUSE;
         for attempt in 1.. {

@@ -289,8 +289,8 @@ struct PendingDial {
     again: Option<(PeerId, Vec<Multiaddr>)>,
 }
 
-/// Whether a dial failed only because its local port is in use (by a
-/// connection between the same ports that is still closing).
+/// Whether a dial failed only because its local port is in use (held by
+/// a socket that does not share it).
 fn address_in_use(error: &libp2p::swarm::DialError) -> bool {
     let libp2p::swarm::DialError::Transport(errors) = error else {
         return false;
@@ -312,6 +312,14 @@ fn in_use(error: &(dyn std::error::Error + 'static)) -> bool {
     }
     error.source().is_some_and(in_use)
 }
+
+/// An error of the TCP socket itself, kept findable as the source of the
+/// layers above it: the upgrades' `Either` errors pass `source()` through
+/// to their inner error's source, which skips one level, so a bare
+/// `io::Error` at the bottom would never be seen by [`in_use`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SocketError(#[source] std::io::Error);
 
 /// Handle to the client's network event loop.
 #[derive(Clone)]
@@ -423,6 +431,7 @@ impl Network {
                 .with_other_transport(|key| {
                     use libp2p::Transport as _;
                     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .map_err(SocketError)
                         .upgrade(libp2p::core::upgrade::Version::V1Lazy)
                         .authenticate(noise::Config::new(key)?)
                         .multiplex(muxer());
@@ -523,7 +532,7 @@ impl Network {
     /// Connects to `peer` at `addrs` (all tried concurrently), unless
     /// already connected. A TCP dial leaves from the listening port (hole
     /// punching needs that), or, when the kernel refuses that port because
-    /// a closing connection still holds the same ports, from a new one.
+    /// another socket holds it, from a new one.
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetworkError> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -860,12 +869,15 @@ impl EventLoop {
                     self.pending_dials.remove(&connection_id)
                 {
                     // TCP dials leave from the listening port (hole punching
-                    // needs that), and the kernel refuses one while an
-                    // earlier connection between the same two ports is
-                    // closing (TIME_WAIT, up to a minute: ports are reused
-                    // on a busy machine). Then once more from a new port.
+                    // needs that), and the kernel refuses to bind one there
+                    // while another socket holds that port number without
+                    // sharing it (on a busy machine, another program's
+                    // connection). Then once more from a new port. (A
+                    // connection between the same two ports, open or
+                    // closing, is "address not available", which the TCP
+                    // transport gets round by itself.)
                     if let Some((peer, addrs)) = again.filter(|_| address_in_use(&error)) {
-                        debug!(%peer, "the listening port is held by a closing connection; dialling from a new port");
+                        debug!(%peer, "the listening port is in use; dialling from a new port");
                         let opts = DialOpts::peer_id(peer)
                             .addresses(addrs)
                             .condition(PeerCondition::Always)
@@ -1055,7 +1067,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_port_held_by_a_closing_connection_makes_a_dial_leave_from_another() {
+    fn only_a_port_in_use_makes_a_dial_leave_from_another() {
         use std::io::ErrorKind::{AddrInUse, ConnectionRefused};
         assert!(address_in_use(&failed(&[AddrInUse])));
         assert!(address_in_use(&failed(&[AddrInUse, AddrInUse])));
@@ -1066,5 +1078,61 @@ mod tests {
         assert!(!address_in_use(&failed(&[ConnectionRefused])));
         assert!(!address_in_use(&failed(&[])));
         assert!(!address_in_use(&DialError::Aborted));
+    }
+
+    async fn tcp_port(network: &Network) -> u16 {
+        let mut addrs = network.listen_addrs();
+        let found = addrs
+            .wait_for(|addrs| !addrs.is_empty())
+            .await
+            .expect("the network runs");
+        found
+            .iter()
+            .find_map(|addr| {
+                addr.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                    _ => None,
+                })
+            })
+            .expect("a TCP listening address")
+    }
+
+    #[tokio::test]
+    async fn a_dial_refused_its_listening_port_leaves_from_a_new_one() {
+        let start =
+            || Network::start(&Identity::generate().unwrap(), NetworkConfig::default()).unwrap();
+        let (alice, _alice_task, _) = start();
+        let (bob, _bob_task, _) = start();
+        alice
+            .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .await
+            .unwrap();
+        bob.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .await
+            .unwrap();
+        let (alice_port, bob_port) = (tcp_port(&alice).await, tcp_port(&bob).await);
+
+        // A socket on alice's listening port at another loopback address
+        // that does not share its port (no SO_REUSEADDR), as another
+        // program's may: the kernel refuses to bind a dial to 0.0.0.0 on
+        // that port, "address in use".
+        let holder = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        let elsewhere: std::net::SocketAddr = ([127, 0, 0, 2], alice_port).into();
+        holder.bind(&elsewhere.into()).unwrap();
+
+        let bob_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{bob_port}").parse().unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            alice.dial(bob.local_peer_id(), vec![bob_addr]),
+        )
+        .await
+        .expect("the dial ends")
+        .expect("the dial leaves from a new port and connects");
+        drop(holder);
     }
 }
