@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::{Path, Reachability};
 use crate::peer::PeerInfo;
-use crate::store::{Invitation, InvitedMe, MessageRequest, StoredMessage, Transfer};
+use crate::store::{Invitation, InvitedMe, MessageRequest, StoredMessage, Transfer, Unread};
 use crate::tunnels::TunnelLog;
 
 /// What a front end asks.
@@ -208,6 +208,24 @@ pub enum Request {
         /// Whose.
         name: Option<String>,
     },
+    /// Mark the conversation with `name` read: its unread count goes to 0.
+    MarkRead {
+        /// The other party.
+        name: String,
+    },
+    /// Everything a front end shows, at once, with the number of the last
+    /// event it includes: follow from there (`follow`) to miss nothing.
+    Snapshot,
+    /// The events after number `after` of run `run` (both from a
+    /// snapshot), as they happen. Only over the control socket, which then
+    /// carries one [`Response::Event`] per line until the caller goes; in
+    /// process, [`crate::agent::Agent::follow`].
+    Follow {
+        /// The run of the client the number belongs to.
+        run: String,
+        /// The last event already seen.
+        after: u64,
+    },
 }
 
 /// A transfer as shown: its record and how many bytes have arrived.
@@ -297,6 +315,15 @@ pub enum Response {
         /// One per sender.
         requests: Vec<MessageRequest>,
     },
+    /// Everything a front end shows (see [`Snapshot`]).
+    Snapshot(Box<Snapshot>),
+    /// One event of a `follow`, with its number.
+    Event {
+        /// Its number in this run's journal.
+        seq: u64,
+        /// What happened.
+        event: Event,
+    },
     /// It failed.
     Failed(Failure),
 }
@@ -347,6 +374,73 @@ pub struct ContactView {
     pub last_seen: Option<u64>,
     /// Whether the name is also blocked.
     pub blocked: bool,
+    /// Files from them up to this size are accepted without asking.
+    #[serde(default)]
+    pub auto_accept_below: Option<u64>,
+}
+
+/// My settings as every front end shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsView {
+    /// Whether others are told while I type.
+    pub send_typing: bool,
+    /// Whether the window rings the bell.
+    pub bell: bool,
+    /// Where accepted files go when no directory is given (unset: the
+    /// user's downloads directory).
+    pub downloads: Option<std::path::PathBuf>,
+    /// The largest file accepted, in bytes (unset: no limit but the disk's
+    /// room).
+    pub max_file_size: Option<u64>,
+}
+
+/// Who I am and how I am shown, as every front end shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeView {
+    /// My screen name, once registered.
+    pub name: Option<ScreenName>,
+    /// My key.
+    pub peer_id: PeerId,
+    /// My status.
+    pub status: Status,
+    /// My personal message.
+    pub text: String,
+    /// Whether the client is online (registered, or reconnecting).
+    pub online: bool,
+}
+
+/// Everything a front end shows, read at once: what a new front end
+/// starts from before it follows events from `seq` on.
+///
+/// `seq` is taken before the state is read, so an event after it may
+/// already be reflected here: events carry whole values (a list, a count,
+/// a message by id), and applying one twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The run of the client the numbers belong to.
+    pub run: String,
+    /// The number of the last event included.
+    pub seq: u64,
+    /// Me.
+    pub me: MeView,
+    /// My contacts, by name.
+    pub contacts: Vec<ContactView>,
+    /// Every name I block (contacts or not).
+    pub blocked: Vec<ScreenName>,
+    /// My settings.
+    pub settings: SettingsView,
+    /// The conversations with messages not read yet.
+    pub unread: Vec<Unread>,
+    /// What waits to be delivered, oldest first.
+    pub outbox: Vec<StoredMessage>,
+    /// My invitations to connect, open and withdrawn.
+    pub invitations: Vec<Invitation>,
+    /// Others' last word on each port they invited me to.
+    pub invited_me: Vec<InvitedMe>,
+    /// The message requests waiting.
+    pub requests: Vec<MessageRequest>,
+    /// Every transfer, with what arrived so far.
+    pub transfers: Vec<TransferView>,
 }
 
 /// A request that failed: what kind of failure (stable, for programs and
@@ -397,50 +491,21 @@ pub enum FailureKind {
     StoreInUse,
     /// The other side refused: a tunnel not invited, withdrawn, busy.
     Refused,
+    /// A follower missed events (it fell behind, or the client
+    /// restarted): take a new snapshot and follow from there.
+    EventsMissed,
     /// Anything else.
     Other,
 }
 
-/// The sending side of the stream of [`Event`]s: each event is counted,
-/// if the client keeps metrics, on its way to the front end.
-#[derive(Debug, Clone)]
-pub struct EventSender {
-    tx: tokio::sync::mpsc::Sender<Event>,
-    metrics: Option<std::sync::Arc<crate::metrics::ClientMetrics>>,
-}
-
-impl EventSender {
-    /// Events go to `tx` and are counted in `metrics`.
-    pub fn new(
-        tx: tokio::sync::mpsc::Sender<Event>,
-        metrics: Option<std::sync::Arc<crate::metrics::ClientMetrics>>,
-    ) -> Self {
-        Self { tx, metrics }
-    }
-
-    fn count(&self, event: &Event) {
-        if let Some(metrics) = &self.metrics {
-            metrics.event(event);
-        }
-    }
-
-    /// Sends, waiting for room; false if the front end is gone. The
-    /// event is counted either way: it happened.
-    pub async fn send(&self, event: Event) -> bool {
-        self.count(&event);
-        self.tx.send(event).await.is_ok()
-    }
-
-    /// Sends if there is room now; false if it was dropped.
-    pub fn try_send(&self, event: Event) -> bool {
-        self.count(&event);
-        self.tx.try_send(event).is_ok()
-    }
-}
-
-/// Something the user should see, as it happens. Every front end (the
-/// command line's output, the terminal UI) gets these from one stream.
-#[derive(Debug, Clone)]
+/// Something the user should see, as it happens: every change of what a
+/// front end shows is one. Every front end (the command line's output,
+/// the terminal window, one following over the control socket) gets these
+/// from one stream ([`crate::events`]). Those that carry state carry all
+/// of it (a whole list, a count), so that applying one twice does no
+/// harm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
     /// Registered and reachable (again, after a reconnect).
@@ -556,6 +621,39 @@ pub enum Event {
         /// The key seen now.
         current: PeerId,
     },
+    /// My contacts changed: one added, removed, re-pinned, blocked or
+    /// unblocked, a key change seen, files let in unasked.
+    Contacts {
+        /// Every contact now, by name.
+        contacts: Vec<ContactView>,
+    },
+    /// The names I block changed.
+    Blocked {
+        /// Every name blocked now.
+        names: Vec<ScreenName>,
+    },
+    /// My status or personal message changed.
+    MyStatus {
+        /// The status.
+        status: Status,
+        /// The personal message.
+        text: String,
+    },
+    /// My settings changed.
+    Settings(SettingsView),
+    /// The unread count of a conversation changed (a message came, or it
+    /// was read).
+    Unread(Unread),
+    /// A message of mine was stored and waits to be delivered (from any
+    /// front end).
+    Queued(StoredMessage),
+    /// My invitations to connect, or the ones others told me of, changed.
+    Invitations {
+        /// Every invitation of mine, by name and port.
+        invitations: Vec<Invitation>,
+        /// Others' last word on each port they invited me to.
+        invited_me: Vec<InvitedMe>,
+    },
 }
 
 #[cfg(test)]
@@ -615,6 +713,18 @@ mod tests {
                 },
                 r#"{"op":"tunnel","to":"alice","request":{"connect":{"port":8080}}}"#,
             ),
+            (
+                Request::MarkRead { name: "bob".into() },
+                r#"{"op":"mark_read","name":"bob"}"#,
+            ),
+            (Request::Snapshot, r#"{"op":"snapshot"}"#),
+            (
+                Request::Follow {
+                    run: "5f1c0a7e9d2b4c61".into(),
+                    after: 41,
+                },
+                r#"{"op":"follow","run":"5f1c0a7e9d2b4c61","after":41}"#,
+            ),
         ];
         let responses = [
             (
@@ -633,6 +743,26 @@ mod tests {
                     "no space left on the device holding /home/me/.messenger",
                 )),
                 r#"{"reply":"failed","kind":"disk_full","message":"no space left on the device holding /home/me/.messenger"}"#,
+            ),
+            (
+                Response::Event {
+                    seq: 42,
+                    event: Event::MyStatus {
+                        status: Status::Away,
+                        text: "lunch".into(),
+                    },
+                },
+                r#"{"reply":"event","seq":42,"event":{"event":"my_status","status":"away","text":"lunch"}}"#,
+            ),
+            (
+                Response::Event {
+                    seq: 43,
+                    event: Event::Unread(Unread {
+                        name: ScreenName::parse("bob").unwrap(),
+                        count: 0,
+                    }),
+                },
+                r#"{"reply":"event","seq":43,"event":{"event":"unread","name":"bob","count":0}}"#,
             ),
         ];
         let doc = include_str!("../docs/protocol.md");

@@ -6,7 +6,7 @@
 //! writes one [`Request`] as a JSON line, and reads one [`Response`] as a
 //! JSON line (docs/protocol.md §7). A tunnel or a pipe keeps its
 //! connection: after the answer that it is open, the socket carries its
-//! bytes ([`attach`]).
+//! bytes ([`attach`]); so does a `follow`, which carries events.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::agent::Agent;
 use crate::api::{Failure, FailureKind, Request, Response};
+use crate::events::Follower;
 use crate::tunnels::{self, Tunnel};
 
 /// The largest request or reply line accepted (a message is at most 64 KiB;
@@ -227,6 +228,10 @@ async fn answer(stream: UnixStream, agent: Agent) {
             Ok(pipe) => return listen(stream, from, pipe).await,
             Err(failure) => Response::Failed(failure),
         },
+        Ok(Request::Follow { run, after }) => match agent.follow(&run, after) {
+            Ok(follower) => return follow(stream, follower).await,
+            Err(missed) => Response::Failed(Failure::new(FailureKind::EventsMissed, missed)),
+        },
         Ok(request) => agent.call(request).await,
         Err(failure) => Response::Failed(failure),
     };
@@ -283,6 +288,32 @@ async fn listen(
     carry(socket, tunnel).await;
 }
 
+/// Writes each event as it happens, one [`Response::Event`] per line,
+/// until the caller goes, or falls so far behind that events it has not
+/// read are gone (it is told so, and asks for a snapshot again).
+async fn follow(mut socket: BufReader<UnixStream>, mut follower: Follower) {
+    let mut probe = [0u8; 1];
+    loop {
+        let next = tokio::select! {
+            next = follower.next() => next,
+            // The caller sends nothing more: a read that ends means it
+            // went away.
+            _ = socket.get_mut().read(&mut probe) => return,
+        };
+        let line = match next {
+            Ok((seq, event)) => Response::Event { seq, event },
+            Err(missed) => {
+                let failure = Failure::new(FailureKind::EventsMissed, missed);
+                let _ = write_line(&mut socket, &Response::Failed(failure)).await;
+                return;
+            }
+        };
+        if write_line(&mut socket, &line).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A connection to the running client that carries a tunnel: its answers
 /// first, one JSON line each, then the tunnel's bytes.
 #[derive(Debug)]
@@ -310,8 +341,9 @@ impl Attached {
     }
 }
 
-/// Sends `request` (a [`Request::Tunnel`] or [`Request::PipeListen`]) to
-/// the running client of `home`, keeping the connection for its bytes.
+/// Sends `request` (a [`Request::Tunnel`], [`Request::PipeListen`] or
+/// [`Request::Follow`]) to the running client of `home`, keeping the
+/// connection for its bytes or events.
 /// `Ok(None)` when no client runs.
 pub async fn attach(home: &Path, request: &Request) -> Result<Option<Attached>, CallError> {
     let Some(mut stream) = connect(home).await? else {

@@ -27,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agent::Trust;
-use crate::api::{Event, EventSender};
+use crate::api::Event;
 use crate::direct::{self, DirectError};
 use crate::directory::DirectorySession;
+use crate::events::EventSender;
 use crate::network::{Network, Streams};
 use crate::store::{
     Direction, MessageState, StoreError, StoreHandle, Transfer, TransferState, partial_path,

@@ -71,6 +71,7 @@ pub mod chat;
 pub mod control;
 pub mod direct;
 pub mod directory;
+pub mod events;
 pub mod files;
 pub mod home;
 pub mod metrics;

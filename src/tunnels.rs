@@ -29,9 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agent::Trust;
-use crate::api::{Event, EventSender};
+use crate::api::Event;
 use crate::direct::{self, DirectError};
 use crate::directory::DirectorySession;
+use crate::events::EventSender;
 use crate::network::{Network, Streams};
 use crate::store::Invitation;
 
@@ -68,7 +69,7 @@ impl std::fmt::Display for Target {
 
 /// What became of a tunnel someone opened to me: the log line of each
 /// step, as [`Event::Tunnel`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelLog {
     /// Which tunnel (counted from 1 since the client started).
     pub id: u64,
@@ -117,7 +118,7 @@ impl std::fmt::Display for TunnelLog {
 }
 
 /// A step of a served tunnel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum TunnelState {
     /// Connected: bytes flow.

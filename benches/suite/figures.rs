@@ -1685,6 +1685,7 @@ fn window_frames(n: usize, frames: usize) -> (Duration, Duration) {
                 status_text: String::new(),
                 last_seen: None,
                 blocked: false,
+                auto_accept_below: None,
             }],
         },
     );

@@ -39,11 +39,11 @@ use crate::files::FileEnv;
 
 mod files;
 mod tunnels;
-use crate::api::{
-    ContactView, Event, EventSender, Failure, FailureKind, Request, Response, SendOutcome,
-};
+mod views;
+use crate::api::{Event, Failure, FailureKind, Request, Response, SendOutcome};
 use crate::chat::{Inbox, Signal};
 use crate::directory::{DirectoryError, DirectorySession, Registered, node_peer_id};
+use crate::events::EventSender;
 use crate::home::{Config, Home};
 use crate::metrics::ClientMetrics;
 use crate::network::{
@@ -424,10 +424,21 @@ impl Core {
                 let response = self.decline_requests(name).await;
                 let _ = reply.send(response);
             }
-            Request::Tunnel { .. } | Request::PipeListen { .. } => {
+            Request::MarkRead { name } => {
+                let response = match ScreenName::parse(&name) {
+                    Ok(name) => self.mark_read(name).await,
+                    Err(e) => failed(FailureKind::Invalid, e),
+                };
+                let _ = reply.send(response);
+            }
+            Request::Snapshot => {
+                let response = self.snapshot().await;
+                let _ = reply.send(response);
+            }
+            Request::Tunnel { .. } | Request::PipeListen { .. } | Request::Follow { .. } => {
                 let _ = reply.send(failed(
                     FailureKind::Invalid,
-                    "tunnels and pipes are opened over the control socket, which then carries their bytes",
+                    "tunnels, pipes and followed events go over the control socket, which then carries them",
                 ));
             }
             Request::Settings {
@@ -469,9 +480,12 @@ impl Core {
                     });
                 }
                 let response = match self.save_config() {
-                    Ok(()) => Response::Done {
-                        message: said.join("; "),
-                    },
+                    Ok(()) => {
+                        self.emit(Event::Settings(self.settings_view()));
+                        Response::Done {
+                            message: said.join("; "),
+                        }
+                    }
                     Err(e) => failed(FailureKind::Other, e),
                 };
                 let _ = reply.send(response);
@@ -638,9 +652,12 @@ impl Core {
             })
             .await;
         let stored = match stored {
-            Ok(((stored, _), requested)) => {
+            Ok(((stored, new), requested)) => {
                 if requested {
                     self.tell_requests().await;
+                }
+                if new {
+                    self.emit(Event::Queued(stored.clone()));
                 }
                 stored
             }
@@ -747,6 +764,10 @@ impl Core {
             status,
             text: text.clone(),
         };
+        self.emit(Event::MyStatus {
+            status,
+            text: text.clone(),
+        });
         let shown = suffix(&text);
         if self.online.is_some() && self.directory_connected() {
             let done = Response::Done {
@@ -897,7 +918,7 @@ impl Core {
             Ok(changed) => changed,
             Err(e) => return Response::Failed(Failure::from(&e)),
         };
-        self.reload_trust().await;
+        self.contacts_changed().await;
         let withdrawn = if blocked {
             let key = self.trust.borrow().pinned(&name);
             self.withdraw_access(&name, key, "blocked").await
@@ -917,40 +938,24 @@ impl Core {
     /// Contacts with their presence: what is known, plus `found` (look-ups
     /// done for this listing).
     async fn list_contacts(&mut self, found: HashMap<ScreenName, PeerInfo>) -> Response {
-        let contacts = match self.store.call(|s| s.contacts()).await {
-            Ok(contacts) => contacts,
+        let both = self.store.call(|s| Ok((s.contacts()?, s.blocked()?))).await;
+        let (contacts, blocked) = match both {
+            Ok(both) => both,
             Err(e) => return Response::Failed(Failure::from(&e)),
         };
-        let blocked = match self.store.call(|s| s.blocked()).await {
-            Ok(blocked) => blocked,
-            Err(e) => return Response::Failed(Failure::from(&e)),
-        };
-        let mut out = Vec::with_capacity(contacts.len());
-        for c in contacts {
-            let info = found.get(&c.name).or(self.presence.get(&c.name)).cloned();
-            let key_changed_to = match &info {
-                Some(info) if info.peer_id != c.pinned => Some(info.peer_id),
-                _ => c.key_changed_to,
-            };
-            if let Some(current) = key_changed_to
-                && c.key_changed_to != Some(current)
+        let recorded: Vec<_> = contacts
+            .iter()
+            .map(|c| (c.name.clone(), c.key_changed_to))
+            .collect();
+        let views = self.contact_views(contacts, &blocked, &found);
+        for (view, (name, recorded)) in views.iter().zip(recorded) {
+            if let Some(current) = view.key_changed_to
+                && recorded != Some(current)
             {
-                self.record_key_change(&c.name, current).await;
+                self.record_key_change(&name, current).await;
             }
-            out.push(ContactView {
-                blocked: blocked.contains(&c.name),
-                name: c.name,
-                pinned: c.pinned,
-                key_changed_to,
-                presence: info.as_ref().map(|i| i.presence),
-                status_text: info
-                    .as_ref()
-                    .map(|i| i.status_text.clone())
-                    .unwrap_or_default(),
-                last_seen: info.and_then(|i| i.last_seen),
-            });
         }
-        Response::Contacts { contacts: out }
+        Response::Contacts { contacts: views }
     }
 
     // ---- the directory ----
@@ -1841,7 +1846,7 @@ impl Core {
     }
 
     async fn after_contacts_change(&mut self, name: &ScreenName, added: bool) {
-        self.reload_trust().await;
+        self.contacts_changed().await;
         if self.online.is_some() {
             if added {
                 self.watch(std::slice::from_ref(name));
@@ -1886,18 +1891,6 @@ impl Core {
         }
     }
 
-    async fn reload_trust(&mut self) {
-        let contacts = self.store.call(|s| s.contacts()).await;
-        let blocked = self.store.call(|s| s.blocked()).await;
-        match (contacts, blocked) {
-            (Ok(contacts), Ok(blocked)) => {
-                self.trust
-                    .send_replace(Arc::new(Trust::new(&contacts, &blocked)));
-            }
-            (Err(e), _) | (_, Err(e)) => warn!("cannot read contacts and blocks: {e}"),
-        }
-    }
-
     /// Records (once) that a contact's name now has another key, and says so.
     async fn record_key_change(&mut self, name: &ScreenName, current: PeerId) {
         let n = name.clone();
@@ -1916,6 +1909,7 @@ impl Core {
         if let Err(e) = self.store.call(move |s| s.put_contact(&updated)).await {
             warn!("cannot record a key change: {e}");
         }
+        self.contacts_changed().await;
         warn!(name = %name, pinned = %contact.pinned, current = %current, "KEY CHANGED");
         self.emit(Event::KeyChanged {
             name: name.clone(),
@@ -2163,6 +2157,7 @@ impl Core {
                 .await
             {
                 Ok(Some(message)) => {
+                    let name = message.peer().clone();
                     let _ = self
                         .events
                         .send(Event::Message {
@@ -2170,6 +2165,10 @@ impl Core {
                             path: None,
                         })
                         .await;
+                    let n = name.clone();
+                    if let Ok(count) = self.store.call(move |s| s.unread(&n)).await {
+                        self.emit(Event::Unread(crate::store::Unread { name, count }));
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => warn!(%id, "cannot record a message's checked signature: {e}"),

@@ -32,8 +32,9 @@ pub use self::core::{RECORD_TTL, advertised_addrs};
 pub use error::{DirectoryFailure, OnlineError, SendError, SetStatusError, StartError};
 pub use trust::{Distrust, Trust};
 
-use crate::api::{Event, EventSender, Failure, FailureKind, Request, Response, SendOutcome};
+use crate::api::{Event, Failure, FailureKind, Request, Response, SendOutcome};
 use crate::chat::DEFAULT_MESSAGE_RATE;
+use crate::events::{EventSender, Follower, Journal, Missed};
 use crate::home::{Config, Home};
 use crate::metrics::ClientMetrics;
 use crate::network::NetworkConfig;
@@ -168,6 +169,8 @@ pub struct ShutdownReport {
 pub struct Agent {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
+    /// Where every event is numbered, for front ends that follow.
+    journal: Arc<Journal>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -189,6 +192,7 @@ impl Agent {
         let invitations = store.call(|s| s.invitations()).await?;
         let (events, event_rx) = mpsc::channel(EVENT_BACKLOG);
         let events = EventSender::new(events, config.metrics.clone());
+        let journal = Arc::clone(events.journal());
         let peer_id = config.identity.peer_id();
         let core = core::Core::new(core::CoreConfig {
             identity: config.identity,
@@ -209,12 +213,25 @@ impl Agent {
         // Owned through its channel: it ends on `shutdown`, or when the
         // last handle is dropped.
         tokio::spawn(core.run(command_rx));
-        Ok((Agent { commands, peer_id }, event_rx))
+        Ok((
+            Agent {
+                commands,
+                peer_id,
+                journal,
+            },
+            event_rx,
+        ))
     }
 
     /// Our peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// The events after number `after` of run `run` (from a
+    /// [`Request::Snapshot`]), as they happen.
+    pub fn follow(&self, run: &str, after: u64) -> Result<Follower, Missed> {
+        self.journal.follow(run, after)
     }
 
     /// Runs one request.

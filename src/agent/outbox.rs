@@ -27,9 +27,10 @@ use tracing::{debug, info, warn};
 
 use super::trust::Trust;
 use super::{Note, SendError};
-use crate::api::{Event, EventSender, Failure, Response, SendOutcome};
+use crate::api::{Event, Failure, Response, SendOutcome};
 use crate::chat::{ACK_TIMEOUT, CertificateWatch, ChatLink, DeliveryError, Signal};
 use crate::directory::{DirectoryError, DirectorySession};
+use crate::events::EventSender;
 use crate::network::Network;
 use crate::peer::PeerInfo;
 use crate::store::{MessageState, StoreHandle, StoredMessage};

@@ -14,10 +14,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::Note;
 use super::trust::{Distrust, Trust};
-use crate::api::{Event, EventSender};
+use crate::api::Event;
 use crate::chat::{KeepError, MessageSink, Signal};
+use crate::events::EventSender;
 use crate::network::{Network, Path};
-use crate::store::{Direction, Received, RequestLimits, StoreHandle};
+use crate::store::{Direction, Received, RequestLimits, StoreHandle, Unread};
 
 /// Keeps accepted messages in the home's store.
 pub(super) struct StoreSink {
@@ -147,6 +148,8 @@ impl StoreSink {
         if stored.message.file.is_some() {
             let _ = self.notes.send(Note::Offered(stored.message.id)).await;
         }
+        let name = stored.peer().clone();
+        let invitation = stored.message.invite.is_some();
         // Waits for room: a message must not be dropped on its way to the
         // user (it is stored already either way).
         let _ = self
@@ -156,6 +159,27 @@ impl StoreSink {
                 path,
             })
             .await;
+        let n = name.clone();
+        if let Ok(count) = self.store.call(move |s| s.unread(&n)).await {
+            let _ = self
+                .events
+                .send(Event::Unread(Unread { name, count }))
+                .await;
+        }
+        if invitation
+            && let Ok((invitations, invited_me)) = self
+                .store
+                .call(|s| Ok((s.invitations()?, s.invited_me()?)))
+                .await
+        {
+            let _ = self
+                .events
+                .send(Event::Invitations {
+                    invitations,
+                    invited_me,
+                })
+                .await;
+        }
         if request {
             self.tell_requests().await;
         }

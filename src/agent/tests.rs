@@ -258,7 +258,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
         session: watch::channel(None).1,
         certificate: cert_rx,
         trust: trust_rx,
-        events: crate::api::EventSender::new(events_tx, None),
+        events: crate::events::EventSender::new(events_tx, None),
         notes: notes_tx,
         mode: Mode::Online,
     });
@@ -314,7 +314,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
     let sink = StoreSink::new(
         bob_store,
         watch::channel(Arc::new(Trust::default())).1,
-        crate::api::EventSender::new(bob_events_tx, None),
+        crate::events::EventSender::new(bob_events_tx, None),
         bob_net.clone(),
         mpsc::channel(16).0,
         crate::store::RequestLimits::default(),

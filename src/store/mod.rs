@@ -18,6 +18,7 @@ mod handle;
 mod invitations;
 mod requests;
 mod transfers;
+mod unread;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use handle::{StoreHandle, StoreThread};
 pub use invitations::{Invitation, InvitedMe};
 pub use requests::{MessageRequest, RequestCount, RequestLimits, RequestRefusal};
 pub use transfers::{Transfer, TransferState, partial_path};
+pub use unread::Unread;
 
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
 const BLOCKED: TableDefinition<&str, u64> = TableDefinition::new("blocked");
@@ -68,6 +70,8 @@ const INVITED_ME: TableDefinition<&str, &[u8]> = TableDefinition::new("invited_m
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 /// People I wrote to → when first: accepted, no longer requests.
 const WROTE_TO: TableDefinition<&str, u64> = TableDefinition::new("wrote_to");
+/// Conversation → received messages not read yet (see [`unread`]).
+const UNREAD: TableDefinition<&str, u64> = TableDefinition::new("unread");
 const NEXT_SEQ: &str = "next_seq";
 
 /// The largest piece of a body: with its key and redb's bookkeeping, one
@@ -680,6 +684,7 @@ impl Store {
                 && exists(txn.open_table(INVITED_ME).map(drop))?
                 && exists(txn.open_table(REQUESTS).map(drop))?
                 && exists(txn.open_table(WROTE_TO).map(drop))?
+                && exists(txn.open_table(UNREAD).map(drop))?
         };
         if all_there {
             return Ok(());
@@ -698,6 +703,7 @@ impl Store {
         txn.open_table(INVITED_ME)?;
         txn.open_table(REQUESTS)?;
         txn.open_table(WROTE_TO)?;
+        txn.open_table(UNREAD)?;
         requests::fill_wrote_to(&txn)?;
         txn.commit()?;
         Ok(())
@@ -1092,6 +1098,7 @@ impl Store {
             let bodies = txn.open_table(BODIES)?;
             let stored = record.load(|seq, len| read_body(&bodies, seq, len))?;
             drop(bodies);
+            unread::counted(txn, &name)?;
             // A verified offer becomes a transfer waiting for an answer.
             transfers::offered_to_me(txn, &stored, now)?;
             invitations::told_me(txn, &stored)?;
@@ -1336,6 +1343,49 @@ mod tests {
             MESSAGE_CONTEXT,
             m,
         )
+    }
+
+    #[test]
+    fn unread_counts_follow_checked_messages_survive_reopening_and_clear_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let counts = |store: &Store| -> Vec<(String, u64)> {
+            let all = store.unread_counts().unwrap();
+            all.into_iter()
+                .map(|u| (u.name.to_string(), u.count))
+                .collect()
+        };
+        {
+            let store = Store::open(&path, false).unwrap();
+            assert!(receive(&store, &msg("alice", "mine", "1"), 1));
+            assert!(receive(&store, &msg("alice", "mine", "2"), 2));
+            assert!(receive(&store, &msg("carol", "mine", "x"), 3));
+            // Mine count nothing, nor one whose signature is not checked.
+            store.add_outgoing(msg("mine", "alice", "r"), 4).unwrap();
+            let unchecked = msg("alice", "mine", "?");
+            let signature = signed(&unchecked);
+            store
+                .add_incoming(&unchecked, signature, PeerId::random(), 5)
+                .unwrap();
+            assert_eq!(store.unread(&name("alice")).unwrap(), 2);
+        }
+        let store = Store::open(&path, true).unwrap();
+        assert_eq!(counts(&store), [("alice".into(), 2), ("carol".into(), 1)]);
+        assert!(store.mark_read(&name("alice")).unwrap());
+        assert!(!store.mark_read(&name("alice")).unwrap(), "nothing left");
+        assert_eq!(store.unread(&name("alice")).unwrap(), 0);
+
+        // A declined request takes its count with it.
+        let stranger = msg("mallory", "mine", "hi");
+        let limits = RequestLimits::default();
+        let signature = signed(&stranger);
+        store
+            .receive(&stranger, signature, PeerId::random(), 6, Some(&limits))
+            .unwrap();
+        store.settle_incoming(&stranger.id, true, 6).unwrap();
+        assert_eq!(store.unread(&name("mallory")).unwrap(), 1);
+        store.decline_requests(Some(&name("mallory"))).unwrap();
+        assert_eq!(counts(&store), [("carol".into(), 1)]);
     }
 
     /// Keeps a received message and settles it as checked.

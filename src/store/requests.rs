@@ -259,6 +259,7 @@ impl Store {
                     txn.open_table(UNVERIFIED)?.remove((name.as_str(), *seq))?;
                     Self::remove(txn, &name, *seq)?;
                 }
+                super::unread::forget(txn, &name)?;
                 txn.open_table(REQUESTS)?.remove(name.as_str())?;
                 declined
                     .push(ScreenName::parse_normal(&name).map_err(|e| Raw::Decode(e.to_string()))?);

@@ -48,6 +48,8 @@ pub enum Tag {
     Notice,
     /// Nothing to show (typing signals).
     Quiet,
+    /// What the client shows now: the unread counts kept from before.
+    Snapshot,
 }
 
 /// What the runner does for the window.
@@ -234,6 +236,7 @@ impl App {
         vec![
             Action::Call(Tag::Contacts, Request::ContactsList),
             Action::Call(Tag::Requests, Request::Requests),
+            Action::Call(Tag::Snapshot, Request::Snapshot),
         ]
     }
 
@@ -286,7 +289,7 @@ impl App {
         };
         if bring || self.front.is_none() {
             self.front = Some(i);
-            self.conversations[i].seen();
+            self.read(i, actions);
         }
         i
     }
@@ -392,6 +395,18 @@ impl App {
             // Whoever reaches a port of mine, and how it ended.
             Event::Tunnel(log) => self.notify(log.to_string(), false),
             Event::Requests { requests } => self.requests = requests,
+            Event::Contacts { contacts } => self.buddies.set(contacts),
+            Event::MyStatus { status, text } => {
+                self.me.status = status;
+                self.me.text = text;
+            }
+            Event::Settings(settings) => {
+                self.bell = settings.bell;
+                self.send_typing = settings.send_typing;
+            }
+            Event::Unread(unread) => self.on_unread(unread, &mut actions),
+            // Mine, from another front end: shown where it belongs.
+            Event::Queued(m) => self.update(m),
             Event::Nudge { name } => {
                 let i = self.open(&name, false, &mut actions);
                 let in_front = self.front == Some(i);
@@ -408,6 +423,31 @@ impl App {
             _ => {}
         }
         actions
+    }
+
+    /// The client's unread count of a conversation: shown, unless the
+    /// conversation is read right now (then it is marked read).
+    fn on_unread(&mut self, unread: crate::store::Unread, actions: &mut Vec<Action>) {
+        if unread.count == 0 {
+            if let Some(i) = self.index_of(&unread.name) {
+                self.conversations[i].seen();
+            }
+            return;
+        }
+        let i = self.open(&unread.name, false, actions);
+        let conversation = &self.conversations[i];
+        let reading =
+            self.front == Some(i) && self.focus == Focus::Conversation && conversation.at_bottom();
+        if reading {
+            actions.push(Action::Call(
+                Tag::Quiet,
+                Request::MarkRead {
+                    name: unread.name.to_string(),
+                },
+            ));
+        } else {
+            self.conversations[i].set_unread(unread.count);
+        }
     }
 
     /// A transfer finished (or failed): said in its conversation and as
@@ -474,6 +514,11 @@ impl App {
             }
             (Tag::Contacts, Response::Contacts { contacts }) => self.buddies.set(contacts),
             (Tag::Requests, Response::Requests { requests }) => self.requests = requests,
+            (Tag::Snapshot, Response::Snapshot(snapshot)) => {
+                for unread in snapshot.unread {
+                    self.on_unread(unread, &mut actions);
+                }
+            }
             (Tag::Details(name), Response::Peer { peer, path }) => {
                 if matches!(&self.modal, Some(Modal::Details(n, _)) if *n == name) {
                     self.modal = Some(Modal::Details(name, Some((Box::new(peer), path))));
@@ -546,12 +591,11 @@ impl App {
         }
         // Switching conversations works from anywhere.
         if ctrl && matches!(key.code, KeyCode::Char('n') | KeyCode::Char('p')) {
-            self.cycle(if key.code == KeyCode::Char('n') {
+            return self.cycle(if key.code == KeyCode::Char('n') {
                 1
             } else {
                 -1
             });
-            return Vec::new();
         }
         match self.focus {
             Focus::List => self.list_key(key),
@@ -559,16 +603,33 @@ impl App {
         }
     }
 
-    fn cycle(&mut self, by: isize) {
+    fn cycle(&mut self, by: isize) -> Vec<Action> {
+        let mut actions = Vec::new();
         let n = self.conversations.len();
         if n == 0 {
-            return;
+            return actions;
         }
         let at = self.front.unwrap_or(0) as isize;
         let next = (at + by).rem_euclid(n as isize) as usize;
         self.front = Some(next);
-        self.conversations[next].seen();
+        self.read(next, &mut actions);
         self.focus = Focus::Conversation;
+        actions
+    }
+
+    /// Conversation `i` is read: its count goes, here and (if it had one)
+    /// in the client, for every front end.
+    fn read(&mut self, i: usize, actions: &mut Vec<Action>) {
+        let conversation = &mut self.conversations[i];
+        if conversation.unread() > 0 {
+            actions.push(Action::Call(
+                Tag::Quiet,
+                Request::MarkRead {
+                    name: conversation.with().to_string(),
+                },
+            ));
+        }
+        conversation.seen();
     }
 
     fn sign_in_key(&mut self, key: KeyEvent) -> Vec<Action> {

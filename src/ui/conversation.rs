@@ -157,6 +157,11 @@ impl Conversation {
         self.unread += 1;
     }
 
+    /// The client's count of unread messages (kept across restarts).
+    pub fn set_unread(&mut self, count: u64) {
+        self.unread = usize::try_from(count).unwrap_or(usize::MAX);
+    }
+
     /// Adds a line of the window's own.
     pub fn note(&mut self, text: impl Into<String>) {
         self.entries.push(Entry::Note(text.into()));

@@ -42,6 +42,7 @@ fn contact(n: &str, presence: Presence, text: &str) -> ContactView {
         status_text: text.into(),
         last_seen: Some(messenger_proto::time::now_ms() - 2 * 3_600_000),
         blocked: false,
+        auto_accept_below: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod directory;
 mod edges;
 mod files;
 mod flood;
+mod frontends;
 mod hostile;
 mod inproc;
 mod liveness;

@@ -289,3 +289,61 @@ fn the_window_gives_the_terminal_back_on_sigterm() {
     let whois = dave.ok(&["--json", "whois", "dave"]).json();
     assert_eq!(whois["online"], false, "{whois}");
 }
+
+#[test]
+fn what_the_command_line_changes_shows_in_the_running_window() {
+    let test = "what_the_command_line_changes_shows_in_the_running_window";
+    let Some(tmux) = Tmux::new(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let (erin, frank) = (User::new(&node), User::new(&node));
+    erin.register("erin");
+    frank.register("frank");
+    tmux.window("erin", &erin, 100, 30);
+    tmux.wait_for("erin", "erin (online)");
+    tmux.wait_for("erin", "No contacts");
+
+    // Through the running window's control socket, not the window.
+    erin.ok(&["contacts", "add", "frank"]);
+    tmux.wait_for("erin", "frank");
+    erin.ok(&["status", "busy", "in a meeting"]);
+    tmux.wait_until("erin", "my new status", |s| {
+        s.contains("erin (busy)") && s.contains("“in a meeting”")
+    });
+    erin.ok(&["block", "frank"]);
+    tmux.wait_for("erin", "blocked");
+
+    // Unread counts are the client's: kept across a restart of the window.
+    erin.ok(&["unblock", "frank"]);
+    frank.ok(&["send", "erin", "ping"]);
+    tmux.wait_for("erin", "frank (1)");
+    tmux.keys("erin", &["C-c"]);
+    tmux.wait_for("erin", "EXITED 0");
+    tmux.tmux(&["kill-session", "-t", "erin"]);
+    tmux.window("erin", &erin, 100, 30);
+    tmux.wait_for("erin", "frank (1)");
+    // Read here, read everywhere: a follower sees the count go.
+    let mut follower = erin.spawn(&["--json", "events"]);
+    let snapshot = follower
+        .stdout
+        .expect("the snapshot", |l| l.contains("\"snapshot\""));
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    assert_eq!(
+        snapshot["unread"],
+        serde_json::json!([{"name": "frank", "count": 1}]),
+        "{snapshot}"
+    );
+    tmux.keys("erin", &["C-n"]);
+    tmux.wait_for("erin", "ping");
+    follower.stdout.expect("frank's count read", |l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+            v["event"]["event"] == "unread"
+                && v["event"]["name"] == "frank"
+                && v["event"]["count"] == 0
+        })
+    });
+    tmux.keys("erin", &["C-c"]);
+    tmux.wait_for("erin", "EXITED 0");
+}

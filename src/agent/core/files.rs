@@ -233,7 +233,7 @@ impl Core {
             Request::Files => {
                 let transfers = self.store.call(|s| s.transfers()).await;
                 let response = store_response(transfers, |transfers| Response::Transfers {
-                    transfers: transfers.into_iter().map(view).collect(),
+                    transfers: transfers.into_iter().map(transfer_view).collect(),
                 });
                 let _ = reply.send(response);
             }
@@ -385,6 +385,9 @@ impl Core {
                 Ok(true)
             })
             .await;
+        if let Ok(true) = changed {
+            self.contacts_changed().await;
+        }
         match changed {
             Ok(true) => Response::Done {
                 message: match below {
@@ -444,7 +447,8 @@ fn direction(t: &Transfer) -> &'static str {
 }
 
 /// A transfer with the bytes received so far.
-fn view(transfer: Transfer) -> TransferView {
+/// A transfer as shown, with what arrived so far.
+pub(super) fn transfer_view(transfer: Transfer) -> TransferView {
     let received = match (transfer.state, transfer.direction) {
         (TransferState::Completed, _) => transfer.offer.size,
         (_, Direction::In) => transfer

@@ -161,6 +161,7 @@ impl Core {
             }
             Err(e) => warn!("cannot read the invitations: {e}"),
         }
+        self.tell_invitations().await;
     }
 
     pub(super) async fn list_invitations(&mut self, reply: oneshot::Sender<Response>) {

@@ -173,6 +173,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: Option<RequestsCommand>,
     },
+    /// Follow the running client (`online`, `chat` or the window on this
+    /// home): first what it shows now (me, contacts, blocks, settings,
+    /// unread counts, outbox, invitations, requests, transfers), then every
+    /// change as it happens, whichever front end made it, until Ctrl-C.
+    ///
+    /// With --json, the control socket's own lines (docs/protocol.md §7):
+    /// the snapshot, then one numbered event per line.
+    Events,
     /// Send a file directly, and answer files offered to me.
     ///
     /// Files go over the direct connection (never through the rendezvous

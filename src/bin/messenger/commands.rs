@@ -135,6 +135,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             };
             ctx.request(request).await
         }
+        Command::Events => ctx.follow_events().await,
         Command::Block { name } => ctx.request(Request::Block { name }).await,
         Command::Unblock { name } => ctx.request(Request::Unblock { name }).await,
         Command::History { name, limit } => {
@@ -328,6 +329,68 @@ impl Ctx {
             }
         };
         show_reply(&self.out, &request, reply)
+    }
+
+    /// Prints what the running client shows, then every change, until
+    /// Ctrl-C or the client stops.
+    async fn follow_events(&self) -> Result<(), Failure> {
+        let not_running = || {
+            Failure::new(
+                exit::FAILURE,
+                anyhow!(
+                    "no client runs on this home: start `messenger online`, `chat` or the window first"
+                ),
+            )
+        };
+        let snapshot = match control::call(self.home.dir(), &Request::Snapshot).await {
+            Ok(Some(Response::Snapshot(snapshot))) => snapshot,
+            Ok(Some(Response::Failed(failure))) => return Err(Failure::of(failure)),
+            Ok(Some(other)) => return Err(anyhow!("unexpected answer: {other:?}").into()),
+            Ok(None) => return Err(not_running()),
+            Err(e) => return Err(anyhow!(e).into()),
+        };
+        crate::render::show_snapshot(&self.out, &snapshot);
+        let follow = Request::Follow {
+            run: snapshot.run.clone(),
+            after: snapshot.seq,
+        };
+        let mut attached = control::attach(self.home.dir(), &follow)
+            .await
+            .map_err(|e| anyhow!(e))?
+            .ok_or_else(not_running)?;
+        let me = snapshot.me.peer_id;
+        let rendezvous = self
+            .rendezvous
+            .first()
+            .cloned()
+            .unwrap_or(Multiaddr::empty());
+        let mut signals = Signals::new()?;
+        loop {
+            let response = tokio::select! {
+                response = attached.response() => response,
+                () = signals.recv() => return Ok(()),
+            };
+            match response {
+                Ok(Response::Event { seq, event }) => {
+                    if self.out.is_json() {
+                        let line = Response::Event { seq, event };
+                        self.out
+                            .emit("", serde_json::to_value(&line).unwrap_or_default());
+                    } else if let Some(failure) = show_event(&self.out, me, event, &rendezvous) {
+                        return Err(failure);
+                    }
+                }
+                Ok(Response::Failed(failure)) => return Err(Failure::of(failure)),
+                Ok(other) => return Err(anyhow!("unexpected answer: {other:?}").into()),
+                Err(CallError::NoAnswer) => {
+                    return Err(Failure::new(
+                        exit::FAILURE,
+                        anyhow!("the running client stopped"),
+                    ));
+                }
+                Err(e) => return Err(anyhow!(e).into()),
+            }
+        }
     }
 
     /// Runs `request` through the home's running client only (files are

@@ -4,7 +4,7 @@
 
 use anyhow::anyhow;
 use libp2p::{Multiaddr, PeerId};
-use messenger::api::{ContactView, Event, Request, Response, SendOutcome};
+use messenger::api::{ContactView, Event, Request, Response, SendOutcome, SettingsView, Snapshot};
 use messenger::files::human_size;
 use messenger::network::{Path, Reachability, is_relayed};
 use messenger::peer::PeerInfo;
@@ -252,6 +252,76 @@ pub(crate) fn show_event(
         }
         Event::Requests { requests } => {
             out.emit(describe_requests(&requests), requests_json(&requests));
+            None
+        }
+        Event::Contacts { contacts } => {
+            let names: Vec<String> = contacts.iter().map(describe_contact_briefly).collect();
+            let human = match names.is_empty() {
+                true => "* contacts: none".to_owned(),
+                false => format!("* contacts: {}", names.join(", ")),
+            };
+            let list: Vec<_> = contacts.iter().map(contact_json).collect();
+            out.emit(human, json!({"event": "contacts", "contacts": list}));
+            None
+        }
+        Event::Blocked { names } => {
+            let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+            let human = match names.is_empty() {
+                true => "* blocked: nobody".to_owned(),
+                false => format!("* blocked: {}", names.join(", ")),
+            };
+            out.emit(human, json!({"event": "blocked", "names": names}));
+            None
+        }
+        Event::MyStatus { status, text } => {
+            let human = match text.is_empty() {
+                true => format!("* my status: {status}"),
+                false => format!("* my status: {status}: {}", inline(&text)),
+            };
+            out.emit(
+                human,
+                json!({"event": "my_status", "status": status.to_string(), "text": text}),
+            );
+            None
+        }
+        Event::Settings(settings) => {
+            out.emit(
+                format!("* settings: {}", describe_settings(&settings)),
+                json!({"event": "settings", "settings": settings}),
+            );
+            None
+        }
+        Event::Unread(unread) => {
+            // People see the messages themselves; programs get the count.
+            if out.is_json() {
+                out.emit(
+                    "",
+                    json!({"event": "unread", "name": unread.name.to_string(), "count": unread.count}),
+                );
+            }
+            None
+        }
+        Event::Queued(m) => {
+            out.emit(
+                format!(
+                    "* to {} (waiting to be delivered): {}",
+                    m.message.to,
+                    preview(&m.message.text)
+                ),
+                message_json("queued", &m),
+            );
+            None
+        }
+        Event::Invitations {
+            invitations,
+            invited_me,
+        } => {
+            let open = invitations.iter().filter(|i| i.open()).count();
+            let offered = invited_me.iter().filter(|i| !i.withdrawn).count();
+            out.emit(
+                format!("* invitations: {open} of mine open, {offered} to me"),
+                json!({"event": "invitations", "invitations": invitations, "invited_me": invited_me}),
+            );
             None
         }
         // Later kinds of events this front end does not show.
@@ -592,6 +662,80 @@ pub(crate) fn describe_contact(c: &ContactView) -> String {
         ));
     }
     line
+}
+
+/// "bob (online)", for a list on one line.
+fn describe_contact_briefly(c: &ContactView) -> String {
+    let presence = match c.presence {
+        Some(p) => p.to_string(),
+        None => "presence unknown".to_owned(),
+    };
+    let blocked = if c.blocked { ", blocked" } else { "" };
+    format!("{} ({presence}{blocked})", c.name)
+}
+
+fn describe_settings(s: &SettingsView) -> String {
+    let yes_no = |on: bool| if on { "on" } else { "off" };
+    format!(
+        "typing shown {}, bell {}, downloads {}, largest file {}",
+        yes_no(s.send_typing),
+        yes_no(s.bell),
+        s.downloads
+            .as_ref()
+            .map_or("the default directory".to_owned(), |d| inline(
+                &d.display().to_string()
+            )
+            .into_owned()),
+        s.max_file_size.map_or("no limit".to_owned(), human_size)
+    )
+}
+
+/// What the running client shows, as `messenger events` starts.
+pub(crate) fn show_snapshot(out: &Output, s: &Snapshot) {
+    if out.is_json() {
+        let line = Response::Snapshot(Box::new(s.clone()));
+        out.emit("", serde_json::to_value(&line).unwrap_or_default());
+        return;
+    }
+    let name =
+        s.me.name
+            .as_ref()
+            .map_or("(no name yet)".to_owned(), |n| n.to_string());
+    let mut lines = vec![format!(
+        "me: {name}, {}{}, {}",
+        s.me.status,
+        if s.me.text.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", inline(&s.me.text))
+        },
+        if s.me.online { "online" } else { "offline" }
+    )];
+    let contacts: Vec<String> = s.contacts.iter().map(describe_contact_briefly).collect();
+    lines.push(format!(
+        "contacts: {}",
+        if contacts.is_empty() {
+            "none".to_owned()
+        } else {
+            contacts.join(", ")
+        }
+    ));
+    if !s.blocked.is_empty() {
+        let names: Vec<&str> = s.blocked.iter().map(|n| n.as_str()).collect();
+        lines.push(format!("blocked: {}", names.join(", ")));
+    }
+    for u in &s.unread {
+        lines.push(format!("unread: {} from {}", u.count, u.name));
+    }
+    if !s.outbox.is_empty() {
+        lines.push(format!("outbox: {} message(s) waiting", s.outbox.len()));
+    }
+    if !s.requests.is_empty() {
+        lines.push(describe_requests(&s.requests));
+    }
+    lines.push(format!("settings: {}", describe_settings(&s.settings)));
+    lines.push("following what happens; Ctrl-C to stop".to_owned());
+    out.emit(lines.join("\n"), serde_json::Value::Null);
 }
 
 pub(crate) fn contact_json(c: &ContactView) -> serde_json::Value {
