@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::agent::Trust;
+use crate::trust::Trust;
 use crate::api::Event;
 use crate::direct::{self, DirectError};
 use crate::directory::DirectorySession;
@@ -686,22 +686,6 @@ fn disk_error(dir: &Path, e: &std::io::Error) -> String {
         )
     } else {
         format!("cannot write into {}: {e}", dir.display())
-    }
-}
-
-/// A size as people read it: 1.5 MiB.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} bytes")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -78,8 +78,10 @@ pub mod metrics;
 pub mod network;
 pub mod peer;
 pub mod reconnect;
+pub mod size;
 pub mod store;
 pub mod time;
+pub mod trust;
 pub mod tunnels;
 #[cfg(feature = "ui")]
 pub mod ui;

@@ -1,9 +1,10 @@
 //! What a running client shows when asked (`messenger online --metrics`):
 //! libp2p's recorder for its swarm (connections by transport and outcome,
 //! identify, ping round trips, hole punching), and the messenger's own
-//! figures, counted from the one stream of [`Event`]s every front end
-//! reads: messages written, acknowledged, refused and received, presence
-//! changes, reconnects to the node, and whether it is online now.
+//! figures, fed from the one stream of events every front end reads (by
+//! [`crate::events`]): messages written, acknowledged, refused and
+//! received, presence changes, reconnects to the node, and whether it is
+//! online now.
 
 use std::fmt;
 
@@ -13,7 +14,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::api::Event;
 
 /// The client's metrics; the network loop and the agent's core record.
 pub struct ClientMetrics {
@@ -87,36 +87,40 @@ impl ClientMetrics {
         metrics
     }
 
-    /// An event of the agent's, as every front end sees it.
-    pub fn event(&self, event: &Event) {
-        match event {
-            Event::Online { .. } => {
-                self.online.set(1);
-            }
-            Event::Reconnecting { .. } => {
-                self.online.set(0);
-                self.reconnects.inc();
-            }
-            Event::RegistrationRefused { .. } => {
-                self.online.set(0);
-            }
-            Event::Message { .. } => {
-                self.received.inc();
-            }
-            Event::Presence(_) => {
-                self.presence.inc();
-            }
-            Event::Sent(_) => {
-                self.sent.inc();
-            }
-            Event::Delivered(_) => {
-                self.delivered.inc();
-            }
-            Event::Failed(_) => {
-                self.failed.inc();
-            }
-            _ => {}
-        }
+    /// Registered at the node, or not (lost it, refused).
+    pub fn set_online(&self, online: bool) {
+        self.online.set(i64::from(online));
+    }
+
+    /// Lost the node; reconnecting.
+    pub fn reconnecting(&self) {
+        self.online.set(0);
+        self.reconnects.inc();
+    }
+
+    /// A message came (its signature checked).
+    pub fn message_received(&self) {
+        self.received.inc();
+    }
+
+    /// A watched name's presence changed.
+    pub fn presence_changed(&self) {
+        self.presence.inc();
+    }
+
+    /// A message of mine was written to its recipient.
+    pub fn message_sent(&self) {
+        self.sent.inc();
+    }
+
+    /// A message of mine was acknowledged.
+    pub fn message_delivered(&self) {
+        self.delivered.inc();
+    }
+
+    /// A message of mine was refused for good.
+    pub fn message_failed(&self) {
+        self.failed.inc();
     }
 
     /// A swarm event, for libp2p's recorder.

@@ -33,7 +33,7 @@ use super::error::{DirectoryFailure, OnlineError, SendError, SetStatusError};
 use super::nodes::Nodes;
 use super::outbox::{Mode, SendReply, Worker, WorkerEnv, WorkerMsg};
 use super::sink::StoreSink;
-use super::trust::Trust;
+use crate::trust::Trust;
 use super::{Command, FileSource, Note, ShutdownReport};
 use crate::files::FileEnv;
 
@@ -454,7 +454,7 @@ impl Core {
                     self.config.max_file_size = (cap > 0).then_some(cap);
                     cap_said = match cap {
                         0 => "files of any size may be accepted (as the disk has room)".to_owned(),
-                        cap => format!("files over {} are refused", crate::files::human_size(cap)),
+                        cap => format!("files over {} are refused", crate::size::human_size(cap)),
                     };
                     said.push(cap_said.as_str());
                 }

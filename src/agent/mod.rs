@@ -14,7 +14,6 @@ mod error;
 mod nodes;
 mod outbox;
 mod sink;
-mod trust;
 
 #[cfg(test)]
 mod tests;
@@ -30,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::core::{RECORD_TTL, advertised_addrs};
 pub use error::{DirectoryFailure, OnlineError, SendError, SetStatusError, StartError};
-pub use trust::{Distrust, Trust};
+pub use crate::trust::{Distrust, Trust};
 
 use crate::api::{Event, Failure, FailureKind, Request, Response, SendOutcome};
 use crate::chat::DEFAULT_MESSAGE_RATE;

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::trust::Trust;
+use crate::trust::Trust;
 use super::{Note, SendError};
 use crate::api::{Event, Failure, Response, SendOutcome};
 use crate::chat::{ACK_TIMEOUT, CertificateWatch, ChatLink, DeliveryError, Signal};

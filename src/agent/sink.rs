@@ -13,7 +13,7 @@ use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, watch};
 
 use super::Note;
-use super::trust::{Distrust, Trust};
+use crate::trust::{Distrust, Trust};
 use crate::api::Event;
 use crate::chat::{KeepError, MessageSink, Signal};
 use crate::events::EventSender;

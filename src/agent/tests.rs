@@ -210,7 +210,7 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
 
     use super::outbox::{Mode, SEND_WAIT, Worker, WorkerEnv, WorkerMsg};
     use super::sink::StoreSink;
-    use super::trust::Trust;
+    use crate::trust::Trust;
     use crate::chat::Inbox;
     use crate::network::{Network, NetworkConfig};
     use crate::peer::PeerInfo;

@@ -15,7 +15,8 @@ use tracing::{info, warn};
 use super::{Core, Done, failed, store_response};
 use crate::agent::{FileSource, Note};
 use crate::api::{FailureKind, Request, Response, TransferView};
-use crate::files::{self, FileEnv, human_size};
+use crate::files::{self, FileEnv};
+use crate::size::human_size;
 use crate::network::{Network, Streams};
 use crate::store::{Direction, Transfer, TransferState};
 

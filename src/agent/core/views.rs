@@ -15,7 +15,7 @@ use crate::peer::PeerInfo;
 use crate::store::{Contact, Unread};
 
 use super::files::transfer_view;
-use crate::agent::Trust;
+use crate::trust::Trust;
 
 impl Core {
     /// Contacts as shown: with what is known of their presence, plus

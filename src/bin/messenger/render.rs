@@ -5,7 +5,7 @@
 use anyhow::anyhow;
 use libp2p::{Multiaddr, PeerId};
 use messenger::api::{ContactView, Event, Request, Response, SendOutcome, SettingsView, Snapshot};
-use messenger::files::human_size;
+use messenger::size::human_size;
 use messenger::network::{Path, Reachability, is_relayed};
 use messenger::peer::PeerInfo;
 use messenger::proto::presence::Presence;

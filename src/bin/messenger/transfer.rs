@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
 use messenger::api::{Request, Response, TransferView};
 use messenger::control;
-use messenger::files::human_size;
+use messenger::size::human_size;
 use messenger::proto::chat::MessageId;
 use messenger::store::{Direction, TransferState};
 use serde_json::json;

@@ -10,7 +10,7 @@ use libp2p::Multiaddr;
 use messenger::agent::Agent;
 use messenger::api::{Event, Request, Response};
 use messenger::control;
-use messenger::files::human_size;
+use messenger::size::human_size;
 use messenger::home::Home;
 use messenger::proto::name::ScreenName;
 use messenger::proto::tunnel::TunnelRequest;

@@ -1,25 +1,12 @@
-//! The one stream of [`Event`]s and its journal.
-//!
-//! Every task of the client that changes what a user sees (the core, the
-//! inbox, the delivery workers, transfers) tells it through an
-//! [`EventSender`]. Each event goes to the front end that started the
-//! client (a bounded queue it must read) and into a [`Journal`], where it
-//! gets a sequence number: any other front end (a command following over
-//! the control socket, a window attached to the running client) asks for
-//! a snapshot of the state, then follows the journal from the snapshot's
-//! number, missing nothing in between.
-//!
-//! The journal keeps the last [`JOURNAL_LEN`] events. A follower that
-//! falls further behind, or that asks with the number of another run of
-//! the client, is told it missed events and asks for a snapshot again:
-//! memory stays bounded whatever a slow follower does.
+//! The journal: each event numbered, the last few thousand kept for the
+//! front ends that follow.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::api::Event;
+use super::event::Event;
 use crate::metrics::ClientMetrics;
 
 /// How many of the latest events the journal keeps for followers.
@@ -52,7 +39,7 @@ impl EventSender {
 
     fn record(&self, event: &Event) {
         if let Some(metrics) = &self.metrics {
-            metrics.event(event);
+            count(metrics, event);
         }
         self.journal.push(event.clone());
     }
@@ -69,6 +56,21 @@ impl EventSender {
     pub fn try_send(&self, event: Event) -> bool {
         self.record(&event);
         self.tx.try_send(event).is_ok()
+    }
+}
+
+/// What the metrics count of an event.
+fn count(metrics: &ClientMetrics, event: &Event) {
+    match event {
+        Event::Online { .. } => metrics.set_online(true),
+        Event::Reconnecting { .. } => metrics.reconnecting(),
+        Event::RegistrationRefused { .. } => metrics.set_online(false),
+        Event::Message { .. } => metrics.message_received(),
+        Event::Presence(_) => metrics.presence_changed(),
+        Event::Sent(_) => metrics.message_sent(),
+        Event::Delivered(_) => metrics.message_delivered(),
+        Event::Failed(_) => metrics.message_failed(),
+        _ => {}
     }
 }
 

@@ -6,6 +6,10 @@
 //! controls and accepted through [`accept`], outside the event loop, so
 //! message traffic never waits on swarm events.
 
+mod path;
+
+pub use path::{Path, Reachability, is_relayed};
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +21,6 @@ use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::core::ConnectedPoint;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::timeout::TransportTimeout;
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux};
@@ -27,7 +30,6 @@ use messenger_proto::gate::{GateLimits, Gated, HandshakeGate};
 use messenger_proto::liveness::{Liveness, transport_keeps_watch};
 use messenger_proto::quic::{QuicConfig, QuicTransport};
 use messenger_proto::record::without_peer_suffix;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -99,37 +101,6 @@ impl Default for NetworkConfig {
     }
 }
 
-/// Whether others can dial us, as the rendezvous node found by dialling back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reachability {
-    /// Not known yet.
-    Unknown,
-    /// The node could dial our addresses: others can too.
-    Public,
-    /// The node could not: we are behind NAT or a firewall.
-    Private,
-}
-
-/// How we are connected to a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Path {
-    /// A direct connection (possibly after hole punching).
-    Direct,
-    /// Only through the rendezvous node's relay.
-    Relayed,
-}
-
-impl std::fmt::Display for Path {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Path::Direct => "direct",
-            Path::Relayed => "relayed",
-        })
-    }
-}
-
 /// Something the network noticed about a peer.
 #[derive(Debug, Clone)]
 pub enum NetworkEvent {
@@ -152,11 +123,6 @@ pub enum NetworkEvent {
         /// Why.
         reason: String,
     },
-}
-
-/// Whether an address goes through a relay.
-pub fn is_relayed(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 /// What a client accepts from the peers that connect to it, strangers
