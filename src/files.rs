@@ -26,15 +26,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::trust::Trust;
-use crate::api::Event;
 use crate::direct::{self, DirectError};
 use crate::directory::DirectorySession;
+use crate::events::Event;
 use crate::events::EventSender;
 use crate::network::{Network, Streams};
 use crate::store::{
     Direction, MessageState, StoreError, StoreHandle, Transfer, TransferState, partial_path,
 };
+use crate::trust::Trust;
 
 /// Bytes read and written at a time.
 const CHUNK: usize = 256 * 1024;

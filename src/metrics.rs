@@ -14,7 +14,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-
 /// The client's metrics; the network loop and the agent's core record.
 pub struct ClientMetrics {
     libp2p: libp2p::metrics::Metrics,

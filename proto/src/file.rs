@@ -16,7 +16,7 @@ use std::fmt;
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
-use crate::chat::MessageId;
+use crate::id::MessageId;
 
 /// Protocol id of a file stream.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/messenger/file/1");

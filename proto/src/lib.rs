@@ -36,6 +36,7 @@ pub mod codec;
 pub mod directory;
 pub mod file;
 pub mod gate;
+pub mod id;
 pub mod identity;
 pub mod liveness;
 #[cfg(feature = "metrics")]

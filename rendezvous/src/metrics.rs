@@ -23,7 +23,6 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::limits::TooManyFromIp;
@@ -65,11 +64,6 @@ impl fmt::Debug for NodeMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NodeMetrics").finish_non_exhaustive()
     }
-}
-
-/// The buckets of the claim-commit latency, in seconds: 50 µs to ~1.6 s.
-pub fn commit_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
 impl NodeMetrics {

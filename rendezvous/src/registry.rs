@@ -283,7 +283,7 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
     pub fn commit_latency(&self) -> Histogram {
         self.store
             .commit_latency()
-            .unwrap_or_else(crate::metrics::commit_histogram)
+            .unwrap_or_else(crate::store::commit_histogram)
     }
 
     /// A registry that shares live registrations with other nodes.

@@ -33,9 +33,9 @@ use super::error::{DirectoryFailure, OnlineError, SendError, SetStatusError};
 use super::nodes::Nodes;
 use super::outbox::{Mode, SendReply, Worker, WorkerEnv, WorkerMsg};
 use super::sink::StoreSink;
-use crate::trust::Trust;
 use super::{Command, FileSource, Note, ShutdownReport};
 use crate::files::FileEnv;
+use crate::trust::Trust;
 
 mod files;
 mod tunnels;

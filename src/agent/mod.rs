@@ -28,8 +28,8 @@ use messenger_proto::rate::Rate;
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::core::{RECORD_TTL, advertised_addrs};
-pub use error::{DirectoryFailure, OnlineError, SendError, SetStatusError, StartError};
 pub use crate::trust::{Distrust, Trust};
+pub use error::{DirectoryFailure, OnlineError, SendError, SetStatusError, StartError};
 
 use crate::api::{Event, Failure, FailureKind, Request, Response, SendOutcome};
 use crate::chat::DEFAULT_MESSAGE_RATE;

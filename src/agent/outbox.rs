@@ -25,7 +25,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::trust::Trust;
 use super::{Note, SendError};
 use crate::api::{Event, Failure, Response, SendOutcome};
 use crate::chat::{ACK_TIMEOUT, CertificateWatch, ChatLink, DeliveryError, Signal};
@@ -34,6 +33,7 @@ use crate::events::EventSender;
 use crate::network::Network;
 use crate::peer::PeerInfo;
 use crate::store::{MessageState, StoreHandle, StoredMessage};
+use crate::trust::Trust;
 
 /// Longest wait between delivery attempts to a reachable recipient.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

@@ -13,12 +13,12 @@ use messenger_proto::time::now_ms;
 use tokio::sync::{mpsc, watch};
 
 use super::Note;
-use crate::trust::{Distrust, Trust};
-use crate::api::Event;
 use crate::chat::{KeepError, MessageSink, Signal};
+use crate::events::Event;
 use crate::events::EventSender;
 use crate::network::{Network, Path};
 use crate::store::{Direction, Received, RequestLimits, StoreHandle, Unread};
+use crate::trust::{Distrust, Trust};
 
 /// Keeps accepted messages in the home's store.
 pub(super) struct StoreSink {

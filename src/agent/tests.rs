@@ -210,11 +210,11 @@ async fn a_worker_keeps_a_message_for_an_absent_recipient_and_delivers_it_when_p
 
     use super::outbox::{Mode, SEND_WAIT, Worker, WorkerEnv, WorkerMsg};
     use super::sink::StoreSink;
-    use crate::trust::Trust;
     use crate::chat::Inbox;
     use crate::network::{Network, NetworkConfig};
     use crate::peer::PeerInfo;
     use crate::store::{MessageState, StoreHandle};
+    use crate::trust::Trust;
 
     let memory = || NetworkConfig {
         memory_only: true,

@@ -1,5 +1,5 @@
 //! What became of a tunnel someone opened to me, step by step: the
-//! entries of [`crate::api::Event::Tunnel`], apart from the serving so
+//! entries of [`crate::events::Event::Tunnel`], apart from the serving so
 //! that the events can name them without depending on it.
 
 use libp2p::PeerId;

@@ -27,13 +27,13 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::trust::Trust;
-use crate::api::Event;
 use crate::direct::{self, DirectError};
 use crate::directory::DirectorySession;
+use crate::events::Event;
 use crate::events::EventSender;
 use crate::network::{Network, Streams};
 use crate::store::Invitation;
+use crate::trust::Trust;
 
 mod log;
 

@@ -57,7 +57,7 @@ impl PgStore {
     /// Starts the task that sends claims in batches; it ends when
     /// the last clone of the store is dropped.
     pub fn new(pool: Pool, runtime: Handle) -> Self {
-        let commit_seconds = crate::metrics::commit_histogram();
+        let commit_seconds = crate::store::commit_histogram();
         let (batches, queue) = mpsc::channel(MAX_BATCH);
         runtime.spawn(claim_in_batches(
             pool.clone(),

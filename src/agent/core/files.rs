@@ -16,8 +16,8 @@ use super::{Core, Done, failed, store_response};
 use crate::agent::{FileSource, Note};
 use crate::api::{FailureKind, Request, Response, TransferView};
 use crate::files::{self, FileEnv};
-use crate::size::human_size;
 use crate::network::{Network, Streams};
+use crate::size::human_size;
 use crate::store::{Direction, Transfer, TransferState};
 
 impl Core {

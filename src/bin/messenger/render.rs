@@ -5,10 +5,10 @@
 use anyhow::anyhow;
 use libp2p::{Multiaddr, PeerId};
 use messenger::api::{ContactView, Event, Request, Response, SendOutcome, SettingsView, Snapshot};
-use messenger::size::human_size;
 use messenger::network::{Path, Reachability, is_relayed};
 use messenger::peer::PeerInfo;
 use messenger::proto::presence::Presence;
+use messenger::size::human_size;
 use messenger::store::{Direction, MessageRequest, StoredMessage, TransferState};
 use messenger::time;
 use serde_json::json;

@@ -10,8 +10,8 @@ use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
 use messenger::api::{Request, Response, TransferView};
 use messenger::control;
-use messenger::size::human_size;
 use messenger::proto::chat::MessageId;
+use messenger::size::human_size;
 use messenger::store::{Direction, TransferState};
 use serde_json::json;
 
