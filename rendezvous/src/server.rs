@@ -476,9 +476,10 @@ fn build_swarm(
         SESSION_BACKLOG,
     );
     let limits = &config.limits;
-    let ping = ping::Config::new()
-        .with_interval(config.ping_interval)
-        .with_timeout(config.ping_timeout);
+    let ping = messenger_proto::liveness::ping::Schedule {
+        interval: config.ping_interval,
+        timeout: config.ping_timeout,
+    };
     let gate = gate.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.keypair())
         .with_tokio()
@@ -819,6 +820,15 @@ impl EventLoop {
             _ => {}
         }
         match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(ping::Failure::Other { error }),
+            })) => {
+                // The peer ended the stream (reset it, closed it early): it
+                // is there. Silence is the liveness rule's to judge.
+                debug!(%peer, %connection, "a ping's stream failed: {error}");
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,

@@ -578,9 +578,10 @@ fn behaviour(
                 .with_agent_version(format!("messenger/{}", env!("CARGO_PKG_VERSION"))),
         ),
         ping: messenger_proto::liveness::ping::Behaviour::new(
-            ping::Config::new()
-                .with_interval(config.ping_interval)
-                .with_timeout(config.ping_timeout),
+            messenger_proto::liveness::ping::Schedule {
+                interval: config.ping_interval,
+                timeout: config.ping_timeout,
+            },
         ),
         stream: libp2p_stream::Behaviour::new(),
         chat: acceptors.chat,
@@ -936,6 +937,15 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
+                result: Err(ping::Failure::Other { error }),
+            })) => {
+                // The peer ended the stream (reset it, closed it early): it
+                // is there. Silence is the liveness rule's to judge.
+                debug!(%peer, %connection, "a ping's stream failed: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
                 result: Err(e),
             })) => {
                 info!(%peer, "ping failed ({e}); closing the connection");
@@ -1061,6 +1071,97 @@ mod tests {
                 })
             })
             .expect("a TCP listening address")
+    }
+
+    /// A peer that answers one ping per stream and then no more on it,
+    /// as js-libp2p does in effect (it aborts an inbound ping stream a
+    /// fixed time after it opened): pings on a stream each keep the
+    /// connection, where pings on one reused stream would go unanswered
+    /// and the connection be closed as silent.
+    #[tokio::test]
+    async fn pings_on_a_stream_each_keep_a_peer_that_answers_one_per_stream() {
+        use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+        use libp2p::Transport as _;
+
+        let mut peer = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_other_transport(|key| {
+                libp2p::core::transport::MemoryTransport::default()
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise::Config::new(key).unwrap())
+                    .multiplex(libp2p::yamux::Config::default())
+            })
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let mut incoming = peer
+            .behaviour()
+            .new_control()
+            .accept(messenger_proto::liveness::ping::PROTOCOL)
+            .unwrap();
+        peer.listen_on("/memory/0".parse().unwrap()).unwrap();
+        let addr = loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                peer.select_next_some().await
+            {
+                break address;
+            }
+        };
+        let peer_id = *peer.local_peer_id();
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&answered);
+        let serving = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = peer.select_next_some() => {}
+                    Some((_, mut stream)) = incoming.next() => {
+                        let mut ping = [0u8; 32];
+                        if stream.read_exact(&mut ping).await.is_ok()
+                            && stream.write_all(&ping).await.is_ok()
+                            && stream.flush().await.is_ok()
+                        {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        // Open, and never read again.
+                        held.push(stream);
+                    }
+                }
+            }
+        });
+
+        let config = NetworkConfig {
+            memory_only: true,
+            ping_interval: Duration::from_millis(100),
+            ping_timeout: Duration::from_millis(300),
+            ..NetworkConfig::default()
+        };
+        let (network, _task, _) = Network::start(&Identity::generate().unwrap(), config).unwrap();
+        let mut events = network.events();
+        network.dial(peer_id, vec![addr]).await.unwrap();
+        // Ten intervals and then some: a reused stream would have gone
+        // unanswered from the second ping, and the connection closed
+        // after interval + timeout.
+        let watched = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if let Ok(NetworkEvent::Disconnected { peer }) = events.recv().await
+                    && peer == peer_id
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(watched.is_err(), "the connection was closed as silent");
+        assert!(network.path(peer_id).await.is_some(), "still connected");
+        let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            answered >= 8,
+            "{answered} pings answered, each on a stream of its own"
+        );
+        serving.abort();
     }
 
     #[tokio::test]

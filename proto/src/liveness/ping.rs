@@ -1,153 +1,363 @@
-//! libp2p's ping, on a schedule that depends on the transport.
+//! libp2p's ping (`/ipfs/ping/1.0.0`), each ping on a stream of its own,
+//! on a schedule that depends on the transport.
 //!
-//! Over TCP and relayed circuits, pings are how a silent peer is noticed:
-//! they go every interval. A direct QUIC connection notices that by itself
-//! (keep-alives, idle time-out), and a ping every few seconds on top of
-//! that is most of what holding an idle connection costs: for a node with
-//! tens of thousands of clients, three times the CPU. So over direct QUIC
-//! one ping measures the round trip when the connection opens, and after
-//! that pings are only answered. Either way every ping a peer sends is
-//! answered, so a peer that pings us on its own schedule sees no
-//! difference.
+//! **A stream per ping.** The ping specification lets a dialer send its
+//! pings on one long-lived stream or on a new stream each, and the
+//! implementations differ in what they accept: js-libp2p aborts an inbound
+//! ping stream a fixed time (10 s) after it opened, whatever went over it,
+//! so a peer that keeps one stream open loses a ping to every abort, and
+//! with it (by our rule of silence) the connection. A stream per ping,
+//! closed once answered, is what every implementation takes; it costs one
+//! stream negotiation per ping, which the lazy negotiation folds into the
+//! ping's own first packet. Inbound, every ping on a stream is answered
+//! until the peer closes it (a peer that reuses its stream is served as
+//! well), on at most [`MAX_INBOUND_STREAMS`] streams at once.
+//!
+//! **The schedule.** Over TCP and relayed circuits, pings are how a silent
+//! peer is noticed: they go every interval. A direct QUIC connection
+//! notices that by itself (keep-alives, idle time-out), and a ping every
+//! few seconds on top of that is most of what holding an idle connection
+//! costs: for a node with tens of thousands of clients, three times the
+//! CPU. So over direct QUIC one ping measures the round trip when the
+//! connection opens, and after that pings are only answered.
+//!
+//! The events are libp2p's [`ping::Event`]s, one per outbound ping.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use either::Either;
+use futures::future::BoxFuture;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_timer::Delay;
 use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::ReadyUpgrade;
 use libp2p::core::{ConnectedPoint, Endpoint};
+use libp2p::swarm::handler::{
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+};
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+    NetworkBehaviour, Stream, StreamUpgradeError, SubstreamProtocol, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm,
 };
-use libp2p::{Multiaddr, PeerId, ping};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, ping};
 
 use super::transport_keeps_watch;
 
-/// "Never again" for the ping schedule of a connection its transport
-/// watches: a day, long past any connection's time-outs.
-const ANSWER_ONLY_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// The protocol: libp2p's ping.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/ping/1.0.0");
 
-/// libp2p's ping behaviour with one schedule for connections that need
-/// pings and another (one ping, then answers only) for direct QUIC ones.
-/// Its events are libp2p's [`ping::Event`]s.
+/// A ping's payload, sent and echoed.
+const PING_SIZE: usize = 32;
+
+/// Inbound ping streams answered at once on one connection: the
+/// specification's "at most two"; a newer one replaces the oldest.
+pub const MAX_INBOUND_STREAMS: usize = 2;
+
+/// When and how long to ping.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Between the end of a ping and the next one (where the transport
+    /// does not keep watch).
+    pub interval: Duration,
+    /// How long one ping may take, the stream's opening included.
+    pub timeout: Duration,
+}
+
+/// Pings on its [`Schedule`] where the transport does not keep watch
+/// ([`transport_keeps_watch`]), once elsewhere; answers every ping.
+#[derive(Debug)]
 pub struct Behaviour {
-    /// Connections whose transport does not watch them: TCP, circuits.
-    pinging: ping::Behaviour,
-    /// Direct QUIC connections.
-    answering: ping::Behaviour,
-}
-
-impl std::fmt::Debug for Behaviour {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ping::Behaviour").finish_non_exhaustive()
-    }
+    schedule: Schedule,
+    events: VecDeque<ping::Event>,
 }
 
 impl Behaviour {
-    /// Pings on `config`'s schedule where the transport does not keep
-    /// watch ([`transport_keeps_watch`]).
-    pub fn new(config: ping::Config) -> Self {
+    /// Pings on `schedule`.
+    pub fn new(schedule: Schedule) -> Self {
         Self {
-            pinging: ping::Behaviour::new(config.clone()),
-            answering: ping::Behaviour::new(config.with_interval(ANSWER_ONLY_INTERVAL)),
+            schedule,
+            events: VecDeque::new(),
         }
     }
-}
 
-type Handler = THandler<ping::Behaviour>;
-/// Puts a ping handler on its side of [`Behaviour`]'s handler.
-type Side = fn(Handler) -> Either<Handler, Handler>;
-
-impl Behaviour {
-    /// The schedule a connection gets, and which side of the handler its
-    /// handler is.
-    fn schedule_for(&mut self, endpoint: &ConnectedPoint) -> (&mut ping::Behaviour, Side) {
-        if transport_keeps_watch(endpoint) {
-            (&mut self.answering, Either::Right)
-        } else {
-            (&mut self.pinging, Either::Left)
-        }
+    fn handler(&self, endpoint: &ConnectedPoint) -> Handler {
+        Handler::new(self.schedule, !transport_keeps_watch(endpoint))
     }
 }
 
 impl NetworkBehaviour for Behaviour {
-    type ConnectionHandler = Either<Handler, Handler>;
+    type ConnectionHandler = Handler;
     type ToSwarm = ping::Event;
 
     fn handle_established_inbound_connection(
         &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
+        _: ConnectionId,
+        _: PeerId,
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        let endpoint = ConnectedPoint::Listener {
+        Ok(self.handler(&ConnectedPoint::Listener {
             local_addr: local_addr.clone(),
             send_back_addr: remote_addr.clone(),
-        };
-        let (behaviour, side) = self.schedule_for(&endpoint);
-        behaviour
-            .handle_established_inbound_connection(connection_id, peer, local_addr, remote_addr)
-            .map(side)
+        }))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        connection_id: ConnectionId,
-        peer: PeerId,
+        _: ConnectionId,
+        _: PeerId,
         addr: &Multiaddr,
         role_override: Endpoint,
         port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        let endpoint = ConnectedPoint::Dialer {
+        Ok(self.handler(&ConnectedPoint::Dialer {
             address: addr.clone(),
             role_override,
             port_use,
-        };
-        let (behaviour, side) = self.schedule_for(&endpoint);
-        behaviour
-            .handle_established_outbound_connection(
-                connection_id,
-                peer,
-                addr,
-                role_override,
-                port_use,
-            )
-            .map(side)
+        }))
     }
 
-    fn on_swarm_event(&mut self, event: FromSwarm) {
-        self.pinging.on_swarm_event(event);
-        self.answering.on_swarm_event(event);
-    }
+    fn on_swarm_event(&mut self, _: FromSwarm) {}
 
     fn on_connection_handler_event(
         &mut self,
         peer: PeerId,
         connection: ConnectionId,
-        event: THandlerOutEvent<Self>,
+        result: THandlerOutEvent<Self>,
     ) {
-        match event {
-            Either::Left(e) => self
-                .pinging
-                .on_connection_handler_event(peer, connection, e),
-            Either::Right(e) => self
-                .answering
-                .on_connection_handler_event(peer, connection, e),
+        self.events.push_front(ping::Event {
+            peer,
+            connection,
+            result,
+        });
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        match self.events.pop_back() {
+            Some(event) => Poll::Ready(ToSwarm::GenerateEvent(event)),
+            None => Poll::Pending,
         }
+    }
+}
+
+/// One connection's pings.
+pub struct Handler {
+    schedule: Schedule,
+    /// Whether to go on pinging after the first ping.
+    repeat: bool,
+    /// When the next ping goes (none: no more pings).
+    next: Option<Delay>,
+    outbound: Outbound,
+    /// Inbound streams being answered, oldest first.
+    inbound: VecDeque<BoxFuture<'static, io::Result<()>>>,
+    /// What to tell the behaviour.
+    results: VecDeque<Result<Duration, ping::Failure>>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ping::Handler")
+            .field("repeat", &self.repeat)
+            .field("inbound", &self.inbound.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the outbound ping stands.
+enum Outbound {
+    /// Waiting for the next one (`Handler::next`).
+    Idle,
+    /// Asked for a stream, by this deadline.
+    Opening(Delay),
+    /// Sent on its stream, waiting for the echo.
+    Pinging(BoxFuture<'static, Result<Duration, ping::Failure>>),
+    /// The peer does not speak ping: said once, then nothing more.
+    Unsupported,
+}
+
+impl Handler {
+    fn new(schedule: Schedule, repeat: bool) -> Self {
+        Self {
+            schedule,
+            repeat,
+            // The first ping goes at once: it measures the round trip.
+            next: Some(Delay::new(Duration::ZERO)),
+            outbound: Outbound::Idle,
+            inbound: VecDeque::new(),
+            results: VecDeque::new(),
+        }
+    }
+
+    /// A ping ended: the next one is scheduled, if pings repeat.
+    fn finished(&mut self, result: Result<Duration, ping::Failure>) {
+        self.outbound = Outbound::Idle;
+        self.next = self.repeat.then(|| Delay::new(self.schedule.interval));
+        self.results.push_back(result);
+    }
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = Infallible;
+    type ToBehaviour = Result<Duration, ping::Failure>;
+    type InboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+        SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
+    }
+
+    fn on_behaviour_event(&mut self, event: Self::FromBehaviour) {
+        match event {}
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        // Pings keep nothing open: a connection lives for what else it
+        // carries.
+        false
     }
 
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        if let Poll::Ready(event) = self.pinging.poll(cx) {
-            return Poll::Ready(event.map_in(Either::Left));
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
+        // Answer; a stream that ended (closed, reset, malformed) goes.
+        self.inbound
+            .retain_mut(|answering| match answering.poll_unpin(cx) {
+                Poll::Pending => true,
+                Poll::Ready(Ok(())) => false,
+                Poll::Ready(Err(e)) => {
+                    tracing::trace!("an inbound ping stream ended: {e}");
+                    false
+                }
+            });
+
+        match &mut self.outbound {
+            Outbound::Opening(deadline) => {
+                if deadline.poll_unpin(cx).is_ready() {
+                    self.finished(Err(ping::Failure::Timeout));
+                }
+            }
+            Outbound::Pinging(ping) => {
+                if let Poll::Ready(result) = ping.poll_unpin(cx) {
+                    self.finished(result);
+                }
+            }
+            Outbound::Idle | Outbound::Unsupported => {}
         }
-        if let Poll::Ready(event) = self.answering.poll(cx) {
-            return Poll::Ready(event.map_in(Either::Right));
+        if let Some(result) = self.results.pop_front() {
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(result));
+        }
+
+        if let (Outbound::Idle, Some(next)) = (&self.outbound, &mut self.next)
+            && next.poll_unpin(cx).is_ready()
+        {
+            self.next = None;
+            let mut deadline = Delay::new(self.schedule.timeout);
+            // Polled once, so that it wakes us when it expires.
+            let _ = deadline.poll_unpin(cx);
+            self.outbound = Outbound::Opening(deadline);
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ()),
+            });
         }
         Poll::Pending
     }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: mut stream,
+                ..
+            }) => {
+                stream.ignore_for_keep_alive();
+                if self.inbound.len() == MAX_INBOUND_STREAMS {
+                    self.inbound.pop_front();
+                }
+                self.inbound.push_back(answer(stream).boxed());
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: mut stream,
+                ..
+            }) => {
+                stream.ignore_for_keep_alive();
+                // What is left of the time the opening took.
+                let left = match std::mem::replace(&mut self.outbound, Outbound::Idle) {
+                    Outbound::Opening(deadline) => deadline,
+                    _ => Delay::new(self.schedule.timeout),
+                };
+                self.outbound = Outbound::Pinging(ping_once(stream, left).boxed());
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => match error {
+                StreamUpgradeError::NegotiationFailed => {
+                    self.outbound = Outbound::Unsupported;
+                    self.next = None;
+                    self.results.push_back(Err(ping::Failure::Unsupported));
+                }
+                StreamUpgradeError::Timeout => self.finished(Err(ping::Failure::Timeout)),
+                StreamUpgradeError::Io(error) => self.finished(Err(ping::Failure::Other {
+                    error: Box::new(error),
+                })),
+                StreamUpgradeError::Apply(never) => match never {},
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Sends one ping on `stream` and waits for its echo, until `deadline`;
+/// then closes the stream.
+async fn ping_once(mut stream: Stream, deadline: Delay) -> Result<Duration, ping::Failure> {
+    let exchange = async {
+        let payload: [u8; PING_SIZE] = random_payload();
+        let started = Instant::now();
+        stream.write_all(&payload).await?;
+        stream.flush().await?;
+        let mut echo = [0u8; PING_SIZE];
+        stream.read_exact(&mut echo).await?;
+        let rtt = started.elapsed();
+        if echo != payload {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the ping's echo differs from the ping",
+            ));
+        }
+        // Done with it: the peer sees the end of the stream.
+        let _ = stream.close().await;
+        Ok(rtt)
+    };
+    futures::select! {
+        result = exchange.fuse() => result.map_err(|error| ping::Failure::Other { error: Box::new(error) }),
+        () = deadline.fuse() => Err(ping::Failure::Timeout),
+    }
+}
+
+/// Echoes every ping on `stream` until the peer closes it.
+async fn answer(mut stream: Stream) -> io::Result<()> {
+    let mut payload = [0u8; PING_SIZE];
+    loop {
+        match stream.read_exact(&mut payload).await {
+            Ok(()) => {}
+            // The peer closed its side between pings: so do we.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return stream.close().await,
+            Err(e) => return Err(e),
+        }
+        stream.write_all(&payload).await?;
+        stream.flush().await?;
+    }
+}
+
+fn random_payload() -> [u8; PING_SIZE] {
+    let mut payload = [0u8; PING_SIZE];
+    // Any bytes do: the payload only pairs a ping with its echo.
+    let _ = getrandom::fill(&mut payload);
+    payload
 }
