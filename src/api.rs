@@ -458,6 +458,14 @@ pub enum FailureKind {
     /// A follower missed events (it fell behind, or the client
     /// restarted): take a new snapshot and follow from there.
     EventsMissed,
+    /// The name is not a contact, and only a contact may be (invited, let
+    /// in unasked).
+    NotAContact,
+    /// It needs the client online (serving tunnels, fetching files), and
+    /// it is not.
+    NotOnline,
+    /// Over a limit the user set (the largest file accepted).
+    OverLimit,
     /// Anything else.
     Other,
 }

@@ -79,8 +79,8 @@ impl PeerInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error(
     "KEY CHANGED: {name} was pinned to key {pinned}, but the rendezvous node now says {current}. \
-     Nothing is sent to or accepted from {name} until you run `messenger contacts trust {name}` \
-     (do so only if you know why the key changed)"
+     Nothing is sent to or accepted from {name} until you trust the new key \
+     (do so only if you know why it changed)"
 )]
 pub struct KeyChange {
     /// The contact.

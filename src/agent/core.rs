@@ -1779,10 +1779,33 @@ impl Core {
     async fn add_contact(&mut self, info: PeerInfo, trust: bool) -> Response {
         let name = info.name.clone();
         let n = name.clone();
-        let existing = match self.store.call(move |s| s.contact(&n)).await {
-            Ok(existing) => existing,
+        let key = info.peer_id;
+        let found = self
+            .store
+            .call(move |s| {
+                let contacts = s.contacts()?;
+                let existing = contacts.iter().find(|c| c.name == n).cloned();
+                let other = contacts
+                    .into_iter()
+                    .find(|c| c.name != n && c.pinned == key)
+                    .map(|c| c.name);
+                Ok((existing, other))
+            })
+            .await;
+        let (existing, other) = match found {
+            Ok(found) => found,
             Err(e) => return Response::Failed(Failure::from(&e)),
         };
+        // One key, one contact: what comes from a key (a tunnel, a pipe,
+        // a file) is attributed to its contact, which must be one name.
+        if let Some(other) = other {
+            return failed(
+                FailureKind::Invalid,
+                format!(
+                    "{name}'s key {key} is pinned for your contact {other} already: a key is pinned under one name (remove {other} first to pin it under {name})"
+                ),
+            );
+        }
         let message = match (&existing, trust) {
             (None, true) => return failed(FailureKind::Other, format!("{name} is not a contact")),
             (Some(c), false) if c.pinned == info.peer_id => {

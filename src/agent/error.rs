@@ -114,7 +114,7 @@ impl From<&DirectoryFailure> for Failure {
 #[non_exhaustive]
 pub enum SendError {
     /// We have no screen name to send from.
-    #[error("you have no screen name yet: run `messenger register NAME` first")]
+    #[error("you have no screen name yet: register one first")]
     NoName,
     /// The text breaks the limits.
     #[error(transparent)]
@@ -187,7 +187,7 @@ impl From<&SetStatusError> for Failure {
 #[non_exhaustive]
 pub enum OnlineError {
     /// We have no screen name to go online as.
-    #[error("you have no screen name yet: run `messenger register NAME` first")]
+    #[error("you have no screen name yet: register one first")]
     NoName,
     /// The client is online already.
     #[error("this client is online already")]

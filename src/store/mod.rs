@@ -84,7 +84,7 @@ const BODY_PIECE: usize = 4000;
 pub enum StoreError {
     /// Another process has the home's store open.
     #[error(
-        "the store {} is in use by another messenger process (is `messenger online` running on this home?)",
+        "the store {} is in use by another process of this home's client",
         .0.display()
     )]
     InUse(PathBuf),

@@ -296,3 +296,27 @@ fn a_blocked_sender_is_refused_without_being_told_why() {
             .all(|l| !l.contains("spam"))
     );
 }
+
+#[test]
+fn a_key_is_pinned_under_one_contact_name_only() {
+    let (_dir, _node, alice, bob) = crate::support::alice_and_bob();
+    // alice's key owns a second name.
+    alice.register("alice.work");
+    bob.ok(&["contacts", "add", "alice"]);
+    let refused = bob.run(&["contacts", "add", "alice.work"]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("is pinned for your contact alice already"),
+        "{refused:?}"
+    );
+    // Under the other name once the first is gone.
+    bob.ok(&["contacts", "remove", "alice"]);
+    bob.ok(&["contacts", "add", "alice.work"]);
+    let list = bob.ok(&["--json", "contacts", "list"]).stdout;
+    assert!(
+        list.contains("alice.work") && !list.contains("\"alice\""),
+        "{list}"
+    );
+}

@@ -52,12 +52,9 @@ impl Lab {
             };
             // CI has all it needs (.ci/run installs it): a missing piece
             // there is a failure, not a skip.
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{test} needs root and iproute2 + iptables to build network namespaces ({why})"
-            );
-            eprintln!(
-                "\n!!!!! SKIPPED {test}: it needs root and iproute2 + iptables to build network namespaces ({why}); CI runs it as root !!!!!\n"
+            crate::support::skip(
+                test,
+                &format!("root and iproute2 + iptables to build network namespaces ({why})"),
             );
             return None;
         }

@@ -88,7 +88,15 @@ pub fn missing(what: &str) {
         std::env::var_os("CI").is_none(),
         "{what} is missing; CI must install it (see .ci/run)"
     );
-    eprintln!("\n*** SKIPPED: {what} is not installed; install it to run this test ***\n");
+    // Past the test harness's capture of `eprintln!`, so that the skip
+    // shows in `cargo test`'s own output (this file is also the bench's).
+    use std::io::Write;
+    let thread = std::thread::current();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n!!!!! SKIPPED {}: it needs {what} installed !!!!!",
+        thread.name().unwrap_or("a test")
+    );
 }
 
 /// A loopback port free at the time of asking.

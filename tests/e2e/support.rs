@@ -457,3 +457,20 @@ impl User {
         ran.json()["peer_id"].as_str().expect("peer_id").to_owned()
     }
 }
+
+/// Skips `test` for want of `needs`, so that it shows: the line goes to
+/// the terminal itself, past the test harness's capture of `eprintln!`
+/// (which would hide it unless the test failed), so `cargo test`'s own
+/// output says which tests did not run. Under CI, where everything is
+/// installed and the suite runs as root, a missing piece fails the test.
+pub fn skip(test: &str, needs: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs {needs}; CI must provide it (see .ci/run)"
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n!!!!! SKIPPED {test}: it needs {needs} !!!!!"
+    );
+}

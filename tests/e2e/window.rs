@@ -23,11 +23,7 @@ fn have_tmux() -> bool {
 impl Tmux {
     fn new(test: &str) -> Option<Self> {
         if !have_tmux() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{test} needs tmux (CI installs it)"
-            );
-            eprintln!("\n!!!!! SKIPPED {test}: it needs tmux !!!!!\n");
+            crate::support::skip(test, "tmux");
             return None;
         }
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

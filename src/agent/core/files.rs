@@ -108,8 +108,8 @@ impl Core {
     async fn accept(&mut self, id: MessageId, dir: PathBuf) -> Response {
         if self.file_env.is_none() {
             return failed(
-                FailureKind::Invalid,
-                "files are fetched by your running client: start `messenger online` (or the window) on this home",
+                FailureKind::NotOnline,
+                "files are fetched by your client while it is online, and it is not",
             );
         }
         if let Err(refusal) = self.may_take(id, &dir).await {
@@ -180,9 +180,9 @@ impl Core {
             && size > cap
         {
             return Err(failed(
-                FailureKind::Invalid,
+                FailureKind::OverLimit,
                 format!(
-                    "{} is {}, over your limit of {}: raise it with `messenger files --max-size SIZE` to accept it",
+                    "{} is {}, over your limit of {}: raise the limit to accept it",
                     transfer.offer.name,
                     human_size(size),
                     human_size(cap)
@@ -265,7 +265,7 @@ impl Core {
         let Some(from) = self.config.name.clone() else {
             let _ = reply.send(failed(
                 FailureKind::NoName,
-                "you have no screen name yet: run `messenger register NAME` first",
+                "you have no screen name yet: register one first",
             ));
             return;
         };
@@ -400,10 +400,8 @@ impl Core {
                 },
             },
             Ok(false) => failed(
-                FailureKind::Invalid,
-                format!(
-                    "{name} is not a contact: add them first (`messenger contacts add {name}`)"
-                ),
+                FailureKind::NotAContact,
+                format!("{name} is not a contact: add them first"),
             ),
             Err(e) => Response::Failed(crate::api::Failure::from(&e)),
         }

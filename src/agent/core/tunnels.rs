@@ -66,7 +66,7 @@ impl Core {
         let Some(me) = self.config.name.clone() else {
             return failed(
                 FailureKind::NoName,
-                "you have no screen name yet: run `messenger register NAME` first",
+                "you have no screen name yet: register one first",
             );
         };
         let n = name.clone();
@@ -80,9 +80,9 @@ impl Core {
         };
         let Some(contact) = contact else {
             return failed(
-                FailureKind::Invalid,
+                FailureKind::NotAContact,
                 format!(
-                    "{name} is not a contact: only contacts can be invited (`messenger contacts add {name}` pins their key first)"
+                    "{name} is not a contact: only contacts can be invited (adding them pins their key)"
                 ),
             );
         };
@@ -116,12 +116,12 @@ impl Core {
             return Response::Failed(Failure::from(&e));
         }
         self.reload_invitations().await;
+        // For people whose client does not read `invite`: the fields say
+        // it all, and each front end tells its user how to connect.
         let text = if revoke {
             format!("no longer lets you connect to port {port} on their computer")
         } else {
-            format!(
-                "invites you to connect to port {port} on their computer: `messenger connect {me} {port}`"
-            )
+            format!("invites you to connect to port {port} on their computer")
         };
         let notice = Message {
             id: MessageId::random(),
@@ -243,8 +243,8 @@ impl Core {
 
 fn not_online() -> Failure {
     Failure::new(
-        FailureKind::Unreachable,
-        "tunnels go through your client while it is online: start `messenger online` (or the window) on this home",
+        FailureKind::NotOnline,
+        "tunnels go through your client while it is online, and it is not",
     )
 }
 

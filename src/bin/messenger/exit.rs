@@ -31,7 +31,7 @@ pub(crate) const REFUSED: u8 = 11;
 /// The exit status of a failure of `kind`.
 pub(crate) fn of(kind: FailureKind) -> u8 {
     match kind {
-        FailureKind::Invalid => INVALID,
+        FailureKind::Invalid | FailureKind::NotAContact | FailureKind::OverLimit => INVALID,
         FailureKind::NoSuchName => NO_SUCH_NAME,
         FailureKind::NameTaken => NAME_TAKEN,
         FailureKind::NotDelivered => NOT_DELIVERED,
@@ -41,4 +41,17 @@ pub(crate) fn of(kind: FailureKind) -> u8 {
         FailureKind::Refused => REFUSED,
         _ => FAILURE,
     }
+}
+
+/// The command that puts a failure of `kind` right, if there is one.
+pub(crate) fn hint(kind: FailureKind) -> Option<&'static str> {
+    Some(match kind {
+        FailureKind::NoName => "`messenger register NAME`",
+        FailureKind::NotAContact => "`messenger contacts add NAME`",
+        FailureKind::NotOnline => "start `messenger online` or the window on this home",
+        FailureKind::OverLimit => "`messenger files --max-size SIZE`",
+        FailureKind::KeyChanged => "`messenger contacts trust NAME`, only if you know why",
+        FailureKind::StoreInUse => "is `messenger online` or the window running on this home?",
+        _ => return None,
+    })
 }

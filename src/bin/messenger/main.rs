@@ -126,8 +126,14 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 impl Failure {
-    /// A failure the library reported, with the exit status of its kind.
+    /// A failure the library reported, with the exit status of its kind
+    /// and what to run about it (the library says what is wrong; which
+    /// command puts it right is this front end's to say).
     pub(crate) fn of(failure: messenger::api::Failure) -> Self {
-        Self::new(exit::of(failure.kind), anyhow::anyhow!(failure.message))
+        let message = match exit::hint(failure.kind) {
+            Some(hint) => format!("{} ({hint})", failure.message),
+            None => failure.message,
+        };
+        Self::new(exit::of(failure.kind), anyhow::anyhow!(message))
     }
 }

@@ -109,12 +109,16 @@ pub(crate) fn show_event(
             };
             let mut event = message_json("message", &m);
             event["path"] = json!(path.map(|p| p.to_string()));
-            let offer = match &msg.file {
-                Some(_) => format!(
+            let offer = match (&msg.file, &msg.invite) {
+                (Some(_), _) => format!(
                     "\n  accept: messenger file accept {}   decline: messenger file decline {}",
                     msg.id, msg.id
                 ),
-                None => String::new(),
+                (None, Some(invite)) if !invite.withdrawn => format!(
+                    "\n  connect: messenger connect {} {}",
+                    msg.from, invite.port
+                ),
+                _ => String::new(),
             };
             out.emit(
                 format!(
