@@ -1065,7 +1065,14 @@ async fn resolve_latency(held: usize, resolves: usize) -> Vec<Duration> {
                         .sign(&id);
                         // Session ids far above the node's own.
                         let session = 1_000_000_000 + i as u64;
-                        let reply = registry.register(id.peer_id(), session, record, vec![], now);
+                        let key = messenger::proto::identity::PeerKey::of(id.peer_id());
+                        let signer = rendezvous::registry::Signer {
+                            peer: id.peer_id(),
+                            key: key.as_ref(),
+                        };
+                        let reply = futures::executor::block_on(
+                            registry.register_async(signer, session, record, vec![], now),
+                        );
                         assert!(
                             matches!(reply, messenger::proto::directory::Reply::Registered { .. }),
                             "{reply:?}"

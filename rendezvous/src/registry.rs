@@ -346,9 +346,10 @@ impl<S: ClaimStore + ?Sized> Registry<S> {
     }
 
     /// Handles a registration from `peer` on `session`, blocking until
-    /// its claim (if any) is committed: for synchronous callers, never
-    /// from async code ([`Registry::register_async`]).
-    pub fn register(
+    /// its claim (if any) is committed: for the tests' synchronous calls
+    /// only (the node awaits [`Registry::register_async`]).
+    #[cfg(test)]
+    pub(crate) fn register(
         &self,
         peer: PeerId,
         session: SessionId,

@@ -739,6 +739,9 @@ impl EventLoop {
         tokio::pin!(scrapes);
         let mut liveness_check = tokio::time::interval(self.liveness.check_every());
         liveness_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The lease sweep in progress, if one is: owned here, never two at
+        // once, and waited for before the node says it stopped.
+        let mut lease_sweeping: Option<tokio::task::JoinHandle<usize>> = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -758,12 +761,23 @@ impl EventLoop {
                     self.report_shedding();
                 }
                 _ = lease_sweep.tick() => {
-                    let registry = self.registry.clone();
-                    let lease = self.name_lease;
-                    // Off the event loop: it scans and writes the store.
-                    tokio::task::spawn_blocking(move || registry.release_unused(lease, now_ms()));
+                    // A sweep still running (a slow store) is not doubled:
+                    // this tick is skipped, the next one tries again.
+                    if lease_sweeping.as_ref().is_none_or(|s| s.is_finished()) {
+                        let registry = self.registry.clone();
+                        let lease = self.name_lease;
+                        // Off the event loop: it scans and writes the store.
+                        lease_sweeping = Some(tokio::task::spawn_blocking(move || {
+                            registry.release_unused(lease, now_ms())
+                        }));
+                    }
                 }
             }
+        }
+        // A blocking task cannot be stopped: the sweep ends by itself, and
+        // the store is not left to it after the node stopped.
+        if let Some(sweeping) = lease_sweeping.take() {
+            let _ = sweeping.await;
         }
         info!(online = self.registry.online_count(), "shutting down");
         if let Some(accepting) = accepting {
