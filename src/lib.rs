@@ -80,6 +80,8 @@ pub mod peer;
 pub mod reconnect;
 pub mod size;
 pub mod store;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod time;
 pub mod trust;
 pub mod tunnels;

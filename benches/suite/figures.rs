@@ -1070,9 +1070,13 @@ async fn resolve_latency(held: usize, resolves: usize) -> Vec<Duration> {
                             peer: id.peer_id(),
                             key: key.as_ref(),
                         };
-                        let reply = futures::executor::block_on(
-                            registry.register_async(signer, session, record, vec![], now),
-                        );
+                        let reply = futures::executor::block_on(registry.register_async(
+                            signer,
+                            session,
+                            record,
+                            vec![],
+                            now,
+                        ));
                         assert!(
                             matches!(reply, messenger::proto::directory::Reply::Registered { .. }),
                             "{reply:?}"

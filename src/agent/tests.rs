@@ -4,40 +4,15 @@
 use std::time::Duration;
 
 use messenger_proto::Identity;
-use messenger_proto::rate::Rate;
 
 use super::{Agent, AgentConfig};
 use crate::api::{Event, Request, Response, SendOutcome};
-
-async fn node() -> (rendezvous::Server, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = rendezvous::Config::new(dir.path().join("node"));
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    // The node's own limits, as a public node has them (20 requests per
-    // second per peer, bursts of 100): what must not be hit.
-    let node = rendezvous::Server::bind(config).await.unwrap();
-    (node, dir)
-}
+use crate::testing::TestNode;
 
 /// An agent registered as `name` and online; its events go to the
 /// returned receiver.
-async fn online(
-    node: &rendezvous::Server,
-    name: &str,
-) -> (Agent, tokio::sync::mpsc::Receiver<Event>) {
-    let mut config = AgentConfig::ephemeral(
-        Identity::generate().unwrap(),
-        node.listen_addrs()[0].clone(),
-    )
-    .unwrap();
-    config.message_rate = Rate::new(1e9, u32::MAX);
-    let (agent, events) = Agent::start(config).await.unwrap();
-    agent.register(name).await.unwrap();
-    agent
-        .go_online(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
-        .await
-        .unwrap();
-    (agent, events)
+async fn online(node: &TestNode, name: &str) -> (Agent, tokio::sync::mpsc::Receiver<Event>) {
+    crate::testing::online_agent(&node.addr, name).await
 }
 
 fn drain(mut events: tokio::sync::mpsc::Receiver<Event>) -> tokio::task::JoinHandle<usize> {
@@ -54,7 +29,9 @@ fn drain(mut events: tokio::sync::mpsc::Receiver<Event>) -> tokio::task::JoinHan
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sends_to_a_contact_resolve_it_once_and_are_never_rate_limited() {
-    let (node, _dir) = node().await;
+    // The node's own limits, as a public node has them (20 requests per
+    // second per peer, bursts of 100): what must not be hit.
+    let node = TestNode::start().await;
     let (bob, bob_events) = online(&node, "bob").await;
     let bob_messages = drain(bob_events);
     let (alice, alice_events) = online(&node, "alice").await;
@@ -71,7 +48,7 @@ async fn a_thousand_sends_to_a_contact_resolve_it_once_and_are_never_rate_limite
         })
         .await;
     assert!(matches!(added, Response::Done { .. }), "{added:?}");
-    let before = node.counters();
+    let before = node.server.counters();
     for i in 0..1_000 {
         let outcome = alice.send("bob", &format!("message {i}")).await.unwrap();
         assert!(
@@ -79,7 +56,7 @@ async fn a_thousand_sends_to_a_contact_resolve_it_once_and_are_never_rate_limite
             "message {i}: {outcome:?}"
         );
     }
-    let after = node.counters();
+    let after = node.server.counters();
     eprintln!("1000 sends: node counters before {before:?}, after {after:?}");
     assert_eq!(
         after.rate_limited, 0,
@@ -94,12 +71,14 @@ async fn a_thousand_sends_to_a_contact_resolve_it_once_and_are_never_rate_limite
     assert!(bob.shutdown().await.clean);
     assert_eq!(bob_messages.await.unwrap(), 1_000);
     alice_drain.await.unwrap();
-    node.shutdown().await;
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_to_one_recipient_each_learn_they_were_delivered() {
-    let (node, _dir) = node().await;
+    // The node's own limits, as a public node has them (20 requests per
+    // second per peer, bursts of 100): what must not be hit.
+    let node = TestNode::start().await;
     let (bob, bob_events) = online(&node, "bob").await;
     let bob_messages = drain(bob_events);
     let (alice, alice_events) = online(&node, "alice").await;
@@ -133,7 +112,7 @@ async fn concurrent_sends_to_one_recipient_each_learn_they_were_delivered() {
     assert!(bob.shutdown().await.clean);
     assert_eq!(bob_messages.await.unwrap(), 40);
     alice_drain.await.unwrap();
-    node.shutdown().await;
+    node.stop().await;
 }
 
 #[test]
@@ -141,18 +120,17 @@ fn shutting_down_an_online_client_ends_every_task_in_bounded_time() {
     // The node runs on a runtime of its own, so that what is counted on
     // the clients' runtime is the clients' tasks alone.
     let node_runtime = tokio::runtime::Runtime::new().unwrap();
-    let (node, dir) = node_runtime.block_on(node());
+    let node = node_runtime.block_on(TestNode::start());
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     clients.block_on(clients_end_with_their_shutdown(&node));
-    node_runtime.block_on(node.shutdown());
-    drop(dir);
+    node_runtime.block_on(node.stop());
 }
 
-async fn clients_end_with_their_shutdown(node: &rendezvous::Server) {
+async fn clients_end_with_their_shutdown(node: &TestNode) {
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline = metrics.num_alive_tasks();
     let (bob, bob_events) = online(node, "bob").await;

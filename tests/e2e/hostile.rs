@@ -18,8 +18,8 @@ use messenger::proto::record::Registration;
 use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
 use messenger::proto::time::now_ms;
 
-use crate::inproc::Key;
 use crate::support::alice_and_bob;
+use messenger::testing::Key;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()

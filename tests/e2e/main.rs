@@ -16,7 +16,6 @@ mod files;
 mod flood;
 mod frontends;
 mod hostile;
-mod inproc;
 mod liveness;
 // The bench's bare directory client, which the attackers are made of.
 #[path = "../../benches/suite/load.rs"]

@@ -10,9 +10,9 @@ use libp2p::{Multiaddr, PeerId};
 use messenger::chat::{ChatLink, DeliveryError};
 use messenger::proto::chat::RejectCode;
 
-use crate::inproc::Key;
 use crate::metrics::{node_metrics_url, scrape};
 use crate::support::{Node, User};
+use messenger::testing::Key;
 
 /// How the victim's client answered a stranger's messages.
 #[derive(Debug, Default)]

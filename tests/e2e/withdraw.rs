@@ -16,8 +16,8 @@ use messenger::proto::codec;
 use messenger::proto::tunnel::{self, TunnelAnswer, TunnelRequest};
 use serde_json::Value;
 
-use crate::inproc::Key;
 use crate::support::{Lines, Node, User, alice_and_bob};
+use messenger::testing::Key;
 
 /// How soon "at once" must be: a contact's streams close within this of
 /// the command that ended the trust.

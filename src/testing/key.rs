@@ -1,20 +1,17 @@
-//! A key driven in the test's own process with the library: for the
-//! hostile and the stranger tests, which need a peer that does what no
-//! `messenger` process would (forge, flood, live on after its name went
-//! to another key), against the real node and client processes.
+//! A key driven in the test's own process with the library: a peer that
+//! does what no `messenger` process would (forge, flood, live on after
+//! its name went to another key), against real nodes and clients.
 
 use libp2p::{Multiaddr, PeerId};
-use messenger::chat::ChatLink;
-use messenger::directory::DirectorySession;
-use messenger::network::{Network, NetworkConfig, NetworkTask};
-use messenger::peer::PeerInfo;
-use messenger::proto::Identity;
-use messenger::proto::chat::{Message, MessageId};
-use messenger::proto::name::ScreenName;
-use messenger::proto::presence::Status;
-use messenger::proto::record::Registration;
-use messenger::proto::signed::{MESSAGE_CONTEXT, Signed};
-use messenger::proto::time::now_ms;
+use messenger_proto::Identity;
+use messenger_proto::chat::MessageId;
+use messenger_proto::signed::Signed;
+use messenger_proto::time::now_ms;
+
+use crate::chat::ChatLink;
+use crate::directory::DirectorySession;
+use crate::network::{Network, NetworkConfig, NetworkTask};
+use crate::peer::PeerInfo;
 
 /// A key, its network and a directory session with the node.
 pub struct Key {
@@ -41,17 +38,12 @@ impl Key {
     /// [`Key::new`], registered as `name` (online, with `status_text`).
     pub async fn named(node: &Multiaddr, name: &str, status_text: &str) -> Self {
         let key = Self::new(node).await;
-        let record = Registration {
-            name: ScreenName::parse(name).unwrap(),
-            peer_id: key.id.peer_id(),
-            addrs: vec![],
-            seq: now_ms() * 1000,
-            expires_at: now_ms() + 600_000,
-            status: Status::Online,
-            status_text: status_text.into(),
-        }
-        .sign(&key.id);
-        key.session.register(record, vec![]).await.unwrap();
+        let mut record = super::record(&key.id, name, now_ms() * 1000);
+        record.status_text = status_text.into();
+        key.session
+            .register(record.sign(&key.id), vec![])
+            .await
+            .unwrap();
         key
     }
 
@@ -73,15 +65,7 @@ impl Key {
 
     /// A message to `to` signed by this key, claiming to come from `from`.
     pub fn message(&self, from: &str, to: &str, text: &str) -> (MessageId, Signed) {
-        let m = Message {
-            id: MessageId::random(),
-            from: ScreenName::parse(from).unwrap(),
-            to: ScreenName::parse(to).unwrap(),
-            sent_at: now_ms(),
-            text: text.into(),
-            file: None,
-            invite: None,
-        };
-        (m.id, Signed::sign(&self.id, MESSAGE_CONTEXT, &m))
+        let m = super::message(from, to, text);
+        (m.id, super::signed(&self.id, &m))
     }
 }
