@@ -28,7 +28,8 @@ pub enum Request {
         /// The message's id.
         id: MessageId,
         /// The recipient, any case.
-        to: String,
+        #[serde(deserialize_with = "any_case")]
+        to: ScreenName,
         /// The text.
         text: String,
     },
@@ -39,7 +40,8 @@ pub enum Request {
         /// The message's id.
         id: MessageId,
         /// The recipient, any case.
-        to: String,
+        #[serde(deserialize_with = "any_case")]
+        to: ScreenName,
         /// The text.
         text: String,
     },
@@ -53,34 +55,40 @@ pub enum Request {
     /// Add a contact, pinning the key its name has now.
     ContactsAdd {
         /// The name.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
     },
     /// Remove a contact.
     ContactsRemove {
         /// The name.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
     },
     /// Pin the key a contact's name has now.
     ContactsTrust {
         /// The name.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
     },
     /// Every contact with its presence.
     ContactsList,
     /// Refuse messages from a name.
     Block {
         /// The name.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
     },
     /// Accept messages from a name again.
     Unblock {
         /// The name.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
     },
     /// The last messages with a name, oldest first.
     History {
         /// The other party.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
         /// How many of the latest.
         limit: usize,
     },
@@ -94,30 +102,35 @@ pub enum Request {
     /// Look a name up (verified).
     Whois {
         /// The name.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
     },
     /// Claim a name (or confirm I own it) and remember it.
     Register {
         /// The name.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
     },
     /// Give a name up.
     Release {
         /// The name.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
     },
     /// Tell a contact I am typing (or stopped): ephemeral, dropped if the
     /// contact cannot be reached now. Sent only while the setting allows.
     Typing {
         /// The name.
-        to: String,
+        #[serde(deserialize_with = "any_case")]
+        to: ScreenName,
         /// Typing, or stopped.
         active: bool,
     },
     /// Nudge someone: their window shakes or rings. Ephemeral.
     Nudge {
         /// The name.
-        to: String,
+        #[serde(deserialize_with = "any_case")]
+        to: ScreenName,
     },
     /// Change settings (each one given), remembered in the home.
     Settings {
@@ -139,7 +152,8 @@ pub enum Request {
         /// The offer's message id, chosen by the caller.
         id: MessageId,
         /// The recipient.
-        to: String,
+        #[serde(deserialize_with = "any_case")]
+        to: ScreenName,
         /// The file.
         path: std::path::PathBuf,
     },
@@ -162,7 +176,8 @@ pub enum Request {
     /// (`None`: always ask).
     AutoAccept {
         /// The contact.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
         /// The largest size accepted unasked.
         below: Option<u64>,
     },
@@ -171,7 +186,8 @@ pub enum Request {
     /// that (and close its open tunnels). The contact is told in a message.
     Invite {
         /// The contact.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
         /// The port.
         port: u16,
         /// Withdraw instead.
@@ -187,7 +203,8 @@ pub enum Request {
     /// [`crate::agent::Agent::open_tunnel`].
     Tunnel {
         /// Their name.
-        to: String,
+        #[serde(deserialize_with = "any_case")]
+        to: ScreenName,
         /// What to ask for.
         request: messenger_proto::tunnel::TunnelRequest,
     },
@@ -198,7 +215,8 @@ pub enum Request {
     /// [`crate::agent::Agent::listen_pipe`].
     PipeListen {
         /// Whose pipe.
-        from: Option<String>,
+        #[serde(default, deserialize_with = "any_case_or_none")]
+        from: Option<ScreenName>,
     },
     /// The message requests waiting: senders not accepted yet (not
     /// contacts, nobody I wrote to), with what each has stored.
@@ -207,12 +225,14 @@ pub enum Request {
     /// what they sent is removed.
     RequestsDecline {
         /// Whose.
-        name: Option<String>,
+        #[serde(default, deserialize_with = "any_case_or_none")]
+        name: Option<ScreenName>,
     },
     /// Mark the conversation with `name` read: its unread count goes to 0.
     MarkRead {
         /// The other party.
-        name: String,
+        #[serde(deserialize_with = "any_case")]
+        name: ScreenName,
     },
     /// Everything a front end shows, at once, with the number of the last
     /// event it includes: follow from there (`follow`) to miss nothing.
@@ -227,6 +247,22 @@ pub enum Request {
         /// The last event already seen.
         after: u64,
     },
+}
+
+/// A screen name as a front end gives it: in any case, normalised here
+/// (on the wire between peers only the normal form is taken).
+fn any_case<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ScreenName, D::Error> {
+    let raw = String::deserialize(d)?;
+    ScreenName::parse(&raw).map_err(serde::de::Error::custom)
+}
+
+/// [`any_case`], for a name that may be absent.
+fn any_case_or_none<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ScreenName>, D::Error> {
+    let raw = Option::<String>::deserialize(d)?;
+    raw.map(|raw| ScreenName::parse(&raw).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// A transfer as shown: its record and how many bytes have arrived.
@@ -473,6 +509,7 @@ pub enum FailureKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::screen_name;
 
     /// The examples of docs/protocol.md §7, as the code writes them; the
     /// document must hold each line as it is here.
@@ -483,10 +520,10 @@ mod tests {
             (
                 Request::Send {
                     id,
-                    to: "Bob".into(),
+                    to: screen_name("bob"),
                     text: "hi".into(),
                 },
-                r#"{"op":"send","id":"abababababababababababababababab","to":"Bob","text":"hi"}"#,
+                r#"{"op":"send","id":"abababababababababababababababab","to":"bob","text":"hi"}"#,
             ),
             (
                 Request::Status {
@@ -498,7 +535,7 @@ mod tests {
             (Request::ContactsList, r#"{"op":"contacts_list"}"#),
             (
                 Request::History {
-                    name: "bob".into(),
+                    name: screen_name("bob"),
                     limit: 20,
                 },
                 r#"{"op":"history","name":"bob","limit":20}"#,
@@ -514,7 +551,7 @@ mod tests {
             ),
             (
                 Request::Invite {
-                    name: "bob".into(),
+                    name: screen_name("bob"),
                     port: 8080,
                     revoke: false,
                 },
@@ -522,13 +559,15 @@ mod tests {
             ),
             (
                 Request::Tunnel {
-                    to: "alice".into(),
+                    to: screen_name("alice"),
                     request: messenger_proto::tunnel::TunnelRequest::Connect { port: 8080 },
                 },
                 r#"{"op":"tunnel","to":"alice","request":{"connect":{"port":8080}}}"#,
             ),
             (
-                Request::MarkRead { name: "bob".into() },
+                Request::MarkRead {
+                    name: screen_name("bob"),
+                },
                 r#"{"op":"mark_read","name":"bob"}"#,
             ),
             (Request::Snapshot, r#"{"op":"snapshot"}"#),
@@ -590,5 +629,18 @@ mod tests {
             assert_eq!(serde_json::from_str::<Response>(json).unwrap(), response);
             assert!(doc.contains(json), "docs/protocol.md §7 shows {json}");
         }
+        // Names in any case are taken (and normalised); a name that is no
+        // name is refused when the request is read, with the reason.
+        let any_case =
+            r#"{"op":"send","id":"abababababababababababababababab","to":"Bob","text":"hi"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Request>(any_case).unwrap(),
+            Request::Send { to, .. } if to.as_str() == "bob"
+        ));
+        let no_name = r#"{"op":"contacts_add","name":"no spaces please"}"#;
+        let refused = serde_json::from_str::<Request>(no_name)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("no spaces please"), "{refused}");
     }
 }

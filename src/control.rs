@@ -12,6 +12,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use messenger_proto::name::ScreenName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
@@ -224,7 +225,7 @@ async fn answer(stream: UnixStream, agent: Agent) {
             Ok(tunnel) => return carry(stream, tunnel).await,
             Err(failure) => Response::Failed(failure),
         },
-        Ok(Request::PipeListen { from }) => match agent.listen_pipe(from.as_deref()).await {
+        Ok(Request::PipeListen { from }) => match agent.listen_pipe(from.as_ref()).await {
             Ok(pipe) => return listen(stream, from, pipe).await,
             Err(failure) => Response::Failed(failure),
         },
@@ -263,7 +264,7 @@ async fn carry(mut socket: BufReader<UnixStream>, tunnel: Tunnel) {
 /// carries it.
 async fn listen(
     mut socket: BufReader<UnixStream>,
-    from: Option<String>,
+    from: Option<ScreenName>,
     pipe: oneshot::Receiver<Tunnel>,
 ) {
     let waiting = Response::Done {

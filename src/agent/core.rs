@@ -381,19 +381,19 @@ impl Core {
 
     async fn on_request(&mut self, request: Request, reply: oneshot::Sender<Response>) {
         match request {
-            Request::Send { id, to, text } => self.send(id, &to, text, reply, true).await,
-            Request::Enqueue { id, to, text } => self.send(id, &to, text, reply, false).await,
+            Request::Send { id, to, text } => self.send(id, to, text, reply, true).await,
+            Request::Enqueue { id, to, text } => self.send(id, to, text, reply, false).await,
             Request::Status { status, text } => self.set_status(status, text, reply).await,
             Request::ContactsAdd { name } => {
-                self.resolve_then(&name, reply, AfterResolve::ContactsAdd)
+                self.resolve_then(name, reply, AfterResolve::ContactsAdd)
             }
             Request::ContactsTrust { name } => {
-                self.resolve_then(&name, reply, AfterResolve::ContactsTrust)
+                self.resolve_then(name, reply, AfterResolve::ContactsTrust)
             }
-            Request::Whois { name } => self.resolve_then(&name, reply, AfterResolve::Whois),
+            Request::Whois { name } => self.resolve_then(name, reply, AfterResolve::Whois),
             Request::Typing { to, active } => {
                 let response = if self.config.sends_typing() {
-                    self.signal(&to, Signal::Typing(active))
+                    self.signal(to, Signal::Typing(active))
                 } else {
                     Response::Done {
                         message: "typing indicators are turned off".into(),
@@ -402,7 +402,7 @@ impl Core {
                 let _ = reply.send(response);
             }
             Request::Nudge { to } => {
-                let response = self.signal(&to, Signal::Nudge);
+                let response = self.signal(to, Signal::Nudge);
                 let _ = reply.send(response);
             }
             Request::FileSend { .. }
@@ -411,7 +411,7 @@ impl Core {
             | Request::Files
             | Request::AutoAccept { .. } => self.on_file_request(request, reply).await,
             Request::Invite { name, port, revoke } => {
-                self.invite(&name, port, revoke, reply).await;
+                self.invite(name, port, revoke, reply).await;
             }
             Request::Invitations => self.list_invitations(reply).await,
             Request::Requests => {
@@ -425,10 +425,7 @@ impl Core {
                 let _ = reply.send(response);
             }
             Request::MarkRead { name } => {
-                let response = match ScreenName::parse(&name) {
-                    Ok(name) => self.mark_read(name).await,
-                    Err(e) => failed(FailureKind::Invalid, e),
-                };
+                let response = self.mark_read(name).await;
                 let _ = reply.send(response);
             }
             Request::Snapshot => {
@@ -491,10 +488,7 @@ impl Core {
                 let _ = reply.send(response);
             }
             Request::ContactsRemove { name } => {
-                let response = match ScreenName::parse(&name) {
-                    Ok(name) => self.remove_contact(name).await,
-                    Err(e) => failed(FailureKind::Invalid, e),
-                };
+                let response = self.remove_contact(name).await;
                 let _ = reply.send(response);
             }
             Request::ContactsList => {
@@ -506,21 +500,18 @@ impl Core {
                 }
             }
             Request::Block { name } => {
-                let response = self.set_blocked(&name, true).await;
+                let response = self.set_blocked(name, true).await;
                 let _ = reply.send(response);
             }
             Request::Unblock { name } => {
-                let response = self.set_blocked(&name, false).await;
+                let response = self.set_blocked(name, false).await;
                 let _ = reply.send(response);
             }
             Request::History { name, limit } => {
-                let response = match ScreenName::parse(&name) {
-                    Ok(name) => store_response(
-                        self.store.call(move |s| s.history(&name, limit)).await,
-                        |messages| Response::Messages { messages },
-                    ),
-                    Err(e) => failed(FailureKind::Invalid, e),
-                };
+                let response = store_response(
+                    self.store.call(move |s| s.history(&name, limit)).await,
+                    |messages| Response::Messages { messages },
+                );
                 let _ = reply.send(response);
             }
             Request::Outbox => {
@@ -540,46 +531,34 @@ impl Core {
                 let response = store_response(shown, |message| Response::Message { message });
                 let _ = reply.send(response);
             }
-            Request::Register { name } => match ScreenName::parse(&name) {
-                Ok(name) => self.with_directory(DirWork::Register { name, reply }),
-                Err(e) => {
-                    let _ = reply.send(failed(FailureKind::Invalid, e));
-                }
-            },
-            Request::Release { name } => match ScreenName::parse(&name) {
-                Ok(name) => self.with_directory(DirWork::Release { name, reply }),
-                Err(e) => {
-                    let _ = reply.send(failed(FailureKind::Invalid, e));
-                }
-            },
+            Request::Register { name } => self.with_directory(DirWork::Register { name, reply }),
+            Request::Release { name } => self.with_directory(DirWork::Release { name, reply }),
         }
     }
 
     fn resolve_then(
         &mut self,
-        raw: &str,
+        name: ScreenName,
         reply: oneshot::Sender<Response>,
         then: fn(oneshot::Sender<Response>) -> AfterResolve,
     ) {
-        match ScreenName::parse(raw) {
-            Ok(name) => self.with_directory(DirWork::Resolve {
-                name,
-                then: then(reply),
-            }),
-            Err(e) => {
-                let _ = reply.send(failed(FailureKind::Invalid, e));
-            }
-        }
+        self.with_directory(DirWork::Resolve {
+            name,
+            then: then(reply),
+        });
     }
 
     /// Stores a message (once, by id) and hands it to its recipient's
     /// worker. The recipient is resolved first only if nothing is known of
     /// it: pushes keep what is known fresh.
-    async fn send(&mut self, id: MessageId, to: &str, text: String, tx: SendReply, wait: bool) {
-        let to = match ScreenName::parse(to) {
-            Ok(to) => to,
-            Err(e) => return self.refuse_send(tx, SendError::Name(e)),
-        };
+    async fn send(
+        &mut self,
+        id: MessageId,
+        to: ScreenName,
+        text: String,
+        tx: SendReply,
+        wait: bool,
+    ) {
         if let Err(e) = chat::check_text(&text) {
             return self.refuse_send(tx, SendError::Text(e));
         }
@@ -807,11 +786,7 @@ impl Core {
 
     /// Declines the message request of `name` (everyone's if none): what
     /// they sent is removed.
-    async fn decline_requests(&mut self, name: Option<String>) -> Response {
-        let name = match name.as_deref().map(ScreenName::parse).transpose() {
-            Ok(name) => name,
-            Err(e) => return failed(FailureKind::Invalid, e),
-        };
+    async fn decline_requests(&mut self, name: Option<ScreenName>) -> Response {
         let asked = name.clone();
         let declined = self
             .store
@@ -904,11 +879,7 @@ impl Core {
         told
     }
 
-    async fn set_blocked(&mut self, raw: &str, blocked: bool) -> Response {
-        let name = match ScreenName::parse(raw) {
-            Ok(name) => name,
-            Err(e) => return failed(FailureKind::Invalid, e),
-        };
+    async fn set_blocked(&mut self, name: ScreenName, blocked: bool) -> Response {
         let n = name.clone();
         let changed = match self
             .store
@@ -1886,11 +1857,7 @@ impl Core {
 
     /// Hands an ephemeral signal to the recipient's worker; dropped when
     /// the worker is busy (a signal is worth nothing late).
-    fn signal(&mut self, to: &str, signal: Signal) -> Response {
-        let to = match ScreenName::parse(to) {
-            Ok(to) => to,
-            Err(e) => return failed(FailureKind::Invalid, e),
-        };
+    fn signal(&mut self, to: ScreenName, signal: Signal) -> Response {
         if self.online.is_none() {
             return failed(
                 FailureKind::Unreachable,

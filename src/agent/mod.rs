@@ -24,6 +24,7 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use messenger_proto::Identity;
 use messenger_proto::chat::MessageId;
+use messenger_proto::name::ScreenName;
 use messenger_proto::rate::Rate;
 use tokio::sync::{mpsc, oneshot};
 
@@ -116,12 +117,12 @@ enum Command {
     },
     Shutdown(oneshot::Sender<ShutdownReport>),
     OpenTunnel {
-        to: String,
+        to: ScreenName,
         request: messenger_proto::tunnel::TunnelRequest,
         reply: oneshot::Sender<Result<crate::tunnels::Tunnel, Failure>>,
     },
     ListenPipe {
-        from: Option<String>,
+        from: Option<ScreenName>,
         reply: oneshot::Sender<Result<oneshot::Receiver<crate::tunnels::Tunnel>, Failure>>,
     },
 }
@@ -251,7 +252,7 @@ impl Agent {
     pub async fn send(&self, to: &str, text: &str) -> Result<SendOutcome, Failure> {
         let request = Request::Send {
             id: MessageId::random(),
-            to: to.to_owned(),
+            to: name(to)?,
             text: text.to_owned(),
         };
         match self.call(request).await {
@@ -265,7 +266,7 @@ impl Agent {
     pub async fn register(&self, name: &str) -> Result<bool, Failure> {
         match self
             .call(Request::Register {
-                name: name.to_owned(),
+                name: self::name(name)?,
             })
             .await
         {
@@ -294,12 +295,12 @@ impl Agent {
     /// pipe. The stream carries raw bytes once returned.
     pub async fn open_tunnel(
         &self,
-        to: &str,
+        to: &ScreenName,
         request: messenger_proto::tunnel::TunnelRequest,
     ) -> Result<crate::tunnels::Tunnel, Failure> {
         let (reply, rx) = oneshot::channel();
         let command = Command::OpenTunnel {
-            to: to.to_owned(),
+            to: to.clone(),
             request,
             reply,
         };
@@ -313,11 +314,11 @@ impl Agent {
     /// the receiver gets it when it comes; dropping it stops waiting.
     pub async fn listen_pipe(
         &self,
-        from: Option<&str>,
+        from: Option<&ScreenName>,
     ) -> Result<oneshot::Receiver<crate::tunnels::Tunnel>, Failure> {
         let (reply, rx) = oneshot::channel();
         let command = Command::ListenPipe {
-            from: from.map(str::to_owned),
+            from: from.cloned(),
             reply,
         };
         if self.commands.send(command).await.is_err() {
@@ -341,6 +342,11 @@ impl Agent {
             took: Duration::ZERO,
         })
     }
+}
+
+/// A name given as text, checked.
+fn name(raw: &str) -> Result<ScreenName, Failure> {
+    ScreenName::parse(raw).map_err(|e| Failure::new(FailureKind::Invalid, e))
 }
 
 fn stopped() -> Response {

@@ -37,14 +37,16 @@ async fn a_thousand_sends_to_a_contact_resolve_it_once_and_are_never_rate_limite
     let (alice, alice_events) = online(&node, "alice").await;
     let alice_drain = drain(alice_events);
     let added = alice
-        .call(Request::ContactsAdd { name: "bob".into() })
+        .call(Request::ContactsAdd {
+            name: crate::testing::screen_name("bob"),
+        })
         .await;
     assert!(matches!(added, Response::Done { .. }), "{added:?}");
     // Alice is bob's contact too: more than a stranger's allowance of
     // message requests comes in.
     let added = bob
         .call(Request::ContactsAdd {
-            name: "alice".into(),
+            name: crate::testing::screen_name("alice"),
         })
         .await;
     assert!(matches!(added, Response::Done { .. }), "{added:?}");
@@ -379,7 +381,7 @@ async fn messages_left_unchecked_by_a_crash_are_checked_at_the_next_start() {
     }
     let history = agent
         .call(Request::History {
-            name: "alice".into(),
+            name: crate::testing::screen_name("alice"),
             limit: 10,
         })
         .await;

@@ -84,6 +84,11 @@ pub async fn online_agent(node: &Multiaddr, name: &str) -> (Agent, mpsc::Receive
     (agent, events)
 }
 
+/// `raw` as a screen name (a valid one: this is test code).
+pub fn screen_name(raw: &str) -> ScreenName {
+    ScreenName::parse(raw).unwrap()
+}
+
 /// A registration of `id` as `name`: online, on no address, valid ten
 /// minutes, sequence `seq`.
 pub fn record(id: &Identity, name: &str, seq: u64) -> Registration {

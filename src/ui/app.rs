@@ -280,7 +280,7 @@ impl App {
                 actions.push(Action::Call(
                     Tag::History(name.clone()),
                     Request::History {
-                        name: name.to_string(),
+                        name: name.clone(),
                         limit: HISTORY_SHOWN,
                     },
                 ));
@@ -442,7 +442,7 @@ impl App {
             actions.push(Action::Call(
                 Tag::Quiet,
                 Request::MarkRead {
-                    name: unread.name.to_string(),
+                    name: unread.name.clone(),
                 },
             ));
         } else {
@@ -625,7 +625,7 @@ impl App {
             actions.push(Action::Call(
                 Tag::Quiet,
                 Request::MarkRead {
-                    name: conversation.with().to_string(),
+                    name: conversation.with().clone(),
                 },
             ));
         }
@@ -718,7 +718,13 @@ impl App {
                     if name.is_empty() {
                         return Vec::new();
                     }
-                    notice(Request::ContactsAdd { name })
+                    match ScreenName::parse(&name) {
+                        Ok(name) => notice(Request::ContactsAdd { name }),
+                        Err(e) => {
+                            self.notify(e.to_string(), true);
+                            Vec::new()
+                        }
+                    }
                 }
                 _ => {
                     edit(&mut editor, key);
@@ -743,15 +749,12 @@ impl App {
                 }
             },
             Prompt::Confirm { what, name } => match key.code {
-                KeyCode::Char('y') | KeyCode::Char('Y') => {
-                    let name = name.to_string();
-                    notice(match what {
-                        Confirm::Remove => Request::ContactsRemove { name },
-                        Confirm::Block => Request::Block { name },
-                        Confirm::Unblock => Request::Unblock { name },
-                        Confirm::Trust => Request::ContactsTrust { name },
-                    })
-                }
+                KeyCode::Char('y') | KeyCode::Char('Y') => notice(match what {
+                    Confirm::Remove => Request::ContactsRemove { name },
+                    Confirm::Block => Request::Block { name },
+                    Confirm::Unblock => Request::Unblock { name },
+                    Confirm::Trust => Request::ContactsTrust { name },
+                }),
                 KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => Vec::new(),
                 _ => {
                     self.modal = Some(Modal::Prompt(Prompt::Confirm { what, name }));
@@ -816,9 +819,7 @@ impl App {
                     self.modal = Some(Modal::Details(name.clone(), None));
                     return vec![Action::Call(
                         Tag::Details(name.clone()),
-                        Request::Whois {
-                            name: name.to_string(),
-                        },
+                        Request::Whois { name: name.clone() },
                     )];
                 }
             }
@@ -878,7 +879,7 @@ impl App {
         let Some(c) = self.front_conversation() else {
             return Vec::new();
         };
-        let to = c.with().to_string();
+        let to = c.with().clone();
         let typing = !c.input.is_empty() && !c.input.text().starts_with('/');
         match (typing, c.typing_sent) {
             (true, Some(at)) if now.duration_since(at) < TYPING_REPEAT => Vec::new(),
@@ -928,10 +929,7 @@ impl App {
         let to = c.with().clone();
         c.note(format!("you sent {to} a nudge"));
         self.last_nudge = Some(now);
-        vec![Action::Call(
-            Tag::Quiet,
-            Request::Nudge { to: to.to_string() },
-        )]
+        vec![Action::Call(Tag::Quiet, Request::Nudge { to: to.clone() })]
     }
 
     /// Enter in a conversation: a message, or a /command.
@@ -952,7 +950,7 @@ impl App {
                 actions.push(Action::Call(
                     Tag::Quiet,
                     Request::Typing {
-                        to: to.to_string(),
+                        to: to.clone(),
                         active: false,
                     },
                 ));
@@ -963,7 +961,7 @@ impl App {
             Tag::Send(to.clone()),
             Request::Enqueue {
                 id: MessageId::random(),
-                to: to.to_string(),
+                to: to.clone(),
                 text,
             },
         )]
@@ -1016,7 +1014,7 @@ impl App {
                 Tag::Send(to.clone()),
                 Request::FileSend {
                     id: MessageId::random(),
-                    to: to.to_string(),
+                    to: to.clone(),
                     path: expand_home(rest.trim()),
                 },
             )],

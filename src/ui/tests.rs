@@ -313,7 +313,7 @@ fn nudges_flash_ring_and_are_rate_limited() {
     let sent = app.on_key(ctrl('g'), now);
     assert!(
         sent.iter()
-            .any(|a| matches!(a, Action::Call(_, Request::Nudge { to }) if to == "bob"))
+            .any(|a| matches!(a, Action::Call(_, Request::Nudge { to }) if to.as_str() == "bob"))
     );
     assert!(
         app.on_key(ctrl('g'), now + Duration::from_secs(3))
@@ -481,7 +481,7 @@ fn contact_actions_ask_first_and_go_to_the_agent() {
     let actions = app.on_key(key(KeyCode::Char('y')), now);
     assert!(matches!(
         actions.as_slice(),
-        [Action::Call(Tag::Notice, Request::ContactsRemove { name })] if name == "dave"
+        [Action::Call(Tag::Notice, Request::ContactsRemove { name })] if name.as_str() == "dave"
     ));
     // Status: s then a key.
     app.on_key(key(KeyCode::Char('s')), now);
@@ -502,7 +502,7 @@ fn contact_actions_ask_first_and_go_to_the_agent() {
     let actions = app.on_key(key(KeyCode::Enter), now);
     assert!(matches!(
         actions.as_slice(),
-        [Action::Call(Tag::Notice, Request::ContactsAdd { name })] if name == "erin"
+        [Action::Call(Tag::Notice, Request::ContactsAdd { name })] if name.as_str() == "erin"
     ));
     // The answer is a notice, and the list is read again.
     let actions = app.on_reply(
@@ -610,7 +610,7 @@ fn a_file_offered_in_a_conversation_is_accepted_there_and_its_arrival_told() {
     assert!(
         actions.iter().any(|a| matches!(a,
             Action::Call(Tag::Send(n), Request::FileSend { to, path, .. })
-                if n.as_str() == "bob" && to == "bob" && path.is_absolute() && path.ends_with("notes.txt"))),
+                if n.as_str() == "bob" && to.as_str() == "bob" && path.is_absolute() && path.ends_with("notes.txt"))),
         "{actions:?}"
     );
 

@@ -215,7 +215,7 @@ async fn honest_round_trips(client: &Agent, rounds: usize) -> Vec<Duration> {
             .expect("honest register under flood");
         let whois = client
             .call(api::Request::Whois {
-                name: "alice".into(),
+                name: messenger::testing::screen_name("alice"),
             })
             .await;
         assert!(

@@ -239,7 +239,7 @@ impl Core {
                 let _ = reply.send(response);
             }
             Request::AutoAccept { name, below } => {
-                let response = self.auto_accept(&name, below).await;
+                let response = self.auto_accept(name, below).await;
                 let _ = reply.send(response);
             }
             _ => {}
@@ -251,17 +251,10 @@ impl Core {
     fn offer_file(
         &mut self,
         id: MessageId,
-        to: String,
+        to: ScreenName,
         path: PathBuf,
         reply: oneshot::Sender<Response>,
     ) {
-        let to = match ScreenName::parse(&to) {
-            Ok(to) => to,
-            Err(e) => {
-                let _ = reply.send(failed(FailureKind::Invalid, e));
-                return;
-            }
-        };
         let Some(from) = self.config.name.clone() else {
             let _ = reply.send(failed(
                 FailureKind::NoName,
@@ -369,11 +362,7 @@ impl Core {
         }
     }
 
-    async fn auto_accept(&mut self, name: &str, below: Option<u64>) -> Response {
-        let name = match ScreenName::parse(name) {
-            Ok(name) => name,
-            Err(e) => return failed(FailureKind::Invalid, e),
-        };
+    async fn auto_accept(&mut self, name: ScreenName, below: Option<u64>) -> Response {
         let n = name.clone();
         let changed = self
             .store

@@ -43,7 +43,7 @@ impl Core {
     /// Invites `name` to `port` (or withdraws it), and tells them.
     pub(super) async fn invite(
         &mut self,
-        name: &str,
+        name: ScreenName,
         port: u16,
         revoke: bool,
         reply: oneshot::Sender<Response>,
@@ -52,11 +52,7 @@ impl Core {
         let _ = reply.send(response);
     }
 
-    async fn change_invitation(&mut self, name: &str, port: u16, revoke: bool) -> Response {
-        let name = match ScreenName::parse(name) {
-            Ok(name) => name,
-            Err(e) => return failed(FailureKind::Invalid, e),
-        };
+    async fn change_invitation(&mut self, name: ScreenName, port: u16, revoke: bool) -> Response {
         if port == 0 {
             return failed(
                 FailureKind::Invalid,
@@ -180,17 +176,10 @@ impl Core {
     /// Opens a tunnel to `to` for a front end.
     pub(super) fn open_tunnel(
         &mut self,
-        to: String,
+        to: ScreenName,
         request: TunnelRequest,
         reply: oneshot::Sender<Result<Tunnel, Failure>>,
     ) {
-        let to = match ScreenName::parse(&to) {
-            Ok(to) => to,
-            Err(e) => {
-                let _ = reply.send(Err(Failure::new(FailureKind::Invalid, e.to_string())));
-                return;
-            }
-        };
         let (Some(network), Some(_)) = (self.network.clone(), self.tunnel_server.as_ref()) else {
             let _ = reply.send(Err(not_online()));
             return;
@@ -208,16 +197,9 @@ impl Core {
     /// Registers a pipe listener for a front end.
     pub(super) async fn listen_pipe(
         &mut self,
-        from: Option<String>,
+        from: Option<ScreenName>,
         reply: oneshot::Sender<Result<oneshot::Receiver<Tunnel>, Failure>>,
     ) {
-        let from = match from.as_deref().map(ScreenName::parse).transpose() {
-            Ok(from) => from,
-            Err(e) => {
-                let _ = reply.send(Err(Failure::new(FailureKind::Invalid, e.to_string())));
-                return;
-            }
-        };
         if let Some(from) = &from
             && !self.trust.borrow().is_contact(from)
         {

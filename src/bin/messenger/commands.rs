@@ -86,15 +86,24 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
         Command::Register { name } => {
             parse_name(&name)?;
             ctx.needs_node()?;
-            ctx.request(Request::Register { name }).await
+            ctx.request(Request::Register {
+                name: parse_name(&name)?,
+            })
+            .await
         }
         Command::Release { name } => {
             parse_name(&name)?;
-            ctx.request(Request::Release { name }).await
+            ctx.request(Request::Release {
+                name: parse_name(&name)?,
+            })
+            .await
         }
         Command::Whois { name } => {
             parse_name(&name)?;
-            ctx.request(Request::Whois { name }).await
+            ctx.request(Request::Whois {
+                name: parse_name(&name)?,
+            })
+            .await
         }
         Command::Send { name, text } => {
             let to = parse_name(&name)?;
@@ -106,7 +115,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             // became of this very message.
             let request = Request::Send {
                 id: MessageId::random(),
-                to: to.to_string(),
+                to,
                 text,
             };
             ctx.request(request).await
@@ -117,16 +126,22 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
         }
         Command::Contacts(c) => {
             let request = match c {
-                ContactsCommand::Add { name } => Request::ContactsAdd { name },
+                ContactsCommand::Add { name } => Request::ContactsAdd {
+                    name: parse_name(&name)?,
+                },
                 ContactsCommand::List => Request::ContactsList,
-                ContactsCommand::Remove { name } => Request::ContactsRemove { name },
-                ContactsCommand::Trust { name } => Request::ContactsTrust { name },
+                ContactsCommand::Remove { name } => Request::ContactsRemove {
+                    name: parse_name(&name)?,
+                },
+                ContactsCommand::Trust { name } => Request::ContactsTrust {
+                    name: parse_name(&name)?,
+                },
                 ContactsCommand::AutoAccept {
                     name,
                     below,
                     off: _,
                 } => Request::AutoAccept {
-                    name,
+                    name: parse_name(&name)?,
                     below: below
                         .map(|b| crate::transfer::parse_size(&b))
                         .transpose()
@@ -136,17 +151,36 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             ctx.request(request).await
         }
         Command::Events => ctx.follow_events().await,
-        Command::Block { name } => ctx.request(Request::Block { name }).await,
-        Command::Unblock { name } => ctx.request(Request::Unblock { name }).await,
+        Command::Block { name } => {
+            ctx.request(Request::Block {
+                name: parse_name(&name)?,
+            })
+            .await
+        }
+        Command::Unblock { name } => {
+            ctx.request(Request::Unblock {
+                name: parse_name(&name)?,
+            })
+            .await
+        }
         Command::History { name, limit } => {
             parse_name(&name)?;
-            ctx.request(Request::History { name, limit }).await
+            ctx.request(Request::History {
+                name: parse_name(&name)?,
+                limit,
+            })
+            .await
         }
         Command::Outbox => ctx.request(Request::Outbox).await,
         Command::Requests { action: None } => ctx.request(Request::Requests).await,
         Command::Requests {
             action: Some(RequestsCommand::Decline { name, .. }),
-        } => ctx.request(Request::RequestsDecline { name }).await,
+        } => {
+            ctx.request(Request::RequestsDecline {
+                name: name.as_deref().map(parse_name).transpose()?,
+            })
+            .await
+        }
         Command::Files {
             downloads: None,
             max_size: None,
@@ -194,7 +228,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             let id = MessageId::random();
             let request = Request::FileSend {
                 id,
-                to: to.to_string(),
+                to: to.clone(),
                 path,
             };
             ctx.running_request(request).await?;
@@ -225,7 +259,12 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
         Command::Invite { name, port, revoke } => {
             parse_name(&name)?;
             ctx.my_name()?;
-            ctx.request(Request::Invite { name, port, revoke }).await
+            ctx.request(Request::Invite {
+                name: parse_name(&name)?,
+                port,
+                revoke,
+            })
+            .await
         }
         Command::Invites => ctx.request(Request::Invitations).await,
         Command::Connect { name, port, local } => {
@@ -534,7 +573,7 @@ impl Ctx {
                         let Some(to) = &peer else { continue };
                         let request = Request::Enqueue {
                             id: MessageId::random(),
-                            to: to.to_string(),
+                            to: to.clone(),
                             text: line,
                         };
                         if let Response::Failed(failure) = running.agent.call(request).await {

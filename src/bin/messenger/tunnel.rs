@@ -51,7 +51,7 @@ impl Opener {
         match self {
             Opener::Socket(home) => {
                 let request = Request::Tunnel {
-                    to: to.to_string(),
+                    to: to.clone(),
                     request,
                 };
                 let mut attached = control::attach(home, &request).await?.ok_or_else(gone)?;
@@ -63,10 +63,7 @@ impl Opener {
                 }
             }
             Opener::Agent(agent) => {
-                let tunnel = agent
-                    .open_tunnel(to.as_str(), request)
-                    .await
-                    .map_err(Failure::of)?;
+                let tunnel = agent.open_tunnel(to, request).await.map_err(Failure::of)?;
                 Ok((Box::new(tunnel.stream.compat()), tunnel.peer))
             }
         }
@@ -80,7 +77,7 @@ impl Opener {
         match self {
             Opener::Socket(home) => {
                 let request = Request::PipeListen {
-                    from: from.map(|f| f.to_string()),
+                    from: from.cloned(),
                 };
                 let mut attached = control::attach(home, &request).await?.ok_or_else(gone)?;
                 match attached.response().await? {
@@ -95,10 +92,7 @@ impl Opener {
                 }
             }
             Opener::Agent(agent) => {
-                let pipe = agent
-                    .listen_pipe(from.map(ScreenName::as_str))
-                    .await
-                    .map_err(Failure::of)?;
+                let pipe = agent.listen_pipe(from).await.map_err(Failure::of)?;
                 waiting(&match from {
                     Some(from) => format!("waiting for a pipe from {from}"),
                     None => "waiting for a pipe from a contact".into(),

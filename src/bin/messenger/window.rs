@@ -184,6 +184,10 @@ async fn try_sign_in(home: Home, rendezvous: String, name: String) -> SignedIn {
             }
         }
     }
+    let name = match messenger::proto::name::ScreenName::parse(&name) {
+        Ok(name) => name,
+        Err(e) => return SignedIn::No(e.to_string()),
+    };
     let config = match AgentConfig::for_home(home, nodes) {
         Ok(config) => config,
         Err(e) => return SignedIn::No(messenger::api::Failure::from(&e).message),
