@@ -160,6 +160,10 @@ async fn serve_one(incoming: Incoming, env: &FileEnv) -> Result<(), String> {
     };
     let transfer = match offered_to(env, id, peer).await {
         Ok(t) => t,
+        // A decline gets no answer, whatever became of the offer.
+        Err(code) if get.is_none() => {
+            return Err(format!("ignored a decline of {id}: {code}"));
+        }
         Err(code) => {
             refuse(&mut stream, code).await;
             return Err(format!("refused a request for {id}: {code}"));

@@ -404,13 +404,32 @@ mod tests {
 
     #[test]
     fn ephemeral_frames_are_encoded_as_documented() {
-        // docs/protocol.md §6.5.
+        // docs/protocol.md §6.5, which shows them.
         let typing = codec::to_cbor(&ChatFrame::Typing { active: true });
         assert_eq!(hex::encode(&typing), "a166747970696e67a166616374697665f5");
         assert_eq!(
             hex::encode(codec::to_cbor(&ChatFrame::Nudge {})),
             "a1656e75646765a0"
         );
+        let doc = include_str!("../../docs/protocol.md");
+        for encoded in ["a166747970696e67a166616374697665f5", "a1656e75646765a0"] {
+            assert!(
+                doc.contains(encoded),
+                "docs/protocol.md §6.5 shows {encoded}"
+            );
+        }
+        // A typing body that is not `{active: bool}` is malformed.
+        for body in [
+            serde_json::json!(5),
+            serde_json::json!({"active": "yes"}),
+            serde_json::json!({}),
+        ] {
+            let frame = codec::to_cbor(&serde_json::json!({ "typing": body }));
+            assert!(
+                codec::from_cbor::<ChatFrame>(&frame).is_err(),
+                "typing {body} is malformed"
+            );
+        }
         // A nudge with something in its body is still a nudge.
         #[derive(Serialize)]
         #[serde(rename_all = "snake_case")]

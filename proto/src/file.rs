@@ -287,6 +287,10 @@ mod tests {
             hex::encode(codec::to_cbor(&FileVerdict::Verified)),
             "687665726966696564"
         );
+        assert!(
+            include_str!("../../docs/protocol.md").contains("687665726966696564"),
+            "docs/protocol.md §6.6 shows the verdict's encoding"
+        );
         let refused = FileAnswer::Refused {
             code: FileRefusal::Changed,
         };

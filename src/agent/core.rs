@@ -2014,6 +2014,12 @@ impl Core {
             return RENEW_EVERY;
         };
         let left = Duration::from_millis(cert.expires_at.saturating_sub(now_ms()));
+        if left.is_zero() {
+            // Lapsed, and the last renewal brought no new one (a node that
+            // issues none, or ones that did not pass): asking sooner than
+            // usual would not bring one either.
+            return RENEW_EVERY;
+        }
         (left / 2).clamp(Duration::from_secs(1), RENEW_EVERY)
     }
 
