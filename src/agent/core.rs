@@ -7,7 +7,7 @@
 //! `JoinSet`), which reports back here, so the core always answers at
 //! once; the store is reached through its own thread.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 use super::error::{DirectoryFailure, OnlineError, SendError, SetStatusError};
 use super::nodes::Nodes;
 use super::outbox::{Mode, SendReply, Worker, WorkerEnv, WorkerMsg};
+use super::presence::Presence;
 use super::sink::StoreSink;
 use super::{Command, FileSource, Note, ShutdownReport};
 use crate::files::FileEnv;
@@ -242,8 +243,8 @@ pub(super) struct Core {
     status: OwnStatus,
     last_seq: u64,
 
-    presence: HashMap<ScreenName, PeerInfo>,
-    watched: BTreeSet<ScreenName>,
+    /// What we know of others, and whose changes the node pushes us.
+    presence: Presence,
     trust: watch::Sender<Arc<Trust>>,
     workers: HashMap<ScreenName, mpsc::Sender<WorkerMsg>>,
     worker_mode: Mode,
@@ -309,8 +310,7 @@ impl Core {
             backoff: Backoff::new(),
             status,
             last_seq: 0,
-            presence: HashMap::new(),
-            watched: BTreeSet::new(),
+            presence: Presence::default(),
             trust: watch::channel(Arc::new(config.trust)).0,
             workers: HashMap::new(),
             worker_mode: Mode::OneShot,
@@ -574,7 +574,7 @@ impl Core {
             file: None,
             invite: None,
         };
-        if self.presence.contains_key(&to) || self.nodes.current().is_none() || !wait {
+        if self.presence.knows(&to) || self.nodes.current().is_none() || !wait {
             self.queue_message(message, tx, wait, Duration::ZERO, None)
                 .await;
         } else {
@@ -1257,10 +1257,11 @@ impl Core {
     }
 
     fn watch(&mut self, names: &[ScreenName]) {
-        let new: Vec<String> = names
+        let new: Vec<String> = self
+            .presence
+            .watch(names)
             .iter()
-            .filter(|n| self.watched.insert((*n).clone()))
-            .map(|n| n.to_string())
+            .map(ScreenName::to_string)
             .collect();
         if new.is_empty() {
             return;
@@ -1278,7 +1279,7 @@ impl Core {
     }
 
     fn unwatch(&mut self, name: &ScreenName) {
-        if !self.watched.remove(name) {
+        if !self.presence.unwatch(name) {
             return;
         }
         if let Some(session) = self.current_session() {
@@ -1364,9 +1365,7 @@ impl Core {
                 }
             }
         }
-        for name in &names {
-            self.watched.insert(name.clone());
-        }
+        self.presence.watch(&names);
         // A session opened for one-off requests has no registration; the
         // online one is opened afresh.
         if let Some(session) = self.session.send_replace(None) {
@@ -1557,7 +1556,8 @@ impl Core {
                     }
                     // Watched after saying we are online: their presence
                     // follows as pushes (a new session watches afresh).
-                    let names: Vec<String> = self.watched.iter().map(|n| n.to_string()).collect();
+                    let names: Vec<String> =
+                        self.presence.watched().map(ScreenName::to_string).collect();
                     let watching = session.clone();
                     self.tasks.spawn(async move {
                         for chunk in names.chunks(MAX_WATCH_PER_REQUEST) {
@@ -2033,17 +2033,12 @@ impl Core {
 
     /// Keeps what the node says of a name (verified), and acts on changes.
     fn learn(&mut self, info: PeerInfo) -> bool {
-        let old = self.presence.insert(info.name.clone(), info.clone());
-        let changed = old.as_ref().is_none_or(|old| {
-            (old.presence, &old.status_text, old.reachable)
-                != (info.presence, &info.status_text, info.reachable)
-        });
-        let moved = old.as_ref().is_some_and(|old| info.moved_from(old));
-        if info.reachable || moved {
+        let learned = self.presence.learn(info.clone());
+        if learned.for_delivery {
             let name = info.name.clone();
             self.worker_if_any(&name, WorkerMsg::Peer(info));
         }
-        changed
+        learned.shown
     }
 
     fn on_push(&mut self, resolution: Resolution) {
@@ -2072,8 +2067,10 @@ impl Core {
 
     async fn on_note(&mut self, note: Note) {
         match note {
+            // A worker resolved its recipient: kept here for the others who
+            // ask (the worker has it already: not sent back to it).
             Note::Learned(info) => {
-                self.learn(info);
+                self.presence.learn(info);
             }
             Note::KeyObserved { name, key } => self.record_key_change(&name, key).await,
             Note::Offered(id) => self.on_offered(id).await,
@@ -2113,11 +2110,7 @@ impl Core {
                 return;
             }
         };
-        let name = self
-            .presence
-            .values()
-            .find(|i| i.peer_id == peer)
-            .map(|i| i.name.clone());
+        let name = self.presence.name_of(&peer).cloned();
         self.emit(Event::Path {
             name,
             peer,

@@ -13,6 +13,7 @@ mod core;
 mod error;
 mod nodes;
 mod outbox;
+mod presence;
 mod sink;
 
 #[cfg(test)]
