@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use messenger_proto::Identity;
-use messenger_proto::certificate::SignedCertificate;
 use messenger_proto::chat::{self, Message, MessageId};
 use messenger_proto::directory::{ErrorCode, MAX_VISIBLE_TO, MAX_WATCH_PER_REQUEST, Resolution};
 use messenger_proto::identity::verifying_key_of;
@@ -29,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::certificates::Certificates;
 use super::error::{DirectoryFailure, OnlineError, SendError, SetStatusError};
 use super::nodes::Nodes;
 use super::outbox::{Mode, SendReply, Worker, WorkerEnv, WorkerMsg};
@@ -228,12 +228,8 @@ pub(super) struct Core {
     waiting: Vec<Waiting>,
     pushes: mpsc::Sender<Resolution>,
     push_rx: mpsc::Receiver<Resolution>,
-    certificate: watch::Sender<Option<SignedCertificate>>,
-    /// Whose certificates of others' names we accept (see
-    /// [`crate::chat::TrustedIssuers`]).
-    issuers: watch::Sender<Vec<PeerId>>,
-    /// The keys our node's certificates came signed with, newest first.
-    learned_issuers: Vec<PeerId>,
+    /// Our name certificate and whose we accept.
+    certificates: Certificates,
 
     online: Option<Online>,
     reconnect_at: Option<Instant>,
@@ -302,9 +298,7 @@ impl Core {
             waiting: Vec::new(),
             pushes,
             push_rx,
-            certificate: watch::channel(None).0,
-            issuers: watch::channel(Vec::new()).0,
-            learned_issuers: Vec::new(),
+            certificates: Certificates::new(),
             online: None,
             reconnect_at: None,
             backoff: Backoff::new(),
@@ -711,7 +705,7 @@ impl Core {
             store: self.store.clone(),
             network,
             session: self.session.subscribe(),
-            certificate: self.certificate.subscribe(),
+            certificate: self.certificates.current(),
             trust: self.trust.subscribe(),
             events: self.events.clone(),
             notes: self.notes.clone(),
@@ -1342,10 +1336,10 @@ impl Core {
                 self.notes.clone(),
                 self.message_requests,
             );
-            self.publish_issuers();
+            self.certificates.publish(&self.nodes.peer_ids());
             let inbox = Inbox::new(
                 name.clone(),
-                self.issuers.subscribe(),
+                self.certificates.issuers(),
                 self.session.subscribe(),
                 sink,
                 self.message_rate,
@@ -1958,69 +1952,17 @@ impl Core {
     /// handing us the certificate, so certificates it signs for others are
     /// accepted from now on.
     fn keep_certificate(&mut self, registered: &Registered) {
-        let Some(signed) = &registered.certificate else {
-            return;
-        };
-        let issuer = match signed.decode_unverified() {
-            Ok(claimed) => claimed.node,
-            Err(e) => return warn!("the node's certificate does not decode; not using it: {e}"),
-        };
-        match signed.verify(&issuer, now_ms()) {
-            Ok(cert) if cert.vouches_for(&registered.name, &self.identity.peer_id()) => {
-                self.certificate.send_replace(Some(signed.clone()));
-                self.trust_issuer(issuer);
-            }
-            Ok(_) => warn!("the node's certificate is for another name or key; not using it"),
-            Err(e) => warn!("the node's certificate does not verify; not using it: {e}"),
+        let me = self.identity.peer_id();
+        let nodes = self.nodes.peer_ids();
+        if let Err(why) = self.certificates.keep(registered, &me, &nodes, now_ms()) {
+            warn!("not using the node's certificate: {why}");
         }
-    }
-
-    /// Accepts certificates `issuer` signs, besides our nodes' own: the
-    /// last two keys our node's certificates came signed with (the one
-    /// before stays trusted while a rotation reaches every client).
-    fn trust_issuer(&mut self, issuer: PeerId) {
-        if self.learned_issuers.first() == Some(&issuer) {
-            return;
-        }
-        self.learned_issuers.retain(|k| *k != issuer);
-        self.learned_issuers.insert(0, issuer);
-        self.learned_issuers.truncate(2);
-        self.publish_issuers();
-    }
-
-    fn publish_issuers(&self) {
-        let mut trusted = self.nodes.peer_ids();
-        for key in &self.learned_issuers {
-            if !trusted.contains(key) {
-                trusted.push(*key);
-            }
-        }
-        self.issuers.send_if_modified(|now| {
-            let changed = *now != trusted;
-            *now = trusted;
-            changed
-        });
     }
 
     /// How long until the next renewal: the usual period, or sooner if our
     /// certificate would expire first.
     fn renew_in(&self) -> Duration {
-        let cert = self
-            .certificate
-            .borrow()
-            .as_ref()
-            .and_then(|c| c.decode_unverified().ok());
-        let Some(cert) = cert else {
-            return RENEW_EVERY;
-        };
-        let left = Duration::from_millis(cert.expires_at.saturating_sub(now_ms()));
-        if left.is_zero() {
-            // Lapsed, and the last renewal brought no new one (a node that
-            // issues none, or ones that did not pass): asking sooner than
-            // usual would not bring one either.
-            return RENEW_EVERY;
-        }
-        (left / 2).clamp(Duration::from_secs(1), RENEW_EVERY)
+        self.certificates.renew_in(now_ms(), RENEW_EVERY)
     }
 
     fn current_reachability(&self) -> Reachability {

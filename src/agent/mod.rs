@@ -9,6 +9,7 @@
 //! The core runs until [`Agent::shutdown`] (or until every handle is
 //! dropped); then every task it started ends, within a bounded time.
 
+mod certificates;
 mod core;
 mod error;
 mod nodes;
