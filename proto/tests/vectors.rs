@@ -13,10 +13,14 @@ use messenger_proto::certificate::NameCertificate;
 use messenger_proto::chat::{ChatFrame, Message, MessageId, RejectCode, open_message};
 use messenger_proto::codec::{encode_frame, to_cbor};
 use messenger_proto::directory::{self, ErrorCode, Op, Reply, Request, Response};
+use messenger_proto::file::{
+    ContentHash, FileAnswer, FileOffer, FileRefusal, FileRequest, FileVerdict,
+};
 use messenger_proto::name::ScreenName;
 use messenger_proto::presence::Status;
 use messenger_proto::record::{Registration, SignedRecord};
 use messenger_proto::signed::{MESSAGE_CONTEXT, REGISTRATION_CONTEXT, Signed};
+use messenger_proto::tunnel::{Invitation, TunnelAnswer, TunnelRefusal, TunnelRequest};
 use serde::Serialize;
 
 /// A registration or message as any encoder might write it, including in
@@ -274,6 +278,96 @@ fn vectors() -> String {
             hex::encode(&signed.payload),
         );
     }
+
+    // The frames of §6.5 (chat), §6.6 (file) and §6.7 (tunnel), and a
+    // message carrying a file offer or an invitation (§6.2).
+    let id = MessageId([0xab; 16]);
+    for (title, bytes) in [
+        (
+            "`typing` (active) as a chat frame's CBOR",
+            to_cbor(&ChatFrame::Typing { active: true }),
+        ),
+        (
+            "`typing` (stopped) as a chat frame's CBOR",
+            to_cbor(&ChatFrame::Typing { active: false }),
+        ),
+        (
+            "`nudge` as a chat frame's CBOR",
+            to_cbor(&ChatFrame::Nudge {}),
+        ),
+        (
+            "FileRequest `get` of offer ab…ab from byte 1024, CBOR",
+            to_cbor(&FileRequest::Get { id, offset: 1024 }),
+        ),
+        (
+            "FileRequest `decline` of offer ab…ab, CBOR",
+            to_cbor(&FileRequest::Decline { id }),
+        ),
+        (
+            "FileAnswer `sending` from 0 of 5 bytes, CBOR",
+            to_cbor(&FileAnswer::Sending { offset: 0, size: 5 }),
+        ),
+        (
+            "FileAnswer `refused` (`changed`), CBOR",
+            to_cbor(&FileAnswer::Refused {
+                code: FileRefusal::Changed,
+            }),
+        ),
+        ("verdict `verified`, CBOR", to_cbor(&FileVerdict::Verified)),
+        ("verdict `mismatch`, CBOR", to_cbor(&FileVerdict::Mismatch)),
+        (
+            "TunnelRequest `connect` to 8080, CBOR",
+            to_cbor(&TunnelRequest::Connect { port: 8080 }),
+        ),
+        (
+            "TunnelRequest `check` of 8080, CBOR",
+            to_cbor(&TunnelRequest::Check { port: 8080 }),
+        ),
+        ("TunnelRequest `pipe`, CBOR", to_cbor(&TunnelRequest::Pipe)),
+        ("TunnelAnswer `open`, CBOR", to_cbor(&TunnelAnswer::Open)),
+        (
+            "TunnelAnswer `allowed`, CBOR",
+            to_cbor(&TunnelAnswer::Allowed),
+        ),
+        (
+            "TunnelAnswer `refused` (`revoked`), CBOR",
+            to_cbor(&TunnelAnswer::Refused {
+                code: TunnelRefusal::Revoked,
+            }),
+        ),
+    ] {
+        item(title, hex::encode(bytes));
+    }
+    let offer = Message {
+        id,
+        from: name("alice"),
+        to: name("bob"),
+        sent_at: 1_700_000_000_000,
+        text: "offers the file notes.txt (5 bytes)".into(),
+        file: Some(FileOffer {
+            name: "notes.txt".into(),
+            size: 5,
+            hash: ContentHash([0x11; 32]),
+        }),
+        invite: None,
+    };
+    item(
+        "Message {id: ab…ab, alice → bob, sent_at: 1700000000000, text: offers the file notes.txt (5 bytes), file: {name: notes.txt, size: 5, hash: 11…11}}, CBOR payload",
+        hex::encode(to_cbor(&offer)),
+    );
+    let invitation = Message {
+        text: "invites you to connect to port 8080 on their computer".into(),
+        file: None,
+        invite: Some(Invitation {
+            port: 8080,
+            withdrawn: false,
+        }),
+        ..offer
+    };
+    item(
+        "the same with text: invites you to connect to port 8080 on their computer, invite: {port: 8080}, no file, CBOR payload",
+        hex::encode(to_cbor(&invitation)),
+    );
     format!("{BEGIN}\n{out}{END}")
 }
 
