@@ -34,8 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "figures/cluster.rs"]
 mod cluster;
-#[path = "load.rs"]
-pub mod load;
+pub use messenger::testing::load;
 #[path = "figures/tunnel.rs"]
 mod tunnel;
 

@@ -14,6 +14,10 @@
 )]
 
 mod key;
+/// Light clients: each its own key and only what the node needs from an
+/// online client, so that thousands fit in one process (the benchmarks
+/// and the crowd and attack tests).
+pub mod load;
 
 use libp2p::Multiaddr;
 use messenger_proto::Identity;

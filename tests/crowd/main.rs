@@ -7,10 +7,8 @@
 
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
-// The bench's bare directory client, which the crowd is made of.
-#[path = "../../benches/suite/load.rs"]
-#[allow(dead_code)]
-mod load;
+// The light clients the crowd is made of.
+use messenger::testing::load;
 // The end-to-end tests' process helpers.
 #[path = "../e2e/servers.rs"]
 #[allow(dead_code)]

@@ -17,10 +17,8 @@ mod flood;
 mod frontends;
 mod hostile;
 mod liveness;
-// The bench's bare directory client, which the attackers are made of.
-#[path = "../../benches/suite/load.rs"]
-#[allow(dead_code)]
-mod load;
+// The light clients the attackers are made of.
+use messenger::testing::load;
 mod messaging;
 mod metrics;
 mod nat;

@@ -8,21 +8,20 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use crate::directory::{DirectorySession, node_peer_id};
+use crate::proto::Identity;
+use crate::proto::directory::PROTOCOL;
+use crate::proto::name::ScreenName;
+use crate::proto::presence::Status;
+use crate::proto::record::Registration;
+use crate::reconnect::{Backoff, Setback};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, noise, ping, tcp, yamux};
-use messenger::directory::{DirectorySession, node_peer_id};
-use messenger::proto::Identity;
-use messenger::proto::directory::PROTOCOL;
-use messenger::proto::name::ScreenName;
-use messenger::proto::presence::Status;
-use messenger::proto::record::Registration;
-use messenger::reconnect::{Backoff, Setback};
 use tokio::sync::oneshot;
 
 /// Light QUIC clients on one shared endpoint (the held figure's QUIC load).
-#[path = "quic_load.rs"]
 pub mod quic;
 
 /// How the light clients reach the node.
@@ -288,7 +287,7 @@ fn online_record(identity: &Identity, name: ScreenName, seq: u64) -> Registratio
         peer_id: identity.peer_id(),
         addrs: Vec::new(),
         seq,
-        expires_at: messenger::proto::time::now_ms() + 10 * 60 * 1000,
+        expires_at: crate::proto::time::now_ms() + 10 * 60 * 1000,
         status: Status::Online,
         status_text: String::new(),
     }
@@ -311,7 +310,7 @@ pub async fn light_client(
 ) -> Result<LightClient, String> {
     let mut connection = BareConnection::connect(node_addr, bind, transport).await?;
     let session = connection.session().await?;
-    let record = connection.record(name, messenger::proto::time::now_ms() * 1000);
+    let record = connection.record(name, crate::proto::time::now_ms() * 1000);
     session
         .register(record.sign(&connection.identity), Vec::new())
         .await
@@ -453,7 +452,7 @@ async fn keep_registered<C, F, Held>(
         let connecting = connect();
         let attempt = async {
             let (held, session) = connecting.await?;
-            let seq = messenger::proto::time::now_ms() * 1000;
+            let seq = crate::proto::time::now_ms() * 1000;
             let record = online_record(identity, name.clone(), seq);
             session
                 .register(record.sign(identity), Vec::new())

@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::directory::{DirectorySession, node_peer_id};
+use crate::proto::Identity;
+use crate::proto::directory::PROTOCOL;
+use crate::reconnect::Setback;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use messenger::directory::{DirectorySession, node_peer_id};
-use messenger::proto::Identity;
-use messenger::proto::directory::PROTOCOL;
-use messenger::reconnect::Setback;
 use tokio::task::JoinSet;
 
 use super::Failed;
