@@ -224,8 +224,9 @@ pub enum Request {
     /// Decline the message request of `name` (everyone's when absent):
     /// what they sent is removed.
     RequestsDecline {
-        /// Whose.
-        #[serde(default, deserialize_with = "any_case_or_none")]
+        /// Whose (`null`: everyone's; required, so that a misspelt field
+        /// declines nobody's).
+        #[serde(deserialize_with = "any_case_or_none")]
         name: Option<ScreenName>,
     },
     /// Mark the conversation with `name` read: its unread count goes to 0.

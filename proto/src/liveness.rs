@@ -7,13 +7,10 @@
 //! its peer went silent for that long; pinging it too would only double
 //! what holding it costs (see [`ping`]).
 //!
-//! libp2p-ping reports a failure only after two consecutive failed pings,
-//! and the second one may first wait for a new stream to be negotiated on
-//! the dead connection, so a silent peer (cable pulled, NAT mapping gone:
-//! no FIN, no RST) would be noticed only after two to three times the
-//! configured timeout. This tracker instead takes every successful ping as
-//! a sign of life and calls a connection overdue once none came for
-//! `interval + timeout`: a healthy connection answers a ping every
+//! A ping that times out says so only once its own deadline passed, and
+//! one whose stream the peer reset says nothing of silence; this tracker
+//! takes every answered ping as a sign of life and calls a connection
+//! overdue once none came for `interval + timeout`: a healthy connection answers a ping every
 //! `interval` plus a round trip, so that bound is what a peer is promised.
 //! Plain state over a caller-given clock, so it is tested without sleeping.
 

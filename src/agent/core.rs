@@ -800,6 +800,13 @@ impl Core {
             );
         }
         self.tell_requests().await;
+        for name in &declined {
+            // What they sent is gone, and with it their unread count.
+            self.emit(Event::Unread(crate::store::Unread {
+                name: name.clone(),
+                count: 0,
+            }));
+        }
         let names: Vec<&str> = declined.iter().map(ScreenName::as_str).collect();
         Response::Done {
             message: format!(
@@ -2016,6 +2023,7 @@ impl Core {
             }
             Note::KeyObserved { name, key } => self.record_key_change(&name, key).await,
             Note::Offered(id) => self.on_offered(id).await,
+            Note::Unread(name) => self.tell_unread(name).await,
             Note::FileReady {
                 message,
                 source,
@@ -2096,10 +2104,7 @@ impl Core {
                             path: None,
                         })
                         .await;
-                    let n = name.clone();
-                    if let Ok(count) = self.store.call(move |s| s.unread(&n)).await {
-                        self.emit(Event::Unread(crate::store::Unread { name, count }));
-                    }
+                    self.tell_unread(name).await;
                 }
                 Ok(None) => {}
                 Err(e) => warn!(%id, "cannot record a message's checked signature: {e}"),

@@ -141,6 +141,10 @@ enum Note {
     },
     /// A file was offered to me (the offer verified and stored).
     Offered(MessageId),
+    /// A message from this name became visible: its unread count changed.
+    /// Told by the core, so that counts and marks read reach the front
+    /// ends in the order they happened.
+    Unread(messenger_proto::name::ScreenName),
     /// A file to offer is hashed: its offer can be stored and sent.
     FileReady {
         message: messenger_proto::chat::Message,

@@ -17,7 +17,7 @@ use crate::chat::{KeepError, MessageSink, Signal};
 use crate::events::Event;
 use crate::events::EventSender;
 use crate::network::{Network, Path};
-use crate::store::{Direction, Received, RequestLimits, StoreHandle, Unread};
+use crate::store::{Direction, Received, RequestLimits, StoreHandle};
 use crate::trust::{Distrust, Trust};
 
 /// Keeps accepted messages in the home's store.
@@ -159,13 +159,7 @@ impl StoreSink {
                 path,
             })
             .await;
-        let n = name.clone();
-        if let Ok(count) = self.store.call(move |s| s.unread(&n)).await {
-            let _ = self
-                .events
-                .send(Event::Unread(Unread { name, count }))
-                .await;
-        }
+        let _ = self.notes.send(Note::Unread(name)).await;
         if invitation
             && let Ok((invitations, invited_me)) = self
                 .store

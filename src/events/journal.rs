@@ -12,6 +12,33 @@ use crate::metrics::ClientMetrics;
 /// How many of the latest events the journal keeps for followers.
 pub const JOURNAL_LEN: usize = 4096;
 
+/// How many bytes of events it keeps at most (about: what the events'
+/// texts and lists take): a message may carry 64 KiB of text and its
+/// signed copy, so a count alone would let those who write to the user
+/// pin half a gigabyte here.
+pub const JOURNAL_BYTES: usize = 8 * 1024 * 1024;
+
+/// About what an event takes in the journal: its texts, payloads and
+/// lists; a fixed share for the rest.
+fn weight(event: &Event) -> usize {
+    const BASE: usize = 256;
+    let message = |m: &crate::store::StoredMessage| {
+        m.message.text.len() + m.signed.as_ref().map_or(0, |s| s.payload.len())
+    };
+    BASE + match event {
+        Event::Message { message: m, .. } => message(m),
+        Event::Sent(m) | Event::Delivered(m) | Event::Failed(m) | Event::Queued(m) => message(m),
+        Event::Contacts { contacts } => contacts.len() * BASE,
+        Event::Blocked { names } => names.len() * 40,
+        Event::Requests { requests } => requests.len() * BASE,
+        Event::Invitations {
+            invitations,
+            invited_me,
+        } => (invitations.len() + invited_me.len()) * BASE,
+        _ => 0,
+    }
+}
+
 /// The sending side of the stream of [`Event`]s: each event is numbered in
 /// the journal, counted (if the client keeps metrics) and queued for the
 /// front end that started the client.
@@ -113,10 +140,13 @@ pub struct Journal {
 
 #[derive(Debug, Default)]
 struct Kept {
-    /// Oldest first; the number of each is its position from `first`.
-    events: VecDeque<Event>,
+    /// Oldest first, with their weight; the number of each is its
+    /// position from `first`.
+    events: VecDeque<(Event, usize)>,
     /// The number of `events[0]`.
     first: u64,
+    /// The weight of all of them.
+    bytes: usize,
 }
 
 impl Journal {
@@ -126,6 +156,7 @@ impl Journal {
             events: Mutex::new(Kept {
                 events: VecDeque::with_capacity(64),
                 first: 1,
+                bytes: 0,
             }),
             last: watch::Sender::new(0),
         }
@@ -148,12 +179,18 @@ impl Journal {
     }
 
     fn push(&self, event: Event) -> u64 {
+        let weight = weight(&event);
         let mut kept = self.kept();
-        if kept.events.len() == JOURNAL_LEN {
-            kept.events.pop_front();
+        while !kept.events.is_empty()
+            && (kept.events.len() == JOURNAL_LEN || kept.bytes + weight > JOURNAL_BYTES)
+        {
+            if let Some((_, gone)) = kept.events.pop_front() {
+                kept.bytes -= gone;
+            }
             kept.first += 1;
         }
-        kept.events.push_back(event);
+        kept.bytes += weight;
+        kept.events.push_back((event, weight));
         let seq = kept.first + kept.events.len() as u64 - 1;
         // Published under the lock: followers see numbers in order.
         self.last.send_replace(seq);
@@ -216,7 +253,7 @@ impl Follower {
                     });
                 }
                 let index = (self.next - kept.first) as usize;
-                if let Some(event) = kept.events.get(index) {
+                if let Some((event, _)) = kept.events.get(index) {
                     let seq = self.next;
                     self.next += 1;
                     return Ok((seq, event.clone()));
@@ -282,6 +319,38 @@ mod tests {
         let mut follower = journal.follow(journal.run(), 0).unwrap();
         assert_eq!(follower.next().await.unwrap(), (1, nudge("a")));
         assert_eq!(rx.recv().await.unwrap(), nudge("a"));
+    }
+
+    #[test]
+    fn big_messages_are_kept_within_the_byte_bound() {
+        use crate::store::{Direction, MessageState, StoredMessage};
+        let (events, _rx) = sender();
+        let journal = Arc::clone(events.journal());
+        let big = |seq| {
+            let mut message = crate::testing::message("alice", "bob", "x");
+            message.text = "x".repeat(64 * 1024);
+            Event::Queued(StoredMessage {
+                seq,
+                message,
+                direction: Direction::Out,
+                state: MessageState::Queued,
+                updated_at: 0,
+                error: None,
+                peer_id: None,
+                signed: None,
+            })
+        };
+        for seq in 0..300 {
+            events.try_send(big(seq));
+        }
+        let kept = journal.kept();
+        assert!(kept.bytes <= JOURNAL_BYTES, "{} bytes kept", kept.bytes);
+        assert!(
+            kept.events.len() < 130,
+            "{} messages of 64 KiB kept: the bytes bound them, not the count",
+            kept.events.len()
+        );
+        assert_eq!(kept.first + kept.events.len() as u64 - 1, 300);
     }
 
     #[tokio::test]

@@ -18,4 +18,4 @@ mod event;
 mod journal;
 
 pub use event::{ContactView, Event, SettingsView};
-pub use journal::{EventSender, Follower, JOURNAL_LEN, Journal, Missed};
+pub use journal::{EventSender, Follower, JOURNAL_BYTES, JOURNAL_LEN, Journal, Missed};

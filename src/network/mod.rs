@@ -649,8 +649,9 @@ struct EventLoop {
     rendezvous: Option<(PeerId, Multiaddr)>,
     /// Relayed connections to close once hole punching's grace is over.
     relayed_to_close: FuturesUnordered<Pin<Box<dyn Future<Output = PeerId> + Send>>>,
-    /// Connections that stopped answering pings are closed by this, not by
-    /// libp2p-ping's report (which needs two failures in a row).
+    /// Connections that stopped answering pings are closed by this: it
+    /// keeps the promise of `interval + timeout` whatever the pings' own
+    /// failures say.
     liveness: Liveness,
     metrics: Option<Arc<ClientMetrics>>,
 }

@@ -289,7 +289,13 @@ impl App {
         };
         if bring || self.front.is_none() {
             self.front = Some(i);
-            self.read(i, actions);
+            if bring {
+                self.read(i, actions);
+            } else {
+                // In front because nothing else is, not because the user
+                // turned to it: not read yet.
+                self.conversations[i].seen();
+            }
         }
         i
     }
@@ -621,14 +627,14 @@ impl App {
     /// in the client, for every front end.
     fn read(&mut self, i: usize, actions: &mut Vec<Action>) {
         let conversation = &mut self.conversations[i];
-        if conversation.unread() > 0 {
-            actions.push(Action::Call(
-                Tag::Quiet,
-                Request::MarkRead {
-                    name: conversation.with().clone(),
-                },
-            ));
-        }
+        // Asked even when nothing shows as unread here: the client's count
+        // is the one that matters (a count this window missed, say).
+        actions.push(Action::Call(
+            Tag::Quiet,
+            Request::MarkRead {
+                name: conversation.with().clone(),
+            },
+        ));
         conversation.seen();
     }
 

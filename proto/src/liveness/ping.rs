@@ -156,6 +156,10 @@ pub struct Handler {
     inbound: VecDeque<BoxFuture<'static, io::Result<()>>>,
     /// What to tell the behaviour.
     results: VecDeque<Result<Duration, ping::Failure>>,
+    /// The number of the last stream asked for: a stream or a failure
+    /// that comes for an earlier one (after its ping timed out) is not
+    /// this ping's.
+    asked: u64,
 }
 
 impl std::fmt::Debug for Handler {
@@ -189,6 +193,7 @@ impl Handler {
             outbound: Outbound::Idle,
             inbound: VecDeque::new(),
             results: VecDeque::new(),
+            asked: 0,
         }
     }
 
@@ -206,7 +211,7 @@ impl ConnectionHandler for Handler {
     type InboundProtocol = ReadyUpgrade<StreamProtocol>;
     type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
     type InboundOpenInfo = ();
-    type OutboundOpenInfo = ();
+    type OutboundOpenInfo = u64;
 
     fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
         SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
@@ -225,7 +230,7 @@ impl ConnectionHandler for Handler {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, u64, Self::ToBehaviour>> {
         // Answer; a stream that ended (closed, reset, malformed) goes.
         self.inbound
             .retain_mut(|answering| match answering.poll_unpin(cx) {
@@ -262,8 +267,10 @@ impl ConnectionHandler for Handler {
             // Polled once, so that it wakes us when it expires.
             let _ = deadline.poll_unpin(cx);
             self.outbound = Outbound::Opening(deadline);
+            self.asked += 1;
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ()),
+                protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), self.asked)
+                    .with_timeout(self.schedule.timeout),
             });
         }
         Poll::Pending
@@ -271,7 +278,7 @@ impl ConnectionHandler for Handler {
 
     fn on_connection_event(
         &mut self,
-        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>,
+        event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol, (), u64>,
     ) {
         match event {
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
@@ -286,8 +293,12 @@ impl ConnectionHandler for Handler {
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: mut stream,
-                ..
+                info,
             }) => {
+                if info != self.asked || !matches!(self.outbound, Outbound::Opening(_)) {
+                    // For a ping that already timed out: not this one's.
+                    return;
+                }
                 stream.ignore_for_keep_alive();
                 // What is left of the time the opening took.
                 let left = match std::mem::replace(&mut self.outbound, Outbound::Idle) {
@@ -296,6 +307,8 @@ impl ConnectionHandler for Handler {
                 };
                 self.outbound = Outbound::Pinging(ping_once(stream, left).boxed());
             }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { info, .. })
+                if info != self.asked || !matches!(self.outbound, Outbound::Opening(_)) => {}
             ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => match error {
                 StreamUpgradeError::NegotiationFailed => {
                     self.outbound = Outbound::Unsupported;
@@ -330,14 +343,16 @@ async fn ping_once(mut stream: Stream, deadline: Delay) -> Result<Duration, ping
                 "the ping's echo differs from the ping",
             ));
         }
-        // Done with it: the peer sees the end of the stream.
-        let _ = stream.close().await;
         Ok(rtt)
     };
-    futures::select! {
-        result = exchange.fuse() => result.map_err(|error| ping::Failure::Other { error: Box::new(error) }),
-        () = deadline.fuse() => Err(ping::Failure::Timeout),
-    }
+    let rtt = futures::select! {
+        result = exchange.fuse() => result.map_err(|error| ping::Failure::Other { error: Box::new(error) })?,
+        () = deadline.fuse() => return Err(ping::Failure::Timeout),
+    };
+    // Done with it: the peer sees the end of the stream. Answered already,
+    // so a slow close is no failed ping.
+    let _ = stream.close().await;
+    Ok(rtt)
 }
 
 /// Echoes every ping on `stream` until the peer closes it.

@@ -31,8 +31,9 @@ pub(super) const LEASE_SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 pub(super) struct EventLoop {
     pub(super) swarm: Swarm<BoxedHandlers<Behaviour>>,
-    /// Connections that stopped answering pings are closed by this, not by
-    /// libp2p-ping's report (which needs two failures in a row).
+    /// Connections that stopped answering pings are closed by this: it
+    /// keeps the promise of `interval + timeout` whatever the pings' own
+    /// failures say.
     pub(super) liveness: Liveness,
     pub(super) gate: Arc<HandshakeGate>,
     /// Gate counts at the last report.

@@ -91,6 +91,15 @@ impl Core {
         }
     }
 
+    /// Tells every front end the unread count of `name` now.
+    pub(super) async fn tell_unread(&mut self, name: ScreenName) {
+        let n = name.clone();
+        match self.store.call(move |s| s.unread(&n)).await {
+            Ok(count) => self.emit(Event::Unread(Unread { name, count })),
+            Err(e) => warn!("cannot read an unread count: {e}"),
+        }
+    }
+
     /// Everything a front end shows, with the number of the last event
     /// it includes (taken first: see [`Snapshot`]).
     pub(super) async fn snapshot(&mut self) -> Response {
