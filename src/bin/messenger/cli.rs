@@ -179,7 +179,9 @@ pub(crate) enum Command {
     /// change as it happens, whichever front end made it, until Ctrl-C.
     ///
     /// With --json, the control socket's own lines (docs/protocol.md §7):
-    /// the snapshot, then one numbered event per line.
+    /// the snapshot, then one numbered event per line. Falling too far
+    /// behind prints a new snapshot, and the events go on from there; it
+    /// ends when the client stops.
     Events,
     /// Send a file directly, and answer files offered to me.
     ///

@@ -373,6 +373,56 @@ impl Ctx {
     /// Prints what the running client shows, then every change, until
     /// Ctrl-C or the client stops.
     async fn follow_events(&self) -> Result<(), Failure> {
+        let rendezvous = self
+            .rendezvous
+            .first()
+            .cloned()
+            .unwrap_or(Multiaddr::empty());
+        let mut signals = Signals::new()?;
+        // A follower that fell too far behind starts again from a new
+        // snapshot.
+        loop {
+            let (snapshot, mut attached) = self.snapshot_and_follow().await?;
+            let me = snapshot.me.peer_id;
+            loop {
+                let response = tokio::select! {
+                    response = attached.response() => response,
+                    () = signals.recv() => return Ok(()),
+                };
+                match response {
+                    Ok(Response::Event { seq, event }) => {
+                        if self.out.is_json() {
+                            let line = Response::Event { seq, event };
+                            self.out
+                                .emit("", serde_json::to_value(&line).unwrap_or_default());
+                        } else if let Some(failure) = show_event(&self.out, me, event, &rendezvous)
+                        {
+                            return Err(failure);
+                        }
+                    }
+                    Ok(Response::Failed(failure)) if failure.kind == FailureKind::EventsMissed => {
+                        eprintln!("{}; taking a new snapshot", failure.message);
+                        break;
+                    }
+                    Ok(Response::Failed(failure)) => return Err(Failure::of(failure)),
+                    Ok(other) => return Err(anyhow!("unexpected answer: {other:?}").into()),
+                    Err(CallError::NoAnswer) => {
+                        return Err(Failure::new(
+                            exit::FAILURE,
+                            anyhow!("the running client stopped"),
+                        ));
+                    }
+                    Err(e) => return Err(anyhow!(e).into()),
+                }
+            }
+        }
+    }
+
+    /// What the running client shows now (printed), and its events from
+    /// there on.
+    async fn snapshot_and_follow(
+        &self,
+    ) -> Result<(Box<messenger::api::Snapshot>, control::Attached), Failure> {
         let not_running = || {
             Failure::new(
                 exit::FAILURE,
@@ -393,43 +443,11 @@ impl Ctx {
             run: snapshot.run.clone(),
             after: snapshot.seq,
         };
-        let mut attached = control::attach(self.home.dir(), &follow)
+        let attached = control::attach(self.home.dir(), &follow)
             .await
             .map_err(|e| anyhow!(e))?
             .ok_or_else(not_running)?;
-        let me = snapshot.me.peer_id;
-        let rendezvous = self
-            .rendezvous
-            .first()
-            .cloned()
-            .unwrap_or(Multiaddr::empty());
-        let mut signals = Signals::new()?;
-        loop {
-            let response = tokio::select! {
-                response = attached.response() => response,
-                () = signals.recv() => return Ok(()),
-            };
-            match response {
-                Ok(Response::Event { seq, event }) => {
-                    if self.out.is_json() {
-                        let line = Response::Event { seq, event };
-                        self.out
-                            .emit("", serde_json::to_value(&line).unwrap_or_default());
-                    } else if let Some(failure) = show_event(&self.out, me, event, &rendezvous) {
-                        return Err(failure);
-                    }
-                }
-                Ok(Response::Failed(failure)) => return Err(Failure::of(failure)),
-                Ok(other) => return Err(anyhow!("unexpected answer: {other:?}").into()),
-                Err(CallError::NoAnswer) => {
-                    return Err(Failure::new(
-                        exit::FAILURE,
-                        anyhow!("the running client stopped"),
-                    ));
-                }
-                Err(e) => return Err(anyhow!(e).into()),
-            }
-        }
+        Ok((snapshot, attached))
     }
 
     /// Runs `request` through the home's running client only (files are
