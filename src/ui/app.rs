@@ -790,7 +790,14 @@ impl App {
                     return actions;
                 }
             }
-            KeyCode::Tab if self.front.is_some() => self.focus = Focus::Conversation,
+            KeyCode::Tab if self.front.is_some() => {
+                self.focus = Focus::Conversation;
+                let mut actions = Vec::new();
+                if let Some(i) = self.front {
+                    self.read(i, &mut actions);
+                }
+                return actions;
+            }
             KeyCode::Char('a') => {
                 self.modal = Some(Modal::Prompt(Prompt::AddContact(Editor::default())));
             }

@@ -140,3 +140,27 @@ fn following_from_a_number_of_another_run_is_refused_with_the_reason() {
     online.signal("TERM");
     online.wait_exit();
 }
+
+#[test]
+fn what_chat_prints_of_its_partner_is_read_in_every_front_end() {
+    let (_dir, _node, alice, bob) = alice_and_bob();
+    let mut chat = alice.spawn(&["--json", "chat", "bob", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    chat.stdout.expect_event("online");
+    let mut follower = alice.spawn(&["--json", "events"]);
+    snapshot(&mut follower.stdout);
+    bob.ok(&["send", "alice", "are you there?"]);
+    assert_eq!(
+        chat.stdout.expect_event("message")["text"],
+        "are you there?"
+    );
+    let (counted_at, counted) = followed(&mut follower.stdout, "unread");
+    assert_eq!(
+        (&counted["name"], &counted["count"]),
+        (&"bob".into(), &1.into())
+    );
+    let (read_at, read) = followed(&mut follower.stdout, "unread");
+    assert_eq!((&read["name"], &read["count"]), (&"bob".into(), &0.into()));
+    assert!(read_at > counted_at);
+    chat.signal("TERM");
+    chat.wait_exit();
+}

@@ -576,8 +576,21 @@ impl Ctx {
                 event = running.events.recv() => match event {
                     Some(event) => {
                         let refused = matches!(event, Event::RegistrationRefused { .. });
+                        // What `chat` printed of its partner is read, for
+                        // every front end.
+                        let read = match (&event, &peer) {
+                            (Event::Unread(unread), Some(peer))
+                                if unread.count > 0 && unread.name == *peer =>
+                            {
+                                Some(peer.clone())
+                            }
+                            _ => None,
+                        };
                         if let Some(failure) = show_event(&self.out, me, event, &rendezvous) {
                             break Err(failure);
+                        }
+                        if let Some(name) = read {
+                            let _ = running.agent.call(Request::MarkRead { name }).await;
                         }
                         if refused {
                             break Ok(());
