@@ -40,7 +40,6 @@ use crate::events::{EventSender, Follower, Journal, Missed};
 use crate::home::{Config, Home};
 use crate::metrics::ClientMetrics;
 use crate::network::NetworkConfig;
-use crate::peer::PeerInfo;
 use crate::store::{RequestLimits, StoreHandle, StoreThread};
 
 /// How many events may wait for the front end.
@@ -132,8 +131,11 @@ enum Command {
 /// What the workers and the inbox tell the core.
 #[derive(Debug)]
 enum Note {
-    /// What the node said of a name (verified).
-    Learned(PeerInfo),
+    /// A delivery worker asks where its recipient is.
+    Resolve {
+        name: messenger_proto::name::ScreenName,
+        reply: outbox::ResolveReply,
+    },
     /// A contact's name was seen with another key than the pinned one.
     KeyObserved {
         name: messenger_proto::name::ScreenName,

@@ -3,9 +3,10 @@
 //!
 //! A worker delivers its recipient's queued messages in the order written,
 //! pipelined on one chat stream, and marks each delivered (or failed) as
-//! its acknowledgement (or refusal) arrives. It resolves its recipient at
-//! most once and then follows the presence pushes the core forwards; it
-//! resolves again only when what it knows no longer works (an expired
+//! its acknowledgement (or refusal) arrives. What it knows of where the
+//! recipient is comes from the core, which owns what is known of peers:
+//! the core hands it the presence pushes, and resolves the recipient for
+//! it when nothing is known or what is known no longer works (an expired
 //! record, a failed dial). It pauses while the recipient is offline,
 //! backs off after failures, and resumes when the core wakes it.
 
@@ -15,7 +16,6 @@ use std::time::Duration;
 
 use messenger_proto::Identity;
 use messenger_proto::chat::{MessageId, RejectCode};
-use messenger_proto::directory::ErrorCode;
 use messenger_proto::name::ScreenName;
 use messenger_proto::record::without_peer_suffix;
 use messenger_proto::signed::{MESSAGE_CONTEXT, Signed};
@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::{Note, SendError};
 use crate::api::{Event, Failure, Response, SendOutcome};
 use crate::chat::{ACK_TIMEOUT, CertificateWatch, ChatLink, DeliveryError, Signal};
-use crate::directory::{DirectoryError, DirectorySession};
+use crate::directory::DirectorySession;
 use crate::events::EventSender;
 use crate::network::Network;
 use crate::peer::PeerInfo;
@@ -82,6 +82,22 @@ pub(super) enum Mode {
     Online,
     /// A command on its own: one attempt, then the message waits queued.
     OneShot,
+}
+
+/// How long a worker waits for the core to resolve its recipient (the
+/// node answers or fails well within it; a bound all the same).
+const RESOLVE_WAIT: Duration = Duration::from_secs(30);
+
+/// Where a worker's recipient is, as the core resolved it.
+pub(super) type ResolveReply = oneshot::Sender<Result<PeerInfo, Unresolved>>;
+
+/// Why the core could not say where a recipient is.
+#[derive(Debug)]
+pub(super) enum Unresolved {
+    /// The node has no such name (it was released).
+    NoSuchName,
+    /// Not now: the node is out of reach, or failed.
+    Other(String),
 }
 
 /// What every worker needs, shared read-only.
@@ -417,37 +433,34 @@ impl Worker {
         }
     }
 
-    /// Asks the node where the recipient is; tells the core what it said.
+    /// Asks the core where the recipient is (the core resolves it and
+    /// keeps what the node said, for everyone who asks).
     async fn resolve(&mut self) -> Result<PeerInfo, Pause> {
-        let session = self
-            .env
-            .session
-            .borrow()
-            .clone()
-            .filter(|s| !s.is_closed())
-            .ok_or_else(|| {
-                Pause::Retry(format!(
-                    "cannot resolve {}: not connected to the rendezvous node",
-                    self.to
-                ))
-            })?;
-        let resolution = match session.resolve(self.to.as_str()).await {
-            Ok(resolution) => resolution,
-            Err(DirectoryError::Refused {
-                code: ErrorCode::NoSuchName,
-                ..
-            }) => {
+        let (reply, answer) = oneshot::channel();
+        let asked = self.env.notes.send(Note::Resolve {
+            name: self.to.clone(),
+            reply,
+        });
+        let stopping = || Pause::Retry("the client is stopping".to_owned());
+        asked.await.map_err(|_| stopping())?;
+        let answer = tokio::time::timeout(RESOLVE_WAIT, answer)
+            .await
+            .map_err(|_| Pause::Retry(format!("cannot resolve {}: no answer in time", self.to)))?
+            .map_err(|_| stopping())?;
+        match answer {
+            Ok(info) => {
+                self.peer = Some(info.clone());
+                Ok(info)
+            }
+            Err(Unresolved::NoSuchName) => {
                 // The name was released: nothing queued for it can go.
                 self.fail_all("no such name (the name was released)").await;
-                return Err(Pause::KeyChanged(format!("no such name: {}", self.to)));
+                Err(Pause::KeyChanged(format!("no such name: {}", self.to)))
             }
-            Err(e) => return Err(Pause::Retry(format!("cannot resolve {}: {e}", self.to))),
-        };
-        let info =
-            PeerInfo::from_resolution(&resolution).map_err(|e| Pause::Retry(e.to_string()))?;
-        let _ = self.env.notes.try_send(Note::Learned(info.clone()));
-        self.peer = Some(info.clone());
-        Ok(info)
+            Err(Unresolved::Other(why)) => {
+                Err(Pause::Retry(format!("cannot resolve {}: {why}", self.to)))
+            }
+        }
     }
 
     async fn deliver(&mut self, pending: &[StoredMessage]) -> Result<(), Pause> {

@@ -27,7 +27,7 @@ impl Core {
         let env = Arc::new(FileEnv {
             store: self.store.clone(),
             network: network.clone(),
-            session: self.session.subscribe(),
+            session: self.directory.subscribe(),
             events: self.events.clone(),
             trust: self.trust.subscribe(),
         });

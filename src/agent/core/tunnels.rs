@@ -184,7 +184,7 @@ impl Core {
             let _ = reply.send(Err(not_online()));
             return;
         };
-        let mut session = self.session.subscribe();
+        let mut session = self.directory.subscribe();
         let trust = self.trust.borrow().clone();
         self.tasks.spawn(async move {
             let session = wait_for_session(&mut session).await;

@@ -127,9 +127,9 @@ impl Core {
             me: MeView {
                 name: self.config.name.clone(),
                 peer_id: self.identity.peer_id(),
-                status: self.status.status,
-                text: self.status.text.clone(),
-                online: self.online.is_some(),
+                status: self.registration.status.status,
+                text: self.registration.status.text.clone(),
+                online: self.registration.online.is_some(),
             },
             contacts,
             blocked,
