@@ -17,7 +17,7 @@ use tracing::{debug, instrument, warn};
 use crate::certify::Certifier;
 use crate::limits::{PeerBudget, RequestLimiter};
 use crate::metrics::NodeMetrics;
-use crate::registry::{Registry, SessionId, Signer};
+use crate::registry::{Refusal, Registry, SessionId, Signer};
 
 /// How long a finished session may take to flush its last frames.
 pub(super) const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,51 +229,80 @@ pub(super) async fn handle(
 ) -> Reply {
     let registry = &env.registry;
     let peer = signer.peer;
+    let answer = |result: Result<Reply, Refusal>| {
+        result.unwrap_or_else(|refusal| Reply::error(refusal.code(), refusal.to_string()))
+    };
+    // Off the async workers: what may block on disk (a release) or on the
+    // shared store (a cluster's look-ups).
+    let blocking = |work: Box<dyn FnOnce() -> Result<Reply, Refusal> + Send>| async {
+        tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or(Err(Refusal::StoreFailed))
+    };
     match op {
         // A claim is committed by the store's own writer (or database)
-        // while this task waits on its answer, holding no thread.
-        Op::Register { record, visible_to } => {
-            let reply = registry
-                .register_async(signer, session, record, visible_to, now_ms())
-                .await;
-            match reply {
-                Reply::Registered {
-                    name,
-                    new_claim,
-                    expires_at,
-                    certificate: _,
-                } => Reply::Registered {
-                    certificate: Some(env.certifier.issue(&name, peer, now_ms())),
-                    name,
-                    new_claim,
-                    expires_at,
-                },
-                other => other,
-            }
-        }
+        // while this task waits on its answer, holding no thread. The
+        // certificate is the session's to add: the registry knows nothing
+        // of the node's signing key.
+        Op::Register { record, visible_to } => answer(
+            registry
+                .register(signer, session, record, visible_to, now_ms())
+                .await
+                .map(|registered| Reply::Registered {
+                    certificate: Some(env.certifier.issue(&registered.name, peer, now_ms())),
+                    name: registered.name,
+                    new_claim: registered.new_claim,
+                    expires_at: registered.expires_at,
+                }),
+        ),
         Op::Release { name } => {
             let registry = registry.clone();
-            tokio::task::spawn_blocking(move || registry.release(peer, &name))
-                .await
-                .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "release failed"))
+            answer(
+                blocking(Box::new(move || {
+                    registry
+                        .release(peer, &name)
+                        .map(|name| Reply::Released { name })
+                }))
+                .await,
+            )
         }
-        // In a cluster, a name online elsewhere is read from the shared
-        // store: off the async workers too.
         Op::Resolve { name, .. } if registry.is_clustered() => {
             let registry = registry.clone();
-            tokio::task::spawn_blocking(move || registry.resolve(&name, peer, now_ms()))
-                .await
-                .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "resolve failed"))
+            answer(
+                blocking(Box::new(move || {
+                    registry.resolve(&name, peer, now_ms()).map(Reply::Resolved)
+                }))
+                .await,
+            )
         }
         Op::ResolvePeer { peer_id } if registry.is_clustered() => {
             let registry = registry.clone();
-            tokio::task::spawn_blocking(move || registry.resolve_peer(peer_id, peer, now_ms()))
-                .await
-                .unwrap_or_else(|_| Reply::error(ErrorCode::Internal, "resolve failed"))
+            answer(
+                blocking(Box::new(move || {
+                    registry
+                        .resolve_peer(peer_id, peer, now_ms())
+                        .map(|names| Reply::Names { peer_id, names })
+                }))
+                .await,
+            )
         }
-        Op::Resolve { name, .. } => registry.resolve(&name, peer, now_ms()),
-        Op::ResolvePeer { peer_id } => registry.resolve_peer(peer_id, peer, now_ms()),
-        Op::Watch { names } => registry.watch(session, &names),
-        Op::Unwatch { names } => registry.unwatch(session, &names),
+        Op::Resolve { name, .. } => {
+            answer(registry.resolve(&name, peer, now_ms()).map(Reply::Resolved))
+        }
+        Op::ResolvePeer { peer_id } => answer(
+            registry
+                .resolve_peer(peer_id, peer, now_ms())
+                .map(|names| Reply::Names { peer_id, names }),
+        ),
+        Op::Watch { names } => answer(
+            registry
+                .watch(session, &names)
+                .map(|watched| Reply::Watching { watched }),
+        ),
+        Op::Unwatch { names } => answer(
+            registry
+                .unwatch(session, &names)
+                .map(|watched| Reply::Unwatched { watched }),
+        ),
     }
 }
