@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use messenger_proto::codec::{self, CodecError};
 
+/// Why the store failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {

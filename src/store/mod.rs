@@ -85,8 +85,6 @@ const NEXT_SEQ: &str = "next_seq";
 /// piece fills a 4 KiB page to 98%, alone (two never fit in one).
 const BODY_PIECE: usize = 4000;
 
-/// Why the store failed.
-
 /// Reads every table through once, so that damage inside shows now, as
 /// an error, rather than later in the middle of something.
 fn check_readable(db: &impl ReadableDatabase) -> Result<(), Raw> {
