@@ -18,6 +18,11 @@ mod key;
 /// online client, so that thousands fit in one process (the benchmarks
 /// and the crowd and attack tests).
 pub mod load;
+/// The real binaries as processes: a node, users with homes of their own,
+/// and waits on their output lines (the end-to-end tests).
+pub mod processes;
+/// PostgreSQL and NATS servers of a test's own, on loopback ports.
+pub mod servers;
 
 use libp2p::Multiaddr;
 use messenger_proto::Identity;

@@ -10,9 +10,5 @@
 // The light clients the crowd is made of.
 use messenger::testing::load;
 // The end-to-end tests' process helpers.
-#[path = "../e2e/servers.rs"]
-#[allow(dead_code)]
-mod servers;
+use messenger::testing::processes as support;
 mod storm;
-#[path = "../e2e/support.rs"]
-mod support;

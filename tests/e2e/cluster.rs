@@ -501,7 +501,7 @@ fn names_nobody_claimed_cost_no_subscription_and_unsigned_notes_change_nothing()
 #[test]
 fn a_node_reaches_postgres_over_tls_when_its_url_asks_and_checks_who_answers() {
     use crate::servers::TestCertificates;
-    let certs = TestCertificates::new();
+    let certs = TestCertificates::generate();
     let Some(pg) = crate::servers::Postgres::start_tls(&certs) else {
         return;
     };
@@ -509,7 +509,7 @@ fn a_node_reaches_postgres_over_tls_when_its_url_asks_and_checks_who_answers() {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &certs.ca).unwrap();
     let stranger_ca = dir.path().join("other-ca.pem");
-    std::fs::write(&stranger_ca, TestCertificates::new().ca).unwrap();
+    std::fs::write(&stranger_ca, TestCertificates::generate().ca).unwrap();
     let url = |query: &str| format!("{}?{query}", pg.url());
 
     // Checked all the way (the authority, and the name 127.0.0.1): works,

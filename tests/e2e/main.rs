@@ -19,15 +19,15 @@ mod hostile;
 mod liveness;
 // The light clients the attackers are made of.
 use messenger::testing::load;
+// The real binaries as processes, and servers of the tests' own.
+use messenger::testing::{processes as support, servers};
 mod messaging;
 mod metrics;
 mod nat;
 mod netlab;
 mod restart;
-mod servers;
 mod shell;
 mod strangers;
-mod support;
 mod tunnels;
 mod window;
 mod withdraw;

@@ -15,11 +15,7 @@ use super::{
     push_showing, rate_figure, time_figure,
 };
 
-#[path = "../../../tests/e2e/servers.rs"]
-#[allow(dead_code)]
-mod servers;
-
-use servers::{Nats, Postgres};
+use messenger::testing::servers::{self, Nats, Postgres};
 
 /// Every figure of the group, or none (said loudly) without the servers.
 pub async fn cluster(sizes: &Sizes) -> Vec<Figure> {

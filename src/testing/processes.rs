@@ -5,8 +5,6 @@
 //! Processes are killed when their handle drops, so a failing test leaves
 //! nothing behind.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,9 +14,19 @@ use std::time::{Duration, Instant};
 /// Default wait for anything to happen.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The `messenger` binary under test.
+/// The `messenger` binary under test: beside the test (or benchmark)
+/// binary's own directory, where cargo builds it for integration tests;
+/// `MESSENGER_BIN` overrides.
 pub fn messenger_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_messenger"))
+    if let Some(bin) = std::env::var_os("MESSENGER_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the running test's own path");
+    let mut dir = exe.parent().expect("a directory").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("messenger")
 }
 
 /// The `rendezvous` binary: built by `cargo test --workspace` next to
@@ -224,7 +232,7 @@ impl Node {
         // A namespace has a loopback of its own: the test server is not on it.
         if netns.is_none()
             && !flags.contains(&"--store")
-            && let Some(store) = crate::servers::test_store_for(data_dir)
+            && let Some(store) = super::servers::test_store_for(data_dir)
         {
             cmd.args(["--store", &store]);
         }

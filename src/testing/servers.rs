@@ -176,7 +176,7 @@ pub struct TestCertificates {
 impl TestCertificates {
     /// A new authority, and a certificate of it for `127.0.0.1` and
     /// `localhost`.
-    pub fn new() -> Self {
+    pub fn generate() -> Self {
         let ca_key = rcgen::KeyPair::generate().expect("a CA key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
