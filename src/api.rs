@@ -503,6 +503,8 @@ pub enum FailureKind {
     NotOnline,
     /// Over a limit the user set (the largest file accepted).
     OverLimit,
+    /// No rendezvous node is known to reach.
+    NoNode,
     /// Anything else.
     Other,
 }

@@ -53,9 +53,7 @@ impl From<&StoreError> for Failure {
 #[non_exhaustive]
 pub enum DirectoryFailure {
     /// No node address is known.
-    #[error(
-        "no rendezvous node known: pass --rendezvous MULTIADDR (a line printed by `rendezvous`) or set MESSENGER_RENDEZVOUS"
-    )]
+    #[error("no rendezvous node known")]
     NoNode,
     /// The name typed is not a screen name.
     #[error(transparent)]
@@ -88,7 +86,8 @@ pub enum DirectoryFailure {
 impl From<&DirectoryFailure> for Failure {
     fn from(e: &DirectoryFailure) -> Self {
         let kind = match e {
-            DirectoryFailure::NoNode | DirectoryFailure::Name(_) => FailureKind::Invalid,
+            DirectoryFailure::NoNode => FailureKind::NoNode,
+            DirectoryFailure::Name(_) => FailureKind::Invalid,
             DirectoryFailure::Node { source, .. } => match source.as_ref() {
                 DirectoryError::Refused { code, .. } => match code {
                     ErrorCode::NameTaken => FailureKind::NameTaken,

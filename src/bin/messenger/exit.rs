@@ -31,7 +31,10 @@ pub(crate) const REFUSED: u8 = 11;
 /// The exit status of a failure of `kind`.
 pub(crate) fn of(kind: FailureKind) -> u8 {
     match kind {
-        FailureKind::Invalid | FailureKind::NotAContact | FailureKind::OverLimit => INVALID,
+        FailureKind::Invalid
+        | FailureKind::NotAContact
+        | FailureKind::OverLimit
+        | FailureKind::NoNode => INVALID,
         FailureKind::NoSuchName => NO_SUCH_NAME,
         FailureKind::NameTaken => NAME_TAKEN,
         FailureKind::NotDelivered => NOT_DELIVERED,
@@ -50,6 +53,9 @@ pub(crate) fn hint(kind: FailureKind) -> Option<&'static str> {
         FailureKind::NotAContact => "`messenger contacts add NAME`",
         FailureKind::NotOnline => "start `messenger online` or the window on this home",
         FailureKind::OverLimit => "`messenger files --max-size SIZE`",
+        FailureKind::NoNode => {
+            "pass --rendezvous MULTIADDR (a line printed by `rendezvous`) or set MESSENGER_RENDEZVOUS"
+        }
         FailureKind::KeyChanged => "`messenger contacts trust NAME`, only if you know why",
         FailureKind::StoreInUse => "is `messenger online` or the window running on this home?",
         _ => return None,
