@@ -8,12 +8,22 @@
 //!
 //! # Who owns what
 //!
-//! - [`agent`]: the home's client. Its core task owns all of the client's
-//!   state (registration and certificate, the directory session, the
-//!   presence cache, pins and blocks, delivery workers); front ends reach
-//!   it through the cloneable [`agent::Agent`] handle.
-//! - [`api`]: the command set ([`api::Request`], [`api::Response`]) and the
-//!   one event stream ([`api::Event`]) every front end uses.
+//! - [`agent`]: the home's client. One core task owns all of the client's
+//!   state, split by concern, each part with its own state and the
+//!   completions of its own sub-tasks: the directory (nodes, the session,
+//!   work waiting for it, retries, fail-over, reconnection), the
+//!   registration (our record, its renewal, status, certificate, advertised
+//!   addresses), contacts (pins, blocks, message requests), what is known
+//!   of peers (the one owner of it: delivery workers are told from there
+//!   and ask the core to resolve), delivery, files and tunnels. Front ends
+//!   reach it through the cloneable [`agent::Agent`] handle.
+//! - [`api`]: the command set ([`api::Request`], [`api::Response`], the
+//!   [`api::Failure`] kinds each front end renders in its own words) and the
+//!   [`api::Snapshot`] a front end starts from.
+//! - [`events`]: the one event stream ([`api::Event`]) every front end
+//!   sees, numbered in a journal that others follow from a snapshot: every
+//!   state change is an event.
+//! - [`trust`]: the pins and blocks in force, which files and tunnels ask.
 //! - [`network`]: the libp2p node. One event loop owns the swarm; the
 //!   [`network::Network`] handle sends it commands.
 //! - [`directory`]: a session with the rendezvous node, one task per
@@ -43,7 +53,8 @@
 //! Sending: a front end asks the agent ([`api::Request::Send`], with an id
 //! it chose). The core checks the text and the recipient (resolving it
 //! once, if nothing is known of it), stores the message in the outbox,
-//! and hands its id to the recipient's delivery worker. The worker opens
+//! emits [`api::Event::Queued`], and hands its id to the recipient's
+//! delivery worker. The worker opens
 //! (or reuses) a chat link, which sends our name certificate and then the
 //! signed message; when the recipient's acknowledgement comes back, the
 //! worker marks the message delivered in the store, answers the request,

@@ -11,7 +11,9 @@
 //! - [`limits`]: what one peer, one address and everyone may use.
 //! - the handshake gate (`messenger_proto::gate`, shared with the client):
 //!   what connections cost before they are authenticated.
-//! - [`registry`]: the rules and live presence, plain synchronous state.
+//! - [`registry`]: the rules and live presence, plain state that answers
+//!   with domain outcomes or a typed [`registry::Refusal`] (each with its
+//!   wire code); the server's session turns them into replies.
 //! - [`shared`]: what the registry shares with the other nodes of a
 //!   cluster; [`cluster`] does it over PostgreSQL and NATS.
 //! - [`server`]: the libp2p node: an event loop owning the swarm, and one

@@ -1,6 +1,6 @@
 //! Claiming and resolving names.
 
-use crate::support::{Node, User};
+use crate::support::{Node, User, alice_and_bob};
 
 #[test]
 fn register_then_whois() {
@@ -79,4 +79,34 @@ fn release_frees_a_name_for_others() {
         alice.ok(&["--json", "whois", "alice"]).json()["peer_id"],
         carol.peer_id()
     );
+}
+
+#[test]
+fn a_name_registered_while_online_under_another_is_used_from_the_next_start() {
+    let (_dir, _node, alice, bob) = alice_and_bob();
+    let mut bob_online = bob.online();
+    let mut alice_online = alice.online();
+
+    // Through the running client: claimed and remembered, not switched to.
+    let ran = alice.ok(&["--json", "register", "alice2"]);
+    assert_eq!(ran.json()["name"], "alice2", "{ran:?}");
+    let whois = alice.ok(&["--json", "whois", "alice2"]).json();
+    assert_eq!(whois["peer_id"], alice.peer_id());
+
+    // Still alice while this client runs: the sender named in messages
+    // matches the certificate it holds.
+    alice.ok(&["send", "bob", "from the running client"]);
+    let msg = bob_online.stdout.expect_event("message");
+    assert_eq!(msg["from"], "alice", "{msg}");
+    assert_eq!(msg["text"], "from the running client");
+
+    // Started again, it is online as the name registered last.
+    alice_online.signal("TERM");
+    alice_online.wait_exit();
+    let mut alice_online = alice.spawn(&["--json", "online", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let online = alice_online.stdout.expect_event("online");
+    assert_eq!(online["name"], "alice2", "{online}");
+    alice.ok(&["send", "bob", "from alice2"]);
+    let msg = bob_online.stdout.expect_event("message");
+    assert_eq!(msg["from"], "alice2", "{msg}");
 }

@@ -39,7 +39,7 @@ impl Core {
         if let Err(e) = chat::check_text(&text) {
             return self.refuse_send(tx, SendError::Text(e));
         }
-        let Some(from) = self.config.name.clone() else {
+        let Some(from) = self.my_name() else {
             return self.refuse_send(tx, SendError::NoName);
         };
         let message = Message {

@@ -255,7 +255,7 @@ impl Core {
         path: PathBuf,
         reply: oneshot::Sender<Response>,
     ) {
-        let Some(from) = self.config.name.clone() else {
+        let Some(from) = self.my_name() else {
             let _ = reply.send(failed(
                 FailureKind::NoName,
                 "you have no screen name yet: register one first",

@@ -182,6 +182,15 @@ impl From<RegistrationDone> for Done {
 }
 
 impl Core {
+    /// The name I act as: the one online now, else the one remembered.
+    pub(super) fn my_name(&self) -> Option<ScreenName> {
+        self.registration
+            .online
+            .as_ref()
+            .map(|o| o.name.clone())
+            .or_else(|| self.config.name.clone())
+    }
+
     pub(super) fn on_registration_done(&mut self, done: RegistrationDone) {
         match done {
             RegistrationDone::Registered {
@@ -502,9 +511,14 @@ impl Core {
             Ok(registered) => registered,
             Err(e) => return self.directory_failed(e),
         };
-        self.keep_certificate(&registered);
+        // Online under another name, the client stays that name (its
+        // certificate, its messages' sender) until it starts again.
+        let online_as = self.registration.online.as_ref().map(|o| &o.name);
+        if online_as.is_none_or(|online| *online == name) {
+            self.keep_certificate(&registered);
+        }
         let Some(rendezvous) = self.directory.nodes.current().cloned() else {
-            return failed(FailureKind::Invalid, DirectoryFailure::NoNode);
+            return failed(FailureKind::NoNode, DirectoryFailure::NoNode);
         };
         self.config.name = Some(name.clone());
         self.config.rendezvous = self.directory.nodes.in_use_first();

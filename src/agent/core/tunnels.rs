@@ -59,7 +59,7 @@ impl Core {
                 "port 0 cannot be invited; ports are 1 to 65535",
             );
         }
-        let Some(me) = self.config.name.clone() else {
+        let Some(me) = self.my_name() else {
             return failed(
                 FailureKind::NoName,
                 "you have no screen name yet: register one first",

@@ -125,7 +125,7 @@ impl Core {
             run: journal.run().to_owned(),
             seq,
             me: MeView {
-                name: self.config.name.clone(),
+                name: self.my_name(),
                 peer_id: self.identity.peer_id(),
                 status: self.registration.status.status,
                 text: self.registration.status.text.clone(),
