@@ -100,3 +100,5 @@ pub mod tunnels;
 pub mod ui;
 
 pub use messenger_proto as proto;
+#[cfg(feature = "web")]
+pub mod web;
