@@ -6,11 +6,16 @@ use tokio::net::TcpStream;
 use super::*;
 use crate::agent::AgentConfig;
 
-async fn server() -> (WebServer, Agent) {
+/// An agent of its own, its store in memory (the node is never asked).
+async fn agent() -> Agent {
     let identity = messenger_proto::Identity::generate().expect("a key");
     let node = "/ip4/127.0.0.1/tcp/9".parse().expect("an address");
     let config = AgentConfig::ephemeral(identity, node).expect("an agent's config");
-    let (agent, _events) = Agent::start(config).await.expect("an agent");
+    Agent::start(config).await.expect("an agent").0
+}
+
+async fn server() -> (WebServer, Agent) {
+    let agent = agent().await;
     let listen = "127.0.0.1:0".parse().expect("an address");
     let web = WebServer::start(agent.clone(), listen, false)
         .await
@@ -184,10 +189,7 @@ async fn the_api_needs_the_cookie_the_one_time_token_buys_and_the_pages_origin()
 
 #[tokio::test]
 async fn a_non_loopback_address_is_refused_unless_named_explicitly() {
-    let identity = messenger_proto::Identity::generate().expect("a key");
-    let node = "/ip4/127.0.0.1/tcp/9".parse().expect("an address");
-    let config = AgentConfig::ephemeral(identity, node).expect("config");
-    let (agent, _events) = Agent::start(config).await.expect("an agent");
+    let agent = agent().await;
     let everywhere = "0.0.0.0:0".parse().expect("an address");
     let refused = WebServer::start(agent, everywhere, false).await;
     assert!(
