@@ -91,6 +91,10 @@ pub enum Request {
         name: ScreenName,
         /// How many of the latest.
         limit: usize,
+        /// Only messages older than this one (its `seq`): to page back
+        /// through a whole conversation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
     },
     /// What waits to be delivered, oldest first.
     Outbox,
@@ -540,6 +544,7 @@ mod tests {
                 Request::History {
                     name: screen_name("bob"),
                     limit: 20,
+                    before: None,
                 },
                 r#"{"op":"history","name":"bob","limit":20}"#,
             ),

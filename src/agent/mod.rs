@@ -15,6 +15,7 @@ mod error;
 mod nodes;
 mod outbox;
 mod presence;
+mod sign_in;
 mod sink;
 
 #[cfg(test)]
@@ -33,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::core::{RECORD_TTL, advertised_addrs};
 pub use crate::trust::{Distrust, Trust};
 pub use error::{DirectoryFailure, OnlineError, SendError, SetStatusError, StartError};
+pub use sign_in::{SignedIn, sign_in};
 
 use crate::api::{Event, Failure, FailureKind, Request, Response, SendOutcome};
 use crate::chat::DEFAULT_MESSAGE_RATE;

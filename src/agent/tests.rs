@@ -383,6 +383,7 @@ async fn messages_left_unchecked_by_a_crash_are_checked_at_the_next_start() {
         .call(Request::History {
             name: crate::testing::screen_name("alice"),
             limit: 10,
+            before: None,
         })
         .await;
     let Response::Messages { messages } = history else {

@@ -381,18 +381,21 @@ impl Store {
         })
     }
 
-    /// The last `limit` messages of the conversation with `peer`, oldest first.
+    /// The last `limit` messages of the conversation with `peer` (of those
+    /// before `before`, if given), oldest first.
     pub fn history(
         &self,
         peer: &ScreenName,
         limit: usize,
+        before: Option<u64>,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         self.read(|txn| {
             let history = txn.open_table(HISTORY)?;
             let bodies = txn.open_table(BODIES)?;
             let mut out = Vec::new();
+            let end = before.unwrap_or(u64::MAX);
             for entry in history
-                .range((peer.as_str(), 0)..=(peer.as_str(), u64::MAX))?
+                .range((peer.as_str(), 0)..(peer.as_str(), end))?
                 .rev()
             {
                 if out.len() == limit {

@@ -409,12 +409,12 @@ mod tests {
         assert_eq!(store.requests().unwrap().len(), 1);
         assert_eq!(kept(&carol.send(&store, "carol", 10, &limits)), Some(false));
         // Declining dave removes what he sent, and his count.
-        assert_eq!(store.history(&name("dave"), 10).unwrap().len(), 3);
+        assert_eq!(store.history(&name("dave"), 10, None).unwrap().len(), 3);
         assert_eq!(
             store.decline_requests(Some(&name("dave"))).unwrap(),
             [name("dave")]
         );
-        assert!(store.history(&name("dave"), 10).unwrap().is_empty());
+        assert!(store.history(&name("dave"), 10, None).unwrap().is_empty());
         assert!(store.requests().unwrap().is_empty());
         assert_eq!(kept(&dave.send(&store, "dave", 10, &limits)), Some(true));
         assert_eq!(store.decline_requests(None).unwrap(), [name("dave")]);

@@ -67,7 +67,7 @@ fn outbox_keeps_order_and_delivered_messages_leave_it() {
         .map(|m| m.message.id)
         .collect();
     assert_eq!(left, [c.message.id]);
-    let h = store.history(&name("bob"), 10).unwrap();
+    let h = store.history(&name("bob"), 10, None).unwrap();
     assert_eq!(
         h.iter().map(|m| m.state).collect::<Vec<_>>(),
         [MessageState::Delivered, MessageState::Queued]
@@ -163,7 +163,7 @@ fn incoming_duplicates_are_dropped_across_reopen() {
     }
     let store = Store::open(&path, false).unwrap();
     assert!(!receive(&store, &m, 3));
-    let h = store.history(&name("alice"), 10).unwrap();
+    let h = store.history(&name("alice"), 10, None).unwrap();
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].direction, Direction::In);
     assert_eq!(h[0].signed, Some(signed(&m)), "kept as signed");
@@ -182,7 +182,7 @@ fn a_received_message_is_shown_only_once_its_signature_is_settled() {
                 .unwrap()
                 .unwrap();
         }
-        assert!(store.history(&name("alice"), 10).unwrap().is_empty());
+        assert!(store.history(&name("alice"), 10, None).unwrap().is_empty());
     }
     // Kept across a restart, still waiting for its check.
     let store = Store::open(&path, true).unwrap();
@@ -200,7 +200,7 @@ fn a_received_message_is_shown_only_once_its_signature_is_settled() {
         store.settle_incoming(&good.id, true, 3).unwrap().is_none(),
         "once"
     );
-    let h = store.history(&name("alice"), 10).unwrap();
+    let h = store.history(&name("alice"), 10, None).unwrap();
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].message.text, "good");
     assert!(store.unverified().unwrap().is_empty());
@@ -220,9 +220,30 @@ fn history_limit_takes_the_latest_in_order() {
             .unwrap();
         receive(&store, &msg("bob", "mine", &format!("in{i}")), 1);
     }
-    let h = store.history(&name("bob"), 3).unwrap();
+    let h = store.history(&name("bob"), 3, None).unwrap();
     let texts: Vec<_> = h.iter().map(|m| m.message.text.as_str()).collect();
     assert_eq!(texts, ["in3", "out4", "in4"]);
+    // Paging back from the oldest shown reaches the start, and no further.
+    let mut pages = Vec::new();
+    let mut before = h[0].seq;
+    loop {
+        let page = store.history(&name("bob"), 3, Some(before)).unwrap();
+        let Some(first) = page.first() else { break };
+        before = first.seq;
+        pages.push(
+            page.iter()
+                .map(|m| m.message.text.clone())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["out2", "in2", "out3"],
+            vec!["in0", "out1", "in1"],
+            vec!["out0"]
+        ]
+    );
 }
 
 #[test]
@@ -287,7 +308,7 @@ mod legacy {
         // Opening reads every record through; both ways of reading agree.
         let store = Store::open(&path, true).unwrap();
         assert_eq!(
-            store.history(&message.from, 10).unwrap(),
+            store.history(&message.from, 10, None).unwrap(),
             std::slice::from_ref(&old)
         );
         assert_eq!(store.message(&message.id).unwrap(), Some(old));

@@ -284,6 +284,7 @@ impl App {
                     Request::History {
                         name: name.clone(),
                         limit: HISTORY_SHOWN,
+                        before: None,
                     },
                 ));
                 self.conversations.len() - 1

@@ -8,12 +8,16 @@
 //! `Origin`. The page speaks the library's own requests and responses
 //! (JSON over HTTP), so it has no model of its own.
 
+mod backend;
 mod guard;
+mod upload;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+pub use backend::Backend;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -22,15 +26,17 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::warn;
 
-use crate::agent::Agent;
+use crate::agent::SignedIn;
 use crate::api::{Failure, FailureKind, Request, Response};
+use crate::home::Home;
 use guard::Guard;
 
 /// The largest request body the API reads (a request is a few names and a
@@ -61,7 +67,47 @@ pub enum WebError {
     Random(String),
 }
 
-/// The running web window's server.
+/// Where and how the page is served.
+#[derive(Debug, Clone)]
+pub struct WebOptions {
+    /// The address (port 0: a free one).
+    pub listen: SocketAddr,
+    /// Whether an address beyond this machine may be served (named
+    /// explicitly by the user; warned about).
+    pub any_address: bool,
+    /// Where files the page offers are kept while they are offered (the
+    /// home's `uploads/`); `None`: the page cannot offer files.
+    pub uploads: Option<PathBuf>,
+}
+
+impl WebOptions {
+    /// Loopback, a free port, files kept in `uploads`.
+    pub fn loopback(uploads: Option<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            any_address: false,
+            uploads,
+        }
+    }
+}
+
+/// What the page starts with.
+#[derive(Debug)]
+pub enum Serving {
+    /// A client, signed in.
+    Client(Backend),
+    /// A home with no name yet: the page shows the sign-in form, and the
+    /// client it signs in with is handed to `signed_in` (whose owner takes
+    /// it online) while the page goes on with it.
+    SignIn {
+        /// The home.
+        home: Home,
+        /// Where the signed-in client goes.
+        signed_in: mpsc::Sender<SignedIn>,
+    },
+}
+
+/// The running web window's server. It stops when stopped or dropped.
 #[derive(Debug)]
 pub struct WebServer {
     addr: SocketAddr,
@@ -71,15 +117,12 @@ pub struct WebServer {
 }
 
 impl WebServer {
-    /// Serves the page for `agent` on `listen` (port 0: a free one). A
-    /// non-loopback address is refused unless `any_address`.
-    pub async fn start(
-        agent: Agent,
-        listen: SocketAddr,
-        any_address: bool,
-    ) -> Result<Self, WebError> {
+    /// Serves the page on `options.listen`. A non-loopback address is
+    /// refused unless `options.any_address`.
+    pub async fn start(options: WebOptions, serving: Serving) -> Result<Self, WebError> {
+        let listen = options.listen;
         if !listen.ip().is_loopback() {
-            if !any_address {
+            if !options.any_address {
                 return Err(WebError::NotLoopback(listen));
             }
             warn!(%listen, "the web window listens beyond this machine, as asked");
@@ -97,7 +140,17 @@ impl WebServer {
         let guard = Arc::new(Guard::new(addr)?);
         let token = guard.token().to_owned();
         let stop = CancellationToken::new();
-        let app = router(agent, guard, stop.clone());
+        let stage = match serving {
+            Serving::Client(backend) => Stage::Ready(backend),
+            Serving::SignIn { home, signed_in } => Stage::SignIn { home, signed_in },
+        };
+        let state = AppState {
+            stage: Arc::new(Mutex::new(stage)),
+            guard,
+            stop: stop.clone(),
+            uploads: options.uploads,
+        };
+        let app = router(state);
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -127,37 +180,69 @@ impl WebServer {
     }
 
     /// Stops serving; open requests end.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
     }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        // The task ends by itself once told (its event streams end with
+        // the token too).
+        self.stop.cancel();
+    }
+}
+
+/// Whether the page has a client to talk to yet.
+#[derive(Debug)]
+enum Stage {
+    /// Signed in.
+    Ready(Backend),
+    /// Waiting for the sign-in form.
+    SignIn {
+        home: Home,
+        signed_in: mpsc::Sender<SignedIn>,
+    },
+    /// A sign-in is being tried.
+    SigningIn,
 }
 
 #[derive(Clone)]
 struct AppState {
-    agent: Agent,
+    stage: Arc<Mutex<Stage>>,
     guard: Arc<Guard>,
     /// Ends the event streams when the server stops (a graceful shutdown
     /// waits for every response to end, and these never would).
     stop: CancellationToken,
+    uploads: Option<PathBuf>,
 }
 
-fn router(agent: Agent, guard: Arc<Guard>, stop: CancellationToken) -> Router {
+impl AppState {
+    /// The client, once signed in.
+    fn backend(&self) -> Option<Backend> {
+        match &*self.stage.lock().unwrap_or_else(|e| e.into_inner()) {
+            Stage::Ready(backend) => Some(backend.clone()),
+            _ => None,
+        }
+    }
+}
+
+fn router(state: AppState) -> Router {
+    let guard = state.guard.clone();
     let api = Router::new()
         .route("/request", post(call))
         .route("/events", get(events))
-        .layer(DefaultBodyLimit::max(MAX_BODY));
+        .route("/sign_in", get(sign_in_form).post(sign_in))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route("/upload", post(upload::upload));
     Router::new()
         .route("/", get(index))
         .route("/app.js", get(script))
         .route("/app.css", get(style))
         .route("/session", post(guard::open_session))
         .nest("/api", api)
-        .with_state(AppState {
-            agent,
-            guard: guard.clone(),
-            stop,
-        })
+        .with_state(state)
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
@@ -181,10 +266,121 @@ fn router(agent: Agent, guard: Arc<Guard>, stop: CancellationToken) -> Router {
         ))
 }
 
+fn not_signed_in() -> Response {
+    Response::Failed(Failure::new(
+        FailureKind::NoName,
+        "not signed in yet: give a rendezvous node and a screen name",
+    ))
+}
+
 /// One request of the library's own, answered with its response.
 async fn call(State(state): State<AppState>, Json(request): Json<Request>) -> HttpResponse {
-    let response = state.agent.call(request).await;
+    let response = match state.backend() {
+        Some(backend) => backend.call(request).await,
+        None => not_signed_in(),
+    };
     (StatusCode::OK, Json(response)).into_response()
+}
+
+/// What the sign-in form starts from.
+#[derive(Debug, Serialize)]
+struct SignInForm {
+    /// Whether a client is signed in already (the form is not shown).
+    signed_in: bool,
+    /// The nodes remembered in the home, separated by commas.
+    rendezvous: String,
+}
+
+async fn sign_in_form(State(state): State<AppState>) -> Json<SignInForm> {
+    let stage = state.stage.lock().unwrap_or_else(|e| e.into_inner());
+    let (signed_in, rendezvous) = match &*stage {
+        Stage::Ready(_) => (true, String::new()),
+        Stage::SignIn { home, .. } => {
+            let nodes = home
+                .config()
+                .map(|c| {
+                    c.rendezvous
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            (false, nodes)
+        }
+        Stage::SigningIn => (false, String::new()),
+    };
+    Json(SignInForm {
+        signed_in,
+        rendezvous,
+    })
+}
+
+/// The sign-in form's fields.
+#[derive(Debug, Deserialize)]
+struct SignInFields {
+    rendezvous: String,
+    name: String,
+}
+
+/// Signs the home in with the form's node and name: answered `registered`
+/// (the page then takes a snapshot) or `failed` with why.
+async fn sign_in(
+    State(state): State<AppState>,
+    Json(fields): Json<SignInFields>,
+) -> Json<Response> {
+    let taken = {
+        let mut stage = state.stage.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *stage, Stage::SigningIn) {
+            Stage::SignIn { home, signed_in } => Ok((home, signed_in)),
+            other => Err(std::mem::replace(&mut *stage, other)),
+        }
+    };
+    let (home, signed_in) = match taken {
+        Ok(taken) => taken,
+        Err(Stage::Ready(_)) => {
+            return Json(Response::Failed(Failure::new(
+                FailureKind::Invalid,
+                "signed in already",
+            )));
+        }
+        Err(_) => {
+            return Json(Response::Failed(Failure::new(
+                FailureKind::Invalid,
+                "a sign-in is being tried already: wait for its answer",
+            )));
+        }
+    };
+    let tried = crate::agent::sign_in(home.clone(), &fields.rendezvous, &fields.name).await;
+    let mut stage = state.stage.lock().unwrap_or_else(|e| e.into_inner());
+    match tried {
+        Ok(signed) => {
+            let agent = signed.agent.clone();
+            let registered = Response::Registered {
+                name: signed.name.clone(),
+                new_claim: true,
+                peer_id: agent.peer_id(),
+                rendezvous: home
+                    .config()
+                    .ok()
+                    .and_then(|c| c.rendezvous.first().cloned())
+                    .unwrap_or_else(libp2p::Multiaddr::empty),
+            };
+            if signed_in.try_send(signed).is_err() {
+                *stage = Stage::SignIn { home, signed_in };
+                return Json(Response::Failed(Failure::new(
+                    FailureKind::Other,
+                    "the client is stopping",
+                )));
+            }
+            *stage = Stage::Ready(Backend::Agent(agent));
+            Json(registered)
+        }
+        Err(failure) => {
+            *stage = Stage::SignIn { home, signed_in };
+            Json(Response::Failed(failure))
+        }
+    }
 }
 
 /// Where a page resumes the event stream: after `after` of run `run`
@@ -210,22 +406,18 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(resume.after);
-    let follower = state.agent.follow(&resume.run, after);
-    let stream = futures::stream::unfold(Some(follower), |follower| async move {
-        let frame = match follower? {
-            Ok(mut follower) => match follower.next().await {
-                Ok((seq, event)) => {
-                    let frame = sse_frame(&Response::Event { seq, event }).id(seq.to_string());
-                    return Some((Ok(frame), Some(Ok(follower))));
-                }
-                Err(missed) => missed,
-            },
-            Err(missed) => missed,
-        };
-        let failed = Response::Failed(Failure::new(FailureKind::EventsMissed, frame));
-        Some((Ok(sse_frame(&failed)), None))
+    let responses = match state.backend() {
+        Some(backend) => backend.follow(&resume.run, after).await,
+        None => futures::stream::once(async { not_signed_in() }).boxed(),
+    };
+    let frames = responses.map(|response| {
+        let frame = sse_frame(&response);
+        Ok(match response {
+            Response::Event { seq, .. } => frame.id(seq.to_string()),
+            _ => frame,
+        })
     });
-    Sse::new(stream.take_until(state.stop.cancelled_owned())).keep_alive(KeepAlive::default())
+    Sse::new(frames.take_until(state.stop.cancelled_owned())).keep_alive(KeepAlive::default())
 }
 
 fn sse_frame(response: &Response) -> SseEvent {

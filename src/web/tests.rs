@@ -4,7 +4,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::*;
-use crate::agent::AgentConfig;
+use crate::agent::{Agent, AgentConfig};
 
 /// An agent of its own, its store in memory (the node is never asked).
 async fn agent() -> Agent {
@@ -16,10 +16,12 @@ async fn agent() -> Agent {
 
 async fn server() -> (WebServer, Agent) {
     let agent = agent().await;
-    let listen = "127.0.0.1:0".parse().expect("an address");
-    let web = WebServer::start(agent.clone(), listen, false)
-        .await
-        .expect("the web window");
+    let web = WebServer::start(
+        WebOptions::loopback(None),
+        Serving::Client(Backend::Agent(agent.clone())),
+    )
+    .await
+    .expect("the web window");
     (web, agent)
 }
 
@@ -190,8 +192,12 @@ async fn the_api_needs_the_cookie_the_one_time_token_buys_and_the_pages_origin()
 #[tokio::test]
 async fn a_non_loopback_address_is_refused_unless_named_explicitly() {
     let agent = agent().await;
-    let everywhere = "0.0.0.0:0".parse().expect("an address");
-    let refused = WebServer::start(agent, everywhere, false).await;
+    let options = WebOptions {
+        listen: "0.0.0.0:0".parse().expect("an address"),
+        any_address: false,
+        uploads: None,
+    };
+    let refused = WebServer::start(options, Serving::Client(Backend::Agent(agent))).await;
     assert!(
         matches!(refused, Err(WebError::NotLoopback(_))),
         "{refused:?}"

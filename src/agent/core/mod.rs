@@ -316,9 +316,15 @@ impl Core {
                 let response = self.set_blocked(name, false).await;
                 let _ = reply.send(response);
             }
-            Request::History { name, limit } => {
+            Request::History {
+                name,
+                limit,
+                before,
+            } => {
                 let response = store_response(
-                    self.store.call(move |s| s.history(&name, limit)).await,
+                    self.store
+                        .call(move |s| s.history(&name, limit, before))
+                        .await,
                     |messages| Response::Messages { messages },
                 );
                 let _ = reply.send(response);

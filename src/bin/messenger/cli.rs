@@ -113,6 +113,12 @@ pub(crate) enum Command {
         /// connections, messages sent, delivered and received, reconnects.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Also serve the web window at http://ADDR/ (e.g. 127.0.0.1:0,
+        /// port 0 picks one), told as `web http://…/#TOKEN`: open that
+        /// address, once, in your browser. Loopback addresses only, unless
+        /// named explicitly.
+        #[arg(long, value_name = "ADDR")]
+        web: Option<std::net::SocketAddr>,
     },
     /// Send a message directly and wait for the recipient's acknowledgement.
     ///
@@ -281,6 +287,28 @@ pub(crate) enum Command {
         /// [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1]
         #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<Multiaddr>,
+    },
+    /// The Messenger window in your browser: serves it on 127.0.0.1 and
+    /// opens it.
+    ///
+    /// Prints one line, `web http://127.0.0.1:PORT/#TOKEN`: the address to
+    /// open (the token after `#` works once, and changes with every start).
+    /// Runs the home's client, as `online` does (a fresh home signs in from
+    /// the page), or serves the one already running on the home. Stays until
+    /// Ctrl-C or SIGTERM.
+    Web {
+        /// Where to serve the page [default: 127.0.0.1 on a free port].
+        /// An address beyond this machine is served only when named here,
+        /// with a warning: anyone who can reach it may try the page's door.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Do not open the browser; only print the address.
+        #[arg(long)]
+        no_open: bool,
+        /// Address to accept peers on (repeatable).
+        /// [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1]
+        #[arg(long, value_name = "MULTIADDR")]
+        peer_listen: Vec<Multiaddr>,
     },
     /// Try it out: a rendezvous node and two users on 127.0.0.1 in one
     /// process, exchanging messages both ways, with measured times.

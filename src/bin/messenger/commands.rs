@@ -14,6 +14,7 @@ use messenger::home::Home;
 use messenger::proto::chat::{MessageId, check_text};
 use messenger::proto::name::ScreenName;
 use messenger::proto::presence::Status;
+use messenger::web::{Backend, Serving};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -168,6 +169,7 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             ctx.request(Request::History {
                 name: parse_name(&name)?,
                 limit,
+                before: None,
             })
             .await
         }
@@ -278,10 +280,26 @@ pub(crate) async fn run(args: Args, out: &Output) -> Result<(), Failure> {
             ctx.my_name()?;
             crate::tunnel::pipe(&ctx.home, ctx.rendezvous.clone(), name, listen).await
         }
-        Command::Online { listen, metrics } => ctx.online(listen, None, metrics).await,
+        Command::Online {
+            listen,
+            metrics,
+            web,
+        } => ctx.online(listen, None, metrics, web).await,
         Command::Chat { name, listen } => {
             let peer = parse_name(&name)?;
-            ctx.online(listen, Some(peer), None).await
+            ctx.online(listen, Some(peer), None, None).await
+        }
+        Command::Web {
+            listen,
+            no_open,
+            peer_listen,
+        } => {
+            let options = crate::web::Options {
+                listen,
+                open: !no_open,
+                peer_listen,
+            };
+            crate::web::run(ctx.home, ctx.rendezvous, options, &ctx.out).await
         }
         Command::Ui { listen } => crate::window::run(ctx.home, ctx.rendezvous, listen).await,
         Command::Demo | Command::Completions { .. } | Command::Man => Ok(()),
@@ -538,6 +556,7 @@ impl Ctx {
         listen: Vec<Multiaddr>,
         peer: Option<ScreenName>,
         metrics: Option<std::net::SocketAddr>,
+        web: Option<std::net::SocketAddr>,
     ) -> Result<(), Failure> {
         let name = self.my_name()?;
         // Watch for signals before announcing that we are online.
@@ -551,6 +570,19 @@ impl Ctx {
                 serde_json::json!({"event": "metrics", "url": url}),
             );
         }
+        let web = match web {
+            Some(addr) => {
+                let serving = Serving::Client(Backend::Agent(running.agent.clone()));
+                match crate::web::serve(&self.home, Some(addr), serving, &self.out).await {
+                    Ok(web) => Some(web),
+                    Err(failure) => {
+                        running.stop().await;
+                        return Err(failure);
+                    }
+                }
+            }
+            None => None,
+        };
         let me = running.agent.peer_id();
         let Some(rendezvous) = self
             .rendezvous
@@ -620,6 +652,9 @@ impl Ctx {
         };
         lines_task.abort_all();
         while lines_task.join_next().await.is_some() {}
+        if let Some(web) = web {
+            web.stop().await;
+        }
         running.stop().await;
         self.out.emit(
             format!("offline: {name}"),

@@ -24,6 +24,7 @@ mod render;
 mod running;
 mod transfer;
 mod tunnel;
+mod web;
 mod window;
 
 use std::process::ExitCode;

@@ -15,8 +15,8 @@ use std::time::Instant;
 use anyhow::anyhow;
 use futures::StreamExt;
 use libp2p::Multiaddr;
-use messenger::agent::{Agent, AgentConfig};
-use messenger::api::{Event, Request, Response};
+use messenger::agent::Agent;
+use messenger::api::{Event, Response};
 use messenger::home::Home;
 use messenger::proto::name::ScreenName;
 use messenger::ui::{self, Action, App, Connection, Me, Tag, Theme};
@@ -169,43 +169,9 @@ async fn sign_in(
 /// Claims `name` at the node `rendezvous` (or the nodes, separated by
 /// commas), with an agent of the home.
 async fn try_sign_in(home: Home, rendezvous: String, name: String) -> SignedIn {
-    let mut nodes = Vec::new();
-    for addr in rendezvous
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-    {
-        match addr.parse::<Multiaddr>() {
-            Ok(node) => nodes.push(node),
-            Err(e) => {
-                return SignedIn::No(format!(
-                    "{addr:?} is not a multiaddr ({e}): give one of the lines `rendezvous` prints, like /ip4/203.0.113.7/tcp/4001/p2p/12D3KooW…"
-                ));
-            }
-        }
-    }
-    let name = match messenger::proto::name::ScreenName::parse(&name) {
-        Ok(name) => name,
-        Err(e) => return SignedIn::No(e.to_string()),
-    };
-    let config = match AgentConfig::for_home(home, nodes) {
-        Ok(config) => config,
-        Err(e) => return SignedIn::No(messenger::api::Failure::from(&e).message),
-    };
-    let (agent, events) = match Agent::start(config).await {
-        Ok(started) => started,
-        Err(e) => return SignedIn::No(messenger::api::Failure::from(&e).message),
-    };
-    match agent.call(Request::Register { name }).await {
-        Response::Registered { name, .. } => SignedIn::Yes(agent, events, name),
-        Response::Failed(failure) => {
-            agent.shutdown().await;
-            SignedIn::No(failure.message)
-        }
-        other => {
-            agent.shutdown().await;
-            SignedIn::No(format!("unexpected answer: {other:?}"))
-        }
+    match messenger::agent::sign_in(home, &rendezvous, &name).await {
+        Ok(signed) => SignedIn::Yes(signed.agent, signed.events, signed.name),
+        Err(failure) => SignedIn::No(failure.message),
     }
 }
 
