@@ -68,5 +68,16 @@ async fn every_figure_is_measured_with_its_baseline() {
         assert!(f.baseline > 0.0 && f.baseline.is_finite(), "{f:?}");
     }
     figures.extend(between.into_iter().flatten());
+    // The web window's, in headless Chromium (CI installs it; elsewhere
+    // its absence was said loudly).
+    let web = figures::web(&sizes, &messenger).await;
+    assert!(
+        web.len() == 4 || (web.is_empty() && std::env::var_os("CI").is_none()),
+        "{web:?}"
+    );
+    for f in &web {
+        assert!(f.ours > 0.0 && f.ours.is_finite(), "{f:?}");
+    }
+    figures.extend(web);
     println!("{}", figures::table(&figures));
 }

@@ -37,9 +37,12 @@ mod cluster;
 pub use messenger::testing::load;
 #[path = "figures/tunnel.rs"]
 mod tunnel;
+#[path = "figures/web.rs"]
+mod web;
 
 pub use cluster::cluster;
 pub use tunnel::tunnels;
+pub use web::web;
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -58,6 +61,10 @@ pub struct Sizes {
     pub held_per_worker: usize,
     pub window_messages: usize,
     pub window_frames: usize,
+    /// Messages of the web window's long conversation, and messages timed
+    /// into its DOM.
+    pub web_messages: usize,
+    pub web_events: usize,
     /// Bytes of the file-transfer figure (0: not run).
     pub file_bytes: u64,
     /// Bytes through a tunnel (0: the tunnel figures are not run).
@@ -88,6 +95,8 @@ impl Sizes {
             held_per_worker: 10_000,
             window_messages: 10_000,
             window_frames: 300,
+            web_messages: 10_000,
+            web_events: 100,
             file_bytes: 1 << 30,
             tunnel_bytes: 1 << 30,
             tunnel_round_trips: 5_000,
@@ -114,6 +123,8 @@ impl Sizes {
             held_per_worker: 10,
             window_messages: 200,
             window_frames: 5,
+            web_messages: 150,
+            web_events: 5,
             file_bytes: 8 << 20,
             tunnel_bytes: 4 << 20,
             tunnel_round_trips: 20,
@@ -1795,6 +1806,7 @@ pub async fn run_all(
         figures.extend(send_process(sizes, bin).await);
         figures.extend(file_transfer(sizes, bin).await);
         figures.extend(tunnels(sizes, bin).await);
+        figures.extend(web(sizes, bin).await);
         let node = bin.with_file_name("rendezvous");
         if node.exists() {
             figures.extend(held_connections(sizes, &node, worker).await);

@@ -1,5 +1,5 @@
 //! The benchmark suite: `cargo bench --bench suite` (add `-- --quick` for
-//! small sizes, `-- --only scale|round-trip|cold|directory|directory-sizes|cluster|window|files|tunnels|held` for one group,
+//! small sizes, `-- --only scale|round-trip|cold|directory|directory-sizes|cluster|window|web|files|tunnels|held` for one group,
 //! `--held-clients N` to hold another number of clients, `--directory-sizes 1000,10000` for other directory sizes). Prints a table and writes the same figures as JSON to
 //! `target/bench-results.json` (or `--json PATH`).
 
@@ -85,6 +85,13 @@ fn main() {
                 std::process::exit(2);
             }
         },
+        Some("web") => match bin.as_deref() {
+            Some(bin) if bin.exists() => runtime.block_on(figures::web(&sizes, bin)),
+            _ => {
+                eprintln!("build the binaries first: cargo build --release --workspace");
+                std::process::exit(2);
+            }
+        },
         Some("tunnels") => match bin.as_deref() {
             Some(bin) if bin.exists() => runtime.block_on(figures::tunnels(&sizes, bin)),
             _ => {
@@ -103,7 +110,7 @@ fn main() {
         },
         Some(other) => {
             eprintln!(
-                "unknown --only {other}: scale, round-trip, cold, directory, directory-sizes, cluster, window, files, tunnels or held"
+                "unknown --only {other}: scale, round-trip, cold, directory, directory-sizes, cluster, window, web, files, tunnels or held"
             );
             std::process::exit(2);
         }

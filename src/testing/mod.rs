@@ -13,6 +13,9 @@
     missing_debug_implementations
 )]
 
+/// Headless Chromium under chromedriver, driven by WebDriver (the web
+/// window's tests and figures).
+pub mod browser;
 mod key;
 /// Light clients: each its own key and only what the node needs from an
 /// online client, so that thousands fit in one process (the benchmarks

@@ -12,9 +12,9 @@
 
 #![allow(unreachable_pub, clippy::unwrap_used)]
 
-mod browser;
 mod doors;
 mod page;
 
-// The real binaries as processes.
+// The real binaries as processes, and the browser.
+use messenger::testing::browser;
 use messenger::testing::processes as support;

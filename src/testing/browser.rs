@@ -9,7 +9,7 @@ use fantoccini::elements::{Element, ElementRef};
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
 
-use crate::support::{self, Lines};
+use super::processes::{self as support, Lines};
 
 /// How long a test waits for the page to show something.
 const PATIENCE: Duration = Duration::from_secs(30);
