@@ -41,25 +41,7 @@ impl Browser {
             return None;
         }
         let profile = tempfile::tempdir().expect("a profile directory");
-        let mut driver = Command::new(CHROMEDRIVER);
-        driver
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null())
-            // Its own process group: Chromium joins it, and both go on drop.
-            .process_group(0);
-        let mut driver = driver.spawn().expect("start chromedriver");
-        let mut lines = Lines::spawn(driver.stdout.take().expect("chromedriver's stdout"));
-        let started = lines.expect("chromedriver's port", |l| {
-            l.contains("started successfully on port")
-        });
-        let port: u16 = started
-            .trim_end_matches('.')
-            .rsplit(' ')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a port in chromedriver's line");
+        let (driver, port) = start_driver();
         let args = [
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
@@ -222,6 +204,41 @@ impl Browser {
             .status();
         let _ = self.driver.wait();
     }
+}
+
+/// chromedriver on a free port. With port 0 it picks one for IPv6 and
+/// then tries the same number for IPv4, which another program (another
+/// test's browser) may hold: then it says so and exits, and is started
+/// again.
+fn start_driver() -> (Child, u16) {
+    for _ in 0..10 {
+        let mut driver = Command::new(CHROMEDRIVER);
+        driver
+            .arg("--port=0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            // Its own process group: Chromium joins it, and both go on drop.
+            .process_group(0);
+        let mut driver = driver.spawn().expect("start chromedriver");
+        let mut lines = Lines::spawn(driver.stdout.take().expect("chromedriver's stdout"));
+        let said = lines.expect("chromedriver's port", |l| {
+            l.contains("started successfully on port") || l.contains("Exiting")
+        });
+        if said.contains("Exiting") {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            continue;
+        }
+        let port: u16 = said
+            .trim_end_matches('.')
+            .rsplit(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in chromedriver's line");
+        return (driver, port);
+    }
+    panic!("chromedriver found no free port in 10 tries");
 }
 
 impl Drop for Browser {

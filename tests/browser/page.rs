@@ -275,3 +275,224 @@ async fn the_page_follows_its_client_through_a_restart() {
         .await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nudges_a_file_chosen_in_the_page_an_invitation_blocks_and_the_whole_history() {
+    let Some(browser) = Browser::start("page::nudges_a_file_chosen…").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    alice.register("alice");
+    let bob = User::new(&node);
+    bob.register("bob");
+    alice.ok(&["contacts", "add", "bob"]);
+    bob.ok(&["contacts", "add", "alice"]);
+    let mut bob_online = bob.online();
+    let (_web, url) = web(&alice);
+
+    // A conversation longer than a page of history, all delivered.
+    const LONG: usize = 250;
+    for i in 0..LONG {
+        let said = ask(
+            alice.home.path(),
+            json!({"op": "enqueue", "id": format!("{i:032x}"), "to": "bob", "text": format!("line {i}")}),
+        );
+        assert_eq!(said["reply"], "sent", "{said}");
+    }
+    browser.goto(&url).await;
+    browser.shows("Signed in as alice").await;
+    browser
+        .contact_until("bob", "online", |w| w.starts_with("bob, Online"))
+        .await;
+    browser
+        .run(
+            "[...document.querySelectorAll('[aria-label=\"Contacts\"] button')].find(b => (b.getAttribute('aria-label') || '').startsWith('bob,')).click()",
+            vec![],
+        )
+        .await;
+    browser.shows(&format!("line {}", LONG - 1)).await;
+    let shown = browser
+        .run(
+            "return document.querySelectorAll('.log li.message').length",
+            vec![],
+        )
+        .await;
+    assert!(
+        shown.as_u64().unwrap() < LONG as u64,
+        "one page of history at first, not all {LONG}: {shown}"
+    );
+    // Scrolling up pages back to the very first message.
+    browser
+        .until(
+            "line 0 after scrolling up",
+            r#"
+const log = document.querySelector('.panel:not([hidden]) .log');
+log.scrollTop = 0;
+log.dispatchEvent(new Event('scroll'));
+return [...log.querySelectorAll('.text')].some((t) => t.textContent === 'line 0');
+"#,
+            vec![],
+        )
+        .await;
+    let order = browser
+        .run(
+            "return [...document.querySelectorAll('.panel:not([hidden]) .log li.message .text')].map((t) => t.textContent)",
+            vec![],
+        )
+        .await;
+    let order: Vec<String> = serde_json::from_value(order).unwrap();
+    let expected: Vec<String> = (0..LONG).map(|i| format!("line {i}")).collect();
+    assert_eq!(order, expected, "the whole history, once each, in order");
+
+    // Nudges, both ways. (A nudge is ephemeral: one sent while the
+    // delivery worker is still busy with the conversation above may be
+    // dropped, so it waits for the outbox to empty.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ask(alice.home.path(), json!({"op": "outbox"}))["messages"]
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice's outbox never emptied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    browser.press("Nudge").await;
+    bob_online.stdout.expect("alice's nudge at bob's", |l| {
+        l.contains("\"nudge\"") && l.contains("alice")
+    });
+    let said = ask(bob.home.path(), json!({"op": "nudge", "to": "alice"}));
+    assert_eq!(said["reply"], "done", "{said}");
+    browser.shows("bob sent you a nudge!").await;
+
+    // A file chosen in the page is offered to bob, who takes it whole.
+    let chosen = dir.path().join("notes.txt");
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&chosen, &content).unwrap();
+    let input = browser.control("file", "Send a file").await;
+    input.send_keys(chosen.to_str().unwrap()).await.unwrap();
+    let offer = bob_online.stdout.expect("the offer at bob's", |l| {
+        l.contains("\"message\"") && l.contains("notes.txt")
+    });
+    let offer: Value = serde_json::from_str(&offer).unwrap();
+    let id = offer["id"]
+        .as_str()
+        .or_else(|| offer["message"]["id"].as_str())
+        .unwrap_or_else(|| panic!("an offer's id: {offer}"))
+        .to_owned();
+    let downloads = dir.path().join("bob-downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    bob.ok(&["file", "accept", &id, "--to", downloads.to_str().unwrap()]);
+    assert_eq!(std::fs::read(downloads.join("notes.txt")).unwrap(), content);
+    browser
+        .until(
+            "the offer marked sent",
+            "return [...document.querySelectorAll('.transfer .saved')].some((s) => s.textContent === 'sent')",
+            vec![],
+        )
+        .await;
+
+    // An invitation to a port reaches bob.
+    browser.fill("textbox", "Port", "8080").await;
+    browser.press("Invite to port").await;
+    bob_online.stdout.expect("the invitation at bob's", |l| {
+        l.contains("8080") && l.contains("invit")
+    });
+    browser.shows("invited to port 8080").await;
+
+    // Blocking from the page is the client's: the CLI sees it. (A
+    // contact's buttons show when its item has the focus, as from the
+    // keyboard, or the pointer.)
+    let focus_bob = "[...document.querySelectorAll('[aria-label=\"Contacts\"] button')].find(b => (b.getAttribute('aria-label') || '').startsWith('bob,')).focus()";
+    browser.run(focus_bob, vec![]).await;
+    browser.press("Block bob").await;
+    browser
+        .contact_until("bob", "blocked", |w| w.starts_with("bob, Blocked"))
+        .await;
+    let contacts = alice.ok(&["--json", "contacts", "list"]);
+    assert!(
+        contacts.stdout.contains("\"blocked\":true"),
+        "{}",
+        contacts.stdout
+    );
+    browser.run(focus_bob, vec![]).await;
+    browser.press("Unblock bob").await;
+    browser
+        .contact_until("bob", "unblocked", |w| w.starts_with("bob, Online"))
+        .await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_key_is_a_loud_warning_and_a_strangers_request_stands_apart() {
+    let Some(browser) = Browser::start("page::a_changed_key…").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    alice.register("alice");
+    let bob = User::new(&node);
+    bob.register("bob");
+    alice.ok(&["contacts", "add", "bob"]);
+    let (_web, url) = web(&alice);
+    browser.goto(&url).await;
+    browser.shows("Signed in as alice").await;
+
+    // A stranger writes: a request with Accept and Decline, not a contact.
+    let carol = User::new(&node);
+    carol.register("carol");
+    let sent = carol.run(&["send", "alice", "hello, we met at the conference"]);
+    assert_eq!(sent.code, 0, "{sent:?}");
+    browser.control("button", "Accept carol's request").await;
+    browser.control("button", "Decline carol's request").await;
+    assert_eq!(
+        browser.contact_words("carol").await,
+        "",
+        "not a contact yet"
+    );
+    browser.press("Accept carol's request").await;
+    browser
+        .contact_until("carol", "a contact", |w| w.starts_with("carol,"))
+        .await;
+    browser
+        .until(
+            "the request gone",
+            "return document.getElementById('requests').hidden",
+            vec![],
+        )
+        .await;
+
+    // bob's name goes to another key: the page warns, loudly, until the
+    // new key is trusted.
+    bob.ok(&["release", "bob"]);
+    let impostor = User::new(&node);
+    impostor.register("bob");
+    let _impostor_online = impostor.online();
+    let warning = browser
+        .until(
+            "the key-change warning",
+            "return document.getElementById('key-warnings').innerText",
+            vec![],
+        )
+        .await;
+    assert!(
+        warning.as_str().unwrap().contains("bob's key has changed"),
+        "{warning}"
+    );
+    browser
+        .contact_until("bob", "marked", |w| w.contains("key changed"))
+        .await;
+    browser.press("Trust bob's new key").await;
+    browser
+        .until(
+            "the warning gone",
+            "return document.getElementById('key-warnings').innerText === ''",
+            vec![],
+        )
+        .await;
+    browser.close().await;
+}

@@ -663,10 +663,17 @@ async function loadOlder(conversation) {
     const reply = await call(request);
     const log = conversation.log;
     const fromBottom = log.scrollHeight - log.scrollTop;
+    // Older than everything shown: in one piece at the top. Messages that
+    // events showed meanwhile may be older than some of the page's: those
+    // of the page go each where it belongs.
+    const first = log.querySelector("li.message");
+    const firstSeq = first ? Number(first.dataset.seq) : Infinity;
     const fragment = document.createDocumentFragment();
     for (const stored of reply.messages) {
       if (conversation.messages.has(stored.message.id)) continue;
-      fragment.append(messageItem(conversation, stored));
+      const item = messageItem(conversation, stored);
+      if (stored.seq < firstSeq) fragment.append(item);
+      else place(log, item, stored.seq);
     }
     log.prepend(fragment);
     if (reply.messages.length > 0) conversation.oldest = reply.messages[0].seq;
@@ -756,13 +763,16 @@ function upsert(conversation, stored) {
   const item = messageItem(conversation, stored);
   const log = conversation.log;
   const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  // In stored order: a late arrival goes where it belongs.
+  place(log, item, stored.seq);
+  if (atBottom || stored.direction === "out") log.scrollTop = log.scrollHeight;
+}
+
+/** Puts `item` in stored order: a late arrival goes where it belongs. */
+function place(log, item, seq) {
   let after = log.lastElementChild;
-  while (after && Number(after.dataset.seq) > stored.seq) after = after.previousElementSibling;
+  while (after && Number(after.dataset.seq) > seq) after = after.previousElementSibling;
   if (after) after.after(item);
   else log.prepend(item);
-  if (conversation.oldest === null) conversation.oldest = stored.seq;
-  if (atBottom || stored.direction === "out") log.scrollTop = log.scrollHeight;
 }
 
 function onMessage(stored) {
