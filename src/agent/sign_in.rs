@@ -20,6 +20,10 @@ pub struct SignedIn {
     pub events: mpsc::Receiver<Event>,
     /// The name it registered.
     pub name: ScreenName,
+    /// Whether this claimed it (false: the key owned it already).
+    pub new_claim: bool,
+    /// The node that answered, remembered in the home.
+    pub rendezvous: Multiaddr,
 }
 
 /// Starts the client of `home` with the node(s) `rendezvous` (multiaddrs
@@ -49,10 +53,17 @@ pub async fn sign_in(home: Home, rendezvous: &str, name: &str) -> Result<SignedI
     let config = AgentConfig::for_home(home, nodes).map_err(|e| Failure::from(&e))?;
     let (agent, events) = Agent::start(config).await.map_err(|e| Failure::from(&e))?;
     match agent.call(Request::Register { name }).await {
-        Response::Registered { name, .. } => Ok(SignedIn {
+        Response::Registered {
+            name,
+            new_claim,
+            rendezvous,
+            ..
+        } => Ok(SignedIn {
             agent,
             events,
             name,
+            new_claim,
+            rendezvous,
         }),
         Response::Failed(failure) => {
             agent.shutdown().await;

@@ -3,21 +3,25 @@
 //! - `Host` must name the address served (`127.0.0.1:PORT`, `[::1]:PORT`
 //!   or `localhost:PORT`): a page of another site that rebinds its DNS
 //!   name to 127.0.0.1 sends its own name, and gets 403.
-//! - The API needs the session cookie (401 without). The cookie is given
-//!   once, for the one-time token of the URL printed at start, and is
-//!   `HttpOnly; SameSite=Strict`: no script reads it and no other site's
-//!   request carries it.
+//! - The API needs the session (401 without): the cookie, given once for
+//!   the one-time token of the URL printed at start, `HttpOnly;
+//!   SameSite=Strict`, so that no script reads it and no other site's
+//!   request carries it; and with it the page's key, given in the same
+//!   answer, which the page keeps for its own origin and sends as
+//!   `X-Messenger-Key` (or `key=` in the event stream's address). A
+//!   browser sends cookies to every port of 127.0.0.1, so another local
+//!   server the user visits gets the cookie; only this page has the key.
 //! - A request that may change something (any method but GET and HEAD)
 //!   needs an `Origin` that is exactly this page's (403 otherwise).
 //!
-//! The token and the session change with every start.
+//! The token, the cookie and the key change with every start.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -37,14 +41,22 @@ pub(super) struct Guard {
     token: String,
     token_used: AtomicBool,
     session: String,
+    /// The session's second half, which only the page holds.
+    page_key: String,
+    /// Told once the token is used.
+    opened: tokio::sync::watch::Sender<bool>,
 }
 
 impl Guard {
     pub(super) fn new(addr: std::net::SocketAddr) -> Result<Self, WebError> {
         let port = addr.port();
         let mut hosts = vec![addr.to_string(), format!("localhost:{port}")];
+        // Every address of the machine is served; the page is named by
+        // the loopback ones (a Host of another machine's name is not
+        // known to be this one).
         if addr.ip().is_unspecified() {
             hosts.push(format!("127.0.0.1:{port}"));
+            hosts.push(format!("[::1]:{port}"));
         }
         let origins = hosts.iter().map(|h| format!("http://{h}")).collect();
         Ok(Self {
@@ -53,7 +65,14 @@ impl Guard {
             token: random_hex()?,
             token_used: AtomicBool::new(false),
             session: random_hex()?,
+            page_key: random_hex()?,
+            opened: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Becomes true once the token bought the session.
+    pub(super) fn opened(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.opened.subscribe()
     }
 
     /// The one-time token, for the URL.
@@ -69,7 +88,19 @@ impl Guard {
         header_str(headers, header::ORIGIN).is_some_and(|o| self.origins.iter().any(|a| a == o))
     }
 
-    fn has_session(&self, headers: &HeaderMap) -> bool {
+    /// The cookie, and the page's key beside it.
+    fn has_session(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
+        let key = header_str(headers, HeaderName::from_static(KEY_HEADER)).or_else(|| {
+            query?
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find_map(|(name, value)| (name == "key").then_some(value))
+        });
+        let keyed = key.is_some_and(|k| same(k.as_bytes(), self.page_key.as_bytes()));
+        keyed && self.has_cookie(headers)
+    }
+
+    fn has_cookie(&self, headers: &HeaderMap) -> bool {
         headers
             .get_all(header::COOKIE)
             .iter()
@@ -80,7 +111,11 @@ impl Guard {
     }
 }
 
-/// Checks every request before it is served.
+/// The header that carries the page's key.
+pub(super) const KEY_HEADER: &str = "x-messenger-key";
+
+/// Checks every request before it is served: the Host, and the Origin of
+/// a change.
 pub(super) async fn check(
     State(guard): State<Arc<Guard>>,
     request: Request,
@@ -103,13 +138,29 @@ pub(super) async fn check(
             "a change must come from this page itself: the Origin header is missing or names another",
         );
     }
-    if request.uri().path().starts_with("/api/") && !guard.has_session(headers) {
+    next.run(request).await
+}
+
+/// Checks every request of the API for the session (the API's own layer:
+/// no route under it is served without).
+pub(super) async fn check_session(
+    State(guard): State<Arc<Guard>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !guard.has_session(request.headers(), request.uri().query()) {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "no session: open the address the client printed when it started",
         );
     }
     next.run(request).await
+}
+
+/// What the page keeps for its own origin.
+#[derive(Debug, serde::Serialize)]
+struct PageKey<'a> {
+    key: &'a str,
 }
 
 /// The token a page found after the `#` of its address.
@@ -135,8 +186,16 @@ pub(super) async fn open_session(
         "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
         guard.session
     );
+    guard.opened.send_replace(true);
     match HeaderValue::from_str(&cookie) {
-        Ok(cookie) => (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response(),
+        Ok(cookie) => (
+            StatusCode::OK,
+            [(header::SET_COOKIE, cookie)],
+            Json(PageKey {
+                key: &guard.page_key,
+            }),
+        )
+            .into_response(),
         Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "cannot make the cookie"),
     }
 }

@@ -13,11 +13,14 @@ mod guard;
 mod upload;
 
 pub use backend::Backend;
+pub use upload::sweep as sweep_uploads;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -31,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::warn;
 
@@ -42,6 +46,10 @@ use guard::Guard;
 /// The largest request body the API reads (a request is a few names and a
 /// message of at most 64 KiB, in JSON).
 const MAX_BODY: usize = 256 * 1024;
+
+/// How long stopping waits for requests still running (an upload, a
+/// `send` waiting for its acknowledgement) before it cuts them off.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What the page may load and reach: its own files and this server only.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'";
@@ -114,6 +122,10 @@ pub struct WebServer {
     token: String,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// Sign-ins under way (each ends by itself, within the sign-in's own
+    /// time bounds).
+    tasks: TaskTracker,
+    opened: tokio::sync::watch::Receiver<bool>,
 }
 
 impl WebServer {
@@ -139,7 +151,9 @@ impl WebServer {
         })?;
         let guard = Arc::new(Guard::new(addr)?);
         let token = guard.token().to_owned();
+        let opened = guard.opened();
         let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let stage = match serving {
             Serving::Client(backend) => Stage::Ready(backend),
             Serving::SignIn { home, signed_in } => Stage::SignIn { home, signed_in },
@@ -149,6 +163,8 @@ impl WebServer {
             guard,
             stop: stop.clone(),
             uploads: options.uploads,
+            reserved: Arc::new(AtomicU64::new(0)),
+            tasks: tasks.clone(),
         };
         let app = router(state);
         let stopping = stop.clone();
@@ -165,7 +181,16 @@ impl WebServer {
             token,
             stop,
             task,
+            tasks,
+            opened,
         })
+    }
+
+    /// Resolves once the page used the one-time token (told to the user,
+    /// who then knows the address is spent).
+    pub async fn opened(&self) {
+        let mut opened = self.opened.clone();
+        let _ = opened.wait_for(|used| *used).await;
     }
 
     /// Where it listens.
@@ -179,10 +204,18 @@ impl WebServer {
         format!("http://{}/#{}", self.addr, self.token)
     }
 
-    /// Stops serving; open requests end.
+    /// Stops serving; requests still running get a few seconds to end.
     pub async fn stop(mut self) {
         self.stop.cancel();
-        let _ = (&mut self.task).await;
+        if tokio::time::timeout(STOP_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -216,6 +249,10 @@ struct AppState {
     /// waits for every response to end, and these never would).
     stop: CancellationToken,
     uploads: Option<PathBuf>,
+    /// Bytes that uploads under way may still write (the disk's room is
+    /// shared among them).
+    reserved: Arc<AtomicU64>,
+    tasks: TaskTracker,
 }
 
 impl AppState {
@@ -235,7 +272,11 @@ fn router(state: AppState) -> Router {
         .route("/events", get(events))
         .route("/sign_in", get(sign_in_form).post(sign_in))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .route("/upload", post(upload::upload));
+        .route("/upload", post(upload::upload))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            guard::check_session,
+        ));
     Router::new()
         .route("/", get(index))
         .route("/app.js", get(script))
@@ -275,9 +316,17 @@ fn not_signed_in() -> Response {
 
 /// One request of the library's own, answered with its response.
 async fn call(State(state): State<AppState>, Json(request): Json<Request>) -> HttpResponse {
-    let response = match state.backend() {
-        Some(backend) => backend.call(request).await,
-        None => not_signed_in(),
+    let response = match (&request, state.backend()) {
+        // These keep their connection for bytes or events: the page has
+        // `/api/events` for events, and no tunnels.
+        (Request::Tunnel { .. } | Request::PipeListen { .. } | Request::Follow { .. }, _) => {
+            Response::Failed(Failure::new(
+                FailureKind::Invalid,
+                "tunnels, pipes and follows are not served to the page: it follows events at /api/events",
+            ))
+        }
+        (_, Some(backend)) => backend.call(request).await,
+        (_, None) => not_signed_in(),
     };
     (StatusCode::OK, Json(response)).into_response()
 }
@@ -324,7 +373,9 @@ struct SignInFields {
 }
 
 /// Signs the home in with the form's node and name: answered `registered`
-/// (the page then takes a snapshot) or `failed` with why.
+/// (the page then takes a snapshot) or `failed` with why. The sign-in runs
+/// apart from the request, so that a page that goes away meanwhile (a
+/// reload) leaves the form usable, or the client signed in.
 async fn sign_in(
     State(state): State<AppState>,
     Json(fields): Json<SignInFields>,
@@ -351,36 +402,42 @@ async fn sign_in(
             )));
         }
     };
-    let tried = crate::agent::sign_in(home.clone(), &fields.rendezvous, &fields.name).await;
-    let mut stage = state.stage.lock().unwrap_or_else(|e| e.into_inner());
-    match tried {
-        Ok(signed) => {
-            let agent = signed.agent.clone();
-            let registered = Response::Registered {
-                name: signed.name.clone(),
-                new_claim: true,
-                peer_id: agent.peer_id(),
-                rendezvous: home
-                    .config()
-                    .ok()
-                    .and_then(|c| c.rendezvous.first().cloned())
-                    .unwrap_or_else(libp2p::Multiaddr::empty),
-            };
-            if signed_in.try_send(signed).is_err() {
-                *stage = Stage::SignIn { home, signed_in };
-                return Json(Response::Failed(Failure::new(
-                    FailureKind::Other,
-                    "the client is stopping",
-                )));
+    let stage = state.stage.clone();
+    let trying = state.tasks.spawn(async move {
+        let tried = crate::agent::sign_in(home.clone(), &fields.rendezvous, &fields.name).await;
+        let signed = match tried {
+            Ok(signed) => signed,
+            Err(failure) => {
+                *stage.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Stage::SignIn { home, signed_in };
+                return Response::Failed(failure);
             }
-            *stage = Stage::Ready(Backend::Agent(agent));
-            Json(registered)
+        };
+        let agent = signed.agent.clone();
+        let registered = Response::Registered {
+            name: signed.name.clone(),
+            new_claim: signed.new_claim,
+            peer_id: agent.peer_id(),
+            rendezvous: signed.rendezvous.clone(),
+        };
+        let refused = match signed_in.try_send(signed) {
+            Ok(()) => None,
+            Err(refused) => Some(refused.into_inner()),
+        };
+        if let Some(signed) = refused {
+            signed.agent.shutdown().await;
+            *stage.lock().unwrap_or_else(|e| e.into_inner()) = Stage::SignIn { home, signed_in };
+            return Response::Failed(Failure::new(FailureKind::Other, "the client is stopping"));
         }
-        Err(failure) => {
-            *stage = Stage::SignIn { home, signed_in };
-            Json(Response::Failed(failure))
-        }
-    }
+        *stage.lock().unwrap_or_else(|e| e.into_inner()) = Stage::Ready(Backend::Agent(agent));
+        registered
+    });
+    Json(trying.await.unwrap_or_else(|e| {
+        Response::Failed(Failure::new(
+            FailureKind::Other,
+            format!("the sign-in stopped: {e}"),
+        ))
+    }))
 }
 
 /// Where a page resumes the event stream: after `after` of run `run`

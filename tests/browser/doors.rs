@@ -28,7 +28,8 @@ fn get(host: &str, path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
 }
 
-fn post(addr: &str, path: &str, origin: Option<&str>, cookie: Option<&str>, body: &str) -> String {
+/// A POST; `session` is header lines (the cookie, the page's key).
+fn post(addr: &str, path: &str, origin: Option<&str>, session: Option<&str>, body: &str) -> String {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -36,8 +37,8 @@ fn post(addr: &str, path: &str, origin: Option<&str>, cookie: Option<&str>, body
     if let Some(origin) = origin {
         request.push_str(&format!("Origin: {origin}\r\n"));
     }
-    if let Some(cookie) = cookie {
-        request.push_str(&format!("Cookie: {cookie}\r\n"));
+    if let Some(session) = session {
+        request.push_str(session);
     }
     request.push_str("\r\n");
     request.push_str(body);
@@ -101,8 +102,8 @@ fn each_door_is_closed_to_what_is_not_the_page() {
         status, 403,
         "the token is taken only from the page's origin"
     );
-    let (status, head, _) = http(addr, &post(addr, "/session", Some(&origin), None, &offer));
-    assert_eq!(status, 204, "{head}");
+    let (status, head, body) = http(addr, &post(addr, "/session", Some(&origin), None, &offer));
+    assert_eq!(status, 200, "{head}");
     let cookie_line = head
         .lines()
         .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
@@ -117,8 +118,26 @@ fn each_door_is_closed_to_what_is_not_the_page() {
         .next()
         .unwrap()
         .to_owned();
+    let key: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let key = key["key"].as_str().expect("the page's key").to_owned();
     let (status, _, _) = http(addr, &post(addr, "/session", Some(&origin), None, &offer));
     assert_eq!(status, 401, "the token works once");
+
+    // The cookie alone, as a server on another port of this machine gets
+    // it from the browser (cookies know no ports), is not the session.
+    let cookie_alone = format!("Cookie: {cookie}\r\n");
+    let (status, _, _) = http(
+        addr,
+        &post(
+            addr,
+            "/api/request",
+            Some(&origin),
+            Some(&cookie_alone),
+            snapshot,
+        ),
+    );
+    assert_eq!(status, 401, "the cookie without the page's key");
+    let cookie = format!("Cookie: {cookie}\r\nX-Messenger-Key: {key}\r\n");
 
     // With the cookie: another Origin, or none, changes nothing.
     let (status, _, _) = http(

@@ -12,7 +12,7 @@ use libp2p::Multiaddr;
 use messenger::api::Event;
 use messenger::control;
 use messenger::home::Home;
-use messenger::web::{Backend, Serving, WebOptions, WebServer};
+use messenger::web::{Backend, Serving, WebOptions, WebServer, sweep_uploads};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -46,11 +46,15 @@ pub(crate) async fn run(
         let serving = Serving::Client(Backend::Control(home.dir().to_path_buf()));
         let web = serve(&home, options.listen, serving, out).await?;
         if options.open {
-            openers.spawn(open_browser(web.url()));
+            openers.spawn(open_browser(home.clone(), web.url()));
         }
-        signals.recv().await;
+        tokio::select! {
+            () = signals.recv() => {}
+            () = told_when_opened(&web) => signals.recv().await,
+        }
         web.stop().await;
         openers.abort_all();
+        forget_launcher(&home);
         return Ok(());
     }
 
@@ -67,7 +71,7 @@ pub(crate) async fn run(
             }
         };
         if options.open {
-            openers.spawn(open_browser(web.url()));
+            openers.spawn(open_browser(home.clone(), web.url()));
         }
         (running, web)
     } else {
@@ -79,7 +83,7 @@ pub(crate) async fn run(
         };
         let web = serve(&home, options.listen, serving, out).await?;
         if options.open {
-            openers.spawn(open_browser(web.url()));
+            openers.spawn(open_browser(home.clone(), web.url()));
         }
         let signed = tokio::select! {
             signed = signing.recv() => signed,
@@ -88,6 +92,7 @@ pub(crate) async fn run(
         let Some(signed) = signed else {
             web.stop().await;
             openers.abort_all();
+            forget_launcher(&home);
             return Ok(());
         };
         match Running::adopt(&home, signed.agent, signed.events, options.peer_listen).await {
@@ -98,9 +103,10 @@ pub(crate) async fn run(
             }
         }
     };
-    let result = stay(running, &mut signals).await;
+    let result = stay(running, &web, &mut signals).await;
     web.stop().await;
     openers.abort_all();
+    forget_launcher(&home);
     result
 }
 
@@ -121,9 +127,18 @@ pub(crate) async fn serve(
             );
         }
     }
+    let uploads = options.uploads.clone();
+    let backend = match &serving {
+        Serving::Client(backend) => Some(backend.clone()),
+        _ => None,
+    };
     let web = WebServer::start(options, serving)
         .await
         .map_err(|e| Failure::new(exit::FAILURE, anyhow!(e)))?;
+    // Copies of files the page offered that no offer needs any more.
+    if let (Some(backend), Some(uploads)) = (backend, uploads) {
+        sweep_uploads(&backend, &uploads).await;
+    }
     let url = web.url();
     out.emit(
         format_args!("web {url}"),
@@ -132,10 +147,19 @@ pub(crate) async fn serve(
     Ok(web)
 }
 
+/// Says (on stderr) when the page used the address's one-time token: the
+/// user knows it is spent, and would notice if someone else spent it.
+async fn told_when_opened(web: &WebServer) {
+    web.opened().await;
+    eprintln!("the page is open: its address worked once, and works no more");
+}
+
 /// Runs until a signal, or until the node refuses the registration.
-async fn stay(mut running: Running, signals: &mut Signals) -> Result<(), Failure> {
+async fn stay(mut running: Running, web: &WebServer, signals: &mut Signals) -> Result<(), Failure> {
+    let mut told = false;
     let result = loop {
         tokio::select! {
+            () = told_when_opened(web), if !told => told = true,
             event = running.events.recv() => match event {
                 // The page shows everything else from its own follow.
                 Some(Event::RegistrationRefused { reason }) => {
@@ -151,12 +175,47 @@ async fn stay(mut running: Running, signals: &mut Signals) -> Result<(), Failure
     result
 }
 
+/// The page that sends the browser on to the address with its token, in
+/// the home (only its owner may read it).
+fn launcher(home: &Home) -> std::path::PathBuf {
+    home.dir().join("web-open.html")
+}
+
+fn forget_launcher(home: &Home) {
+    let _ = std::fs::remove_file(launcher(home));
+}
+
 /// Opens `url` in the user's browser (`$BROWSER`, else `xdg-open`); says
-/// so if it cannot, since the address was printed anyway.
-async fn open_browser(url: String) {
+/// so if it cannot, since the address was printed anyway. The browser is
+/// given a file of the home that redirects to the address, never the
+/// address itself: a command line is visible to every user of the machine
+/// (`ps`), a file in the home only to its owner.
+async fn open_browser(home: Home, url: String) {
+    let path = launcher(&home);
+    let page = format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\"><meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>Messenger</title><a href=\"{url}\">Open Messenger</a>\n"
+    );
+    let written = {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(page.as_bytes()))
+    };
+    if let Err(e) = written {
+        eprintln!(
+            "cannot write {} ({e}): open the address above yourself",
+            path.display()
+        );
+        return;
+    }
     let opener = std::env::var("BROWSER").unwrap_or_else(|_| "xdg-open".to_owned());
     let opened = tokio::process::Command::new(&opener)
-        .arg(&url)
+        .arg(&path)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

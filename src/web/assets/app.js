@@ -29,24 +29,39 @@ const state = {
 
 // ---- talking to the client -------------------------------------------
 
+/** The page's own key (the cookie's second half): kept per origin, so
+ * no server on another port of this machine ever sees it. */
+let pageKey = sessionStorage.getItem("messenger-key") || "";
+
 async function openSession() {
   const token = location.hash.slice(1);
   if (!token) return;
-  // The token buys the session cookie once; then it leaves the address
-  // bar (and the history), so it is never shown or sent again.
-  history.replaceState(null, "", "/");
+  // The token buys the session once; then it leaves the address bar (and
+  // the history), so it is never shown or sent again.
   const reply = await fetch("/session", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ token }),
   });
-  if (!reply.ok && reply.status !== 401) throw new Error(await reply.text());
+  history.replaceState(null, "", "/");
+  if (reply.ok) {
+    pageKey = (await reply.json()).key;
+    sessionStorage.setItem("messenger-key", pageKey);
+  } else if (reply.status === 401) {
+    state.tokenRefused = await reply.text();
+  } else {
+    throw new Error(await reply.text());
+  }
+}
+
+function keyed(headers) {
+  return { ...headers, "X-Messenger-Key": pageKey };
 }
 
 async function post(path, body) {
   const reply = await fetch(path, {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: keyed({ "Content-Type": "application/json" }),
     body: JSON.stringify(body),
   });
   if (!reply.ok) {
@@ -98,7 +113,11 @@ async function load() {
     snapshot = await call({ op: "snapshot" });
   } catch (e) {
     if (e.status === 401) {
-      showBanner("This page needs the address your client printed when it started (it changes with every start). Open that address again.");
+      showBanner(
+        state.tokenRefused
+          ? "This address was used already, by this page or by someone else: its token works once. If you did not open it before, someone else may have: stop `messenger web` and start it again, then open the new address."
+          : "This page needs the address your client printed when it started (it changes with every start). Open that address again.",
+      );
       return;
     }
     if (e.kind === "no_name") {
@@ -115,7 +134,8 @@ async function load() {
 }
 
 function follow() {
-  const source = new EventSource(`/api/events?run=${encodeURIComponent(state.run)}&after=${state.seq}`);
+  const query = `run=${encodeURIComponent(state.run)}&after=${state.seq}&key=${encodeURIComponent(pageKey)}`;
+  const source = new EventSource(`/api/events?${query}`);
   state.events = source;
   source.onmessage = (frame) => {
     let reply;
@@ -141,6 +161,13 @@ function follow() {
     }
   };
   source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {
+      // The browser gave up (the server answered, but not with events):
+      // the snapshot says why, or starts again.
+      state.events = null;
+      load();
+      return;
+    }
     // The browser reconnects by itself, resuming after the last event.
     showBanner("Reconnecting to your client…");
   };
@@ -151,6 +178,7 @@ function applySnapshot(s) {
   state.run = s.run;
   state.seq = s.seq;
   state.me = s.me;
+  state.connection = null;
   state.contacts = new Map(s.contacts.map((c) => [c.name, c]));
   state.blocked = new Set(s.blocked);
   state.unread = new Map(s.unread.map((u) => [u.name, u.count]));
@@ -165,9 +193,12 @@ function applySnapshot(s) {
   renderRequests();
   // Conversations open before a restart are read again.
   for (const conversation of state.conversations.values()) {
+    conversation.generation += 1;
+    conversation.loading = false;
     conversation.loaded = false;
     conversation.oldest = null;
     conversation.complete = false;
+    conversation.stick = true;
     conversation.messages.clear();
     conversation.log.replaceChildren();
     loadOlder(conversation);
@@ -289,7 +320,7 @@ async function showSignIn() {
   el("app").hidden = true;
   el("sign-in").hidden = false;
   try {
-    const reply = await fetch("/api/sign_in");
+    const reply = await fetch("/api/sign_in", { headers: keyed({}) });
     const form = await reply.json();
     if (form.signed_in) {
       load();
@@ -365,6 +396,10 @@ function isTyping(name) {
 
 function renderContacts() {
   const list = el("contacts");
+  // The list is drawn anew: the focus goes back where it was.
+  const active = document.activeElement;
+  const focusedItem = list.contains(active) ? active.closest("li.contact") : null;
+  const focus = focusedItem ? { name: focusedItem.dataset.name, label: active.getAttribute("aria-label") || active.textContent } : null;
   const contacts = [...state.contacts.values()].sort((a, b) => a.name.localeCompare(b.name));
   const online = contacts.filter((c) => presenceOf(c) !== "offline" && !c.blocked);
   const offline = contacts.filter((c) => presenceOf(c) === "offline" || c.blocked);
@@ -375,6 +410,14 @@ function renderContacts() {
     for (const contact of group) items.push(contactItem(contact));
   }
   list.replaceChildren(...items);
+  if (focus) {
+    const item = list.querySelector(`li.contact[data-name="${CSS.escape(focus.name)}"]`);
+    if (item) {
+      const buttons = [...item.querySelectorAll("button")];
+      const same = buttons.find((b) => (b.getAttribute("aria-label") || b.textContent) === focus.label);
+      (same || buttons[0]).focus();
+    }
+  }
   renderKeyWarnings();
   const blockedOthers = [...state.blocked].filter((n) => !state.contacts.has(n)).sort();
   el("blocked").hidden = blockedOthers.length === 0;
@@ -517,6 +560,11 @@ function conversationOf(name) {
     complete: false,
     loading: false,
     loaded: false,
+    // Replies to requests of an earlier snapshot are not applied.
+    generation: 0,
+    // Whether the newest message is in view (kept while hidden too).
+    stick: true,
+    sending: null, // {id, text} of the message being sent
     typingSent: 0,
     typingIdle: null,
   };
@@ -569,7 +617,9 @@ function wirePanel(conversation) {
     panelCall(conversation, { op: "invite", name, port, revoke: false });
   });
   conversation.log.addEventListener("scroll", () => {
-    if (conversation.log.scrollTop < 80) loadOlder(conversation);
+    const log = conversation.log;
+    if (log.clientHeight > 0) conversation.stick = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+    if (log.scrollTop < 80) loadOlder(conversation);
   });
 }
 
@@ -597,6 +647,7 @@ function closeConversation(name) {
 
 function renderTabs() {
   const tabs = el("tabs");
+  const focused = tabs.contains(document.activeElement) ? document.activeElement.dataset.name : null;
   const items = [];
   for (const conversation of state.conversations.values()) {
     const name = conversation.name;
@@ -614,6 +665,7 @@ function renderTabs() {
       "aria-controls": conversation.panel.id,
       "aria-label": words,
       tabindex: active ? "0" : "-1",
+      "data-name": name,
     });
     tab.append(h("span", {}, name));
     if (unread > 0) tab.append(" ", h("span", { class: "unread" }, String(unread)));
@@ -622,9 +674,16 @@ function renderTabs() {
     const close = button("×", () => closeConversation(name), `Close the conversation with ${name}`);
     close.classList.add("close");
     items.push(h("span", { class: "tab-wrap" }, tab, close));
+    const shown = conversation.panel.hidden && active;
     conversation.panel.hidden = !active;
+    // A hidden log cannot scroll: it is put at its newest when shown.
+    if (shown && conversation.stick) conversation.log.scrollTop = conversation.log.scrollHeight;
   }
   tabs.replaceChildren(...items);
+  if (focused) {
+    const again = tabs.querySelector(`[role="tab"][data-name="${CSS.escape(focused)}"]`);
+    if (again) again.focus();
+  }
   el("no-conversation").hidden = state.conversations.size > 0;
 }
 
@@ -657,10 +716,12 @@ async function markRead(name) {
 async function loadOlder(conversation) {
   if (conversation.loading || conversation.complete) return;
   conversation.loading = true;
+  const generation = conversation.generation;
   const request = { op: "history", name: conversation.name, limit: HISTORY_PAGE };
   if (conversation.oldest !== null) request.before = conversation.oldest;
   try {
     const reply = await call(request);
+    if (generation !== conversation.generation) return;
     const log = conversation.log;
     const fromBottom = log.scrollHeight - log.scrollTop;
     // Older than everything shown: in one piece at the top. Messages that
@@ -683,9 +744,9 @@ async function loadOlder(conversation) {
     log.scrollTop = conversation.loaded ? log.scrollHeight - fromBottom : log.scrollHeight;
     conversation.loaded = true;
   } catch (e) {
-    conversation.panel.querySelector(".panel-error").textContent = e.message;
+    if (generation === conversation.generation) conversation.panel.querySelector(".panel-error").textContent = e.message;
   } finally {
-    conversation.loading = false;
+    if (generation === conversation.generation) conversation.loading = false;
   }
 }
 
@@ -764,7 +825,9 @@ function upsert(conversation, stored) {
   const log = conversation.log;
   const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
   place(log, item, stored.seq);
-  if (atBottom || stored.direction === "out") log.scrollTop = log.scrollHeight;
+  if (log.clientHeight === 0 ? conversation.stick : atBottom || stored.direction === "out") {
+    log.scrollTop = log.scrollHeight;
+  }
 }
 
 /** Puts `item` in stored order: a late arrival goes where it belongs. */
@@ -778,8 +841,12 @@ function place(log, item, seq) {
 function onMessage(stored) {
   const from = stored.message.from;
   const focused = state.active === from && !document.hidden;
-  const conversation = openConversation(from, state.active === null);
-  if (conversation.loaded) upsert(conversation, stored);
+  // A contact's message opens their conversation; a stranger's waits in
+  // "Message requests" (or in their conversation, if it is open).
+  const conversation = state.contacts.has(from) ? openConversation(from, state.active === null) : state.conversations.get(from);
+  // Shown at once, also while the first page of history loads: the page
+  // skips what is shown, and both go in stored order.
+  if (conversation) upsert(conversation, stored);
   state.typing.delete(from);
   renderTyping(from);
   if (focused || state.active === from) markRead(from);
@@ -789,15 +856,25 @@ function onMessage(stored) {
 async function sendText(conversation) {
   const box = conversation.panel.querySelector(".message");
   const text = box.value;
-  if (!text.trim()) return;
+  if (!text.trim() || conversation.sending?.busy) return;
   const error = conversation.panel.querySelector(".panel-error");
+  // A retry of the same text keeps its id: a message whose answer was
+  // lost (the client restarting) is stored once, not twice.
+  if (!conversation.sending || conversation.sending.text !== text) conversation.sending = { id: randomId(), text };
+  const sending = conversation.sending;
+  sending.busy = true;
   try {
-    const reply = await call({ op: "enqueue", id: randomId(), to: conversation.name, text });
-    box.value = "";
+    const reply = await call({ op: "enqueue", id: sending.id, to: conversation.name, text });
+    conversation.sending = null;
+    // What was typed meanwhile stays.
+    if (box.value === text) box.value = "";
     error.textContent = "";
     stopTyping(conversation);
     if (reply.message) upsert(conversation, reply.message);
   } catch (e) {
+    sending.busy = false;
+    // A refusal for good (a text too long, no such name) gets a new id next time.
+    if (e.kind) conversation.sending = null;
     error.textContent = e.message;
   }
 }
@@ -838,6 +915,7 @@ async function panelCall(conversation, request) {
 }
 
 function onNudge(name) {
+  if (!state.contacts.has(name)) return;
   const conversation = openConversation(name, state.active === null);
   // Placed after what is shown now; later messages go after it.
   const last = conversation.log.lastElementChild;
@@ -876,7 +954,7 @@ async function offerFile(conversation, file) {
   try {
     const kept = await fetch(`/api/upload?name=${encodeURIComponent(file.name)}`, {
       method: "POST",
-      headers: { "Content-Type": "application/octet-stream" },
+      headers: keyed({ "Content-Type": "application/octet-stream" }),
       body: file,
     });
     if (!kept.ok) throw new Error(await kept.text());
