@@ -185,6 +185,44 @@ impl Browser {
             .expect("click");
     }
 
+    /// Types `keys` where the focus is, as a keyboard does (WebDriver's
+    /// key actions: what a keyboard sends, whatever has the focus).
+    pub async fn keys(&self, keys: &str) {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let mut typing = KeyActions::new("keyboard".to_owned());
+        for key in keys.chars() {
+            typing = typing
+                .then(KeyAction::Down { value: key })
+                .then(KeyAction::Up { value: key });
+        }
+        self.client.perform_actions(typing).await.expect("type");
+    }
+
+    /// The accessible name of what has the focus.
+    pub async fn focused(&self) -> String {
+        self.run(FOCUSED, vec![])
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Presses Tab until the focus is on a control whose accessible name
+    /// `pred` accepts (at most 60 times); returns that name.
+    pub async fn tab_to(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let tab = fantoccini::key::Key::Tab.to_string();
+        let mut seen = Vec::new();
+        for _ in 0..60 {
+            let name = self.focused().await;
+            if pred(&name) {
+                return name;
+            }
+            seen.push(name);
+            self.keys(&tab).await;
+        }
+        panic!("Tab never reached {what}; the focus went through {seen:?}");
+    }
+
     pub async fn screenshot(&self, path: &std::path::Path) {
         let png = self.client.screenshot().await.expect("a screenshot");
         std::fs::write(path, png).expect("write the screenshot");
@@ -272,6 +310,16 @@ function shown(e) {
 }
 return [...document.querySelectorAll(selectors[role])]
   .find((e) => accessibleName(e) === name && (role === 'file' || shown(e))) || null;
+"#;
+
+/// The accessible name of the focused element.
+const FOCUSED: &str = r#"
+const e = document.activeElement;
+if (!e || e === document.body) return '';
+const label = e.getAttribute('aria-label');
+if (label) return label.trim();
+if (e.labels && e.labels.length) return e.labels[0].textContent.trim();
+return e.textContent.trim();
 "#;
 
 /// The accessible words of `name`'s item in the list named "Contacts".

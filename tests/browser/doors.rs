@@ -174,3 +174,41 @@ fn each_door_is_closed_to_what_is_not_the_page() {
     assert_eq!(snapshot["me"]["status"], "online", "{snapshot}");
     assert_eq!(snapshot["me"]["text"], "");
 }
+
+#[test]
+fn online_serves_the_page_when_asked_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    alice.register("alice");
+    let mut online = alice.spawn(&[
+        "--json",
+        "online",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--web",
+        "127.0.0.1:0",
+    ]);
+    let told = online.stdout.expect_event("web");
+    let url = told["url"].as_str().expect("a url").to_owned();
+    online.stdout.expect_event("online");
+    let rest = url.trim_start_matches("http://");
+    let (addr, _token) = rest.split_once("/#").expect("an address and a token");
+    let (status, _, body) = http(addr, &get(addr, "/"));
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>Messenger</title>"), "{body}");
+    let (status, _, _) = http(addr, &get(addr, "/api/sign_in"));
+    assert_eq!(status, 401);
+    // Stopping `online` stops the page.
+    online.signal("TERM");
+    online.wait_exit();
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the page is gone with its client"
+    );
+
+    // Without --web, nothing is served.
+    let mut online = alice.online();
+    let lines = online.stdout.drain().join("\n");
+    assert!(!lines.contains("\"web\""), "{lines}");
+}

@@ -496,3 +496,73 @@ async fn a_changed_key_is_a_loud_warning_and_a_strangers_request_stands_apart() 
         .await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyboard_alone_signs_in_adds_a_contact_and_talks() {
+    let Some(browser) = Browser::start("page::the_keyboard_alone…").await else {
+        return;
+    };
+    let enter = fantoccini::key::Key::Enter.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let bob = User::new(&node);
+    bob.register("bob");
+    let mut bob_online = bob.online();
+    let alice = User::new(&node);
+    let (_web, url) = web(&alice);
+    browser.goto(&url).await;
+
+    // The form opens with the focus in its first field.
+    browser
+        .until(
+            "the focus in the form",
+            "return document.activeElement && document.activeElement.id === 'sign-in-node'",
+            vec![],
+        )
+        .await;
+    browser.keys(&node.addr).await;
+    browser
+        .tab_to("Screen name", |name| name == "Screen name")
+        .await;
+    browser.keys(&format!("alice{enter}")).await;
+    browser.shows("Signed in as alice").await;
+
+    browser
+        .tab_to("the contact's name field", |name| {
+            name == "Contact's screen name"
+        })
+        .await;
+    browser.keys(&format!("bob{enter}")).await;
+    browser
+        .contact_until("bob", "online", |w| w.starts_with("bob, Online"))
+        .await;
+    bob.ok(&["contacts", "add", "alice"]);
+
+    // Enter on a contact opens the conversation, with the focus where a
+    // message is typed; Enter sends it.
+    browser
+        .tab_to("bob in Contacts", |name| name.starts_with("bob,"))
+        .await;
+    browser.keys(&enter).await;
+    browser
+        .until(
+            "the focus in the message field",
+            "return document.activeElement && document.activeElement.getAttribute('aria-label') === 'Message'",
+            vec![],
+        )
+        .await;
+    browser.keys(&format!("typed with keys alone{enter}")).await;
+    bob_online.stdout.expect("the message at bob's", |l| {
+        l.contains("\"message\"") && l.contains("typed with keys alone")
+    });
+
+    // The status, from the keyboard: Tab to it, then arrows choose.
+    let status = browser.tab_to("Status", |name| name == "Status").await;
+    assert_eq!(status, "Status");
+    let down = fantoccini::key::Key::Down.to_string();
+    browser.keys(&down).await;
+    bob_online.stdout.expect("alice away at bob's", |l| {
+        l.contains("\"presence\"") && l.contains("\"alice\"") && l.contains("away")
+    });
+    browser.close().await;
+}
