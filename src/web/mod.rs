@@ -27,6 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -168,6 +169,14 @@ impl WebServer {
         };
         let app = router(state);
         let stopping = stop.clone();
+        // Events are small writes that must go at once: without
+        // TCP_NODELAY one waits for the browser's delayed acknowledgement
+        // of the last (tens of ms).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                warn!("cannot set TCP_NODELAY on the page's connection: {e}");
+            }
+        });
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(stopping.cancelled_owned())
