@@ -212,3 +212,28 @@ fn online_serves_the_page_when_asked_and_only_then() {
     let lines = online.stdout.drain().join("\n");
     assert!(!lines.contains("\"web\""), "{lines}");
 }
+
+#[test]
+fn web_stays_until_sigterm_and_then_stops_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let alice = User::new(&node);
+    alice.register("alice");
+    let (mut web, url) = web(&alice);
+    let addr = url
+        .trim_start_matches("http://")
+        .split_once("/#")
+        .expect("an address and a token")
+        .0
+        .to_owned();
+    let (status, _, _) = http(&addr, &get(&addr, "/"));
+    assert_eq!(status, 200);
+    web.signal("TERM");
+    assert_eq!(web.wait_exit(), Some(0), "SIGTERM ends it cleanly");
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "nothing serves the page"
+    );
+    // Its client went with it: the home's control socket is gone.
+    assert!(!alice.home.path().join("control.sock").exists());
+}
