@@ -367,8 +367,18 @@ async fn an_upload_is_kept_whole_or_not_at_all_and_unneeded_copies_are_swept() {
     let head = upload("partial.bin", 1_000_000, "");
     stream.write_all(head.as_bytes()).await.expect("write");
     stream.write_all(&[7u8; 10_000]).await.expect("write");
-    drop(stream);
+    // Its directory is made once the request is taken in; then the page
+    // goes away in the middle.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while entries(uploads.path()).len() != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upload never started: {:?}",
+            entries(uploads.path())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(stream);
     while entries(uploads.path()).len() != 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
