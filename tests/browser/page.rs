@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::support::{Node, Proc, User};
+use crate::support::{Node, Proc, User, alice_and_bob};
 
 /// `messenger web` for `user`, and the address it printed.
 pub fn web(user: &User) -> (Proc, String) {
@@ -162,12 +162,7 @@ async fn a_file_offered_at_the_terminal_is_accepted_in_the_page_with_its_progres
     let Some(browser) = Browser::start("page::a_file_offered…").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    alice.register("alice");
-    let bob = User::new(&node);
-    bob.register("bob");
+    let (dir, _node, alice, bob) = alice_and_bob();
     alice.ok(&["contacts", "add", "bob"]);
     bob.ok(&["contacts", "add", "alice"]);
     let downloads = dir.path().join("downloads");
@@ -241,12 +236,7 @@ async fn the_page_follows_its_client_through_a_restart() {
     let Some(browser) = Browser::start("page::the_page_follows…").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    alice.register("alice");
-    let bob = User::new(&node);
-    bob.register("bob");
+    let (_dir, _node, alice, bob) = alice_and_bob();
     alice.ok(&["contacts", "add", "bob"]);
     bob.ok(&["contacts", "add", "alice"]);
     let _bob_online = bob.online();
@@ -281,12 +271,7 @@ async fn nudges_a_file_chosen_in_the_page_an_invitation_blocks_and_the_whole_his
     let Some(browser) = Browser::start("page::nudges_a_file_chosen…").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let alice = User::new(&node);
-    alice.register("alice");
-    let bob = User::new(&node);
-    bob.register("bob");
+    let (dir, _node, alice, bob) = alice_and_bob();
     alice.ok(&["contacts", "add", "bob"]);
     bob.ok(&["contacts", "add", "alice"]);
     let mut bob_online = bob.online();
